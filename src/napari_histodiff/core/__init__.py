@@ -1,0 +1,1 @@
+"""Pure-Python core of napari-histodiff: no Qt, no napari, no magicgui."""

@@ -1,0 +1,223 @@
+"""The model bundle: one diffusers-style folder that loads with plain diffusers classes.
+
+```
+BUNDLE/
+  histodiff.json     preset, tile size, latent scale factor, class names, provenance
+  vae/               AutoencoderKL   config.json + diffusion_pytorch_model.safetensors
+  unet/              UNet2DModel     (EMA weights)
+  scheduler/         DDPMScheduler   scheduler_config.json
+  training/          resumable checkpoints (optional)
+```
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import BundleError
+from .presets import Preset
+
+FORMAT = "napari-histodiff-bundle"
+FORMAT_VERSION = 1
+META_FILE = "histodiff.json"
+NORMALISATION = {"input": "uint8 RGB", "model_range": [-1.0, 1.0], "formula": "x / 127.5 - 1"}
+
+
+def package_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("napari-histodiff", "torch", "diffusers", "accelerate", "numpy"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def new_meta(preset: Preset) -> dict:
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "preset": preset.to_dict(),
+        "tile_size": preset.tile_size,
+        "microns_per_pixel": None,
+        "normalisation": NORMALISATION,
+        "latent_scale_factor": None,
+        "class_names": [],
+        "provenance": {},
+        "metrics": {},
+    }
+
+
+@dataclass
+class Bundle:
+    """Loaded models of a bundle; ``vae``, ``unet`` and ``scheduler`` are diffusers objects."""
+
+    vae: object
+    unet: object | None
+    scheduler: object
+    meta: dict = field(default_factory=dict)
+    path: Path | None = None
+
+    @property
+    def scale_factor(self) -> float:
+        return float(self.meta.get("latent_scale_factor") or self.vae.config.scaling_factor)
+
+    @property
+    def tile_size(self) -> int:
+        return int(self.meta["tile_size"])
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.meta.get("class_names") or [])
+
+    @property
+    def preset(self) -> Preset:
+        return Preset.from_dict(self.meta["preset"])
+
+    @property
+    def device(self):
+        return next(self.vae.parameters()).device
+
+    def to(self, device) -> "Bundle":
+        self.vae.to(device)
+        if self.unet is not None:
+            self.unet.to(device)
+        return self
+
+
+def write_meta(path: Path, meta: dict) -> None:
+    """Write ``histodiff.json`` atomically."""
+    path = Path(path)
+    tmp = path / (META_FILE + ".tmp")
+    tmp.write_text(json.dumps(meta, indent=2, sort_keys=True))
+    os.replace(tmp, path / META_FILE)
+
+
+def set_vae_scaling_factor(path: Path, scale: float) -> None:
+    """Record the latent scale factor in ``vae/config.json`` too, where diffusers looks for it."""
+    f = Path(path) / "vae" / "config.json"
+    cfg = json.loads(f.read_text())
+    cfg["scaling_factor"] = scale
+    tmp = f.with_suffix(".tmp")
+    tmp.write_text(json.dumps(cfg, indent=2, sort_keys=True))
+    os.replace(tmp, f)
+
+
+def read_meta(path: Path) -> dict:
+    path = Path(path)
+    f = path / META_FILE
+    if not path.is_dir():
+        raise BundleError(f"{path} is not a bundle folder (it does not exist or is a file)")
+    if not f.is_file():
+        raise BundleError(
+            f"{path} is not a napari-histodiff bundle: {META_FILE} is missing "
+            "(create one with `histodiff pretrain`)"
+        )
+    try:
+        meta = json.loads(f.read_text())
+    except (OSError, ValueError) as e:
+        raise BundleError(f"{f} is unreadable or not JSON ({e}); restore it from a backup") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise BundleError(f"{f} is not a napari-histodiff bundle description (format key missing)")
+    if meta.get("format_version", 0) > FORMAT_VERSION:
+        raise BundleError(f"{path} was written by a newer napari-histodiff; upgrade the package")
+    return meta
+
+
+def save_part(model, path: Path, name: str) -> None:
+    """``save_pretrained`` into ``path/name`` atomically (temporary folder, then rename)."""
+    path = Path(path)
+    tmp, old = path / f".{name}.tmp", path / f".{name}.old"
+    shutil.rmtree(tmp, ignore_errors=True)
+    if hasattr(model, "parameters"):
+        model.save_pretrained(tmp, safe_serialization=True)
+    else:  # a scheduler: config only
+        model.save_pretrained(tmp)
+    shutil.rmtree(old, ignore_errors=True)
+    if (path / name).exists():
+        os.replace(path / name, old)
+    os.replace(tmp, path / name)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _load_part(cls, folder: Path, what: str):
+    if not folder.is_dir():
+        raise BundleError(f"bundle {folder.parent} is missing {folder.name}/ ({what}); re-run the training stage that writes it")
+    try:
+        return cls.from_pretrained(folder)
+    except Exception as e:  # diffusers raises many kinds; one clear message
+        raise BundleError(f"cannot load {what} from {folder}: {type(e).__name__}: {e}") from None
+
+
+def load_bundle(path, device=None, require_unet: bool = True) -> Bundle:
+    """Load a bundle folder onto ``device`` (``None``/``auto`` picks the best available)."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DModel
+
+    from .devices import pick_device
+
+    path = Path(path)
+    meta = read_meta(path)
+    vae = _load_part(AutoencoderKL, path / "vae", "autoencoder")
+    unet = None
+    if require_unet or (path / "unet").exists():
+        unet = _load_part(UNet2DModel, path / "unet", "diffusion UNet")
+    scheduler = _load_part(DDPMScheduler, path / "scheduler", "noise scheduler") if unet else None
+    check_consistent(meta, vae, unet, path)
+    bundle = Bundle(vae=vae.eval(), unet=unet.eval() if unet else None, scheduler=scheduler, meta=meta, path=path)
+    return bundle.to(pick_device(device))
+
+
+def check_consistent(meta: dict, vae, unet, path: Path) -> None:
+    problems = []
+    tile = meta.get("tile_size")
+    f = 2 ** (len(vae.config.block_out_channels) - 1)
+    if not isinstance(tile, int) or tile % f:
+        problems.append(f"tile_size {tile!r} is not a multiple of the autoencoder's factor {f}")
+    if unet is not None:
+        if unet.config.in_channels != vae.config.latent_channels:
+            problems.append(
+                f"unet expects {unet.config.in_channels} latent channels, vae makes {vae.config.latent_channels}"
+            )
+        if isinstance(tile, int) and unet.config.sample_size not in (None, tile // f):
+            problems.append(f"unet sample_size {unet.config.sample_size} != tile_size/{f} = {tile // f}")
+        if not meta.get("latent_scale_factor"):
+            problems.append("latent_scale_factor is missing from histodiff.json")
+    if problems:
+        raise BundleError(f"bundle {path} has parts that do not fit together: " + "; ".join(problems))
+
+
+def summary(path) -> str:
+    """A readable description of a bundle for ``histodiff info``."""
+    import json as _json
+
+    path = Path(path)
+    meta = read_meta(path)
+    lines = [f"bundle      {path}", f"preset      {meta['preset']['name']}",
+             f"tile size   {meta['tile_size']} px"]
+    mpp = meta.get("microns_per_pixel")
+    lines.append(f"microns/px  {mpp if mpp else 'unknown'}")
+    scale = meta.get("latent_scale_factor")
+    lines.append(f"latent scale factor {scale:.5f}" if scale else "latent scale factor (not yet computed)")
+    lines.append(f"classes     {', '.join(meta.get('class_names') or []) or '(none: unconditional)'}")
+    for part in ("vae", "unet", "scheduler"):
+        folder = path / part
+        if not folder.is_dir():
+            lines.append(f"{part:<11} missing")
+            continue
+        weights = sorted(folder.glob("*.safetensors"))
+        size = sum(f.stat().st_size for f in weights)
+        cfg = _json.loads(next(folder.glob("*config.json")).read_text())
+        lines.append(f"{part:<11} {cfg.get('_class_name', '?')}, {size / 1e6:.1f} MB of weights")
+    for stage, prov in (meta.get("provenance") or {}).items():
+        lines.append(f"trained     {stage}: {prov.get('steps', '?')} steps on {prov.get('tiles', '?')} tiles "
+                     f"({prov.get('data', '?')}), seed {prov.get('seed', '?')}")
+    for key, value in (meta.get("metrics") or {}).items():
+        if value is not None:
+            lines.append(f"metric      {key} = {value:.3f}" if isinstance(value, float) else f"metric      {key} = {value}")
+    return "\n".join(lines)

@@ -1,0 +1,177 @@
+"""Unconditional latent diffusion pre-training: diffusers ``UNet2DModel`` + ``EMAModel``.
+
+The autoencoder is frozen; the latent scale factor (1 / std of latents) is computed from
+the data once and stored in the bundle.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import training as T
+from .bundle import (load_bundle, package_versions, read_meta, save_part, set_vae_scaling_factor,
+                     write_meta)
+from .errors import HistodiffError
+from .events import Progress
+from .presets import Preset
+
+STAGE = "diffusion"
+
+
+@dataclass
+class DiffusionOptions:
+    steps: int = 10000
+    batch_size: int | None = None
+    learning_rate: float | None = None
+    warmup_steps: int | None = None
+    ema_decay: float | None = None
+    seed: int = 0
+    checkpoint_every: int = 1000
+    scale_tiles: int = 256  # tiles encoded to estimate the latent scale factor
+    device: str = "auto"
+    mixed_precision: str = "no"
+    num_workers: int = 0
+
+    def validate(self) -> None:
+        if self.steps < 1:
+            raise HistodiffError("--steps must be at least 1")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise HistodiffError("--batch-size must be at least 1")
+
+
+def latent_scale_factor(vae, tiles, n: int, seed: int, device, batch_size: int = 32) -> float:
+    """1 / std of posterior samples of the first ``n`` tiles (evenly spread over the set)."""
+    import torch
+
+    idx = np.linspace(0, len(tiles) - 1, min(n, len(tiles))).round().astype(int)
+    gen = torch.Generator().manual_seed(seed)
+    zs = []
+    with torch.no_grad():
+        for i in range(0, len(idx), batch_size):
+            x = T.to_model_input(torch.from_numpy(np.stack([tiles[int(j)] for j in idx[i : i + batch_size]])), device)
+            zs.append(vae.encode(x).latent_dist.sample(generator=gen).cpu())
+    std = float(torch.cat(zs).flatten().std())
+    if not np.isfinite(std) or std <= 0:
+        raise HistodiffError("latents have zero or non-finite spread; the autoencoder is broken, retrain it")
+    return 1.0 / std
+
+
+def train_diffusion(tiles, out_dir, preset: Preset, options: DiffusionOptions | None = None):
+    """Train (or resume) the latent diffusion UNet; yields :class:`Progress`, returns metrics.
+
+    Needs ``out_dir/vae`` (from :func:`train_autoencoder`). Writes ``unet/`` (EMA weights),
+    ``scheduler/`` and the scale factor at the end; checkpoints under ``training/diffusion``.
+    """
+    import torch
+    from diffusers.optimization import get_scheduler
+    from diffusers.training_utils import EMAModel
+
+    opts = options or DiffusionOptions()
+    opts.validate()
+    cfg = preset.diffusion
+    out_dir = Path(out_dir)
+    ckpt_dir = out_dir / "training" / STAGE
+    if len(tiles) < 1:
+        raise HistodiffError("no tiles to train on")
+    if tiles.tile_size != preset.tile_size:
+        raise HistodiffError(f"tiles are {tiles.tile_size} px but preset {preset.name} needs {preset.tile_size} px")
+
+    acc = T.make_accelerator(opts.device, opts.mixed_precision)
+    device = acc.device
+    vae = load_bundle(out_dir, device="cpu", require_unet=False).vae.to(device).requires_grad_(False)
+    noise_sched = preset.build_scheduler()
+    torch.manual_seed(opts.seed)
+    unet = preset.build_unet()
+    ema = EMAModel(unet.parameters(), decay=opts.ema_decay or cfg.ema_decay)
+    opt = torch.optim.AdamW(unet.parameters(), lr=opts.learning_rate or cfg.learning_rate)
+    warmup = cfg.warmup_steps if opts.warmup_steps is None else opts.warmup_steps
+    lr_sched = get_scheduler("constant_with_warmup", opt, num_warmup_steps=warmup)
+
+    start, losses, scale = 0, [], None
+    if T.has_checkpoint(ckpt_dir):
+        state, info = T.load_checkpoint(ckpt_dir, {"unet": unet})
+        opt.load_state_dict(state["opt"])
+        lr_sched.load_state_dict(state["lr_sched"])
+        ema.load_state_dict(state["ema"])
+        start, scale = info["step"], info["scale_factor"]
+    if scale is None:
+        scale = latent_scale_factor(vae, tiles, opts.scale_tiles, opts.seed, device)
+    if start >= opts.steps:
+        return _finish(out_dir, preset, unet, ema, noise_sched, scale, opts, tiles, start)
+
+    unet_p, opt = acc.prepare(unet, opt)
+    ema.to(device)
+    batch = opts.batch_size or cfg.batch_size
+    stream = T.BatchStream(tiles, np.arange(len(tiles)), batch, opts.seed, acc.process_index, acc.num_processes)
+    n_t = noise_sched.config.num_train_timesteps
+    latent_shape = (preset.autoencoder.latent_channels, preset.latent_size, preset.latent_size)
+    step, saved = start, start
+
+    def checkpoint():
+        nonlocal saved
+        if acc.is_main_process and step > saved:
+            T.save_checkpoint(
+                ckpt_dir, {"unet": unet},
+                {"opt": opt.state_dict(), "lr_sched": lr_sched.state_dict(), "ema": ema.state_dict()},
+                {"stage": STAGE, "step": step, "total": opts.steps, "scale_factor": scale,
+                 "options": asdict(opts), "preset": preset.name},
+            )
+        saved = step
+
+    try:
+        for raw in T.batch_loader(stream, start, opts.steps, opts.num_workers):
+            gen = T.torch_generator(opts.seed, step, acc.process_index)
+            x = T.to_model_input(raw, device)
+            b = x.shape[0]
+            eps_z = torch.randn((b, *latent_shape), generator=gen).to(device)
+            noise = torch.randn((b, *latent_shape), generator=gen).to(device)
+            t = torch.randint(0, n_t, (b,), generator=gen).to(device)
+            with torch.no_grad():
+                post = vae.encode(x).latent_dist
+                z = (post.mean + post.std * eps_z) * scale
+            noisy = noise_sched.add_noise(z, noise, t)
+            with acc.autocast():
+                pred = unet_p(noisy, t).sample
+                diff = pred.float() - noise
+                loss = diff.abs().mean() if cfg.loss == "l1" else diff.pow(2).mean()
+            opt.zero_grad(set_to_none=True)
+            acc.backward(loss)
+            opt.step()
+            lr_sched.step()
+            ema.step(unet.parameters())
+            step += 1
+            losses.append(float(loss))
+            yield Progress(STAGE, step, opts.steps, float(loss), {"lr": lr_sched.get_last_lr()[0]})
+            if step % opts.checkpoint_every == 0:
+                checkpoint()
+    finally:
+        checkpoint()
+    acc.wait_for_everyone()
+    return _finish(out_dir, preset, unet, ema, noise_sched, scale, opts, tiles, step, acc.is_main_process, losses)
+
+
+def _finish(out_dir, preset, unet, ema, noise_sched, scale, opts, tiles, step, main=True, losses=()):
+    result = {"steps": step, "latent_scale_factor": scale, "losses": list(losses)}
+    if not main:
+        return result
+    import copy
+
+    final = copy.deepcopy(unet).to("cpu")
+    ema.to("cpu")
+    ema.copy_to(final.parameters())
+    save_part(final, out_dir, "unet")
+    save_part(noise_sched, out_dir, "scheduler")
+    set_vae_scaling_factor(out_dir, scale)
+    meta = read_meta(out_dir)
+    meta["latent_scale_factor"] = scale
+    meta["provenance"][STAGE] = {
+        "data": getattr(tiles, "description", type(tiles).__name__),
+        "tiles": len(tiles), "steps": step, "seed": opts.seed,
+        "batch_size": opts.batch_size or preset.diffusion.batch_size,
+        "ema_decay": opts.ema_decay or preset.diffusion.ema_decay, "versions": package_versions(),
+    }
+    write_meta(out_dir, meta)
+    return result

@@ -1,0 +1,168 @@
+"""Pieces shared by the training loops: deterministic batches, checkpoints, accelerate set-up.
+
+Every random draw of step ``k`` on process ``r`` comes from a generator seeded by
+``(seed, k, r)``, so a resumed run repeats the uninterrupted run's losses exactly without
+saving any RNG state.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from .errors import HistodiffError
+
+
+def step_seed(seed: int, step: int, rank: int = 0) -> int:
+    return int(np.random.SeedSequence([seed, step, rank]).generate_state(1)[0])
+
+
+def torch_generator(seed: int, step: int, rank: int = 0):
+    import torch
+
+    return torch.Generator().manual_seed(step_seed(seed, step, rank))
+
+
+def dihedral(tile: np.ndarray, k: int) -> np.ndarray:
+    """One of the 8 flips/90-degree rotations of an HWC tile."""
+    out = np.rot90(tile, k % 4, axes=(0, 1))
+    return out[:, ::-1] if k >= 4 else out
+
+
+class BatchStream:
+    """A map-style dataset whose item ``k`` is the uint8 NHWC batch for training step ``k``.
+
+    Epochs are seeded permutations of ``indices``; processes take interleaved batches.
+    """
+
+    def __init__(self, tiles, indices, batch_size, seed, rank=0, world=1, augment=True):
+        self.tiles, self.indices = tiles, np.asarray(indices)
+        self.batch_size, self.seed, self.rank, self.world = batch_size, seed, rank, world
+        self.augment = augment
+
+    def __len__(self):
+        return 2**62
+
+    def _perm(self, epoch):
+        return np.random.default_rng([self.seed, epoch, 7]).permutation(len(self.indices))
+
+    def positions(self, step: int) -> np.ndarray:
+        n = len(self.indices)
+        pos = (step * self.world + self.rank) * self.batch_size + np.arange(self.batch_size)
+        out = np.empty(self.batch_size, dtype=np.int64)
+        for epoch in np.unique(pos // n):
+            sel = pos // n == epoch
+            out[sel] = self.indices[self._perm(int(epoch))[pos[sel] % n]]
+        return out
+
+    def __getitem__(self, step: int):
+        import torch
+
+        tiles = [self.tiles[int(i)] for i in self.positions(step)]
+        if self.augment:
+            ks = np.random.default_rng(step_seed(self.seed, step, self.rank)).integers(0, 8, len(tiles))
+            tiles = [dihedral(t, int(k)) for t, k in zip(tiles, ks)]
+        return torch.from_numpy(np.ascontiguousarray(np.stack(tiles)))
+
+
+def batch_loader(stream: BatchStream, start: int, stop: int, num_workers: int = 0):
+    """Iterate the batches of steps ``start..stop-1`` (optionally read by worker processes)."""
+    from torch.utils.data import DataLoader
+
+    return DataLoader(
+        stream, batch_size=None, sampler=range(start, stop), num_workers=num_workers,
+        prefetch_factor=2 if num_workers else None,
+    )
+
+
+def to_model_input(batch, device):
+    """uint8 NHWC -> float NCHW in [-1, 1]."""
+    return batch.to(device).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def to_uint8(x):
+    """float NCHW in [-1, 1] -> uint8 NHWC numpy."""
+    return ((x.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+
+
+def make_accelerator(device: str | None = "auto", mixed_precision: str = "no"):
+    """An ``Accelerator`` on the chosen device; under ``accelerate launch`` the launcher decides."""
+    import torch
+    from accelerate import Accelerator
+
+    from .devices import pick_device
+
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    dev = pick_device(device) if not launched else None
+    if dev is not None and dev.type == "cuda" and dev.index is not None:
+        torch.cuda.set_device(dev.index)
+    cpu = dev is not None and dev.type == "cpu"
+    if launched and os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true"):
+        cpu = True
+    return Accelerator(cpu=cpu, mixed_precision=mixed_precision)
+
+
+def prepare_out_dir(out, overwrite: bool = False, resume: bool = False) -> Path:
+    """Refuse an existing output folder unless told to overwrite it or resume into it."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise HistodiffError(f"output {out} exists and is a file; choose a folder path")
+    if out.exists() and any(out.iterdir()):
+        if overwrite:
+            shutil.rmtree(out)
+        elif not resume:
+            raise HistodiffError(
+                f"output folder {out} already exists; pass --overwrite to replace it "
+                "or --resume to continue the training saved in it"
+            )
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+# -- checkpoints -------------------------------------------------------------------------------
+
+def save_checkpoint(folder: Path, models: dict, state: dict, info: dict) -> None:
+    """Models as safetensors, optimiser/EMA state as tensors-only ``state.pt``; atomic."""
+    import torch
+    from safetensors.torch import save_model
+
+    folder = Path(folder)
+    tmp, old = folder.with_name(folder.name + ".tmp"), folder.with_name(folder.name + ".old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name, model in models.items():
+        save_model(model, str(tmp / f"{name}.safetensors"))
+    torch.save(state, tmp / "state.pt")
+    (tmp / "checkpoint.json").write_text(json.dumps(info, indent=2))
+    shutil.rmtree(old, ignore_errors=True)
+    if folder.exists():
+        os.replace(folder, old)
+    os.replace(tmp, folder)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def load_checkpoint(folder: Path, models: dict) -> tuple[dict, dict]:
+    """Load weights into ``models`` in place; return ``(state, info)``. Nothing is unpickled unsafely."""
+    import torch
+    from safetensors.torch import load_model
+
+    folder = Path(folder)
+    try:
+        info = json.loads((folder / "checkpoint.json").read_text())
+        for name, model in models.items():
+            load_model(model, str(folder / f"{name}.safetensors"))
+        state = torch.load(folder / "state.pt", map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise HistodiffError(
+            f"cannot resume from checkpoint {folder}: {type(e).__name__}: {e}; "
+            "start again with --overwrite"
+        ) from None
+    return state, info
+
+
+def has_checkpoint(folder: Path) -> bool:
+    return (Path(folder) / "checkpoint.json").is_file()
