@@ -1,0 +1,45 @@
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def shared_data() -> Path:
+    env = os.environ.get("HISTODIFF_SHARED_DATA")
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def ihc_tiles():
+    """Real tissue tiles (32 px) cut from the colon image that scikit-image ships."""
+    from napari_histodiff.core.demo import demo_tiles
+
+    return demo_tiles(32)
+
+
+@pytest.fixture()
+def fast_preset():
+    """The tiny preset with the GAN switched on early, so short runs exercise every loss term."""
+    from napari_histodiff.core.presets import tiny
+
+    p = tiny()
+    p.autoencoder.disc_start = 4
+    p.diffusion.warmup_steps = 5
+    return p
+
+
+@pytest.fixture(scope="session")
+def trained_bundle(tmp_path_factory, ihc_tiles):
+    """A tiny bundle trained briefly (shared by sampling, bundle and CLI tests)."""
+    from napari_histodiff.core.events import run_to_end
+    from napari_histodiff.core.presets import tiny
+    from napari_histodiff.core.train_autoencoder import AutoencoderOptions, train_autoencoder
+    from napari_histodiff.core.train_diffusion import DiffusionOptions, train_diffusion
+
+    out = tmp_path_factory.mktemp("bundle") / "b"
+    preset = tiny()
+    run_to_end(train_autoencoder(ihc_tiles, out, preset, AutoencoderOptions(steps=60, device="cpu")))
+    run_to_end(train_diffusion(ihc_tiles, out, preset, DiffusionOptions(steps=60, device="cpu")))
+    return out

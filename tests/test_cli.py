@@ -1,0 +1,102 @@
+"""The `histodiff` command: exit code 2 with one clear line for bad input; outputs written whole."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from napari_histodiff.cli import main
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def write_tiles(folder, n=24, size=32, seed=0):
+    import imageio.v3 as iio
+    import skimage.data
+
+    folder.mkdir(parents=True)
+    img = skimage.data.immunohistochemistry()
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        y, x = rng.integers(0, 512 - size, 2)
+        iio.imwrite(folder / f"t{i:03d}.png", img[y : y + size, x : x + size])
+    return folder
+
+
+def test_help_lists_every_command():
+    out = subprocess.run([sys.executable, "-m", "napari_histodiff", "--help"], capture_output=True, text=True).stdout
+    for cmd in ("pretrain-autoencoder", "pretrain", "sample", "info", "demo"):
+        assert cmd in out
+
+
+def test_pretrain_sample_info_end_to_end(tmp_path, capsys):
+    data = write_tiles(tmp_path / "tiles")
+    b = tmp_path / "bundle"
+    code, out, err = run(capsys, "pretrain", data, "--out", b, "--preset", "tiny", "--autoencoder-steps", 8,
+                         "--steps", 8, "--device", "cpu")
+    assert code == 0, err
+    assert "bundle written" in out
+    code, out, err = run(capsys, "info", b)
+    assert code == 0 and "tiny" in out and "diffusion: 8 steps on 24 tiles" in out
+    s = tmp_path / "samples"
+    code, out, err = run(capsys, "sample", b, "-n", 3, "--steps", 4, "--out", s, "--device", "cpu")
+    assert code == 0, err
+    from napari_histodiff.core.outputs import read_tile_record
+
+    tifs = sorted(s.glob("*.tif"))
+    assert len(tifs) == 3 and (s / "contact_sheet.png").is_file()
+    assert read_tile_record(tifs[2])["index"] == 2
+    # an existing output is refused, and left as it was
+    before = sorted(p.name for p in s.iterdir())
+    code, out, err = run(capsys, "sample", b, "-n", 1, "--out", s, "--device", "cpu")
+    assert code == 2 and "--overwrite" in err and sorted(p.name for p in s.iterdir()) == before
+    # resuming a finished run with more steps continues it
+    code, out, err = run(capsys, "pretrain", data, "--out", b, "--resume", "--autoencoder-steps", 8,
+                         "--steps", 10, "--device", "cpu")
+    assert code == 0, err
+    code, out, err = run(capsys, "info", b)
+    assert "diffusion: 10 steps" in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["pretrain", "{tmp}/nope", "--out", "{tmp}/o"], "nope"),
+    (["pretrain", "{tmp}/empty", "--out", "{tmp}/o"], "no image files"),
+    (["pretrain", "{tmp}/tiles", "--out", "{tmp}/o", "--preset", "huge"], "unknown preset 'huge'"),
+    (["pretrain", "{tmp}/tiles", "--out", "{tmp}/o", "--device", "cuda:3"], "not available"),
+    (["pretrain", "{tmp}/tiles", "--out", "{tmp}/exists"], "already exists"),
+    (["pretrain", "{tmp}/tiles", "--out", "{tmp}/o", "--autoencoder-steps", "0"], "--steps must be at least 1"),
+    (["sample", "{tmp}/tiles", "--out", "{tmp}/s"], "not a napari-histodiff bundle"),
+    (["info", "{tmp}/nope"], "not a bundle folder"),
+    (["pretrain", "{tmp}/big.png", "--out", "{tmp}/o", "--preset", "small"], "is larger than"),
+])
+def test_bad_input_exits_2_with_one_clear_line(tmp_path, capsys, argv, message):
+    import imageio.v3 as iio
+
+    write_tiles(tmp_path / "tiles", n=2)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "exists").mkdir()
+    (tmp_path / "exists" / "keep.txt").write_text("precious")
+    iio.imwrite(tmp_path / "big.png", np.full((40, 40, 3), 128, np.uint8))
+    code, out, err = run(capsys, *[a.format(tmp=tmp_path) for a in argv])
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("histodiff: error:") and message in lines[0], err
+    assert (tmp_path / "exists" / "keep.txt").read_text() == "precious"
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+def test_demo_quick_runs_end_to_end(tmp_path, capsys):
+    out_dir = tmp_path / "demo"
+    code, out, err = run(capsys, "demo", "--quick", "--out", out_dir, "--device", "cpu")
+    assert code == 0, err
+    report = (out_dir / "report.md").read_text()
+    assert "held-out reconstruction PSNR" in report
+    assert (out_dir / "samples" / "contact_sheet.png").is_file() and (out_dir / "real_tiles.png").is_file()
+    from napari_histodiff import load_bundle
+
+    assert load_bundle(out_dir / "bundle", device="cpu").unet is not None
