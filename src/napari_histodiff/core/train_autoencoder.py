@@ -124,7 +124,7 @@ def train_autoencoder(tiles, out_dir, preset: Preset, options: AutoencoderOption
         opt_d.load_state_dict(state["opt_d"])
         start, history = info["step"], info.get("history", history)
     if start >= opts.steps:
-        return _finish(out_dir, preset, vae, opts, history, tiles, start)
+        return _finish(out_dir, preset, vae, opts, history, tiles, start, acc)
 
     step_p, disc_p, opt_g, opt_d = acc.prepare(autoencoder_step(vae), disc, opt_g, opt_d)
     latent_shape = (cfg.latent_channels, preset.latent_size, preset.latent_size)
@@ -184,29 +184,29 @@ def train_autoencoder(tiles, out_dir, preset: Preset, options: AutoencoderOption
                 checkpoint()
     finally:
         checkpoint()
-    acc.wait_for_everyone()
-    return _finish(out_dir, preset, vae, opts, history, tiles, step, acc.is_main_process)
+    return _finish(out_dir, preset, vae, opts, history, tiles, step, acc)
 
 
-def _finish(out_dir, preset, vae, opts, history, tiles, step, main=True) -> dict:
+def _finish(out_dir, preset, vae, opts, history, tiles, step, acc) -> dict:
     """Write ``vae/`` and ``histodiff.json``; return the stage's metrics."""
     psnr_hist = history.get("psnr") or []
     result = {"steps": step, "psnr": psnr_hist[-1][1] if psnr_hist else None, "psnr_history": psnr_hist}
-    if not main:
-        return result
-    vae = vae.to("cpu")
-    vae.register_to_config(scaling_factor=1.0)
-    save_part(vae, out_dir, "vae")
-    try:
-        meta = read_meta(out_dir)
-    except HistodiffError:
-        meta = new_meta(preset)
-    meta["provenance"][STAGE] = {
-        "data": getattr(tiles, "description", type(tiles).__name__),
-        "tiles": len(tiles), "steps": step, "seed": opts.seed,
-        "batch_size": opts.batch_size or preset.autoencoder.batch_size,
-        "perceptual_weights": opts.perceptual_weights, "versions": package_versions(),
-    }
-    meta["metrics"]["autoencoder_psnr_heldout"] = result["psnr"]
-    write_meta(out_dir, meta)
+    if acc.is_main_process:  # the others wait until the outputs are on disk
+        processes = acc.num_processes
+        vae = vae.to("cpu")
+        vae.register_to_config(scaling_factor=1.0)
+        save_part(vae, out_dir, "vae")
+        try:
+            meta = read_meta(out_dir)
+        except HistodiffError:
+            meta = new_meta(preset)
+        meta["provenance"][STAGE] = {
+            "data": getattr(tiles, "description", type(tiles).__name__),
+            "tiles": len(tiles), "steps": step, "seed": opts.seed, "processes": processes,
+            "batch_size": opts.batch_size or preset.autoencoder.batch_size,
+            "perceptual_weights": opts.perceptual_weights, "versions": package_versions(),
+        }
+        meta["metrics"]["autoencoder_psnr_heldout"] = result["psnr"]
+        write_meta(out_dir, meta)
+    acc.wait_for_everyone()
     return result

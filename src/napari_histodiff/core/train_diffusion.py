@@ -100,7 +100,7 @@ def train_diffusion(tiles, out_dir, preset: Preset, options: DiffusionOptions | 
     if scale is None:
         scale = latent_scale_factor(vae, tiles, opts.scale_tiles, opts.seed, device)
     if start >= opts.steps:
-        return _finish(out_dir, preset, unet, ema, noise_sched, scale, opts, tiles, start)
+        return _finish(out_dir, preset, unet, ema, noise_sched, scale, opts, tiles, start, acc)
 
     unet_p, opt = acc.prepare(unet, opt)
     ema.to(device)
@@ -143,35 +143,35 @@ def train_diffusion(tiles, out_dir, preset: Preset, options: DiffusionOptions | 
             lr_sched.step()
             ema.step(unet.parameters())
             step += 1
-            losses.append(float(loss))
-            yield Progress(STAGE, step, opts.steps, float(loss), {"lr": lr_sched.get_last_lr()[0]})
+            losses.append(loss.item())
+            yield Progress(STAGE, step, opts.steps, losses[-1], {"lr": lr_sched.get_last_lr()[0]})
             if step % opts.checkpoint_every == 0:
                 checkpoint()
     finally:
         checkpoint()
-    acc.wait_for_everyone()
-    return _finish(out_dir, preset, unet, ema, noise_sched, scale, opts, tiles, step, acc.is_main_process, losses)
+    return _finish(out_dir, preset, unet, ema, noise_sched, scale, opts, tiles, step, acc, losses)
 
 
-def _finish(out_dir, preset, unet, ema, noise_sched, scale, opts, tiles, step, main=True, losses=()):
+def _finish(out_dir, preset, unet, ema, noise_sched, scale, opts, tiles, step, acc, losses=()):
     result = {"steps": step, "latent_scale_factor": scale, "losses": list(losses)}
-    if not main:
-        return result
-    import copy
+    if acc.is_main_process:  # the others wait until the outputs are on disk
+        import copy
 
-    final = copy.deepcopy(unet).to("cpu")
-    ema.to("cpu")
-    ema.copy_to(final.parameters())
-    save_part(final, out_dir, "unet")
-    save_part(noise_sched, out_dir, "scheduler")
-    set_vae_scaling_factor(out_dir, scale)
-    meta = read_meta(out_dir)
-    meta["latent_scale_factor"] = scale
-    meta["provenance"][STAGE] = {
-        "data": getattr(tiles, "description", type(tiles).__name__),
-        "tiles": len(tiles), "steps": step, "seed": opts.seed,
-        "batch_size": opts.batch_size or preset.diffusion.batch_size,
-        "ema_decay": opts.ema_decay or preset.diffusion.ema_decay, "versions": package_versions(),
-    }
-    write_meta(out_dir, meta)
+        processes = acc.num_processes
+        final = copy.deepcopy(unet).to("cpu")
+        ema.to("cpu")
+        ema.copy_to(final.parameters())
+        save_part(final, out_dir, "unet")
+        save_part(noise_sched, out_dir, "scheduler")
+        set_vae_scaling_factor(out_dir, scale)
+        meta = read_meta(out_dir)
+        meta["latent_scale_factor"] = scale
+        meta["provenance"][STAGE] = {
+            "data": getattr(tiles, "description", type(tiles).__name__),
+            "tiles": len(tiles), "steps": step, "seed": opts.seed, "processes": processes,
+            "batch_size": opts.batch_size or preset.diffusion.batch_size,
+            "ema_decay": opts.ema_decay or preset.diffusion.ema_decay, "versions": package_versions(),
+        }
+        write_meta(out_dir, meta)
+    acc.wait_for_everyone()
     return result

@@ -90,20 +90,24 @@ def to_uint8(x):
 
 
 def make_accelerator(device: str | None = "auto", mixed_precision: str = "no"):
-    """An ``Accelerator`` on the chosen device; under ``accelerate launch`` the launcher decides."""
+    """An ``Accelerator`` on the chosen device.
+
+    Under a launcher (``accelerate launch --multi_gpu``, ``torchrun``) the launcher places the
+    processes; with ``--device cpu`` or without CUDA they run on the CPU over gloo.
+    """
     import torch
     from accelerate import Accelerator
 
     from .devices import pick_device
 
-    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    dev = pick_device(device) if not launched else None
-    if dev is not None and dev.type == "cuda" and dev.index is not None:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        cpu = (device or "auto").startswith("cpu") or not torch.cuda.is_available() or \
+            os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true")
+        return Accelerator(cpu=cpu, mixed_precision=mixed_precision)
+    dev = pick_device(device)
+    if dev.type == "cuda" and dev.index is not None:
         torch.cuda.set_device(dev.index)
-    cpu = dev is not None and dev.type == "cpu"
-    if launched and os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true"):
-        cpu = True
-    return Accelerator(cpu=cpu, mixed_precision=mixed_precision)
+    return Accelerator(cpu=dev.type == "cpu", mixed_precision=mixed_precision)
 
 
 def prepare_out_dir(out, overwrite: bool = False, resume: bool = False) -> Path:
