@@ -25,7 +25,7 @@ class DemoOptions:
     @property
     def steps(self) -> tuple[int, int]:
         """(autoencoder steps, diffusion steps)."""
-        return (40, 60) if self.quick else (1000, 2500)
+        return (40, 60) if self.quick else (1200, 5000)
 
 
 def demo_tiles(tile_size: int):
