@@ -100,3 +100,38 @@ def test_demo_quick_runs_end_to_end(tmp_path, capsys):
     from napari_histodiff import load_bundle
 
     assert load_bundle(out_dir / "bundle", device="cpu").unet is not None
+
+
+def test_demo_refuses_a_folder_that_is_not_a_demo(tmp_path, capsys):
+    (tmp_path / "mine.txt").write_text("precious")
+    for extra in ([], ["--overwrite"]):
+        code, out, err = run(capsys, "demo", "--quick", "--out", tmp_path, "--device", "cpu", *extra)
+        assert code == 2 and "not a demo folder" in err
+    assert (tmp_path / "mine.txt").read_text() == "precious"
+
+
+def test_argparse_errors_are_one_line(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["sample"])
+    assert e.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("histodiff: error:") and "--help" in lines[0]
+
+
+def test_resume_below_checkpoint_step_is_refused(tmp_path, capsys):
+    data = write_tiles(tmp_path / "tiles", n=8)
+    b = tmp_path / "b"
+    assert run(capsys, "pretrain-autoencoder", data, "--out", b, "--steps", 4, "--device", "cpu")[0] == 0
+    code, out, err = run(capsys, "pretrain-autoencoder", data, "--out", b, "--steps", 2, "--resume", "--device", "cpu")
+    assert code == 2 and "checkpoint is at step 4" in err and "--steps 4 or more" in err
+    # a finished autoencoder under a trained UNet is not silently retrained
+    assert run(capsys, "pretrain", data, "--out", b, "--resume", "--autoencoder-steps", 4, "--steps", 2,
+               "--device", "cpu", "--microns-per-pixel", 0.5)[0] == 0
+    import json
+
+    meta = json.loads((b / "histodiff.json").read_text())
+    assert meta["microns_per_pixel"] == 0.5
+    scale = meta["latent_scale_factor"]
+    code, out, err = run(capsys, "pretrain-autoencoder", data, "--out", b, "--steps", 6, "--resume", "--device", "cpu")
+    assert code == 2 and "would invalidate it" in err
+    assert json.loads((b / "vae" / "config.json").read_text())["scaling_factor"] == scale

@@ -55,3 +55,16 @@ def test_presets_round_trip_through_json():
         p = get_preset(name)
         q = Preset.from_dict(json.loads(p.to_json()))
         assert q == p
+
+
+def test_incomplete_preset_is_refused_with_a_hint():
+    import pytest
+
+    from napari_histodiff.core.errors import HistodiffError
+
+    with pytest.raises(HistodiffError, match="missing autoencoder, unet, schedule, diffusion"):
+        Preset.from_dict({"name": "x", "tile_size": 64})
+    d = tiny().to_dict()
+    d["unet"]["heads"] = 3
+    with pytest.raises(HistodiffError, match="unknown preset field"):
+        Preset.from_dict(d)

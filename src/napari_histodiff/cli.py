@@ -57,11 +57,15 @@ def _add_data_args(p):
     g.add_argument("--large-images", action="store_true",
                    help="treat every image inside the given folders as a large image to cut into tiles")
     g.add_argument("--stride", type=int, default=None, help="tiling stride in pixels (default: the tile size)")
-    g.add_argument("--scale", type=float, default=1.0,
-                   help="rescale images by this factor before tiling, to match magnification (default 1)")
+    g.add_argument("--scale", type=float, default=None,
+                   help="magnification factor: large images are rescaled by it before tiling; tiles of a "
+                   "folder give their centre TILE/SCALE px (default: large images as they are, folder tiles "
+                   "fitted whole to the tile size)")
     g.add_argument("--min-tissue", type=float, default=0.5,
                    help="keep a tile of a large image when at least this fraction is tissue (default 0.5)")
     g.add_argument("--no-tissue-filter", action="store_true", help="keep background tiles of large images too")
+    g.add_argument("--microns-per-pixel", type=float, default=None,
+                   help="resolution of the training tiles, recorded in the bundle (after --scale)")
 
 
 def _add_run_args(p):
@@ -89,8 +93,15 @@ def _add_ae_args(p, steps_flag="--steps", default=2000):
                    help="local LPIPS-VGG16 weights file; adds the perceptual loss term (off without it)")
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``histodiff: error: ...`` and exit code 2."""
+
+    def error(self, message):
+        self.exit(EXIT_BAD_INPUT, f"histodiff: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="histodiff",
         description="Class-guided latent diffusion for histopathology tile augmentation (HistoDiffusion).",
     )
@@ -191,6 +202,7 @@ def cmd_pretrain_autoencoder(args):
     tiles = _tiles(args, preset.tile_size)
     prepare_out_dir(args.out, args.overwrite, args.resume)
     result = drain(train_autoencoder(tiles, args.out, preset, _ae_options(args)))
+    _record_mpp(args)
     _say(f"autoencoder written to {args.out}/vae; held-out PSNR {result['psnr']:.2f} dB"
          if result["psnr"] is not None else f"autoencoder written to {args.out}/vae")
 
@@ -228,6 +240,7 @@ def cmd_pretrain(args):
         mixed_precision=args.mixed_precision, num_workers=args.num_workers,
     )
     result = drain(train_diffusion(tiles, args.out, preset, opts))
+    _record_mpp(args)
     _say(f"bundle written to {args.out} (latent scale factor {result['latent_scale_factor']:.4f}); "
          f"try: histodiff sample {args.out} -n 16 --out samples")
 
@@ -260,6 +273,15 @@ def cmd_demo(args):
     _say(f"demo finished: open {report}")
 
 
+def _record_mpp(args) -> None:
+    if args.microns_per_pixel is not None and _is_main_process():
+        from .core.bundle import read_meta, write_meta
+
+        meta = read_meta(args.out)
+        meta["microns_per_pixel"] = args.microns_per_pixel
+        write_meta(args.out, meta)
+
+
 def _say(msg: str) -> None:
     if _is_main_process():
         print(msg)
@@ -276,6 +298,10 @@ def main(argv=None) -> int:
         print(f"histodiff: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
-        print("histodiff: interrupted; a checkpoint was saved, continue with --resume", file=sys.stderr)
+        hint = {"pretrain": "a checkpoint was saved; continue with --resume",
+                "pretrain-autoencoder": "a checkpoint was saved; continue with --resume",
+                "demo": "run the demo again to continue where it stopped",
+                "sample": "nothing was written"}.get(args.command, "")
+        print(f"histodiff: interrupted; {hint}", file=sys.stderr)
         return 130
     return 0

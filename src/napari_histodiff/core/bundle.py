@@ -210,10 +210,13 @@ def summary(path) -> str:
         if not folder.is_dir():
             lines.append(f"{part:<11} missing")
             continue
-        weights = sorted(folder.glob("*.safetensors"))
-        size = sum(f.stat().st_size for f in weights)
-        cfg = _json.loads(next(folder.glob("*config.json")).read_text())
-        lines.append(f"{part:<11} {cfg.get('_class_name', '?')}, {size / 1e6:.1f} MB of weights")
+        size = sum(f.stat().st_size for f in folder.glob("*.safetensors"))
+        configs = sorted(folder.glob("*config.json"))
+        try:
+            name = _json.loads(configs[0].read_text()).get("_class_name", "?")
+        except (IndexError, OSError, ValueError):
+            name = "config missing or unreadable"
+        lines.append(f"{part:<11} {name}, {size / 1e6:.1f} MB of weights")
     for stage, prov in (meta.get("provenance") or {}).items():
         lines.append(f"trained     {stage}: {prov.get('steps', '?')} steps on {prov.get('tiles', '?')} tiles "
                      f"({prov.get('data', '?')}), seed {prov.get('seed', '?')}")

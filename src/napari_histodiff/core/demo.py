@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import HistodiffError
 from .events import Progress
 
 
@@ -51,6 +52,10 @@ def run_demo(out, options: DemoOptions | None = None, overwrite: bool = False):
 
     opts = options or DemoOptions()
     out = Path(out)
+    if out.is_dir() and any(out.iterdir()) and not (out / "bundle").is_dir():
+        raise HistodiffError(f"{out} exists and is not a demo folder; choose another --out")
+    if out.exists() and not out.is_dir():
+        raise HistodiffError(f"{out} is a file; choose a folder for --out")
     if overwrite:
         shutil.rmtree(out, ignore_errors=True)
     bundle_dir = prepare_out_dir(out / "bundle", resume=True)

@@ -89,6 +89,12 @@ class Preset:
             return kind(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
         d = dict(d)
+        missing = [k for k in ("name", "tile_size", "autoencoder", "unet", "schedule", "diffusion") if k not in d]
+        if missing:
+            raise HistodiffError(
+                f"preset is missing {', '.join(missing)}; start from a complete one, e.g. "
+                "`python -c \"from napari_histodiff.core.presets import small; print(small().to_json())\"`"
+            )
         parts = {
             "autoencoder": AutoencoderConfig,
             "unet": UNetConfig,
@@ -96,7 +102,9 @@ class Preset:
             "diffusion": DiffusionTrainConfig,
         }
         for key, kind in parts.items():
-            d[key] = build(kind, d.get(key, {}))
+            if not isinstance(d[key], dict):
+                raise HistodiffError(f"preset field {key!r} must be an object")
+            d[key] = build(kind, d[key])
         return build(cls, d)
 
     # -- model builders (diffusers classes) -------------------------------------------------

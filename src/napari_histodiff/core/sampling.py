@@ -24,11 +24,11 @@ class SampleOptions:
     seed: int = 0
     batch_size: int = 16
 
-    def validate(self) -> None:
+    def validate(self, train_steps: int = 1000) -> None:
         if self.n < 1:
             raise HistodiffError("-n must be at least 1")
-        if not 1 <= self.steps <= 1000:
-            raise HistodiffError("--steps must be between 1 and the number of training timesteps (1000)")
+        if not 1 <= self.steps <= train_steps:
+            raise HistodiffError(f"--steps must be between 1 and the model's {train_steps} training timesteps")
         if self.eta < 0:
             raise HistodiffError("--eta must be >= 0 (0: deterministic DDIM, 1: DDPM-like)")
         if self.batch_size < 1:
@@ -55,9 +55,9 @@ def sample_tiles(bundle, options: SampleOptions | None = None):
     from .training import to_uint8
 
     opts = options or SampleOptions()
-    opts.validate()
     if bundle.unet is None:
         raise HistodiffError("this bundle has no diffusion UNet yet; run `histodiff pretrain` first")
+    opts.validate(bundle.scheduler.config.num_train_timesteps)
     device = bundle.device
     unet, vae = bundle.unet, bundle.vae
     cfg = unet.config

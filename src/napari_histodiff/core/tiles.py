@@ -177,15 +177,15 @@ class TileSet:
 class TileFolder(TileSet):
     """Image files under `root`; the first-level sub-folder names the class."""
 
-    def __init__(self, root, tile_size: int, scale: float = 1.0):
+    def __init__(self, root, tile_size: int, scale: float | None = None):
         root = Path(root)
         if not root.exists():
             raise HistodiffError(f"tile folder {root} does not exist. Check the path.")
         if not root.is_dir():
             raise HistodiffError(f"{root} is not a folder. Give a folder of tiles (or open the file as an image).")
-        _check_sizes(tile_size, scale)
-        self.root, self.tile_size, self.scale = root, int(tile_size), float(scale)
-        self.description = f"tile folder {root}" + (f" at scale {scale}" if scale != 1 else "")
+        _check_sizes(tile_size, 1.0 if scale is None else scale)
+        self.root, self.tile_size, self.scale = root, int(tile_size), scale
+        self.description = f"tile folder {root}" + (f" at scale {scale:g}" if scale is not None else "")
         self.paths = _image_files(root)
         if not self.paths:
             raise HistodiffError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) found under {root}. "
@@ -199,10 +199,9 @@ class TileFolder(TileSet):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> np.ndarray:
-        # scale 1 (default): the whole tile is fitted to tile_size; otherwise a centre crop of
+        # no scale: the whole tile is fitted to tile_size; with a scale, a centre crop of
         # tile_size / scale px is taken, as if the tile were rescaled and then cut.
-        scale = None if self.scale == 1.0 else self.scale
-        return _fit_square(read_rgb(self.paths[self._index(i)]), self.tile_size, scale)
+        return _fit_square(read_rgb(self.paths[self._index(i)]), self.tile_size, self.scale)
 
     def label(self, i: int) -> int | None:
         k = int(self._labels[self._index(i)])
@@ -222,9 +221,10 @@ def _check_sizes(tile_size, scale, stride=1):
 class ImageTiles(TileSet):
     """Grid of tiles cut from one large image, optionally keeping only tiles with enough tissue."""
 
-    def __init__(self, image, tile_size: int, stride: int | None = None, scale: float = 1.0,
+    def __init__(self, image, tile_size: int, stride: int | None = None, scale: float | None = None,
                  min_tissue: float = 0.5, tissue_filter: bool = True, name: str = "image"):
         stride = tile_size if stride is None else stride
+        scale = 1.0 if scale is None else scale
         _check_sizes(tile_size, scale, stride)
         if isinstance(image, (str, Path)):
             name = str(image) if name == "image" else name
@@ -311,7 +311,7 @@ class ConcatTiles(TileSet):
         return self.parts[k].origin(j)
 
 
-def open_tiles(paths, tile_size, *, large_images=False, stride=None, scale=1.0,
+def open_tiles(paths, tile_size, *, large_images=False, stride=None, scale=None,
                min_tissue=0.5, tissue_filter=True) -> TileSet:
     """Open folders of tiles and/or large images as one tile set."""
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)

@@ -108,8 +108,8 @@ def train_autoencoder(tiles, out_dir, preset: Preset, options: AutoencoderOption
     torch.manual_seed(opts.seed)
     vae = preset.build_vae()
     disc = PatchDiscriminator(in_channels=3, ndf=cfg.disc_channels, n_layers=None, tile_size=preset.tile_size)
-    lr = opts.learning_rate or cfg.learning_rate
-    batch = opts.batch_size or cfg.batch_size
+    lr = T.given(opts.learning_rate, cfg.learning_rate)
+    batch = T.given(opts.batch_size, cfg.batch_size)
     opt_g = torch.optim.Adam(vae.parameters(), lr=lr, betas=(0.5, 0.9))
     opt_d = torch.optim.Adam(disc.parameters(), lr=lr, betas=(0.5, 0.9))
     lpips = load_lpips(opts.perceptual_weights, device) if opts.perceptual_weights else None
@@ -122,9 +122,17 @@ def train_autoencoder(tiles, out_dir, preset: Preset, options: AutoencoderOption
         state, info = T.load_checkpoint(ckpt_dir, {"vae": vae, "disc": disc})
         opt_g.load_state_dict(state["opt_g"])
         opt_d.load_state_dict(state["opt_d"])
+        T.check_resume(info, opts.steps)
         start, history = info["step"], info.get("history", history)
+    if start >= opts.steps and (out_dir / "vae").is_dir():  # finished before: nothing to write
+        return _result(history, start)
     if start >= opts.steps:
         return _finish(out_dir, preset, vae, opts, history, tiles, start, acc)
+    if (out_dir / "unet").is_dir():
+        raise HistodiffError(
+            f"{out_dir} already has a diffusion UNet trained on this autoencoder; training the "
+            "autoencoder further would invalidate it. Write to a new --out folder instead"
+        )
 
     step_p, disc_p, opt_g, opt_d = acc.prepare(autoencoder_step(vae), disc, opt_g, opt_d)
     latent_shape = (cfg.latent_channels, preset.latent_size, preset.latent_size)
@@ -187,10 +195,14 @@ def train_autoencoder(tiles, out_dir, preset: Preset, options: AutoencoderOption
     return _finish(out_dir, preset, vae, opts, history, tiles, step, acc)
 
 
+def _result(history: dict, step: int) -> dict:
+    psnr_hist = history.get("psnr") or []
+    return {"steps": step, "psnr": psnr_hist[-1][1] if psnr_hist else None, "psnr_history": psnr_hist}
+
+
 def _finish(out_dir, preset, vae, opts, history, tiles, step, acc) -> dict:
     """Write ``vae/`` and ``histodiff.json``; return the stage's metrics."""
-    psnr_hist = history.get("psnr") or []
-    result = {"steps": step, "psnr": psnr_hist[-1][1] if psnr_hist else None, "psnr_history": psnr_hist}
+    result = _result(history, step)
     if acc.is_main_process:  # the others wait until the outputs are on disk
         processes = acc.num_processes
         vae = vae.to("cpu")
@@ -203,7 +215,7 @@ def _finish(out_dir, preset, vae, opts, history, tiles, step, acc) -> dict:
         meta["provenance"][STAGE] = {
             "data": getattr(tiles, "description", type(tiles).__name__),
             "tiles": len(tiles), "steps": step, "seed": opts.seed, "processes": processes,
-            "batch_size": opts.batch_size or preset.autoencoder.batch_size,
+            "batch_size": T.given(opts.batch_size, preset.autoencoder.batch_size),
             "perceptual_weights": opts.perceptual_weights, "versions": package_versions(),
         }
         meta["metrics"]["autoencoder_psnr_heldout"] = result["psnr"]

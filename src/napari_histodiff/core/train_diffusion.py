@@ -85,10 +85,10 @@ def train_diffusion(tiles, out_dir, preset: Preset, options: DiffusionOptions | 
     noise_sched = preset.build_scheduler()
     torch.manual_seed(opts.seed)
     unet = preset.build_unet()
-    ema = EMAModel(unet.parameters(), decay=opts.ema_decay or cfg.ema_decay)
-    opt = torch.optim.AdamW(unet.parameters(), lr=opts.learning_rate or cfg.learning_rate)
-    warmup = cfg.warmup_steps if opts.warmup_steps is None else opts.warmup_steps
-    lr_sched = get_scheduler("constant_with_warmup", opt, num_warmup_steps=warmup)
+    ema = EMAModel(unet.parameters(), decay=T.given(opts.ema_decay, cfg.ema_decay))
+    opt = torch.optim.AdamW(unet.parameters(), lr=T.given(opts.learning_rate, cfg.learning_rate))
+    lr_sched = get_scheduler("constant_with_warmup", opt,
+                             num_warmup_steps=T.given(opts.warmup_steps, cfg.warmup_steps))
 
     start, losses, scale = 0, [], None
     if T.has_checkpoint(ckpt_dir):
@@ -96,7 +96,10 @@ def train_diffusion(tiles, out_dir, preset: Preset, options: DiffusionOptions | 
         opt.load_state_dict(state["opt"])
         lr_sched.load_state_dict(state["lr_sched"])
         ema.load_state_dict(state["ema"])
+        T.check_resume(info, opts.steps)
         start, scale = info["step"], info["scale_factor"]
+        if start >= opts.steps and (out_dir / "unet").is_dir():  # finished before: nothing to write
+            return {"steps": start, "latent_scale_factor": scale, "losses": []}
     if scale is None:
         scale = latent_scale_factor(vae, tiles, opts.scale_tiles, opts.seed, device)
     if start >= opts.steps:
@@ -104,7 +107,7 @@ def train_diffusion(tiles, out_dir, preset: Preset, options: DiffusionOptions | 
 
     unet_p, opt = acc.prepare(unet, opt)
     ema.to(device)
-    batch = opts.batch_size or cfg.batch_size
+    batch = T.given(opts.batch_size, cfg.batch_size)
     stream = T.BatchStream(tiles, np.arange(len(tiles)), batch, opts.seed, acc.process_index, acc.num_processes)
     n_t = noise_sched.config.num_train_timesteps
     latent_shape = (preset.autoencoder.latent_channels, preset.latent_size, preset.latent_size)
@@ -169,8 +172,8 @@ def _finish(out_dir, preset, unet, ema, noise_sched, scale, opts, tiles, step, a
         meta["provenance"][STAGE] = {
             "data": getattr(tiles, "description", type(tiles).__name__),
             "tiles": len(tiles), "steps": step, "seed": opts.seed, "processes": processes,
-            "batch_size": opts.batch_size or preset.diffusion.batch_size,
-            "ema_decay": opts.ema_decay or preset.diffusion.ema_decay, "versions": package_versions(),
+            "batch_size": T.given(opts.batch_size, preset.diffusion.batch_size),
+            "ema_decay": T.given(opts.ema_decay, preset.diffusion.ema_decay), "versions": package_versions(),
         }
         write_meta(out_dir, meta)
     acc.wait_for_everyone()

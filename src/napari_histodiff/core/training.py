@@ -168,5 +168,19 @@ def load_checkpoint(folder: Path, models: dict) -> tuple[dict, dict]:
     return state, info
 
 
+def check_resume(info: dict, steps: int) -> None:
+    """Refuse a target below the checkpoint's step (it would silently count as finished)."""
+    if info["step"] > steps:
+        raise HistodiffError(
+            f"the {info.get('stage', 'training')} checkpoint is at step {info['step']}, beyond the "
+            f"requested {steps} steps; pass --steps {info['step']} or more to continue it"
+        )
+
+
+def given(value, default):
+    """``value`` unless it is None (0 is a valid choice)."""
+    return default if value is None else value
+
+
 def has_checkpoint(folder: Path) -> bool:
     return (Path(folder) / "checkpoint.json").is_file()
