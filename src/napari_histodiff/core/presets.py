@@ -61,6 +61,22 @@ class DiffusionTrainConfig:
 
 
 @dataclass
+class ClassifierConfig:
+    """The noisy latent classifier (guidance) and the image-space selection classifier."""
+
+    block_out_channels: tuple[int, ...] = (128, 256, 256, 512)
+    layers_per_block: int = 2
+    attention_levels: tuple[bool, ...] = (False, True, True, True)  # latent 32/16/8
+    attention_head_dim: int = 64
+    norm_num_groups: int = 32
+    learning_rate: float = 3e-4
+    weight_decay: float = 0.05
+    batch_size: int = 16
+    selection_channels: tuple[int, ...] = (64, 128, 256)
+    selection_learning_rate: float = 1e-3
+
+
+@dataclass
 class Preset:
     name: str
     tile_size: int
@@ -68,6 +84,7 @@ class Preset:
     unet: UNetConfig = field(default_factory=UNetConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     diffusion: DiffusionTrainConfig = field(default_factory=DiffusionTrainConfig)
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
 
     @property
     def latent_size(self) -> int:
@@ -89,7 +106,8 @@ class Preset:
             return kind(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
         d = dict(d)
-        missing = [k for k in ("name", "tile_size", "autoencoder", "unet", "schedule", "diffusion") if k not in d]
+        missing = [k for k in ("name", "tile_size", "autoencoder", "unet", "schedule", "diffusion", "classifier")
+                   if k not in d]
         if missing:
             raise HistodiffError(
                 f"preset is missing {', '.join(missing)}; start from a complete one, e.g. "
@@ -100,6 +118,7 @@ class Preset:
             "unet": UNetConfig,
             "schedule": ScheduleConfig,
             "diffusion": DiffusionTrainConfig,
+            "classifier": ClassifierConfig,
         }
         for key, kind in parts.items():
             if not isinstance(d[key], dict):
@@ -152,6 +171,22 @@ class Preset:
             upsample_type="resnet" if u.resnet_updown else "conv",
         )
 
+    def build_latent_classifier(self, num_classes: int):
+        from .classifiers import LatentClassifier
+
+        c = self.classifier
+        return LatentClassifier(
+            in_channels=self.autoencoder.latent_channels, num_classes=num_classes,
+            block_out_channels=c.block_out_channels, layers_per_block=c.layers_per_block,
+            attention_levels=c.attention_levels, attention_head_dim=c.attention_head_dim,
+            norm_num_groups=c.norm_num_groups, scale_shift_norm=self.unet.scale_shift_norm,
+        )
+
+    def build_selection_classifier(self, num_classes: int):
+        from .classifiers import SelectionClassifier
+
+        return SelectionClassifier(num_classes=num_classes, channels=self.classifier.selection_channels)
+
     def build_scheduler(self):
         from diffusers import DDPMScheduler
 
@@ -199,6 +234,10 @@ def small() -> Preset:
             attention_levels=(False, True, True), attention_head_dim=32,
         ),
         diffusion=DiffusionTrainConfig(learning_rate=2e-4, warmup_steps=500, batch_size=16),
+        classifier=ClassifierConfig(
+            block_out_channels=(64, 128, 128), attention_levels=(False, True, True), attention_head_dim=32,
+            selection_channels=(32, 64, 128),
+        ),
     )
 
 
@@ -216,6 +255,10 @@ def tiny() -> Preset:
             attention_head_dim=16, norm_num_groups=16, resnet_updown=False,
         ),
         diffusion=DiffusionTrainConfig(learning_rate=1e-3, warmup_steps=50, batch_size=16),
+        classifier=ClassifierConfig(
+            block_out_channels=(32, 64), layers_per_block=1, attention_levels=(False, True),
+            attention_head_dim=16, norm_num_groups=16, learning_rate=1e-3, selection_channels=(16, 32, 64),
+        ),
     )
 
 
