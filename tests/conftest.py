@@ -43,3 +43,30 @@ def trained_bundle(tmp_path_factory, ihc_tiles):
     run_to_end(train_autoencoder(ihc_tiles, out, preset, AutoencoderOptions(steps=60, device="cpu")))
     run_to_end(train_diffusion(ihc_tiles, out, preset, DiffusionOptions(steps=60, device="cpu")))
     return out
+
+
+@pytest.fixture(scope="session")
+def labeled_tiles():
+    """Real tiles of two visually distinct classes (DAB-rich vs hematoxylin-rich) from the demo image."""
+    from napari_histodiff.core.demo import demo_labeled_tiles
+
+    return demo_labeled_tiles(32)
+
+
+@pytest.fixture(scope="session")
+def finetuned_bundle(tmp_path_factory, ihc_tiles, labeled_tiles):
+    """A tiny bundle pre-trained on the demo image and fine-tuned on its two stain classes."""
+    from napari_histodiff.core.events import run_to_end
+    from napari_histodiff.core.finetune import FinetuneOptions, finetune
+    from napari_histodiff.core.presets import tiny
+    from napari_histodiff.core.train_autoencoder import AutoencoderOptions, train_autoencoder
+    from napari_histodiff.core.train_diffusion import DiffusionOptions, train_diffusion
+
+    root = tmp_path_factory.mktemp("finetuned")
+    pre, out = root / "pre", root / "ft"
+    preset = tiny()
+    run_to_end(train_autoencoder(ihc_tiles, pre, preset, AutoencoderOptions(steps=200, device="cpu")))
+    run_to_end(train_diffusion(ihc_tiles, pre, preset, DiffusionOptions(steps=400, device="cpu")))
+    result = run_to_end(finetune(pre, labeled_tiles, out, preset, FinetuneOptions(
+        classifier_steps=400, selection_steps=150, unet_steps=20, device="cpu")))
+    return out, result

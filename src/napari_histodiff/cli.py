@@ -100,6 +100,15 @@ class Parser(argparse.ArgumentParser):
         self.exit(EXIT_BAD_INPUT, f"histodiff: error: {message} (see `{self.prog} --help`)\n")
 
 
+def _add_rule_args(p):
+    g = p.add_argument_group("selection")
+    g.add_argument("--rule", choices=["confidence", "centroid", "both", "none"], default="both",
+                   help="keep a tile when the classifier is confident (confidence), its nearest class "
+                   "centroid is the target (centroid, as the original code), both (default), or always (none)")
+    g.add_argument("--threshold", type=float, default=0.8, help="minimum confidence (default 0.8)")
+    g.add_argument("--cap", type=int, default=None, help="keep at most this many tiles per class, best first")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="histodiff",
@@ -128,18 +137,78 @@ def build_parser() -> argparse.ArgumentParser:
     _add_ae_args(p, "--autoencoder-steps")
     p.set_defaults(func=cmd_pretrain)
 
-    p = sub.add_parser("sample", help="sample tiles from a bundle (unguided DDIM)",
-                       description="Sample tiles with DDIM; writes TIFF tiles and a PNG contact sheet.")
+    p = sub.add_parser("finetune", help="fine-tune a bundle on labeled tiles (classifiers, UNet)",
+                       description="Fine-tune a pre-trained bundle on a small labeled set: continued UNet "
+                       "training at a low learning rate, a noisy latent classifier for guidance and a "
+                       "selection classifier. Writes a new bundle with class names.")
+    p.add_argument("bundle", type=Path, help="pre-trained bundle (from `histodiff pretrain`)")
+    p.add_argument("--labeled", type=Path, nargs="+", required=True,
+                   help="folders of labeled tiles, one sub-folder per class (DIR/TUM/*.png, DIR/STR/*.png)")
+    p.add_argument("--out", type=Path, required=True, help="new bundle folder")
+    p.add_argument("--scale", type=float, default=None, help="magnification factor for the tiles (see pretrain)")
+    p.add_argument("--classifier-steps", type=int, default=2000, help="latent classifier steps (default 2000)")
+    p.add_argument("--selection-steps", type=int, default=1000, help="selection classifier steps (default 1000)")
+    p.add_argument("--finetune-unet-steps", type=int, default=1000,
+                   help="continued UNet training on the labeled tiles (default 1000; 0: off)")
+    p.add_argument("--unet-lr", type=float, default=1e-5, help="UNet fine-tuning learning rate (default 1e-5)")
+    p.add_argument("--finetune-decoder-steps", type=int, default=0,
+                   help="decoder fine-tuning steps (default 0: off)")
+    p.add_argument("--clean-latents", action="store_true",
+                   help="train the latent classifier on clean latents only, as the original code (for comparison)")
+    p.add_argument("--min-tiles-per-class", type=int, default=5)
+    p.add_argument("--holdout", type=float, default=0.2, help="held-out fraction per class for the classifiers")
+    p.add_argument("--checkpoint-every", type=int, default=500)
+    for flag, kw in (("--seed", dict(type=int, default=0)), ("--device", dict(default="auto")),
+                     ("--mixed-precision", dict(choices=["no", "fp16", "bf16"], default="no")),
+                     ("--num-workers", dict(type=int, default=0)), ("--batch-size", dict(type=int, default=None))):
+        p.add_argument(flag, **kw)
+    ex = p.add_mutually_exclusive_group()
+    ex.add_argument("--overwrite", action="store_true")
+    ex.add_argument("--resume", action="store_true")
+    p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("sample", help="sample tiles, unguided or guided toward classes, and select",
+                       description="Sample tiles (TIFF) into a folder with samples.csv and a contact sheet per "
+                       "class. With --class/--per-class, sampling is guided by the latent classifier; on a "
+                       "fine-tuned bundle every tile is scored and selected unless --no-select.")
     p.add_argument("bundle", type=Path)
-    p.add_argument("-n", type=int, default=16, help="number of tiles (default 16)")
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50)")
+    p.add_argument("-n", type=int, default=16, help="tiles per class (in all when unguided; default 16)")
+    p.add_argument("--class", dest="classes", action="append", default=[], metavar="NAME",
+                   help="target class (repeat for several)")
+    p.add_argument("--per-class", type=int, default=None, metavar="N", help="N tiles of every class of the bundle")
+    p.add_argument("--guidance", type=float, default=10.0, help="classifier guidance scale (default 10; 0: none)")
+    p.add_argument("--sampler", choices=["ddim", "dpm", "ddpm"], default="ddim")
+    p.add_argument("--steps", type=int, default=50, help="sampling steps (default 50)")
     p.add_argument("--eta", type=float, default=1.0, help="DDIM eta (default 1.0, as the paper)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="auto")
+    p.add_argument("--no-select", action="store_true", help="do not score and select the tiles")
+    _add_rule_args(p)
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("select", help="score and select the tiles of a sample folder again",
+                       description="Re-score a sample folder with a fine-tuned bundle's selection classifier "
+                       "and rewrite its samples.csv with keep/reject decisions.")
+    p.add_argument("samples", type=Path)
+    p.add_argument("--bundle", type=Path, required=True)
+    p.add_argument("--device", default="auto")
+    _add_rule_args(p)
+    p.set_defaults(func=cmd_select)
+
+    p = sub.add_parser("export", help="export kept tiles as an ImageFolder-style augmentation set",
+                       description="Write <class>/<id>.tif (or .png) for the kept tiles of one or more sample "
+                       "folders, with manifest.csv and export.json. Written atomically.")
+    p.add_argument("samples", type=Path, nargs="+")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--include-real", type=Path, default=None, metavar="DIR",
+                   help="also copy these labeled real tiles (class sub-folders), marked as real")
+    p.add_argument("--png", action="store_true", help="PNG instead of TIFF")
+    p.add_argument("--all", action="store_true", help="export every tile, kept or not")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("info", help="print a readable summary of a bundle")
     p.add_argument("bundle", type=Path)
@@ -245,16 +314,110 @@ def cmd_pretrain(args):
          f"try: histodiff sample {args.out} -n 16 --out samples")
 
 
+def _rule(args):
+    from .core.selection import SelectionRule
+
+    rule = SelectionRule(rule=args.rule, threshold=args.threshold, cap=args.cap)
+    rule.validate()
+    return rule
+
+
+def _counts(records) -> str:
+    from collections import Counter
+
+    kept = Counter(r.target_class or r.predicted_class or "unguided" for r in records if r.kept)
+    made = Counter(r.target_class or r.predicted_class or "unguided" for r in records)
+    return ", ".join(f"{c}: {kept.get(c, 0)}/{n} kept" for c, n in sorted(made.items()))
+
+
+def cmd_finetune(args):
+    from .core.finetune import FinetuneOptions, finetune
+    from .core.presets import Preset
+    from .core.bundle import read_meta
+    from .core.training import prepare_out_dir
+
+    preset = Preset.from_dict(read_meta(args.bundle)["preset"])
+    tiles = _labeled_tiles(args.labeled, preset.tile_size, args.scale)
+    opts = FinetuneOptions(
+        classifier_steps=args.classifier_steps, selection_steps=args.selection_steps,
+        unet_steps=args.finetune_unet_steps, unet_learning_rate=args.unet_lr,
+        decoder_steps=args.finetune_decoder_steps, clean_latents=args.clean_latents,
+        min_tiles_per_class=args.min_tiles_per_class, holdout=args.holdout, batch_size=args.batch_size,
+        seed=args.seed, checkpoint_every=args.checkpoint_every, device=args.device,
+        mixed_precision=args.mixed_precision, num_workers=args.num_workers,
+    )
+    opts.validate()
+    if args.out.resolve() == args.bundle.resolve():
+        from .core.errors import HistodiffError
+
+        raise HistodiffError("--out must be a new folder, not the pre-trained bundle itself")
+    prepare_out_dir(args.out, args.overwrite, args.resume)
+    result = drain(finetune(args.bundle, tiles, args.out, preset, opts))
+    counts = ", ".join(f"{c} {n}" for c, n in result["class_counts"].items())
+    _say(f"fine-tuned bundle written to {args.out} (tiles per class: {counts}); "
+         f"try: histodiff sample {args.out} --per-class 16 --out samples")
+
+
+def _labeled_tiles(paths, tile_size, scale):
+    from .core.tiles import open_tiles, read_rgb
+
+    tiles = open_tiles(paths, tile_size, scale=scale)
+    first = read_rgb(tiles.origin(0)) if hasattr(tiles, "paths") or hasattr(tiles, "parts") else None
+    if first is not None and scale is None and first.shape[:2] != (tile_size, tile_size):
+        print(f"histodiff: warning: tiles are {first.shape[1]}x{first.shape[0]} px; they are centre-cropped "
+              f"and resized to the model's {tile_size} px (pass --scale to cut at a fixed magnification "
+              "instead)", file=sys.stderr)
+    return tiles
+
+
 def cmd_sample(args):
     from .core.bundle import load_bundle
+    from .core.sample_set import write_samples
     from .core.sampling import SampleOptions
-    from .core.sampling import write_samples
 
-    opts = SampleOptions(n=args.n, steps=args.steps, eta=args.eta, seed=args.seed, batch_size=args.batch_size)
-    opts.validate()
     bundle = load_bundle(args.bundle, device=args.device)
-    sheet = drain(write_samples(bundle, opts, args.out, overwrite=args.overwrite))
-    _say(f"{args.n} tiles written to {args.out}; contact sheet {sheet}")
+    classes = list(bundle.class_names) if args.per_class else args.classes
+    for name in classes:
+        bundle.class_index(name)
+    opts = SampleOptions(n=args.per_class or args.n, classes=classes, guidance=args.guidance, sampler=args.sampler,
+                         steps=args.steps, eta=args.eta, seed=args.seed, batch_size=args.batch_size)
+    opts.validate(bundle.scheduler.config.num_train_timesteps)
+    select = not args.no_select and bundle.selection_classifier is not None
+    records = drain(write_samples(bundle, opts, args.out, _rule(args) if select else None, args.overwrite))
+    summary = _counts(records) if select else f"{len(records)} tiles (not selected)"
+    _say(f"{len(records)} tiles written to {args.out} ({summary})")
+
+
+def cmd_select(args):
+    from .core.bundle import load_bundle
+    from .core.sample_set import select_folder
+
+    records = select_folder(args.samples, load_bundle(args.bundle, device=args.device), _rule(args))
+    _say(f"{args.samples}/samples.csv updated: {_counts(records)}")
+
+
+def cmd_export(args):
+    from .core.export import ExportOptions, export_set
+
+    opts = ExportOptions(include_real=args.include_real is not None, fmt="png" if args.png else "tif",
+                         only_kept=not args.all, overwrite=args.overwrite)
+    opts.validate()
+    real = None
+    if args.include_real is not None:
+        import tifffile
+
+        from .core.errors import HistodiffError
+        from .core.records import read_records
+        from .core.tiles import TileFolder
+
+        records = read_records(args.samples[0])
+        if not records:
+            raise HistodiffError(f"{args.samples[0]} holds no tiles")
+        size = tifffile.imread(args.samples[0] / records[0].file).shape[0]
+        real = TileFolder(args.include_real, size)
+    params = {"samples": [str(s) for s in args.samples], "include_real": str(args.include_real or "")}
+    summary = drain(export_set(args.samples, args.out, opts, real_tiles=real, params=params))
+    _say(f"{summary['total']} tiles exported to {args.out}")
 
 
 def cmd_info(args):

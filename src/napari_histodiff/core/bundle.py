@@ -63,6 +63,8 @@ class Bundle:
     scheduler: object
     meta: dict = field(default_factory=dict)
     path: Path | None = None
+    latent_classifier: object | None = None  # after `histodiff finetune`
+    selection_classifier: object | None = None
 
     @property
     def scale_factor(self) -> float:
@@ -84,11 +86,23 @@ class Bundle:
     def device(self):
         return next(self.vae.parameters()).device
 
+    def models(self) -> list:
+        return [m for m in (self.vae, self.unet, self.latent_classifier, self.selection_classifier) if m is not None]
+
     def to(self, device) -> "Bundle":
-        self.vae.to(device)
-        if self.unet is not None:
-            self.unet.to(device)
+        for model in self.models():
+            model.to(device)
         return self
+
+    def class_index(self, name: str) -> int:
+        """Index of a class name, or a clear error listing the valid ones."""
+        from .errors import HistodiffError
+
+        if not self.class_names:
+            raise HistodiffError("this bundle has no classes; fine-tune it on labeled tiles with `histodiff finetune`")
+        if name not in self.class_names:
+            raise HistodiffError(f"unknown class {name!r}; this bundle knows {', '.join(self.class_names)}")
+        return self.class_names.index(name)
 
 
 def write_meta(path: Path, meta: dict) -> None:
@@ -168,12 +182,21 @@ def load_bundle(path, device=None, require_unet: bool = True) -> Bundle:
     if require_unet or (path / "unet").exists():
         unet = _load_part(UNet2DModel, path / "unet", "diffusion UNet")
     scheduler = _load_part(DDPMScheduler, path / "scheduler", "noise scheduler") if unet else None
-    check_consistent(meta, vae, unet, path)
-    bundle = Bundle(vae=vae.eval(), unet=unet.eval() if unet else None, scheduler=scheduler, meta=meta, path=path)
+    bundle = Bundle(vae=vae, unet=unet, scheduler=scheduler, meta=meta, path=path)
+    if (path / "latent_classifier").is_dir() or (path / "selection_classifier").is_dir():
+        from .classifiers import LatentClassifier, SelectionClassifier
+
+        bundle.latent_classifier = _load_part(LatentClassifier, path / "latent_classifier", "latent classifier")
+        bundle.selection_classifier = _load_part(
+            SelectionClassifier, path / "selection_classifier", "selection classifier")
+    check_consistent(bundle)
+    for model in bundle.models():
+        model.eval()
     return bundle.to(pick_device(device))
 
 
-def check_consistent(meta: dict, vae, unet, path: Path) -> None:
+def check_consistent(bundle: Bundle) -> None:
+    meta, vae, unet, path = bundle.meta, bundle.vae, bundle.unet, bundle.path
     problems = []
     tile = meta.get("tile_size")
     f = 2 ** (len(vae.config.block_out_channels) - 1)
@@ -188,6 +211,10 @@ def check_consistent(meta: dict, vae, unet, path: Path) -> None:
             problems.append(f"unet sample_size {unet.config.sample_size} != tile_size/{f} = {tile // f}")
         if not meta.get("latent_scale_factor"):
             problems.append("latent_scale_factor is missing from histodiff.json")
+    n = len(meta.get("class_names") or [])
+    for clf in (bundle.latent_classifier, bundle.selection_classifier):
+        if clf is not None and clf.config.num_classes != n:
+            problems.append(f"{type(clf).__name__} has {clf.config.num_classes} classes, histodiff.json names {n}")
     if problems:
         raise BundleError(f"bundle {path} has parts that do not fit together: " + "; ".join(problems))
 
@@ -224,3 +251,20 @@ def summary(path) -> str:
         if value is not None:
             lines.append(f"metric      {key} = {value:.3f}" if isinstance(value, float) else f"metric      {key} = {value}")
     return "\n".join(lines)
+
+
+def bundle_hash(path) -> str:
+    """Short sha256 over a bundle's description and weights: which model made a tile."""
+    import hashlib
+
+    path = Path(path)
+    h = hashlib.sha256()
+    files = [path / META_FILE] + sorted(path.glob("*/*.safetensors")) + sorted(path.glob("*/*config.json"))
+    for f in files:
+        if "training" in f.parts[len(path.parts):]:
+            continue
+        h.update(f.relative_to(path).as_posix().encode())
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()[:16]

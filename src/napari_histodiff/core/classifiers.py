@@ -97,7 +97,7 @@ class SelectionClassifier(ModelMixin, ConfigMixin):
             stages.append(_BasicBlock(prev, c, 1 if i == 0 else 2))
             prev = c
         self.stages = nn.Sequential(*stages)
-        self.dropout = nn.Dropout(dropout)
+        self.drop = nn.Dropout(dropout)
         self.head = nn.Linear(prev, num_classes)
         self.register_buffer("centroids", torch.zeros(num_classes, prev))
 
@@ -105,7 +105,7 @@ class SelectionClassifier(ModelMixin, ConfigMixin):
         return self.stages(self.stem(x)).mean(dim=(2, 3))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.dropout(self.features(x)))
+        return self.head(self.drop(self.features(x)))
 
     def score(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Class probabilities, features and distance to every class centroid, for selection."""

@@ -26,7 +26,19 @@ class DemoOptions:
     @property
     def steps(self) -> tuple[int, int]:
         """(autoencoder steps, diffusion steps)."""
-        return (40, 60) if self.quick else (1200, 5000)
+        return (40, 60) if self.quick else (1200, 4000)
+
+    @property
+    def per_class(self) -> int:
+        return 8 if self.quick else 32
+
+    def finetune_options(self):
+        from .finetune import FinetuneOptions
+
+        q = self.quick
+        return FinetuneOptions(classifier_steps=30 if q else 1000, selection_steps=30 if q else 400,
+                               unet_steps=10 if q else 500, seed=self.seed, device=self.device,
+                               checkpoint_every=250)
 
 
 def demo_tiles(tile_size: int):
@@ -40,12 +52,45 @@ def demo_tiles(tile_size: int):
     return tiles
 
 
+DEMO_CLASSES = ["DAB-rich", "hematoxylin-rich"]
+
+
+def demo_labeled_tiles(tile_size: int, stride: int | None = None):
+    """A demonstration labelling of the demo image by colour deconvolution (skimage rgb2hed):
+    the third of tiles with the most DAB relative to hematoxylin is "DAB-rich", the third with
+    the least is "hematoxylin-rich"; the ambiguous middle third is left out. Not a diagnosis."""
+    import skimage.data
+    from scipy.stats import rankdata
+    from skimage.color import rgb2hed
+
+    from .tiles import ArrayTiles, ImageTiles
+
+    image = skimage.data.immunohistochemistry()
+    grid = ImageTiles(image, tile_size, stride=stride or tile_size // 2)
+    hed = rgb2hed(image)
+    t = tile_size
+    h = np.array([hed[y : y + t, x : x + t, 0].mean() for y, x in grid.coords])
+    d = np.array([hed[y : y + t, x : x + t, 2].mean() for y, x in grid.coords])
+    r = rankdata(d) - rankdata(h)
+    lo, hi = np.quantile(r, [1 / 3, 2 / 3])
+    keep = np.flatnonzero((r <= lo) | (r >= hi))
+    labels = (r[keep] <= lo).astype(int)  # 0: DAB-rich, 1: hematoxylin-rich
+    tiles = np.stack([grid[int(i)] for i in keep])
+    origins = [grid.origin(int(i)) for i in keep]
+    return ArrayTiles(tiles, labels, DEMO_CLASSES, origins,
+                      description="demo image labeled by colour deconvolution (DAB vs hematoxylin)")
+
+
 def run_demo(out, options: DemoOptions | None = None, overwrite: bool = False):
     """Yield progress of every stage; return the path of the report."""
     from .bundle import load_bundle
+    from .export import ExportOptions, export_set
+    from .finetune import finetune
     from .outputs import contact_sheet, write_png
     from .presets import tiny
-    from .sampling import SampleOptions, write_samples
+    from .sample_set import write_samples
+    from .sampling import SampleOptions
+    from .selection import SelectionRule
     from .train_autoencoder import AutoencoderOptions, train_autoencoder
     from .train_diffusion import DiffusionOptions, train_diffusion
     from .training import prepare_out_dir
@@ -61,54 +106,77 @@ def run_demo(out, options: DemoOptions | None = None, overwrite: bool = False):
     bundle_dir = prepare_out_dir(out / "bundle", resume=True)
     preset = tiny()
     tiles = demo_tiles(preset.tile_size)
+    labeled = demo_labeled_tiles(preset.tile_size)
     ae_steps, diff_steps = opts.steps
-    t0 = time.perf_counter()
+    times = {}
+    t = time.perf_counter()
     ae = yield from train_autoencoder(tiles, bundle_dir, preset, AutoencoderOptions(
         steps=ae_steps, seed=opts.seed, device=opts.device, checkpoint_every=250))
-    t1 = time.perf_counter()
     diff = yield from train_diffusion(tiles, bundle_dir, preset, DiffusionOptions(
         steps=diff_steps, seed=opts.seed, device=opts.device, checkpoint_every=500))
-    t2 = time.perf_counter()
-    bundle = load_bundle(bundle_dir, device=opts.device)
-    sheet = yield from write_samples(bundle, SampleOptions(n=64, steps=50, eta=1.0, seed=opts.seed),
-                                     out / "samples", overwrite=True)
-    t3 = time.perf_counter()
-    rng = np.random.default_rng(opts.seed)
-    real = np.stack([tiles[int(i)] for i in rng.choice(len(tiles), 64, replace=False)])
-    write_png(out / "real_tiles.png", contact_sheet(real))
+    times["pre-training"], t = time.perf_counter() - t, time.perf_counter()
+    ft = yield from finetune(bundle_dir, labeled, prepare_out_dir(out / "finetuned", resume=True), preset,
+                             opts.finetune_options())
+    times["fine-tuning"], t = time.perf_counter() - t, time.perf_counter()
+    bundle = load_bundle(out / "finetuned", device=opts.device)
+    sample_opts = SampleOptions(n=opts.per_class, classes=bundle.class_names, guidance=10.0, steps=50,
+                                seed=opts.seed)
+    records = yield from write_samples(bundle, sample_opts, out / "samples", SelectionRule(), overwrite=True)
+    unguided = yield from write_samples(bundle, SampleOptions(n=opts.per_class * 2, guidance=0.0, steps=50,
+                                                              seed=opts.seed), out / "samples-unguided",
+                                        SelectionRule(rule="none"), overwrite=True)
+    times["sampling"], t = time.perf_counter() - t, time.perf_counter()
+    export = yield from export_set([out / "samples"], out / "augmentation-set",
+                                   ExportOptions(overwrite=True), params={"demo": True})
+    for k, name in enumerate(labeled.class_names):
+        idx = np.flatnonzero(labeled.labels == k)[:32]
+        write_png(out / f"real_{name}.png", contact_sheet(labeled.tiles[idx], ncols=8))
     yield Progress("report", 1, 1)
     report = out / "report.md"
-    losses = diff["losses"]
-    report.write_text(_report(tiles, ae, diff, losses, (t1 - t0, t2 - t1, t3 - t2), sheet, opts))
+    report.write_text(_report(tiles, labeled, ae, diff, ft, records, unguided, export, times, opts))
     return report
 
 
-def _report(tiles, ae, diff, losses, times, sheet, opts) -> str:
-    def loss_line():
-        if len(losses) < 20:
-            return "- diffusion loss: (resumed; see the checkpoint)"
-        k = max(1, len(losses) // 10)
-        return f"- diffusion L1 loss, mean of first {k} steps: {np.mean(losses[:k]):.4f}; last {k}: {np.mean(losses[-k:]):.4f}"
+def _rate(records, name) -> str:
+    mine = [r for r in records if (r.target_class or r.predicted_class) == name]
+    agree = [r for r in mine if r.predicted_class == name]
+    return f"{len(agree)}/{len(mine)}"
 
+
+def _report(tiles, labeled, ae, diff, ft, records, unguided, export, times, opts) -> str:
+    losses = diff["losses"]
+    k = max(1, len(losses) // 10)
+    loss = (f"L1 loss, mean of first {k} steps {np.mean(losses[:k]):.4f}, last {k} {np.mean(losses[-k:]):.4f}"
+            if len(losses) >= 20 else "resumed from a checkpoint")
     psnr = f"{ae['psnr']:.2f} dB" if ae.get("psnr") is not None else "n/a"
-    return "\n".join([
-        "# napari-histodiff demo",
-        "",
-        f"Data: {tiles.description}; {len(tiles)} tiles after the tissue filter.",
-        "Preset: `tiny` (32 px tiles, about one million parameters)." + (" Quick mode." if opts.quick else ""),
-        "",
+    clf = ft["latent_classifier"]["history"][-1][1] if ft["latent_classifier"]["history"] else {}
+    sel = ft["selection_classifier"].get("best_heldout_acc")
+    kept = {n: sum(1 for r in records if r.kept and r.target_class == n) for n in labeled.class_names}
+    lines = [
+        "# napari-histodiff demo", "",
+        f"Unlabeled data: {tiles.description}; {len(tiles)} tiles after the tissue filter.",
+        f"Labeled data: {labeled.description}: " + ", ".join(
+            f"{n} {c}" for n, c in ft["class_counts"].items()) + " tiles.",
+        "This labelling is a demonstration (stain content by colour deconvolution), not a diagnosis.",
+        "Preset: `tiny` (32 px tiles)." + (" Quick mode: too few steps for good tiles." if opts.quick else ""), "",
         "## Results",
-        f"- autoencoder: {ae['steps']} steps, held-out reconstruction PSNR {psnr} ({times[0]:.0f} s this run)",
-        f"- latent diffusion: {diff['steps']} steps, latent scale factor {diff['latent_scale_factor']:.4f} "
-        f"({times[1]:.0f} s this run)",
-        loss_line(),
-        f"- sampling: 64 tiles, DDIM 50 steps, eta 1.0 ({times[2]:.0f} s)",
-        "",
-        "| real tiles | synthetic tiles |",
-        "| --- | --- |",
-        f"| ![real](real_tiles.png) | ![synthetic]({Path(sheet).parent.name}/{Path(sheet).name}) |",
-        "",
-        "The model is in `bundle/` (`histodiff info bundle`); sample more with",
-        "`histodiff sample bundle -n 100 --out more-samples`.",
-        "",
-    ])
+        f"- autoencoder: {ae['steps']} steps, held-out reconstruction PSNR {psnr}",
+        f"- latent diffusion: {diff['steps']} steps, latent scale factor {diff['latent_scale_factor']:.4f}, {loss}",
+        "- noisy latent classifier, held-out accuracy by timestep: "
+        + ", ".join(f"t={key[5:]}: {v:.2f}" for key, v in clf.items()),
+        f"- selection classifier, best held-out accuracy: {sel:.2f}" if sel is not None else "",
+        "- guided samples (scale 10, DDIM 50 steps, eta 1) the selection classifier assigns to their "
+        "target: " + ", ".join(f"{n} {_rate(records, n)}" for n in labeled.class_names),
+        "- unguided samples of the same model, as the selection classifier labels them: "
+        + ", ".join(f"{n} {sum(1 for r in unguided if r.predicted_class == n)}" for n in labeled.class_names),
+        "- kept by selection (confidence >= 0.8 and nearest centroid): "
+        + ", ".join(f"{n} {c}" for n, c in kept.items()),
+        f"- exported augmentation set: `augmentation-set/` ({export['total']} tiles, manifest.csv)",
+        "- wall time this run: " + ", ".join(f"{k} {v:.0f} s" for k, v in times.items()), "",
+        "| class | real tiles | synthetic tiles (guided) |", "| --- | --- | --- |",
+    ]
+    lines += [f"| {n} | ![real](real_{n}.png) | ![synthetic](samples/contact_{n}.png) |" for n in labeled.class_names]
+    lines += ["", "Unguided samples: ![unguided](samples-unguided/contact_unguided.png)", "",
+              "The fine-tuned model is in `finetuned/` (`histodiff info finetuned`); sample more with",
+              "`histodiff sample finetuned --per-class 100 --out more-samples`.", ""]
+    return "\n".join(line for line in lines if line is not None)

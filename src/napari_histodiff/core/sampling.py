@@ -1,12 +1,19 @@
-"""Unconditional DDIM sampling in latent space, streaming tiles batch by batch.
+"""Sampling in latent space, unguided or class-guided, streaming tiles batch by batch.
 
-Tile ``i`` of a run with seed ``s`` draws all its noise from its own generator seeded by
-``(s, i)``, so it is the same whatever the batch size.
+Guidance (DESIGN.md step 3) uses the noisy latent classifier's gradient
+``g = grad_z log p(y | z_t, t)``:
+
+- DDIM and DPM-Solver++ (eps form): ``eps_hat = eps - s * sqrt(1 - alpha_bar_t) * g`` with the
+  scheduler's own ``alphas_cumprod[t]`` at the actual timestep, so any step count is right;
+- DDPM ancestral (mean shift): ``mu_hat = mu + s * sigma_t^2 * g``.
+
+Scale 0 skips the gradient entirely and is exactly unguided sampling. Tile ``i`` of a run with
+seed ``s`` draws all its noise from its own generator seeded by ``(s, i)``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -14,13 +21,17 @@ from .errors import HistodiffError
 from .events import Progress
 
 STAGE = "sample"
+SAMPLERS = ("ddim", "dpm", "ddpm")
 
 
 @dataclass
 class SampleOptions:
-    n: int = 16
+    n: int = 16  # tiles per class (or in all when unguided)
+    classes: list[str] = field(default_factory=list)  # target classes; empty: unguided
+    guidance: float = 10.0
+    sampler: str = "ddim"
     steps: int = 50
-    eta: float = 1.0
+    eta: float = 1.0  # DDIM only
     seed: int = 0
     batch_size: int = 16
 
@@ -33,23 +44,70 @@ class SampleOptions:
             raise HistodiffError("--eta must be >= 0 (0: deterministic DDIM, 1: DDPM-like)")
         if self.batch_size < 1:
             raise HistodiffError("--batch-size must be at least 1")
+        if self.guidance < 0:
+            raise HistodiffError("--guidance must be >= 0 (0: unguided)")
+        if self.sampler not in SAMPLERS:
+            raise HistodiffError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
+
+    def plan(self) -> list[str]:
+        """Target class of every tile in order ("" for unguided)."""
+        return [c for c in self.classes for _ in range(self.n)] if self.classes else [""] * self.n
 
 
 def sample_seed(seed: int, index: int) -> int:
     return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
 
 
-def ddim_scheduler(bundle, steps: int):
-    from diffusers import DDIMScheduler
+def make_scheduler(bundle, sampler: str, steps: int):
+    from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
-    sched = DDIMScheduler.from_config(bundle.scheduler.config, set_alpha_to_one=False, clip_sample=False)
+    cfg = bundle.scheduler.config
+    if sampler == "ddim":
+        sched = DDIMScheduler.from_config(cfg, set_alpha_to_one=False, clip_sample=False)
+    elif sampler == "dpm":
+        sched = DPMSolverMultistepScheduler.from_config(cfg, algorithm_type="dpmsolver++", solver_order=2)
+    else:
+        sched = DDPMScheduler.from_config(cfg, clip_sample=False)
     sched.set_timesteps(steps)
     return sched
 
 
+def classifier_grad(classifier, z, t, y):
+    """grad_z log p(y | z_t, t), one class per sample."""
+    import torch
+
+    with torch.enable_grad():
+        z_in = z.detach().requires_grad_(True)
+        logp = classifier(z_in, t).log_softmax(-1)
+        picked = logp[torch.arange(len(y), device=z.device), y].sum()
+        return torch.autograd.grad(picked, z_in)[0]
+
+
+def denoise(bundle, z, y, gens, opts: SampleOptions):
+    """Run the sampler from noise ``z``; yields after each step, returns the final latents."""
+    import torch
+
+    sched = make_scheduler(bundle, opts.sampler, opts.steps)
+    guided = opts.guidance > 0 and y is not None
+    for t in sched.timesteps:
+        with torch.no_grad():
+            eps = bundle.unet(z, t).sample
+        grad = classifier_grad(bundle.latent_classifier, z, t, y) if guided else None
+        if guided and opts.sampler != "ddpm":
+            alpha_bar = sched.alphas_cumprod[int(t)].to(z.device)
+            eps = eps - opts.guidance * (1 - alpha_bar).sqrt() * grad
+        kwargs = {"eta": opts.eta} if opts.sampler == "ddim" else {}
+        z = sched.step(eps, t, z, generator=gens, **kwargs).prev_sample
+        if guided and opts.sampler == "ddpm" and int(t) > 0:
+            z = z + opts.guidance * sched._get_variance(int(t)).to(z.device) * grad
+        yield
+    return z
+
+
 def sample_tiles(bundle, options: SampleOptions | None = None):
-    """Yield :class:`Progress` per denoising step; finished tiles arrive in ``event.data``
-    as ``{"start": i, "tiles": uint8 (b, H, W, 3), "seeds": [...]}``. Returns the count."""
+    """Yield :class:`Progress` per denoising step; finished tiles arrive in ``event.data`` as
+    ``{"start": i, "tiles": uint8 (b, H, W, 3), "seeds": [...], "classes": [...]}``.
+    Memory does not grow with the number of tiles. Returns the count."""
     import torch
 
     from .training import to_uint8
@@ -58,61 +116,32 @@ def sample_tiles(bundle, options: SampleOptions | None = None):
     if bundle.unet is None:
         raise HistodiffError("this bundle has no diffusion UNet yet; run `histodiff pretrain` first")
     opts.validate(bundle.scheduler.config.num_train_timesteps)
+    plan = opts.plan()
+    targets = [bundle.class_index(c) if c else -1 for c in plan]
+    if opts.classes and opts.guidance > 0 and bundle.latent_classifier is None:
+        raise HistodiffError("this bundle has no latent classifier for guidance; run `histodiff finetune` first")
     device = bundle.device
-    unet, vae = bundle.unet, bundle.vae
-    cfg = unet.config
+    cfg = bundle.unet.config
     shape = (cfg.in_channels, cfg.sample_size, cfg.sample_size)
-    batches = list(range(0, opts.n, opts.batch_size))
-    total, done = len(batches) * opts.steps, 0
-    for start in batches:
-        idx = range(start, min(start + opts.batch_size, opts.n))
+    starts = range(0, len(plan), opts.batch_size)
+    total, done = len(starts) * opts.steps, 0
+    for start in starts:
+        idx = range(start, min(start + opts.batch_size, len(plan)))
         seeds = [sample_seed(opts.seed, i) for i in idx]
         gens = [torch.Generator().manual_seed(s) for s in seeds]
         z = torch.stack([torch.randn(shape, generator=g) for g in gens]).to(device)
-        sched = ddim_scheduler(bundle, opts.steps)
+        y = torch.tensor([targets[i] for i in idx], device=device) if opts.classes else None
+        steps = denoise(bundle, z, y, gens, opts)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as stop:
+                z = stop.value
+                break
+            done += 1
+            yield Progress(STAGE, done, total)
         with torch.no_grad():
-            for t in sched.timesteps:
-                eps = unet(z, t).sample
-                z = sched.step(eps, t, z, eta=opts.eta, generator=gens).prev_sample
-                done += 1
-                yield Progress(STAGE, done, total)
-            tiles = to_uint8(vae.decode(z / bundle.scale_factor).sample)
-        yield Progress(STAGE, done, total, data={"start": start, "tiles": tiles, "seeds": seeds})
-    return opts.n
-
-
-def write_samples(bundle, options: SampleOptions, out, overwrite: bool = False, sheet_max: int = 64):
-    """Sample into ``out`` as TIFF tiles + ``contact_sheet.png``; yields progress, returns the
-    sheet's path. Written to a temporary folder first: an interrupted run leaves nothing."""
-    import shutil
-    from pathlib import Path
-
-    from .outputs import contact_sheet, write_png, write_tile
-
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise HistodiffError(f"output folder {out} already exists; pass --overwrite to replace it")
-    tmp = out.with_name(f".{out.name}.partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    shown = []
-    try:
-        for event in sample_tiles(bundle, options):
-            if event.data:
-                for k, tile in enumerate(event.data["tiles"]):
-                    i = event.data["start"] + k
-                    record = {"index": i, "seed": options.seed, "sample_seed": event.data["seeds"][k],
-                              "sampler": "ddim", "steps": options.steps, "eta": options.eta,
-                              "bundle": str(bundle.path) if bundle.path else None}
-                    write_tile(tmp / f"sample_{i:05d}.tif", tile, record)
-                    if len(shown) < sheet_max:
-                        shown.append(tile)
-            yield event
-        write_png(tmp / "contact_sheet.png", contact_sheet(np.stack(shown)))
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
-    return out / "contact_sheet.png"
+            tiles = to_uint8(bundle.vae.decode(z / bundle.scale_factor).sample)
+        yield Progress(STAGE, done, total, data={"start": start, "tiles": tiles, "seeds": seeds,
+                                                 "classes": [plan[i] for i in idx]})
+    return len(plan)

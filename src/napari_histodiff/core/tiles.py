@@ -348,3 +348,31 @@ def split_indices(n: int, holdout: float, seed: int, max_holdout: int | None = N
         k = min(k, int(max_holdout))
     k = max(0, min(k, n - 1))
     return np.sort(perm[k:]), np.sort(perm[:k])
+
+
+class ArrayTiles(TileSet):
+    """Tiles already in memory (uint8 (N, T, T, 3)), optionally labeled."""
+
+    def __init__(self, tiles, labels=None, class_names=None, origins=None, description="tiles in memory"):
+        self.tiles = np.asarray(tiles)
+        if self.tiles.ndim != 4 or self.tiles.shape[-1] != 3 or self.tiles.shape[1] != self.tiles.shape[2]:
+            raise HistodiffError(f"tiles must be an (N, T, T, 3) RGB array, got shape {self.tiles.shape}")
+        self.tiles = self.tiles.astype(np.uint8, copy=False)
+        self.tile_size = self.tiles.shape[1]
+        self.labels = None if labels is None else np.asarray(labels, dtype=np.int64)
+        self.class_names = list(class_names or [])
+        self.origins = origins
+        self.description = description
+
+    def __len__(self) -> int:
+        return len(self.tiles)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.tiles[self._index(i)]
+
+    def label(self, i: int) -> int | None:
+        return None if self.labels is None else int(self.labels[self._index(i)])
+
+    def origin(self, i: int) -> str:
+        j = self._index(i)
+        return self.origins[j] if self.origins is not None else f"tile {j}"

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from . import training as T
-from .bundle import new_meta, package_versions, read_meta, save_part, write_meta
+from .bundle import load_bundle, new_meta, package_versions, read_meta, save_part, write_meta
 from .errors import HistodiffError
 from .events import Progress
 from .presets import Preset
@@ -34,6 +34,8 @@ class AutoencoderOptions:
     device: str = "auto"
     mixed_precision: str = "no"
     num_workers: int = 0
+    decoder_only: bool = False  # fine-tuning: start from the bundle's autoencoder, train the decoder only
+    stage: str = STAGE
 
     def validate(self) -> None:
         if self.steps < 1:
@@ -97,7 +99,8 @@ def train_autoencoder(tiles, out_dir, preset: Preset, options: AutoencoderOption
     opts.validate()
     cfg = preset.autoencoder
     out_dir = Path(out_dir)
-    ckpt_dir = out_dir / "training" / STAGE
+    stage = opts.stage
+    ckpt_dir = out_dir / "training" / stage
     if len(tiles) < 2:
         raise HistodiffError(f"need at least 2 tiles to train the autoencoder, got {len(tiles)}")
     if tiles.tile_size != preset.tile_size:
@@ -107,10 +110,14 @@ def train_autoencoder(tiles, out_dir, preset: Preset, options: AutoencoderOption
     device = acc.device
     torch.manual_seed(opts.seed)
     vae = preset.build_vae()
+    if opts.decoder_only:
+        vae = load_bundle(out_dir, device="cpu", require_unet=False).vae.train()
+        vae.encoder.requires_grad_(False)
+        vae.quant_conv.requires_grad_(False)
     disc = PatchDiscriminator(in_channels=3, ndf=cfg.disc_channels, n_layers=None, tile_size=preset.tile_size)
     lr = T.given(opts.learning_rate, cfg.learning_rate)
     batch = T.given(opts.batch_size, cfg.batch_size)
-    opt_g = torch.optim.Adam(vae.parameters(), lr=lr, betas=(0.5, 0.9))
+    opt_g = torch.optim.Adam([p for p in vae.parameters() if p.requires_grad], lr=lr, betas=(0.5, 0.9))
     opt_d = torch.optim.Adam(disc.parameters(), lr=lr, betas=(0.5, 0.9))
     lpips = load_lpips(opts.perceptual_weights, device) if opts.perceptual_weights else None
 
@@ -124,11 +131,11 @@ def train_autoencoder(tiles, out_dir, preset: Preset, options: AutoencoderOption
         opt_d.load_state_dict(state["opt_d"])
         T.check_resume(info, opts.steps)
         start, history = info["step"], info.get("history", history)
-    if start >= opts.steps and (out_dir / "vae").is_dir():  # finished before: nothing to write
+    if start >= opts.steps and T.stage_written(out_dir, stage, start):  # finished before: nothing to write
         return _result(history, start)
     if start >= opts.steps:
         return _finish(out_dir, preset, vae, opts, history, tiles, start, acc)
-    if (out_dir / "unet").is_dir():
+    if (out_dir / "unet").is_dir() and not opts.decoder_only:
         raise HistodiffError(
             f"{out_dir} already has a diffusion UNet trained on this autoencoder; training the "
             "autoencoder further would invalidate it. Write to a new --out folder instead"
@@ -148,7 +155,7 @@ def train_autoencoder(tiles, out_dir, preset: Preset, options: AutoencoderOption
             T.save_checkpoint(
                 ckpt_dir, {"vae": vae, "disc": acc.unwrap_model(disc_p)},
                 {"opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict()},
-                {"stage": STAGE, "step": step, "total": opts.steps, "history": history,
+                {"stage": stage, "step": step, "total": opts.steps, "history": history,
                  "options": asdict(opts), "preset": preset.name},
             )
         saved = step
@@ -187,7 +194,7 @@ def train_autoencoder(tiles, out_dir, preset: Preset, options: AutoencoderOption
                 value = psnr(held, reconstruct(vae, held, device))
                 history["psnr"].append([step, value])
                 metrics["psnr"] = value
-            yield Progress(STAGE, step, opts.steps, loss.item(), metrics)
+            yield Progress(stage, step, opts.steps, loss.item(), metrics)
             if step % opts.checkpoint_every == 0:
                 checkpoint()
     finally:
@@ -206,19 +213,20 @@ def _finish(out_dir, preset, vae, opts, history, tiles, step, acc) -> dict:
     if acc.is_main_process:  # the others wait until the outputs are on disk
         processes = acc.num_processes
         vae = vae.to("cpu")
-        vae.register_to_config(scaling_factor=1.0)
+        if not opts.decoder_only:  # a new autoencoder: its scale factor is not known yet
+            vae.register_to_config(scaling_factor=1.0)
         save_part(vae, out_dir, "vae")
         try:
             meta = read_meta(out_dir)
         except HistodiffError:
             meta = new_meta(preset)
-        meta["provenance"][STAGE] = {
+        meta["provenance"][opts.stage] = {
             "data": getattr(tiles, "description", type(tiles).__name__),
             "tiles": len(tiles), "steps": step, "seed": opts.seed, "processes": processes,
             "batch_size": T.given(opts.batch_size, preset.autoencoder.batch_size),
             "perceptual_weights": opts.perceptual_weights, "versions": package_versions(),
         }
-        meta["metrics"]["autoencoder_psnr_heldout"] = result["psnr"]
+        meta["metrics"][f"{opts.stage}_psnr_heldout"] = result["psnr"]
         write_meta(out_dir, meta)
     acc.wait_for_everyone()
     return result

@@ -34,6 +34,8 @@ class DiffusionOptions:
     device: str = "auto"
     mixed_precision: str = "no"
     num_workers: int = 0
+    init_weights: bool = False  # fine-tuning: start from the bundle's UNet and keep its scale factor
+    stage: str = STAGE
 
     def validate(self) -> None:
         if self.steps < 1:
@@ -73,7 +75,8 @@ def train_diffusion(tiles, out_dir, preset: Preset, options: DiffusionOptions | 
     opts.validate()
     cfg = preset.diffusion
     out_dir = Path(out_dir)
-    ckpt_dir = out_dir / "training" / STAGE
+    stage = opts.stage
+    ckpt_dir = out_dir / "training" / stage
     if len(tiles) < 1:
         raise HistodiffError("no tiles to train on")
     if tiles.tile_size != preset.tile_size:
@@ -81,16 +84,18 @@ def train_diffusion(tiles, out_dir, preset: Preset, options: DiffusionOptions | 
 
     acc = T.make_accelerator(opts.device, opts.mixed_precision)
     device = acc.device
-    vae = load_bundle(out_dir, device="cpu", require_unet=False).vae.to(device).requires_grad_(False)
+    base = load_bundle(out_dir, device="cpu", require_unet=opts.init_weights)
+    vae = base.vae.to(device).requires_grad_(False)
     noise_sched = preset.build_scheduler()
     torch.manual_seed(opts.seed)
-    unet = preset.build_unet()
+    unet = base.unet.train() if opts.init_weights else preset.build_unet()
     ema = EMAModel(unet.parameters(), decay=T.given(opts.ema_decay, cfg.ema_decay))
     opt = torch.optim.AdamW(unet.parameters(), lr=T.given(opts.learning_rate, cfg.learning_rate))
     lr_sched = get_scheduler("constant_with_warmup", opt,
                              num_warmup_steps=T.given(opts.warmup_steps, cfg.warmup_steps))
 
-    start, losses, scale = 0, [], None
+    start, losses = 0, []
+    scale = base.scale_factor if opts.init_weights else None
     if T.has_checkpoint(ckpt_dir):
         state, info = T.load_checkpoint(ckpt_dir, {"unet": unet})
         opt.load_state_dict(state["opt"])
@@ -98,7 +103,7 @@ def train_diffusion(tiles, out_dir, preset: Preset, options: DiffusionOptions | 
         ema.load_state_dict(state["ema"])
         T.check_resume(info, opts.steps)
         start, scale = info["step"], info["scale_factor"]
-        if start >= opts.steps and (out_dir / "unet").is_dir():  # finished before: nothing to write
+        if start >= opts.steps and T.stage_written(out_dir, stage, start):  # finished before: nothing to write
             return {"steps": start, "latent_scale_factor": scale, "losses": []}
     if scale is None:
         scale = latent_scale_factor(vae, tiles, opts.scale_tiles, opts.seed, device)
@@ -119,7 +124,7 @@ def train_diffusion(tiles, out_dir, preset: Preset, options: DiffusionOptions | 
             T.save_checkpoint(
                 ckpt_dir, {"unet": unet},
                 {"opt": opt.state_dict(), "lr_sched": lr_sched.state_dict(), "ema": ema.state_dict()},
-                {"stage": STAGE, "step": step, "total": opts.steps, "scale_factor": scale,
+                {"stage": stage, "step": step, "total": opts.steps, "scale_factor": scale,
                  "options": asdict(opts), "preset": preset.name},
             )
         saved = step
@@ -147,7 +152,7 @@ def train_diffusion(tiles, out_dir, preset: Preset, options: DiffusionOptions | 
             ema.step(unet.parameters())
             step += 1
             losses.append(loss.item())
-            yield Progress(STAGE, step, opts.steps, losses[-1], {"lr": lr_sched.get_last_lr()[0]})
+            yield Progress(stage, step, opts.steps, losses[-1], {"lr": lr_sched.get_last_lr()[0]})
             if step % opts.checkpoint_every == 0:
                 checkpoint()
     finally:
@@ -169,7 +174,7 @@ def _finish(out_dir, preset, unet, ema, noise_sched, scale, opts, tiles, step, a
         set_vae_scaling_factor(out_dir, scale)
         meta = read_meta(out_dir)
         meta["latent_scale_factor"] = scale
-        meta["provenance"][STAGE] = {
+        meta["provenance"][opts.stage] = {
             "data": getattr(tiles, "description", type(tiles).__name__),
             "tiles": len(tiles), "steps": step, "seed": opts.seed, "processes": processes,
             "batch_size": T.given(opts.batch_size, preset.diffusion.batch_size),

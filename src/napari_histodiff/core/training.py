@@ -39,8 +39,9 @@ class BatchStream:
     Epochs are seeded permutations of ``indices``; processes take interleaved batches.
     """
 
-    def __init__(self, tiles, indices, batch_size, seed, rank=0, world=1, augment=True):
+    def __init__(self, tiles, indices, batch_size, seed, rank=0, world=1, augment=True, labels=None):
         self.tiles, self.indices = tiles, np.asarray(indices)
+        self.labels = None if labels is None else np.asarray(labels)
         self.batch_size, self.seed, self.rank, self.world = batch_size, seed, rank, world
         self.augment = augment
 
@@ -62,11 +63,13 @@ class BatchStream:
     def __getitem__(self, step: int):
         import torch
 
-        tiles = [self.tiles[int(i)] for i in self.positions(step)]
+        pos = self.positions(step)
+        tiles = [self.tiles[int(i)] for i in pos]
         if self.augment:
             ks = np.random.default_rng(step_seed(self.seed, step, self.rank)).integers(0, 8, len(tiles))
             tiles = [dihedral(t, int(k)) for t, k in zip(tiles, ks)]
-        return torch.from_numpy(np.ascontiguousarray(np.stack(tiles)))
+        batch = torch.from_numpy(np.ascontiguousarray(np.stack(tiles)))
+        return batch if self.labels is None else (batch, torch.from_numpy(self.labels[pos]))
 
 
 def batch_loader(stream: BatchStream, start: int, stop: int, num_workers: int = 0):
@@ -175,6 +178,29 @@ def check_resume(info: dict, steps: int) -> None:
             f"the {info.get('stage', 'training')} checkpoint is at step {info['step']}, beyond the "
             f"requested {steps} steps; pass --steps {info['step']} or more to continue it"
         )
+
+
+def stage_written(out_dir, stage: str, step: int) -> bool:
+    """Whether the bundle already holds the outputs of ``stage`` at ``step`` (so a resume has nothing to do)."""
+    from .bundle import read_meta
+
+    try:
+        return read_meta(out_dir).get("provenance", {}).get(stage, {}).get("steps") == step
+    except HistodiffError:
+        return False
+
+
+def stratified_split(labels, holdout: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Train / held-out indices with ``holdout`` of every class held out (at least one when it has 2+)."""
+    labels = np.asarray(labels)
+    rng = np.random.default_rng([seed, 11])
+    train, held = [], []
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        k = min(len(idx) - 1, max(1, round(holdout * len(idx)))) if holdout > 0 and len(idx) > 1 else 0
+        held += idx[:k].tolist()
+        train += idx[k:].tolist()
+    return np.sort(np.array(train, dtype=np.int64)), np.sort(np.array(held, dtype=np.int64))
 
 
 def given(value, default):
