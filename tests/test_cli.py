@@ -48,8 +48,8 @@ def test_pretrain_sample_info_end_to_end(tmp_path, capsys):
     assert code == 0, err
     from napari_histodiff.core.outputs import read_tile_record
 
-    tifs = sorted(s.glob("*.tif"))
-    assert len(tifs) == 3 and (s / "contact_sheet.png").is_file()
+    tifs = sorted((s / "unguided").glob("*.tif"))
+    assert len(tifs) == 3 and (s / "contact_unguided.png").is_file() and (s / "samples.csv").is_file()
     assert read_tile_record(tifs[2])["index"] == 2
     # an existing output is refused, and left as it was
     before = sorted(p.name for p in s.iterdir())
@@ -96,10 +96,11 @@ def test_demo_quick_runs_end_to_end(tmp_path, capsys):
     assert code == 0, err
     report = (out_dir / "report.md").read_text()
     assert "held-out reconstruction PSNR" in report
-    assert (out_dir / "samples" / "contact_sheet.png").is_file() and (out_dir / "real_tiles.png").is_file()
+    assert (out_dir / "samples" / "contact_DAB-rich.png").is_file() and (out_dir / "real_DAB-rich.png").is_file()
+    assert (out_dir / "augmentation-set" / "manifest.csv").is_file()
     from napari_histodiff import load_bundle
 
-    assert load_bundle(out_dir / "bundle", device="cpu").unet is not None
+    assert load_bundle(out_dir / "finetuned", device="cpu").class_names == ["DAB-rich", "hematoxylin-rich"]
 
 
 def test_demo_refuses_a_folder_that_is_not_a_demo(tmp_path, capsys):

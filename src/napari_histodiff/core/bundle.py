@@ -232,7 +232,11 @@ def summary(path) -> str:
     scale = meta.get("latent_scale_factor")
     lines.append(f"latent scale factor {scale:.5f}" if scale else "latent scale factor (not yet computed)")
     lines.append(f"classes     {', '.join(meta.get('class_names') or []) or '(none: unconditional)'}")
-    for part in ("vae", "unet", "scheduler"):
+    if meta.get("class_counts"):
+        lines.append("labeled     " + ", ".join(f"{c} {n} tiles" for c, n in meta["class_counts"].items()))
+    for part in ("vae", "unet", "scheduler", "latent_classifier", "selection_classifier"):
+        if part.endswith("classifier") and not (path / part).is_dir():
+            continue
         folder = path / part
         if not folder.is_dir():
             lines.append(f"{part:<11} missing")
@@ -245,6 +249,10 @@ def summary(path) -> str:
             name = "config missing or unreadable"
         lines.append(f"{part:<11} {name}, {size / 1e6:.1f} MB of weights")
     for stage, prov in (meta.get("provenance") or {}).items():
+        if not isinstance(prov, dict) or "steps" not in prov:
+            if isinstance(prov, str):
+                lines.append(f"{stage:<11} {prov}")
+            continue
         lines.append(f"trained     {stage}: {prov.get('steps', '?')} steps on {prov.get('tiles', '?')} tiles "
                      f"({prov.get('data', '?')}), seed {prov.get('seed', '?')}")
     for key, value in (meta.get("metrics") or {}).items():

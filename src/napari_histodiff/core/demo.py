@@ -126,8 +126,10 @@ def run_demo(out, options: DemoOptions | None = None, overwrite: bool = False):
                                                               seed=opts.seed), out / "samples-unguided",
                                         SelectionRule(rule="none"), overwrite=True)
     times["sampling"], t = time.perf_counter() - t, time.perf_counter()
-    export = yield from export_set([out / "samples"], out / "augmentation-set",
-                                   ExportOptions(overwrite=True), params={"demo": True})
+    export = {"total": 0}
+    if any(r.kept for r in records):  # quick runs may keep nothing
+        export = yield from export_set([out / "samples"], out / "augmentation-set",
+                                       ExportOptions(overwrite=True), params={"demo": True})
     for k, name in enumerate(labeled.class_names):
         idx = np.flatnonzero(labeled.labels == k)[:32]
         write_png(out / f"real_{name}.png", contact_sheet(labeled.tiles[idx], ncols=8))

@@ -1,0 +1,90 @@
+"""Selection rules and caps on constructed records; inline selection on a fine-tuned bundle."""
+
+import numpy as np
+import pytest
+
+from napari_histodiff.core.records import TileRecord, read_records, write_records
+from napari_histodiff.core.selection import SelectionRule, annotate, decide
+
+
+def rec(i, target, **kw):
+    return TileRecord(id=f"t{i}", file=f"{target}/t{i}.tif", target_class=target, index=i, seed=0, sample_seed=i,
+                      sampler="ddim", steps=10, eta=1.0, guidance=10.0, bundle_hash="h", **kw)
+
+
+CLASSES = ["A", "B"]
+
+
+def annotated():
+    records = [rec(0, "A"), rec(1, "A"), rec(2, "A"), rec(3, "B"), rec(4, "")]
+    probs = np.array([[0.95, 0.05], [0.85, 0.15], [0.3, 0.7], [0.1, 0.9], [0.2, 0.8]])
+    dists = np.array([[1.0, 3.0], [4.0, 2.0], [1.0, 2.0], [5.0, 1.0], [3.0, 1.0]])
+    annotate(records, probs, dists, CLASSES)
+    return records
+
+
+def test_annotate_reads_target_class_probability_and_distance():
+    r = annotated()
+    assert [x.predicted_class for x in r] == ["A", "A", "B", "B", "B"]
+    assert r[2].confidence == pytest.approx(0.3) and r[2].centroid_distance == 1.0  # of target A
+    assert r[4].confidence == pytest.approx(0.8) and r[4].nearest_centroid == "B"  # unguided: predicted
+
+
+@pytest.mark.parametrize("rule, kept", [
+    ("confidence", [True, True, False, True, True]),
+    ("centroid", [True, False, True, True, True]),
+    ("both", [True, False, False, True, True]),
+    ("none", [True] * 5),
+])
+def test_rules_keep_exactly_the_tiles_that_satisfy_them(rule, kept):
+    r = annotated()
+    decide(r, SelectionRule(rule=rule, threshold=0.8))
+    assert [x.kept for x in r] == kept
+
+
+def test_cap_keeps_the_most_confident_per_class():
+    r = annotated()
+    decide(r, SelectionRule(rule="none", cap=1))
+    assert [x.id for x in r if x.kept] == ["t0", "t3"]  # A: 0.95 beats 0.85 and 0.3; B: 0.9 beats 0.8
+
+
+def test_records_round_trip_through_csv(tmp_path):
+    r = annotated()
+    decide(r, SelectionRule())
+    write_records(tmp_path / "samples.csv", r)
+    back = read_records(tmp_path)
+    assert [x.as_row() for x in back] == [x.as_row() for x in r]
+
+
+def test_inline_selection_and_reselection(finetuned_bundle, tmp_path):
+    from napari_histodiff import load_bundle
+    from napari_histodiff.core.events import run_to_end
+    from napari_histodiff.core.sample_set import select_folder, write_samples
+    from napari_histodiff.core.sampling import SampleOptions
+
+    b = load_bundle(finetuned_bundle[0], device="cpu")
+    out = tmp_path / "s"
+    records = run_to_end(write_samples(b, SampleOptions(n=4, classes=b.class_names, steps=10), out,
+                                       SelectionRule(threshold=0.8)))
+    assert len(records) == 8 and all(r.kept is not None for r in records)
+    for r in records:
+        assert r.kept == (r.predicted_class == r.target_class and r.confidence >= 0.8
+                          and r.nearest_centroid == r.target_class)
+    assert {p.name for p in out.iterdir()} == {"samples.csv", "DAB-rich", "hematoxylin-rich",
+                                               "contact_DAB-rich.png", "contact_hematoxylin-rich.png"}
+    again = select_folder(out, b, SelectionRule(rule="none", cap=2))
+    assert sum(r.kept for r in again) == 4
+    assert [r.confidence for r in again] == pytest.approx([r.confidence for r in records])
+
+
+def test_interrupted_sampling_leaves_no_folder(finetuned_bundle, tmp_path):
+    from napari_histodiff import load_bundle
+    from napari_histodiff.core.sample_set import write_samples
+    from napari_histodiff.core.sampling import SampleOptions
+
+    b = load_bundle(finetuned_bundle[0], device="cpu")
+    gen = write_samples(b, SampleOptions(n=8, classes=b.class_names, steps=10, batch_size=4), tmp_path / "s")
+    for _ in range(15):  # past the first finished batch
+        next(gen)
+    gen.close()
+    assert list(tmp_path.iterdir()) == []
