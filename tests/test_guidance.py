@@ -81,7 +81,7 @@ def test_noisy_classifier_beats_chance_at_mid_timesteps(finetuned_bundle):
     (dict(classes=["TUM"]), "unknown class 'TUM'; this bundle knows DAB-rich, hematoxylin-rich"),
     (dict(n=0), "-n must be at least 1"),
     (dict(guidance=-1.0, classes=["DAB-rich"]), "--guidance must be >= 0"),
-    (dict(steps=1001), "between 1 and the model's 1000"),
+    (dict(steps=1001), "between 1 and 999"),
     (dict(sampler="euler"), "unknown sampler"),
 ])
 def test_bad_sampling_options_are_named(bundle, kw, message):

@@ -216,8 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("demo", help="run the whole method on an embedded default image",
-                       description="Pre-train tiny models on the colon tissue image shipped with "
-                       "scikit-image, sample tiles and write a report (a few minutes on a CPU).")
+                       description="The whole method on the colon tissue image shipped with scikit-image: "
+                       "pre-train tiny models, fine-tune on a demonstration labelling (stain content by colour "
+                       "deconvolution), sample guided tiles, select, export and write a report (minutes on a CPU).")
     p.add_argument("--out", type=Path, default=Path("histodiff-demo"))
     p.add_argument("--overwrite", action="store_true", help="start again instead of resuming")
     p.add_argument("--quick", action="store_true", help="far fewer steps (seconds; poor samples)")
@@ -347,6 +348,9 @@ def cmd_finetune(args):
         mixed_precision=args.mixed_precision, num_workers=args.num_workers,
     )
     opts.validate()
+    from .core.finetune import check_labeled
+
+    check_labeled(tiles, opts.min_tiles_per_class)  # before touching --out
     if args.out.resolve() == args.bundle.resolve():
         from .core.errors import HistodiffError
 
@@ -375,7 +379,15 @@ def cmd_sample(args):
     from .core.sample_set import write_samples
     from .core.sampling import SampleOptions
 
+    from .core.errors import HistodiffError
+
+    if args.per_class is not None and args.classes:
+        raise HistodiffError("give either --class (with -n) or --per-class, not both")
+    if args.per_class is not None and args.per_class < 1:
+        raise HistodiffError("--per-class must be at least 1")
     bundle = load_bundle(args.bundle, device=args.device)
+    if args.per_class and not bundle.class_names:
+        raise HistodiffError("--per-class needs a fine-tuned bundle with classes; run `histodiff finetune` first")
     classes = list(bundle.class_names) if args.per_class else args.classes
     for name in classes:
         bundle.class_index(name)
@@ -463,8 +475,10 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         hint = {"pretrain": "a checkpoint was saved; continue with --resume",
                 "pretrain-autoencoder": "a checkpoint was saved; continue with --resume",
+                "finetune": "a checkpoint was saved; continue with --resume",
                 "demo": "run the demo again to continue where it stopped",
-                "sample": "nothing was written"}.get(args.command, "")
+                "sample": "nothing was written", "export": "nothing was written",
+                "select": "samples.csv was left as it was"}.get(args.command, "")
         print(f"histodiff: interrupted; {hint}", file=sys.stderr)
         return 130
     return 0

@@ -6,6 +6,8 @@ BUNDLE/
   vae/               AutoencoderKL   config.json + diffusion_pytorch_model.safetensors
   unet/              UNet2DModel     (EMA weights)
   scheduler/         DDPMScheduler   scheduler_config.json
+  latent_classifier/ LatentClassifier     (after fine-tuning)
+  selection_classifier/ SelectionClassifier (after fine-tuning)
   training/          resumable checkpoints (optional)
 ```
 """

@@ -1,4 +1,4 @@
-"""``histodiff demo``: the whole pre-training method on an image that scikit-image ships.
+"""``histodiff demo``: the whole method on an image that scikit-image ships.
 
 The image is ``skimage.data.immunohistochemistry()`` (a 512x512 colon tissue section,
 IHC stained). Re-running resumes from what is already in the output folder.

@@ -42,6 +42,8 @@ class FinetuneOptions:
         for name in ("unet_steps", "decoder_steps"):
             if getattr(self, name) < 0:
                 raise HistodiffError(f"--finetune-{name.split('_')[0]}-steps must be >= 0")
+        if not 0 <= self.holdout < 0.9:
+            raise HistodiffError("--holdout must be a fraction in [0, 0.9)")
         if self.min_tiles_per_class < 2:
             raise HistodiffError("--min-tiles-per-class must be at least 2 (one to train, one to hold out)")
 

@@ -38,8 +38,9 @@ class SampleOptions:
     def validate(self, train_steps: int = 1000) -> None:
         if self.n < 1:
             raise HistodiffError("-n must be at least 1")
-        if not 1 <= self.steps <= train_steps:
-            raise HistodiffError(f"--steps must be between 1 and the model's {train_steps} training timesteps")
+        if not 1 <= self.steps < train_steps:
+            raise HistodiffError(f"--steps must be between 1 and {train_steps - 1} "
+                                 f"(the model has {train_steps} training timesteps)")
         if self.eta < 0:
             raise HistodiffError("--eta must be >= 0 (0: deterministic DDIM, 1: DDPM-like)")
         if self.batch_size < 1:

@@ -128,9 +128,11 @@ def train_latent_classifier(tiles, out_dir, preset, options: ClassifierOptions |
     def loss_fn(m, x, y, gen):
         with torch.no_grad():
             z = latents(x, gen)
+        if opts.clean_latents:  # the original code: clean latents, t = 0
+            t = torch.zeros(len(z), dtype=torch.long, device=z.device)
+            return F.cross_entropy(m(z, t), y)
         noise = torch.randn(z.shape, generator=gen).to(z.device)
-        t = torch.zeros(len(z), dtype=torch.long) if opts.clean_latents else torch.randint(0, n_t, (len(z),), generator=gen)
-        t = t.to(z.device)
+        t = torch.randint(0, n_t, (len(z),), generator=gen).to(z.device)
         return F.cross_entropy(m(sched.add_noise(z, noise, t), t), y)
 
     eval_idx = held_idx if len(held_idx) else train_idx

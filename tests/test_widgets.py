@@ -1,0 +1,199 @@
+"""napari widgets through the manifest, with the real workers on tiny models (pytest-qt, xvfb)."""
+
+import json
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("napari")
+pytest.importorskip("pytestqt")
+
+PLUGIN = "napari-histodiff"
+
+
+@pytest.fixture(autouse=True)
+def fresh_model():
+    from napari_histodiff.widgets._state import MODEL
+
+    MODEL.bundle, MODEL.training = None, False
+    yield MODEL
+    MODEL.bundle, MODEL.training = None, False
+
+
+def dock(viewer, name):
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name)
+    return widget
+
+
+def open_annotated_sample(viewer):
+    from napari_histodiff._sample_data import demo_tissue_annotated
+
+    for data, kwargs, kind in demo_tissue_annotated():
+        getattr(viewer, f"add_{kind}")(data, **kwargs)
+
+
+def test_every_widget_is_created_through_the_manifest(make_napari_viewer):
+    from napari_histodiff.widgets.finetune import FinetuneWidget
+    from napari_histodiff.widgets.load import LoadWidget
+    from napari_histodiff.widgets.review import ReviewWidget
+    from napari_histodiff.widgets.sample import SampleWidget
+
+    viewer = make_napari_viewer()
+    for name, cls in (("Load model", LoadWidget), ("Fine-tune", FinetuneWidget), ("Sample", SampleWidget),
+                      ("Review & export", ReviewWidget)):
+        assert isinstance(dock(viewer, name), cls)
+
+
+def test_tiles_from_labels_shapes_and_points_layers(make_napari_viewer):
+    from napari_histodiff.widgets._layers import extract
+
+    viewer = make_napari_viewer()
+    yy, xx = np.mgrid[:128, :128]
+    image = viewer.add_image(np.stack([yy, xx, np.zeros_like(yy)], -1).astype(np.uint8), rgb=True)
+    labels = np.zeros((128, 128), np.uint8)
+    labels[:64, :64] = 1
+    labels[96:, :] = 2
+    lab = viewer.add_labels(labels, features={"index": [0, 1, 2], "class": ["", "TUM", "STR"]})
+    tiles, _ = extract(image, lab, 32, 32, 0.5)
+    assert tiles.class_names == ["STR", "TUM"]
+    assert list(np.bincount(tiles.labels)) == [4, 4]  # STR: one row of 4 tiles; TUM: 2x2 tiles
+    t = tiles.tiles[list(tiles.labels).index(1)]
+    assert t[0, 0, 0] == 0 and t[0, 0, 1] == 0  # the first TUM tile starts at (0, 0)
+
+    shapes = viewer.add_shapes([np.array([[0, 0], [0, 63], [63, 63], [63, 0]]),
+                                np.array([[64, 64], [64, 127], [127, 127], [127, 64]])],
+                               shape_type="polygon", features={"class": ["TUM", "STR"]})
+    tiles, _ = extract(image, shapes, 32, 32, 0.5)
+    assert dict(zip(tiles.class_names, np.bincount(tiles.labels))) == {"STR": 4, "TUM": 4}
+
+    points = viewer.add_points(np.array([[40, 40], [80, 80], [2, 2]]), features={"class": ["TUM", "STR", "TUM"]})
+    tiles, skipped = extract(image, points, 32, 32, 0.5)
+    assert len(tiles) == 2 and skipped == 1
+    centre = tiles.tiles[0][16, 16]
+    assert (centre[0], centre[1]) == (40, 40)  # the tile is centred on the point
+
+
+def test_bad_inputs_keep_start_disabled(make_napari_viewer, trained_bundle, fresh_model):
+    from napari_histodiff import load_bundle
+
+    viewer = make_napari_viewer()
+    w = dock(viewer, "Fine-tune")
+    assert not w.start_button.isEnabled() and "load a model" in w.status.text()
+    fresh_model.set(load_bundle(trained_bundle, device="cpu"))
+    w.extract()  # no image layer: a notification, still disabled
+    assert w.tiles is None and not w.start_button.isEnabled()
+    viewer.add_image(np.zeros((64, 64), np.uint8), name="grey")  # not RGB: not offered
+    assert w.image.count() == 0
+    open_annotated_sample(viewer)
+    w.extract()
+    assert w.tiles is not None and w.start_button.isEnabled()
+    fresh_model.training = True  # another training is running
+    w._update()
+    assert not w.start_button.isEnabled() and "another training" in w.status.text()
+
+
+def run_finetune(qtbot, viewer, trained_bundle, fresh_model, out, **steps):
+    from napari_histodiff import load_bundle
+
+    fresh_model.set(load_bundle(trained_bundle, device="cpu"))
+    open_annotated_sample(viewer)
+    w = dock(viewer, "Fine-tune")
+    w.out.value = str(out)
+    for name, value in steps.items():
+        getattr(w.form, name).value = value
+    w.extract()
+    w.start()
+    return w
+
+
+def test_finetune_worker_runs_to_completion_and_loop_stays_responsive(make_napari_viewer, qtbot, trained_bundle,
+                                                                       fresh_model, tmp_path):
+    from qtpy.QtCore import QTimer
+
+    from napari_histodiff.widgets._common import State
+
+    viewer = make_napari_viewer()
+    stamps = []
+    timer = QTimer()
+    timer.timeout.connect(lambda: stamps.append(time.perf_counter()))
+    timer.start(10)
+    w = run_finetune(qtbot, viewer, trained_bundle, fresh_model, tmp_path / "ft", classifier_steps=30,
+                     selection_steps=20, unet_steps=10)
+    qtbot.waitUntil(lambda: w.state == State.DONE, timeout=120_000)
+    timer.stop()
+    assert fresh_model.bundle.class_names == ["DAB-rich", "hematoxylin-rich"]
+    assert fresh_model.bundle.path == tmp_path / "ft" and not fresh_model.training
+    assert len(w.plot.values) > 0
+    stall = max(np.diff(stamps)) * 1000
+    print(f"\nlongest event-loop stall during a tiny fine-tune: {stall:.0f} ms over {len(stamps)} ticks")
+    assert len(stamps) > 20  # the loop kept ticking while training ran
+
+
+def test_cancel_leaves_a_resumable_checkpoint(make_napari_viewer, qtbot, trained_bundle, fresh_model, tmp_path):
+    from napari_histodiff import load_bundle
+    from napari_histodiff.widgets._common import State
+
+    viewer = make_napari_viewer()
+    out = tmp_path / "ft"
+    w = run_finetune(qtbot, viewer, trained_bundle, fresh_model, out, classifier_steps=100000, unet_steps=10)
+    qtbot.waitUntil(lambda: w.progress.format().startswith("latent_classifier") and w.progress.value() > 3,
+                    timeout=60_000)
+    w.cancel()
+    qtbot.waitUntil(lambda: w.state == State.STOPPED, timeout=60_000)
+    ckpt = json.loads((out / "training" / "latent_classifier" / "checkpoint.json").read_text())
+    assert 3 <= ckpt["step"] < 100000
+    assert load_bundle(out, device="cpu").unet is not None  # the partly fine-tuned bundle loads
+    assert w.start_button.isEnabled() and not fresh_model.training
+
+
+def test_sample_review_export(make_napari_viewer, qtbot, finetuned_bundle, fresh_model, tmp_path):
+    from napari_histodiff import load_bundle
+    from napari_histodiff.core.export import read_export
+    from napari_histodiff.widgets._common import State
+
+    viewer = make_napari_viewer()
+    fresh_model.set(load_bundle(finetuned_bundle[0], device="cpu"))
+    s = dock(viewer, "Sample")
+    s.target.setCurrentText("DAB-rich")
+    s.form.n.value, s.form.steps.value, s.form.batch_size.value = 5, 5, 2
+    s.out.value = str(tmp_path / "samples")
+    s.start()
+    qtbot.waitUntil(lambda: s.state == State.DONE, timeout=60_000)
+    layer = viewer.layers["synthetic: DAB-rich"]
+    assert layer.data.shape == (5, 32, 32, 3)
+    feats = layer.metadata["features"]
+    assert list(feats.columns) == ["target_class", "predicted_class", "confidence", "centroid_distance", "kept"]
+    assert (feats["target_class"] == "DAB-rich").all() and feats["confidence"].between(0, 1).all()
+
+    r = dock(viewer, "Review & export")
+    r.layers.setCurrentText(layer.name)
+    for keep in (True, False, True, False, True):
+        r.decide(keep)  # decides the current tile and moves on
+    assert list(layer.metadata["features"]["kept"]) == [True, False, True, False, True]
+    r.threshold.setValue(1.01 if False else 1.0)
+    r.out.value = str(tmp_path / "set")
+    r.export()
+    qtbot.waitUntil(lambda: (tmp_path / "set" / "manifest.csv").is_file(), timeout=30_000)
+    tiles, rows = read_export(tmp_path / "set")
+    assert len(rows) == 3
+    assert np.array_equal(tiles, layer.data[[0, 2, 4]])
+
+
+def test_reader_opens_an_exported_set(tmp_path, finetuned_bundle):
+    from napari_histodiff import load_bundle
+    from napari_histodiff._reader import get_reader
+    from napari_histodiff.core.events import run_to_end
+    from napari_histodiff.core.export import ExportOptions, export_set
+    from napari_histodiff.core.sample_set import write_samples
+    from napari_histodiff.core.sampling import SampleOptions
+    from napari_histodiff.core.selection import SelectionRule
+
+    b = load_bundle(finetuned_bundle[0], device="cpu")
+    run_to_end(write_samples(b, SampleOptions(n=2, classes=b.class_names, steps=5), tmp_path / "s",
+                             SelectionRule(rule="none")))
+    run_to_end(export_set([tmp_path / "s"], tmp_path / "set", ExportOptions()))
+    assert get_reader(str(tmp_path / "s")) is None
+    (data, meta, kind), = get_reader(str(tmp_path / "set"))(str(tmp_path / "set"))
+    assert data.shape == (4, 32, 32, 3) and kind == "image"
+    assert list(meta["metadata"]["features"]["class"]) == ["DAB-rich"] * 2 + ["hematoxylin-rich"] * 2
