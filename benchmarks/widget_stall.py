@@ -56,18 +56,22 @@ def main() -> None:
     w.out.value = str(tmp / "ft")
     w.form.unet_steps.value = w.form.classifier_steps.value = w.form.selection_steps.value = args.steps
     w.extract()
+    n_tiles = len(w.tiles)
     stamps: list[float] = []
     timer = QTimer()
     timer.timeout.connect(lambda: stamps.append(time.perf_counter()))
     timer.start(10)
     t0 = time.perf_counter()
     w.start()
+    print(f"Start button handler: {(time.perf_counter() - t0) * 1000:.0f} ms")
     while w.state not in (State.DONE, State.FAILED):
         app.processEvents()
         time.sleep(0.001)
     timer.stop()
     gaps = np.diff(stamps) * 1000 - 10
-    print(f"preset {args.preset}, {args.steps} steps per stage, {len(w.tiles)} tiles, "
+    worst = int(gaps.argmax())
+    print(f"longest stall at {stamps[worst] - t0:.1f} s after Start")
+    print(f"preset {args.preset}, {args.steps} steps per stage, {n_tiles} tiles, "
           f"training {time.perf_counter() - t0:.1f} s, torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"timer ticks: {len(stamps)}; stall (gap - 10 ms): longest {gaps.max():.1f} ms, "
           f"99th percentile {np.percentile(gaps, 99):.1f} ms, median {np.median(gaps):.1f} ms (goal: longest < 100 ms)")

@@ -26,6 +26,24 @@ def pixmap(rgb: np.ndarray) -> QPixmap:
     return QPixmap.fromImage(QImage(rgb.data, w, h, 3 * w, QImage.Format.Format_RGB888).copy())
 
 
+def warm_imports() -> None:
+    """Import the training modules now: an import in the worker thread holds the GIL and would
+    freeze the viewer for a moment when training starts."""
+    import diffusers.optimization  # noqa: F401
+    import diffusers.training_utils  # noqa: F401
+
+    from ..core import losses, train_autoencoder, train_classifiers, train_diffusion  # noqa: F401
+
+
+def finetune_and_load(source, tiles, out, preset, options):
+    """The core fine-tuning, then the new bundle loaded in the worker thread (not the GUI's)."""
+    from ..core.bundle import load_bundle
+    from ..core.finetune import finetune
+
+    result = yield from finetune(source, tiles, out, preset, options)
+    return result, load_bundle(out, device=options.device)
+
+
 class FinetuneWidget(QWidget):
     def __init__(self, napari_viewer=None):
         import napari.layers as L
@@ -73,6 +91,7 @@ class FinetuneWidget(QWidget):
         layout.addStretch()
 
         self.tiles, self.worker, self.state = None, None, State.IDLE
+        warm_imports()
         self.extract_button.clicked.connect(self.extract)
         self.start_button.clicked.connect(self.start)
         self.pause_button.clicked.connect(self.toggle_pause)
@@ -147,7 +166,6 @@ class FinetuneWidget(QWidget):
 
     def start(self):
         from ..core.errors import HistodiffError
-        from ..core.finetune import finetune
 
         try:
             problem = self._problem()
@@ -163,7 +181,7 @@ class FinetuneWidget(QWidget):
             return
         MODEL.training, self.state, self.out_dir = True, State.RUNNING, out
         self.plot.reset()
-        self.worker = start_worker(finetune, bundle.path, self.tiles, out, bundle.preset, opts,
+        self.worker = start_worker(finetune_and_load, bundle.path, self.tiles, out, bundle.preset, opts,
                                    on_yield=self._event, on_done=self._done, on_error=self._failed,
                                    on_finish=self._finished)
         self._update()
@@ -193,12 +211,10 @@ class FinetuneWidget(QWidget):
                 self.plot.reset(event.stage)
             self.plot.add(event.loss)
 
-    def _done(self, result):
-        from ..core.bundle import load_bundle
-
+    def _done(self, result_and_bundle):
         self.state = State.DONE
-        self.result = result
-        MODEL.set(load_bundle(self.out_dir, device=str(MODEL.bundle.device)))
+        self.result, bundle = result_and_bundle
+        MODEL.set(bundle)
 
     def _failed(self, exc):
         self.state = State.FAILED
