@@ -158,6 +158,8 @@ class FinetuneWidget(QWidget):
         self.pause_button.setEnabled(running and self.state != State.CANCELLING)
         self.pause_button.setText("Resume" if self.state == State.PAUSED else "Pause")
         self.cancel_button.setEnabled(running and self.state != State.CANCELLING)
+        if self.state == State.DONE and self.tiles is None:
+            problem = "the fine-tuned bundle is loaded (Sample widget); extract tiles again to train more"
         self.status.setText(self.state.value if problem is None or running else f"{self.state.value}: {problem}")
 
     # -- training ---------------------------------------------------------------------------
