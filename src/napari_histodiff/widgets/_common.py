@@ -57,8 +57,13 @@ def _stoppable(flag: dict, gen_func, *args):
 def start_worker(gen_func, *args, on_yield=None, on_done=None, on_error=None, on_finish=None):
     """Run a core generator in a napari generator worker (pausable). ``worker.request_stop()``
     stops it at the next progress event; ``on_done`` is then not called."""
+    import gc
+
     from napari.qt.threading import create_worker
 
+    # A full garbage collection over napari's many objects holds the GIL for a few hundred ms,
+    # and model loading in the worker triggers one; frozen objects are not scanned again.
+    gc.freeze()
     flag = {"stop": False}
     worker = create_worker(_stoppable, flag, gen_func, *args, _start_thread=False)
     worker.request_stop = lambda: flag.update(stop=True)
