@@ -147,18 +147,11 @@ def train_autoencoder(tiles, out_dir, preset: Preset, options: AutoencoderOption
     eval_every = opts.eval_every or max(1, opts.steps // 5)
     last_layer = vae.decoder.conv_out.weight
     pixels = 3 * preset.tile_size**2
-    step, saved = start, start
-
-    def checkpoint():
-        nonlocal saved
-        if acc.is_main_process and step > saved:
-            T.save_checkpoint(
-                ckpt_dir, {"vae": vae, "disc": acc.unwrap_model(disc_p)},
-                {"opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict()},
-                {"stage": stage, "step": step, "total": opts.steps, "history": history,
-                 "options": asdict(opts), "preset": preset.name},
-            )
-        saved = step
+    step = start
+    ckpt = T.Checkpointer(ckpt_dir, acc, start, lambda: (
+        {"vae": vae, "disc": acc.unwrap_model(disc_p)},
+        {"opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict()},
+        {"stage": stage, "total": opts.steps, "history": history, "options": asdict(opts), "preset": preset.name}))
 
     try:
         for raw in T.batch_loader(stream, start, opts.steps, opts.num_workers):
@@ -196,9 +189,9 @@ def train_autoencoder(tiles, out_dir, preset: Preset, options: AutoencoderOption
                 metrics["psnr"] = value
             yield Progress(stage, step, opts.steps, loss.item(), metrics)
             if step % opts.checkpoint_every == 0:
-                checkpoint()
+                ckpt.save(step)
     finally:
-        checkpoint()
+        ckpt.save(step)
     return _finish(out_dir, preset, vae, opts, history, tiles, step, acc)
 
 

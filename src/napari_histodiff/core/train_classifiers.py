@@ -70,15 +70,10 @@ def _loop(stage, model, loss_fn, eval_fn, tiles, labels, train_idx, out_dir, opt
     model_p, opt = acc.prepare(model, opt)
     stream = T.BatchStream(tiles, train_idx, batch, opts.seed, acc.process_index, acc.num_processes, labels=labels)
     eval_every = opts.eval_every or max(1, opts.steps // 10)
-    step, saved = start, start
-
-    def checkpoint():
-        nonlocal saved
-        if acc.is_main_process and step > saved:
-            T.save_checkpoint(ckpt_dir, {"model": model}, {"opt": opt.state_dict()},
-                              {"stage": stage, "step": step, "total": opts.steps, "history": history,
-                               "options": asdict(opts)})
-        saved = step
+    step = start
+    ckpt = T.Checkpointer(ckpt_dir, acc, start, lambda: (
+        {"model": model}, {"opt": opt.state_dict()},
+        {"stage": stage, "total": opts.steps, "history": history, "options": asdict(opts)}))
 
     try:
         for raw, y in T.batch_loader(stream, start, opts.steps, opts.num_workers):
@@ -97,9 +92,9 @@ def _loop(stage, model, loss_fn, eval_fn, tiles, labels, train_idx, out_dir, opt
                 history.append([step, metrics])
             yield Progress(stage, step, opts.steps, loss.item(), metrics)
             if step % opts.checkpoint_every == 0:
-                checkpoint()
+                ckpt.save(step)
     finally:
-        checkpoint()
+        ckpt.save(step)
     return history, step
 
 

@@ -116,18 +116,12 @@ def train_diffusion(tiles, out_dir, preset: Preset, options: DiffusionOptions | 
     stream = T.BatchStream(tiles, np.arange(len(tiles)), batch, opts.seed, acc.process_index, acc.num_processes)
     n_t = noise_sched.config.num_train_timesteps
     latent_shape = (preset.autoencoder.latent_channels, preset.latent_size, preset.latent_size)
-    step, saved = start, start
-
-    def checkpoint():
-        nonlocal saved
-        if acc.is_main_process and step > saved:
-            T.save_checkpoint(
-                ckpt_dir, {"unet": unet},
-                {"opt": opt.state_dict(), "lr_sched": lr_sched.state_dict(), "ema": ema.state_dict()},
-                {"stage": stage, "step": step, "total": opts.steps, "scale_factor": scale,
-                 "options": asdict(opts), "preset": preset.name},
-            )
-        saved = step
+    step = start
+    ckpt = T.Checkpointer(ckpt_dir, acc, start, lambda: (
+        {"unet": unet},
+        {"opt": opt.state_dict(), "lr_sched": lr_sched.state_dict(), "ema": ema.state_dict()},
+        {"stage": stage, "total": opts.steps, "scale_factor": scale, "options": asdict(opts),
+         "preset": preset.name}))
 
     try:
         for raw in T.batch_loader(stream, start, opts.steps, opts.num_workers):
@@ -154,9 +148,9 @@ def train_diffusion(tiles, out_dir, preset: Preset, options: DiffusionOptions | 
             losses.append(loss.item())
             yield Progress(stage, step, opts.steps, losses[-1], {"lr": lr_sched.get_last_lr()[0]})
             if step % opts.checkpoint_every == 0:
-                checkpoint()
+                ckpt.save(step)
     finally:
-        checkpoint()
+        ckpt.save(step)
     return _finish(out_dir, preset, unet, ema, noise_sched, scale, opts, tiles, step, acc, losses)
 
 

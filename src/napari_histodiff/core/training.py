@@ -171,6 +171,22 @@ def load_checkpoint(folder: Path, models: dict) -> tuple[dict, dict]:
     return state, info
 
 
+class Checkpointer:
+    """Saves a stage's checkpoint (main process only) when the step moved since the last save.
+
+    ``contents()`` returns ``(models, state, info)`` for :func:`save_checkpoint` at call time.
+    """
+
+    def __init__(self, folder: Path, acc, start: int, contents):
+        self.folder, self.acc, self.saved, self.contents = folder, acc, start, contents
+
+    def save(self, step: int) -> None:
+        if self.acc.is_main_process and step > self.saved:
+            models, state, info = self.contents()
+            save_checkpoint(self.folder, models, state, {"step": step, **info})
+        self.saved = step
+
+
 def check_resume(info: dict, steps: int) -> None:
     """Refuse a target below the checkpoint's step (it would silently count as finished)."""
     if info["step"] > steps:
