@@ -197,3 +197,23 @@ def test_reader_opens_an_exported_set(tmp_path, finetuned_bundle):
     (data, meta, kind), = get_reader(str(tmp_path / "set"))(str(tmp_path / "set"))
     assert data.shape == (4, 32, 32, 3) and kind == "image"
     assert list(meta["metadata"]["features"]["class"]) == ["DAB-rich"] * 2 + ["hematoxylin-rich"] * 2
+
+
+def test_quitting_a_worker_runs_the_generators_clean_up(make_napari_viewer, qtbot):
+    from napari_histodiff.core.events import Progress
+    from napari_histodiff.widgets._common import start_worker
+
+    make_napari_viewer()
+    cleaned = []
+
+    def job():
+        try:
+            for i in range(10**6):
+                yield Progress("x", i, 10**6)
+        finally:
+            cleaned.append(True)
+
+    worker = start_worker(job)
+    qtbot.waitUntil(lambda: worker.is_running, timeout=5000)
+    worker.quit()  # what napari does when the viewer closes
+    qtbot.waitUntil(lambda: cleaned == [True], timeout=10_000)

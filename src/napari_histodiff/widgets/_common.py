@@ -40,7 +40,7 @@ STOPPED = object()  # what a worker returns when it was asked to stop
 def _stoppable(flag: dict, gen_func, *args):
     """Drive a core generator; on a stop request, close it in the worker thread so that its
     clean-up (a resumable checkpoint, removing partial output) runs before the worker ends."""
-    gen = gen_func(*args)
+    gen = flag["gen"] = gen_func(*args)
     try:
         while True:
             try:
@@ -67,6 +67,9 @@ def start_worker(gen_func, *args, on_yield=None, on_done=None, on_error=None, on
     flag = {"stop": False}
     worker = create_worker(_stoppable, flag, gen_func, *args, _start_thread=False)
     worker.request_stop = lambda: flag.update(stop=True)
+    # napari quits workers when the viewer closes; close the core generator then too, so its
+    # clean-up (checkpoint, removing partial output) runs (the worker no longer touches it)
+    worker.aborted.connect(lambda: flag["gen"].close() if "gen" in flag else None)
     if on_yield is not None:
         worker.yielded.connect(on_yield)
     if on_done is not None:
