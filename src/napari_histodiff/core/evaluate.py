@@ -1,0 +1,249 @@
+"""``histodiff evaluate``: does the augmentation help? A downstream classifier (the small ResNet of
+:class:`SelectionClassifier`) trained from scratch on real tiles only and on real + augmentation tiles,
+same initial weights, steps and augmentations per seed; best-validation weights (validation split of
+the real training tiles, never the test set) are tested. See docs/evaluate.md. No Qt or napari here."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from scipy.stats import t as student_t
+
+from . import training as T
+from .devices import pick_device
+from .errors import HistodiffError
+from .events import Progress
+from .tiles import TileFolder, _fit_square
+
+
+@dataclass
+class EvaluateOptions:
+    steps: int = 1500
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    val_fraction: float = 0.2
+    eval_every: int = 100
+    colour_jitter: float = 0.05
+    device: str = "auto"
+
+    def validate(self) -> None:
+        for bad, msg in (
+            (min(self.steps, self.batch_size, self.eval_every) < 1, "steps, batch size and eval_every must be >= 1"),
+            (not self.learning_rate > 0, f"learning rate must be > 0 (got {self.learning_rate})"),
+            (not self.seeds or len(set(self.seeds)) != len(self.seeds), f"give distinct seeds (got {self.seeds})"),
+            (not 0 <= self.val_fraction < 0.9, f"validation fraction must be in [0, 0.9) (got {self.val_fraction})"),
+            (not 0 <= self.colour_jitter < 1, f"colour jitter must be in [0, 1) (got {self.colour_jitter})"),
+        ):
+            if bad:
+                raise HistodiffError(msg)
+
+
+def _load(tiles, what: str, size: int):
+    """All tiles of a labeled set in memory: (uint8 NHWC at ``size`` px, class-name list per tile)."""
+    if len(tiles) == 0:
+        raise HistodiffError(f"the {what} set holds no tiles")
+    labels = [tiles.label(i) for i in range(len(tiles))]
+    if None in labels:
+        raise HistodiffError(f"{tiles.origin(labels.index(None))} in the {what} set has no class; put every "
+                             "tile in a sub-folder named after its class")
+    names = [tiles.class_names[k] for k in labels]
+    x = np.stack([tiles[i] for i in range(len(tiles))])
+    if x.shape[1] != size:
+        warnings.warn(f"the {what} tiles are {x.shape[1]} px, the training tiles {size} px; resizing them",
+                      stacklevel=3)
+        x = np.stack([_fit_square(t, size) for t in x])
+    return x, names
+
+
+def _counts(y, classes):
+    return {c: int((np.asarray(y) == k).sum()) for k, c in enumerate(classes)}
+
+
+def _indices(names, classes, what, fix):
+    unknown = sorted(set(names) - set(classes))
+    if unknown:
+        raise HistodiffError(f"{what}: {', '.join(unknown)}; {fix}")
+    return np.array([classes.index(c) for c in names], dtype=np.int64)
+
+
+def _jitter(x, amount: float, gen):
+    """Per-tile contrast, then brightness scaling by factors in 1 +- ``amount``; x in [-1, 1]."""
+    import torch
+
+    c, b = (1 + amount * (2 * torch.rand(2, x.shape[0], 1, 1, 1, generator=gen) - 1)).to(x.device)
+    x01 = (x + 1) / 2
+    mean = x01.mean(dim=(1, 2, 3), keepdim=True)
+    return (((x01 - mean) * c + mean) * b).clamp(0, 1) * 2 - 1
+
+
+def _predict(model, x, device, batch=256):
+    import torch
+
+    model.eval()
+    with torch.no_grad():
+        return torch.cat([model(T.to_model_input(torch.from_numpy(x[i : i + batch]), device)).float().cpu()
+                          for i in range(0, len(x), batch)])
+
+
+def _train(x, y, val_x, val_y, n_classes, seed, opts, device, stage):
+    """One downstream classifier; yields Progress; returns the best-validation model."""
+    import torch
+    import torch.nn.functional as F
+
+    from .classifiers import SelectionClassifier
+
+    torch.manual_seed(seed)  # same initial weights for both arms of a seed
+    model = SelectionClassifier(num_classes=n_classes, channels=(32, 64, 128)).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=opts.learning_rate, weight_decay=1e-4)
+    stream = T.BatchStream(x, np.arange(len(x)), opts.batch_size, seed, labels=y)
+    best, best_key, vy = None, None, torch.from_numpy(val_y)
+    for step in range(opts.steps):
+        raw, yy = stream[step]
+        inp = _jitter(T.to_model_input(raw, device), opts.colour_jitter, T.torch_generator(seed, step, 1))
+        model.train()
+        loss = F.cross_entropy(model(inp), yy.to(device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        val = {}
+        if (step + 1) % opts.eval_every == 0 or step + 1 == opts.steps:
+            logits = _predict(model, val_x, device)
+            acc = float((logits.argmax(-1) == vy).float().mean())
+            key = (acc, -float(F.cross_entropy(logits, vy)))
+            if best_key is None or key > best_key:
+                best_key, best = key, copy.deepcopy(model.state_dict())
+            val = {"val_acc": acc}
+        yield Progress(stage, step + 1, opts.steps, float(loss.item()), val)
+    model.load_state_dict(best)
+    return model
+
+
+def metrics(y_true, y_pred, classes) -> dict:
+    """Accuracy, macro-F1 (over the classes present in y_true or y_pred, as scikit-learn), per-class
+    recall (None for a class absent from the test set) and the confusion matrix (rows: true)."""
+    n = len(classes)
+    cm = np.bincount(np.asarray(y_true) * n + np.asarray(y_pred), minlength=n * n).reshape(n, n)
+    tp, rows, cols = np.diag(cm).astype(float), cm.sum(1), cm.sum(0)
+    recall = np.divide(tp, rows, out=np.zeros(n), where=rows > 0)
+    precision = np.divide(tp, cols, out=np.zeros(n), where=cols > 0)
+    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(n), where=precision + recall > 0)
+    present = (rows > 0) | (cols > 0)
+    return {"accuracy": float(tp.sum() / max(cm.sum(), 1)), "macro_f1": float(f1[present].mean()),
+            "recall": {c: (float(recall[k]) if rows[k] else None) for k, c in enumerate(classes)},
+            "confusion": cm.tolist()}
+
+
+def _summary(per_seed, classes, fn):
+    recall = {c: None if per_seed[0]["recall"][c] is None else fn([r["recall"][c] for r in per_seed])
+              for c in classes}
+    return {**{m: fn([r[m] for r in per_seed]) for m in ("accuracy", "macro_f1")}, "recall": recall}
+
+
+def paired_difference(real_acc, aug_acc) -> dict:
+    """Mean of (augmented - real) accuracy in points over seeds with a t-distribution 95% CI."""
+    d = 100.0 * (np.asarray(aug_acc, float) - np.asarray(real_acc, float))
+    mean, n = float(d.mean()), len(d)
+    half = float(student_t.ppf(0.975, n - 1) * d.std(ddof=1) / np.sqrt(n)) if n > 1 else 0.0
+    out = {"mean": mean, "ci95_low": mean - half, "ci95_high": mean + half, "n": n, "per_seed": d.tolist()}
+    if n < 2:
+        out["note"] = "one seed only: no interval can be estimated, the CI is [mean, mean]"
+    return out
+
+
+def evaluate(train_tiles, test_tiles, augment_tiles=None, options: EvaluateOptions | None = None):
+    """Generator: yields :class:`Progress` while training; returns the results dict (see docs/evaluate.md)."""
+    opts = options or EvaluateOptions()
+    opts.validate()
+    device = pick_device(opts.device)
+    size = int(train_tiles.tile_size)
+    tx, tnames = _load(train_tiles, "training", size)
+    classes = sorted(set(tnames))
+    _indices(train_tiles.class_names, classes, "training classes without tiles", "add tiles or remove them")
+    sx, snames = _load(test_tiles, "test", size)
+    ty = _indices(tnames, classes, "", "")
+    sy = _indices(snames, classes, "test classes absent from the training set",
+                  "add training tiles of them or remove them from the test set")
+    ax = ay = None
+    if augment_tiles is not None:
+        ax, anames = _load(augment_tiles, "augmentation", size)
+        ay = _indices(anames, classes, "augmentation classes unknown to the training set",
+                      "remove them or add training tiles of them")
+    per_seed = {"real": [], **({"augmented": []} if ax is not None else {})}
+    counts = {"train": _counts(ty, classes), "test": _counts(sy, classes),
+              **({"augment": _counts(ay, classes)} if ax is not None else {})}
+    for seed in opts.seeds:
+        tr, va = T.stratified_split(ty, opts.val_fraction, seed)
+        va = va if len(va) else tr  # too few tiles to hold any out: select on the training tiles
+        counts.setdefault("train_split", _counts(ty[tr], classes))
+        counts.setdefault("validation", _counts(ty[va], classes))
+        data = {"real": (tx[tr], ty[tr])}
+        if ax is not None:
+            data["augmented"] = (np.concatenate([tx[tr], ax]), np.concatenate([ty[tr], ay]))
+        for arm, (x, y) in data.items():
+            model = yield from _train(x, y, tx[va], ty[va], len(classes), seed, opts, device, f"{arm} seed {seed}")
+            pred = _predict(model, sx, device).argmax(-1).numpy()
+            per_seed[arm].append({"seed": seed, **metrics(sy, pred, classes)})
+    sd = lambda v: float(np.std(v, ddof=min(1, len(v) - 1)))  # noqa: E731 - sample sd; 0 with one seed
+    results = {"classes": classes, "options": asdict(opts), "counts": counts, "tile_size": size,
+               "device": str(device), "arms": {arm: {
+                   "per_seed": per_seed[arm], "mean": _summary(per_seed[arm], classes, lambda v: float(np.mean(v))),
+                   "sd": _summary(per_seed[arm], classes, sd)} for arm in per_seed}}
+    if ax is not None:
+        results["paired_difference"] = paired_difference(
+            [r["accuracy"] for r in per_seed["real"]], [r["accuracy"] for r in per_seed["augmented"]])
+    return results
+
+
+def figure(results) -> np.ndarray:
+    """RGB uint8 figure, numpy only: left, a bar per arm (mean accuracy 0..1, black +- sd error bar); right,
+    the real arm's confusion matrix summed over seeds, row-normalised (white 0 .. dark blue 1; rows true)."""
+    h, pad, bar_w = 240, 20, 60
+    arms = list(results["arms"])
+    cm = np.sum([r["confusion"] for r in results["arms"]["real"]["per_seed"]], axis=0).astype(float)
+    n, base, top = len(cm), h - pad, pad
+    cell, left_w = max(4, (h - 2 * pad) // n), pad + len(arms) * (bar_w + pad)
+    img = np.full((h, left_w + n * cell + 2 * pad, 3), 255, np.uint8)
+    img[top:base + 1, pad - 2], img[base, pad - 2:left_w] = 0, 0  # axes
+
+    def y(v):  # accuracy -> image row
+        return int(round(base - np.clip(v, 0, 1) * (base - top)))
+
+    for i, arm in enumerate(arms):
+        m, s = results["arms"][arm]["mean"]["accuracy"], results["arms"][arm]["sd"]["accuracy"]
+        x0 = pad + i * (bar_w + pad)
+        img[y(m):base, x0:x0 + bar_w] = {"real": (70, 110, 200), "augmented": (230, 130, 40)}[arm]
+        xc = x0 + bar_w // 2
+        img[y(m + s):y(m - s) + 1, xc - 1:xc + 2] = 0
+        for v in (m - s, m + s):
+            img[max(y(v) - 1, 0):y(v) + 1, xc - 10:xc + 11] = 0
+    rows = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    shade = (255 - rows[..., None] * np.array([225.0, 185.0, 75.0])).astype(np.uint8)
+    grid = np.repeat(np.repeat(shade, cell, 0), cell, 1)
+    grid[::cell], grid[:, ::cell], grid[-1], grid[:, -1] = 200, 200, 200, 200  # cell borders
+    img[pad:pad + n * cell, left_w + pad:left_w + pad + n * cell] = grid
+    return img
+
+
+def write_results(results, out_dir) -> Path:
+    """``results.json`` (atomic) and ``results.png`` in ``out_dir``; returns the JSON path."""
+    import imageio.v3 as iio
+
+    (out := Path(out_dir)).mkdir(parents=True, exist_ok=True)
+    tmp, tmp_png = out / f".results.json.tmp-{os.getpid()}", out / f".results.tmp-{os.getpid()}.png"
+    tmp.write_text(json.dumps(results, indent=2), encoding="utf-8")
+    os.replace(tmp, out / "results.json")
+    iio.imwrite(tmp_png, figure(results))
+    os.replace(tmp_png, out / "results.png")
+    return out / "results.json"
+
+
+def open_labeled(path, tile_size: int) -> TileFolder:
+    """A labeled tile folder (``<class>/<tile>``; other files such as manifest.csv are ignored)."""
+    return TileFolder(path, tile_size)
