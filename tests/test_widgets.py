@@ -171,7 +171,6 @@ def test_sample_review_export(make_napari_viewer, qtbot, finetuned_bundle, fresh
     for keep in (True, False, True, False, True):
         r.decide(keep)  # decides the current tile and moves on
     assert list(layer.metadata["features"]["kept"]) == [True, False, True, False, True]
-    r.threshold.setValue(1.01 if False else 1.0)
     r.out.value = str(tmp_path / "set")
     r.export()
     qtbot.waitUntil(lambda: (tmp_path / "set" / "manifest.csv").is_file(), timeout=30_000)

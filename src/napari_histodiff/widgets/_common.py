@@ -85,7 +85,10 @@ def dataclass_form(cls, names: list[str], **values):
     """A magicgui Container with one widget per dataclass field (defaults from the dataclass)."""
     from magicgui.widgets import Container, create_widget
 
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(names) - known
+    if unknown:
+        raise ValueError(f"{cls.__name__} has no field(s) {sorted(unknown)}")
     defaults = cls()
     widgets = []
     for name in names:
@@ -95,7 +98,6 @@ def dataclass_form(cls, names: list[str], **values):
             options = {"max": 10**7, "step": 0.01 if value < 1 else 0.5}
         widgets.append(create_widget(value=value, annotation=type(value), name=name,
                                      label=name.replace("_", " "), options=options))
-        assert name in fields, name
     return Container(widgets=widgets)
 
 
