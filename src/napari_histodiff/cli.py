@@ -18,32 +18,32 @@ def _is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def drain(gen, desc: str | None = None):
+def drain(gen):
     """Run a core generator to its end with a tqdm progress bar per stage; return its result."""
     from tqdm import tqdm
 
-    bar, stage = None, None
+    from .core.events import run_to_end
+
+    bars = {}
+
+    def show(event):
+        bar = bars.get(event.stage)
+        if bar is None:
+            for old in bars.values():
+                old.close()
+            bar = bars[event.stage] = tqdm(total=event.total, desc=event.stage, unit="step",
+                                           disable=not _is_main_process(), dynamic_ncols=True)
+        bar.update(event.step - bar.n)
+        post = {} if event.loss is None else {"loss": f"{event.loss:.4f}"}
+        if "psnr" in event.metrics:
+            post["psnr"] = f"{event.metrics['psnr']:.2f}"
+        if post:
+            bar.set_postfix(post, refresh=False)
+
     try:
-        while True:
-            try:
-                event = next(gen)
-            except StopIteration as stop:
-                return stop.value
-            if event.stage != stage:
-                if bar is not None:
-                    bar.close()
-                stage = event.stage
-                bar = tqdm(total=event.total, desc=desc or stage, unit="step",
-                           disable=not _is_main_process(), dynamic_ncols=True)
-                bar.update(event.step - 1)
-            bar.update(event.step - bar.n)
-            post = {} if event.loss is None else {"loss": f"{event.loss:.4f}"}
-            if "psnr" in event.metrics:
-                post["psnr"] = f"{event.metrics['psnr']:.2f}"
-            if post:
-                bar.set_postfix(post, refresh=False)
+        return run_to_end(gen, show)
     finally:
-        if bar is not None:
+        for bar in bars.values():
             bar.close()
         gen.close()
 
@@ -385,8 +385,9 @@ def _labeled_tiles(paths, tile_size, scale):
     from .core.tiles import open_tiles, read_rgb
 
     tiles = open_tiles(paths, tile_size, scale=scale)
-    first = read_rgb(tiles.origin(0)) if hasattr(tiles, "paths") or hasattr(tiles, "parts") else None
-    if first is not None and scale is None and first.shape[:2] != (tile_size, tile_size):
+    source = Path(tiles.origin(0))  # a tile file for folders ("image@x=..,y=.." for cut images)
+    first = read_rgb(source) if scale is None and source.is_file() else None
+    if first is not None and first.shape[:2] != (tile_size, tile_size):
         print(f"histodiff: warning: tiles are {first.shape[1]}x{first.shape[0]} px; they are centre-cropped "
               f"and resized to the model's {tile_size} px (pass --scale to cut at a fixed magnification "
               "instead)", file=sys.stderr)

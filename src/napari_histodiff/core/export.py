@@ -13,11 +13,10 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-import imageio.v3 as iio
 import numpy as np
-import tifffile
 
 from .bundle import package_versions
+from .outputs import write_png, write_tile
 from .errors import HistodiffError
 from .events import Progress
 from .records import RECORDS_FILE, read_records
@@ -45,9 +44,9 @@ class ExportOptions:
 
 def _write(path: Path, tile: np.ndarray, description: dict, fmt: str) -> None:
     if fmt == "tif":
-        tifffile.imwrite(path, tile, photometric="rgb", description=json.dumps(description))
+        write_tile(path, tile, description)
     else:
-        iio.imwrite(path, tile)
+        write_png(path, tile)
 
 
 def _folder_name(cls: str) -> str:
