@@ -37,10 +37,12 @@ class UNetConfig:
     block_out_channels: tuple[int, ...] = (192, 384, 384, 768, 768)
     layers_per_block: int = 2
     attention_levels: tuple[bool, ...] = (True, True, True, True, False)
-    attention_head_dim: int = 24
+    attention_head_dim: int = 24  # one head size for all levels (used when num_heads is 0)
     norm_num_groups: int = 32
     scale_shift_norm: bool = True
     resnet_updown: bool = True
+    num_heads: int = 0  # > 0: this many heads at every level, as CompVis num_heads (HistodiffUNet2DModel)
+    mid_attention_norm: bool = False  # group norm in the middle attention block (always there in CompVis)
 
 
 @dataclass
@@ -156,7 +158,7 @@ class Preset:
         plain_up = "ResnetUpsampleBlock2D" if u.resnet_updown else "UpBlock2D"
         down = tuple("AttnDownBlock2D" if a else plain_down for a in u.attention_levels)
         up = tuple("AttnUpBlock2D" if a else plain_up for a in reversed(u.attention_levels))
-        return UNet2DModel(
+        kwargs = dict(
             sample_size=self.latent_size,
             in_channels=self.autoencoder.latent_channels,
             out_channels=self.autoencoder.latent_channels,
@@ -170,6 +172,15 @@ class Preset:
             downsample_type="resnet" if u.resnet_updown else "conv",
             upsample_type="resnet" if u.resnet_updown else "conv",
         )
+        if u.mid_attention_norm:
+            kwargs["attn_norm_num_groups"] = u.norm_num_groups
+        if u.num_heads:
+            from .unet import HistodiffUNet2DModel
+
+            heads = [u.num_heads if a else 0 for a in u.attention_levels]
+            kwargs.update(attention_head_dim=None, attention_heads=heads + [u.num_heads] + heads[::-1])
+            return HistodiffUNet2DModel(**kwargs)
+        return UNet2DModel(**kwargs)
 
     def build_latent_classifier(self, num_classes: int):
         from .classifiers import LatentClassifier
@@ -206,15 +217,15 @@ class Preset:
 def paper() -> Preset:
     """The reference configuration of the HistoDiffusion code (DESIGN.md).
 
-    Deviation: diffusers ``UNet2DModel`` has one attention head size for all levels, so the
-    paper's 8 heads at 192 channels become head size 24 (8 heads at the first level, more
-    deeper down).
+    The UNet has 8 attention heads at every level (head size 24, 48 and 96), as the original
+    ``num_heads: 8``, and a group norm in its middle attention block: a ``HistodiffUNet2DModel``,
+    which writes back to the CompVis layout exactly (``convert_compvis.to_compvis``).
     """
     return Preset(
         name="paper",
         tile_size=256,
         autoencoder=AutoencoderConfig(),
-        unet=UNetConfig(),
+        unet=UNetConfig(num_heads=8, mid_attention_norm=True),
         schedule=ScheduleConfig(),
         diffusion=DiffusionTrainConfig(),
     )
