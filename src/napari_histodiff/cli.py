@@ -100,6 +100,22 @@ class Parser(argparse.ArgumentParser):
         self.exit(EXIT_BAD_INPUT, f"histodiff: error: {message} (see `{self.prog} --help`)\n")
 
 
+def _add_source_args(p):
+    g = p.add_argument_group("foreign checkpoints (converted in memory)")
+    g.add_argument("--format", choices=["bundle", "compvis", "diffusers"], default=None,
+                   help="what the model path is (default: detected)")
+    g.add_argument("--config", type=Path, default=None,
+                   help="YAML config of a CompVis .ckpt (default: beside it or in ../configs/*-project.yaml)")
+    ex = g.add_mutually_exclusive_group()
+    ex.add_argument("--ema", dest="ema", action="store_true", default=None,
+                    help="use the EMA weights of a CompVis checkpoint (the default when it has them)")
+    ex.add_argument("--no-ema", dest="ema", action="store_false", help="use the model weights instead of EMA")
+
+
+def _source_kwargs(args) -> dict:
+    return {"format": args.format, "config": args.config, "ema": args.ema}
+
+
 def _add_rule_args(p):
     g = p.add_argument_group("selection")
     g.add_argument("--rule", choices=["confidence", "centroid", "both", "none"], default="both",
@@ -141,7 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Fine-tune a pre-trained bundle on a small labeled set: continued UNet "
                        "training at a low learning rate, a noisy latent classifier for guidance and a "
                        "selection classifier. Writes a new bundle with class names.")
-    p.add_argument("bundle", type=Path, help="pre-trained bundle (from `histodiff pretrain`)")
+    p.add_argument("bundle", type=Path,
+                   help="pre-trained bundle (from `histodiff pretrain`), CompVis .ckpt or diffusers LDM folder")
     p.add_argument("--labeled", type=Path, nargs="+", required=True,
                    help="folders of labeled tiles, one sub-folder per class (DIR/TUM/*.png, DIR/STR/*.png)")
     p.add_argument("--out", type=Path, required=True, help="new bundle folder")
@@ -165,13 +182,14 @@ def build_parser() -> argparse.ArgumentParser:
     ex = p.add_mutually_exclusive_group()
     ex.add_argument("--overwrite", action="store_true")
     ex.add_argument("--resume", action="store_true")
+    _add_source_args(p)
     p.set_defaults(func=cmd_finetune)
 
     p = sub.add_parser("sample", help="sample tiles, unguided or guided toward classes, and select",
                        description="Sample tiles (TIFF) into a folder with samples.csv and a contact sheet per "
                        "class. With --class/--per-class, sampling is guided by the latent classifier; on a "
                        "fine-tuned bundle every tile is scored and selected unless --no-select.")
-    p.add_argument("bundle", type=Path)
+    p.add_argument("bundle", type=Path, help="bundle folder, CompVis .ckpt or diffusers LDM pipeline folder")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("-n", type=int, default=16, help="tiles per class (in all when unguided; default 16)")
     p.add_argument("--class", dest="classes", action="append", default=[], metavar="NAME",
@@ -187,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-select", action="store_true", help="do not score and select the tiles")
     _add_rule_args(p)
     p.add_argument("--overwrite", action="store_true")
+    _add_source_args(p)
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("select", help="score and select the tiles of a sample folder again",
@@ -210,10 +229,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("info", help="print a readable summary of a bundle")
-    p.add_argument("bundle", type=Path)
+    p = sub.add_parser("info", help="print a readable summary of a bundle (or of a foreign checkpoint, converted)")
+    p.add_argument("bundle", type=Path, help="bundle folder, CompVis .ckpt or diffusers LDM pipeline folder")
     p.add_argument("--json", action="store_true", help="print histodiff.json as it is")
+    _add_source_args(p)
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("convert", help="convert a CompVis .ckpt or a diffusers LDM folder into a bundle",
+                       description="Convert a CompVis / HistoDiffusion LatentDiffusion .ckpt (+ YAML) or a diffusers "
+                       "LDMPipeline folder into a napari-histodiff bundle (safetensors). The checkpoint is read "
+                       "with torch.load(weights_only=True); nothing in it is executed. With --to-compvis, write "
+                       "a bundle as a CompVis .ckpt + YAML instead.")
+    p.add_argument("source", type=Path, help="CompVis .ckpt, diffusers pipeline folder (or a bundle with --to-compvis)")
+    p.add_argument("out", type=Path, help="bundle folder to write (with --to-compvis: the .ckpt file)")
+    p.add_argument("--to-compvis", action="store_true", help="write SOURCE (a bundle) as a CompVis .ckpt + .yaml")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    _add_source_args(p)
+    p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("demo", help="run the whole method on an embedded default image",
                        description="The whole method on the colon tissue image shipped with scikit-image: "
@@ -351,12 +383,18 @@ def _counts(records) -> str:
 
 
 def cmd_finetune(args):
+    with _as_bundle_folder(args) as bundle_dir:
+        _finetune(args, bundle_dir)
+
+
+def _finetune(args, bundle_dir):
     from .core.finetune import FinetuneOptions, finetune
     from .core.presets import Preset
     from .core.bundle import read_meta
     from .core.training import prepare_out_dir
 
-    preset = Preset.from_dict(read_meta(args.bundle)["preset"])
+    preset = Preset.from_dict(read_meta(bundle_dir)["preset"])
+    _check_kl(bundle_dir)
     tiles = _labeled_tiles(args.labeled, preset.tile_size, args.scale)
     opts = FinetuneOptions(
         classifier_steps=args.classifier_steps, selection_steps=args.selection_steps,
@@ -375,7 +413,7 @@ def cmd_finetune(args):
 
         raise HistodiffError("--out must be a new folder, not the pre-trained bundle itself")
     prepare_out_dir(args.out, args.overwrite, args.resume)
-    result = drain(finetune(args.bundle, tiles, args.out, preset, opts))
+    result = drain(finetune(bundle_dir, tiles, args.out, preset, opts))
     counts = ", ".join(f"{c} {n}" for c, n in result["class_counts"].items())
     _say(f"fine-tuned bundle written to {args.out} (tiles per class: {counts}); "
          f"try: histodiff sample {args.out} --per-class 16 --out samples")
@@ -405,7 +443,7 @@ def cmd_sample(args):
         raise HistodiffError("give either --class (with -n) or --per-class, not both")
     if args.per_class is not None and args.per_class < 1:
         raise HistodiffError("--per-class must be at least 1")
-    bundle = load_bundle(args.bundle, device=args.device)
+    bundle = load_bundle(args.bundle, device=args.device, **_source_kwargs(args))
     if args.per_class and not bundle.class_names:
         raise HistodiffError("--per-class needs a fine-tuned bundle with classes; run `histodiff finetune` first")
     classes = list(bundle.class_names) if args.per_class else args.classes
@@ -455,10 +493,80 @@ def cmd_export(args):
 def cmd_info(args):
     from .core.bundle import read_meta, summary
 
-    if args.json:
-        print(json.dumps(read_meta(args.bundle), indent=2, sort_keys=True))
-    else:
-        print(summary(args.bundle))
+    with _as_bundle_folder(args) as folder:
+        if args.json:
+            print(json.dumps(read_meta(folder), indent=2, sort_keys=True))
+        else:
+            text = summary(folder)
+            if folder != args.bundle:
+                text = text.replace(f"bundle      {folder}", f"source      {args.bundle} (converted in memory; "
+                                    "save it with `histodiff convert`)")
+            print(text)
+
+
+def cmd_convert(args):
+    from .core.errors import HistodiffError
+
+    if args.to_compvis:
+        from .core.bundle import load_bundle
+        from .core.convert_compvis import write_compvis
+
+        if args.out.exists() and not args.overwrite:
+            raise HistodiffError(f"{args.out} already exists; pass --overwrite to replace it")
+        if args.out.suffix != ".ckpt":
+            raise HistodiffError(f"with --to-compvis the output is a .ckpt file, not {args.out}")
+        write_compvis(load_bundle(args.source, device="cpu", **_source_kwargs(args)), args.out)
+        _say(f"CompVis checkpoint written to {args.out} with its config {args.out.with_suffix('.yaml')}")
+        return
+    from .core.convert import convert_to_bundle
+
+    bundle = convert_to_bundle(args.source, args.out, overwrite=args.overwrite, **_source_kwargs(args))
+    prov = bundle.meta["provenance"]["converted"]
+    weights = {True: "EMA weights", False: "model weights"}.get(prov.get("ema"), "weights")
+    _say(f"bundle written to {args.out} ({prov['format']}, {weights}, tile size {bundle.tile_size} px, latent scale "
+         f"factor {bundle.scale_factor:.5g}); try: histodiff sample {args.out} -n 16 --out samples")
+
+
+class _as_bundle_folder:
+    """``args.bundle`` itself when it is a bundle; else a temporary bundle converted from it."""
+
+    def __init__(self, args):
+        self.args, self.tmp = args, None
+
+    def __enter__(self):
+        from .core.convert import detect_format
+
+        a = self.args
+        fmt = a.format or detect_format(a.bundle)
+        if fmt == "bundle":
+            if a.config is not None or a.ema is not None:
+                from .core.errors import HistodiffError
+
+                raise HistodiffError("--config and --ema/--no-ema apply to CompVis .ckpt checkpoints only")
+            return a.bundle
+        import tempfile
+
+        from .core.bundle import save_bundle
+        from .core.convert import convert_source
+
+        self.tmp = tempfile.TemporaryDirectory(prefix="histodiff-converted-")
+        out = Path(self.tmp.name) / "bundle"
+        save_bundle(convert_source(a.bundle, fmt, config=a.config, ema=a.ema), out)
+        return out
+
+    def __exit__(self, *exc):
+        if self.tmp is not None:
+            self.tmp.cleanup()
+
+
+def _check_kl(bundle_dir) -> None:
+    from .core.bundle import _class_name
+
+    if _class_name(Path(bundle_dir) / "vae") == "VQModel":
+        from .core.errors import HistodiffError
+
+        raise HistodiffError("this model has a VQ first stage; fine-tuning encodes tiles with a KL autoencoder "
+                             "(latent_dist), so it works on KL models only. Sampling works with VQ models.")
 
 
 def cmd_demo(args):

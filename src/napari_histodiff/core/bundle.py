@@ -3,8 +3,8 @@
 ```
 BUNDLE/
   histodiff.json     preset, tile size, latent scale factor, class names, provenance
-  vae/               AutoencoderKL   config.json + diffusion_pytorch_model.safetensors
-  unet/              UNet2DModel     (EMA weights)
+  vae/               AutoencoderKL (or VQModel, converted)  config.json + diffusion_pytorch_model.safetensors
+  unet/              UNet2DModel or HistodiffUNet2DModel (core/unet.py)  (EMA weights)
   scheduler/         DDPMScheduler   scheduler_config.json
   latent_classifier/ LatentClassifier     (after fine-tuning)
   selection_classifier/ SelectionClassifier (after fine-tuning)
@@ -171,18 +171,57 @@ def _load_part(cls, folder: Path, what: str):
         raise BundleError(f"cannot load {what} from {folder}: {type(e).__name__}: {e}") from None
 
 
-def load_bundle(path, device=None, require_unet: bool = True) -> Bundle:
-    """Load a bundle folder onto ``device`` (``None``/``auto`` picks the best available)."""
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DModel
+def load_bundle(source, device=None, require_unet: bool = True, format: str | None = None, config=None,
+                ema: bool | None = None) -> Bundle:
+    """Load a bundle folder, or convert a foreign checkpoint in memory, onto ``device``.
 
+    ``source``: our bundle folder, a CompVis / HistoDiffusion ``.ckpt`` (its YAML beside it, in a
+    Lightning ``configs/*-project.yaml``, or ``config=``), or a diffusers LDM pipeline folder.
+    ``format``: ``bundle``, ``compvis`` or ``diffusers`` (default: detected). ``ema``: CompVis EMA
+    weights (default: used when present). ``device``: ``None``/``auto`` picks cuda > mps > cpu.
+    """
+    from .convert import convert_source, detect_format
     from .devices import pick_device
 
-    path = Path(path)
+    fmt = format or detect_format(source)
+    if fmt != "bundle":
+        bundle = convert_source(source, fmt, config=config, ema=ema)
+        check_consistent(bundle)
+        return bundle.to(pick_device(device))
+    if config is not None or ema is not None:
+        raise BundleError(f"{source} is a napari-histodiff bundle; config= and ema= apply to foreign checkpoints only")
+    return _load_folder(Path(source), device, require_unet)
+
+
+def vae_class(folder: Path):
+    from diffusers import AutoencoderKL, VQModel
+
+    name = _class_name(folder)
+    if name in (None, "AutoencoderKL"):
+        return AutoencoderKL
+    if name == "VQModel":
+        return VQModel
+    raise BundleError(f"unknown autoencoder class {name!r} in {folder}/config.json; expected AutoencoderKL or VQModel")
+
+
+def _class_name(folder: Path):
+    try:
+        return json.loads((folder / "config.json").read_text()).get("_class_name")
+    except (OSError, ValueError):
+        return None  # _load_part reports the missing or broken config
+
+
+def _load_folder(path: Path, device, require_unet: bool) -> Bundle:
+    from diffusers import DDPMScheduler
+
+    from .devices import pick_device
+    from .unet import unet_class
+
     meta = read_meta(path)
-    vae = _load_part(AutoencoderKL, path / "vae", "autoencoder")
+    vae = _load_part(vae_class(path / "vae"), path / "vae", "autoencoder")
     unet = None
     if require_unet or (path / "unet").exists():
-        unet = _load_part(UNet2DModel, path / "unet", "diffusion UNet")
+        unet = _load_part(unet_class(_class_name(path / "unet")), path / "unet", "diffusion UNet")
     scheduler = _load_part(DDPMScheduler, path / "scheduler", "noise scheduler") if unet else None
     bundle = Bundle(vae=vae, unet=unet, scheduler=scheduler, meta=meta, path=path)
     if (path / "latent_classifier").is_dir() or (path / "selection_classifier").is_dir():
@@ -197,6 +236,32 @@ def load_bundle(path, device=None, require_unet: bool = True) -> Bundle:
     return bundle.to(pick_device(device))
 
 
+def save_bundle(bundle: Bundle, out, overwrite: bool = False) -> Path:
+    """Write an in-memory bundle (for example a converted checkpoint) as a bundle folder, atomically."""
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise BundleError(f"{out} already exists; pass --overwrite to replace it, or choose a new folder")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        bundle.vae.register_to_config(scaling_factor=bundle.scale_factor)
+        for name, model in (("vae", bundle.vae), ("unet", bundle.unet), ("scheduler", bundle.scheduler),
+                            ("latent_classifier", bundle.latent_classifier),
+                            ("selection_classifier", bundle.selection_classifier)):
+            if model is not None:
+                save_part(model, tmp, name)
+        write_meta(tmp, bundle.meta)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    bundle.path = out
+    return out
+
+
 def check_consistent(bundle: Bundle) -> None:
     meta, vae, unet, path = bundle.meta, bundle.vae, bundle.unet, bundle.path
     problems = []
@@ -205,10 +270,9 @@ def check_consistent(bundle: Bundle) -> None:
     if not isinstance(tile, int) or tile % f:
         problems.append(f"tile_size {tile!r} is not a multiple of the autoencoder's factor {f}")
     if unet is not None:
-        if unet.config.in_channels != vae.config.latent_channels:
-            problems.append(
-                f"unet expects {unet.config.in_channels} latent channels, vae makes {vae.config.latent_channels}"
-            )
+        latent = vae.config.get("vq_embed_dim") or vae.config.latent_channels
+        if unet.config.in_channels != latent:
+            problems.append(f"unet expects {unet.config.in_channels} latent channels, vae makes {latent}")
         if isinstance(tile, int) and unet.config.sample_size not in (None, tile // f):
             problems.append(f"unet sample_size {unet.config.sample_size} != tile_size/{f} = {tile // f}")
         if not meta.get("latent_scale_factor"):
@@ -250,6 +314,10 @@ def summary(path) -> str:
         except (IndexError, OSError, ValueError):
             name = "config missing or unreadable"
         lines.append(f"{part:<11} {name}, {size / 1e6:.1f} MB of weights")
+    conv = (meta.get("provenance") or {}).get("converted")
+    if isinstance(conv, dict):
+        lines.append(f"converted   from {conv.get('format', '?')} {conv.get('source', '?')} "
+                     f"({'EMA' if conv.get('ema') else 'model'} weights, sha256 {str(conv.get('sha256', '?'))[:12]})")
     for stage, prov in (meta.get("provenance") or {}).items():
         if not isinstance(prov, dict) or "steps" not in prov:
             if isinstance(prov, str):
