@@ -141,3 +141,37 @@ def test_empty_class_and_tile_size_mismatch():
     with pytest.warns(UserWarning, match="resizing"):
         res = run_to_end(evaluate(train, big, None, EvaluateOptions(**{**OPTS, "steps": 4, "seeds": [0]})))
     assert res["counts"]["test"] == {"a": 1, "b": 1} and "paired_difference" not in res
+
+
+def test_named_arms_run_per_seed_combine_to_the_joint_run(data, results):
+    """Several augmentation arms against one real arm; runs of one seed each combine into exactly the
+    two-seed run (training is deterministic per seed)."""
+    from napari_histodiff.core.evaluate import combine
+
+    train, test = open_labeled(data["train"], 16), open_labeled(data["test"], 16)
+    arms = {"augmented": open_labeled(data["augment"], 16), "other": open_labeled(data["train"], 16)}
+    parts = [run_to_end(evaluate(train, test, arms, EvaluateOptions(**{**OPTS, "seeds": [s]}))) for s in (0, 1)]
+    joint = combine(parts)
+    assert list(joint["arms"]) == ["real", "augmented", "other"]
+    assert joint["arms"]["real"] == results["arms"]["real"]
+    assert joint["arms"]["augmented"] == results["arms"]["augmented"]
+    assert joint["paired_difference"] == results["paired_difference"]
+    assert set(joint["paired_differences"]) == {"augmented", "other"}
+    assert joint["counts"]["augment"]["other"] == {"ADI": 10, "STR": 10, "TUM": 10}
+    with pytest.raises(HistodiffError, match="seeds repeat"):
+        combine([parts[0], parts[0]])
+    with pytest.raises(HistodiffError, match="'real' names"):
+        run_to_end(evaluate(train, test, {"real": arms["other"]}, EvaluateOptions(**OPTS)))
+
+
+def test_frechet_distance():
+    from napari_histodiff.core.evaluate import frechet_distance
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(0, 1, (4000, 3)), rng.normal(0, 1, (4000, 3))
+    assert frechet_distance(a, a) == pytest.approx(0, abs=1e-6)
+    assert frechet_distance(a, b) < 0.02
+    # shifted mean by (2, 0, 0) and scale 2 on every axis: ||mu||^2 + 3 * (1 + 4 - 2 * 2) = 4 + 3
+    assert frechet_distance(a, 2 * b + [2, 0, 0]) == pytest.approx(7, rel=0.05)
+    with pytest.raises(HistodiffError, match="at least 2"):
+        frechet_distance(a[:1], b)

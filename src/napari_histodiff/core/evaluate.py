@@ -31,6 +31,7 @@ class EvaluateOptions:
     val_fraction: float = 0.2
     eval_every: int = 100
     colour_jitter: float = 0.05
+    channels: tuple[int, ...] = (32, 64, 128)  # the ResNet's stage widths
     device: str = "auto"
 
     def validate(self) -> None:
@@ -40,6 +41,7 @@ class EvaluateOptions:
             (not self.seeds or len(set(self.seeds)) != len(self.seeds), f"give distinct seeds (got {self.seeds})"),
             (not 0 <= self.val_fraction < 0.9, f"validation fraction must be in [0, 0.9) (got {self.val_fraction})"),
             (not 0 <= self.colour_jitter < 1, f"colour jitter must be in [0, 1) (got {self.colour_jitter})"),
+            (not self.channels or min(self.channels) < 1, f"channels must be positive widths (got {self.channels})"),
         ):
             if bad:
                 raise HistodiffError(msg)
@@ -83,24 +85,48 @@ def _jitter(x, amount: float, gen):
     return (((x01 - mean) * c + mean) * b).clamp(0, 1) * 2 - 1
 
 
-def _predict(model, x, device, batch=256):
+def _predict(model, x, device, batch=256, fn=None):
     import torch
 
     model.eval()
+    fn = fn or model
     with torch.no_grad():
-        return torch.cat([model(T.to_model_input(torch.from_numpy(x[i : i + batch]), device)).float().cpu()
+        return torch.cat([fn(T.to_model_input(torch.from_numpy(x[i : i + batch]), device)).float().cpu()
                           for i in range(0, len(x), batch)])
 
 
-def _train(x, y, val_x, val_y, n_classes, seed, opts, device, stage):
+def embed(model, x, device=None) -> np.ndarray:
+    """Pooled features (N, channels[-1]) of uint8 NHWC tiles from a downstream classifier."""
+    device = device or next(model.parameters()).device
+    return _predict(model, x, device, fn=model.features).numpy().astype(np.float64)
+
+
+def frechet_distance(a, b) -> float:
+    """Frechet distance between Gaussians fitted to two feature sets (rows are samples)."""
+    import warnings
+
+    from scipy.linalg import sqrtm
+
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if min(len(a), len(b)) < 2:
+        raise HistodiffError("the Frechet distance needs at least 2 tiles on each side")
+    ca, cb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    with warnings.catch_warnings():  # singular covariances are expected with fewer tiles than features
+        warnings.simplefilter("ignore")
+        root = sqrtm(ca @ cb)
+    root = root.real if np.iscomplexobj(root) else root
+    return float(((a.mean(0) - b.mean(0)) ** 2).sum() + np.trace(ca + cb - 2 * root))
+
+
+def train_downstream(x, y, val_x, val_y, n_classes, seed, opts, device, stage):
     """One downstream classifier; yields Progress; returns the best-validation model."""
     import torch
     import torch.nn.functional as F
 
     from .classifiers import SelectionClassifier
 
-    torch.manual_seed(seed)  # same initial weights for both arms of a seed
-    model = SelectionClassifier(num_classes=n_classes, channels=(32, 64, 128)).to(device)
+    torch.manual_seed(seed)  # same initial weights for every arm of a seed
+    model = SelectionClassifier(num_classes=n_classes, channels=tuple(opts.channels)).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=opts.learning_rate, weight_decay=1e-4)
     stream = T.BatchStream(x, np.arange(len(x)), opts.batch_size, seed, labels=y)
     best, best_key, vy = None, None, torch.from_numpy(val_y)
@@ -157,8 +183,20 @@ def paired_difference(real_acc, aug_acc) -> dict:
     return out
 
 
+def _augment_sets(augment_tiles) -> dict:
+    if augment_tiles is None:
+        return {}
+    sets = dict(augment_tiles) if isinstance(augment_tiles, dict) else {"augmented": augment_tiles}
+    if "real" in sets:
+        raise HistodiffError("'real' names the arm without augmentation; give the augmentation set another name")
+    return sets
+
+
 def evaluate(train_tiles, test_tiles, augment_tiles=None, options: EvaluateOptions | None = None):
-    """Generator: yields :class:`Progress` while training; returns the results dict (see docs/evaluate.md)."""
+    """Generator: yields :class:`Progress` while training; returns the results dict (see docs/evaluate.md).
+
+    ``augment_tiles``: one tile set (arm ``augmented``) or ``{arm name: tile set}`` for several arms,
+    each trained on the real split plus that set, all against one ``real`` arm per seed."""
     opts = options or EvaluateOptions()
     opts.validate()
     device = pick_device(opts.device)
@@ -170,41 +208,79 @@ def evaluate(train_tiles, test_tiles, augment_tiles=None, options: EvaluateOptio
     ty = _indices(tnames, classes, "", "")
     sy = _indices(snames, classes, "test classes absent from the training set",
                   "add training tiles of them or remove them from the test set")
-    ax = ay = None
-    if augment_tiles is not None:
-        ax, anames = _load(augment_tiles, "augmentation", size)
-        ay = _indices(anames, classes, "augmentation classes unknown to the training set",
-                      "remove them or add training tiles of them")
-    per_seed = {"real": [], **({"augmented": []} if ax is not None else {})}
-    counts = {"train": _counts(ty, classes), "test": _counts(sy, classes),
-              **({"augment": _counts(ay, classes)} if ax is not None else {})}
+    aug = {}
+    for arm, tiles in _augment_sets(augment_tiles).items():
+        ax, anames = _load(tiles, f"augmentation ({arm})", size)
+        aug[arm] = (ax, _indices(anames, classes, f"augmentation classes unknown to the training set ({arm})",
+                                 "remove them or add training tiles of them"))
+    per_seed = {arm: [] for arm in ["real", *aug]}
+    counts = {"train": _counts(ty, classes), "test": _counts(sy, classes)}
+    if aug:
+        by_arm = {arm: _counts(ay, classes) for arm, (_, ay) in aug.items()}
+        counts["augment"] = by_arm["augmented"] if list(by_arm) == ["augmented"] else by_arm
     for seed in opts.seeds:
         tr, va = T.stratified_split(ty, opts.val_fraction, seed)
         va = va if len(va) else tr  # too few tiles to hold any out: select on the training tiles
         counts.setdefault("train_split", _counts(ty[tr], classes))
         counts.setdefault("validation", _counts(ty[va], classes))
         data = {"real": (tx[tr], ty[tr])}
-        if ax is not None:
-            data["augmented"] = (np.concatenate([tx[tr], ax]), np.concatenate([ty[tr], ay]))
+        data.update({arm: (np.concatenate([tx[tr], ax]), np.concatenate([ty[tr], ay])) for arm, (ax, ay) in aug.items()})
         for arm, (x, y) in data.items():
-            model = yield from _train(x, y, tx[va], ty[va], len(classes), seed, opts, device, f"{arm} seed {seed}")
+            model = yield from train_downstream(x, y, tx[va], ty[va], len(classes), seed, opts, device,
+                                                f"{arm} seed {seed}")
             pred = _predict(model, sx, device).argmax(-1).numpy()
             per_seed[arm].append({"seed": seed, **metrics(sy, pred, classes)})
-    sd = lambda v: float(np.std(v, ddof=min(1, len(v) - 1)))  # noqa: E731 - sample sd; 0 with one seed
     results = {"classes": classes, "options": asdict(opts), "counts": counts, "tile_size": size,
-               "device": str(device), "arms": {arm: {
-                   "per_seed": per_seed[arm], "mean": _summary(per_seed[arm], classes, lambda v: float(np.mean(v))),
-                   "sd": _summary(per_seed[arm], classes, sd)} for arm in per_seed}}
-    if ax is not None:
-        results["paired_difference"] = paired_difference(
-            [r["accuracy"] for r in per_seed["real"]], [r["accuracy"] for r in per_seed["augmented"]])
+               "device": str(device), "arms": {arm: {"per_seed": runs} for arm, runs in per_seed.items()}}
+    return summarise(results)
+
+
+def summarise(results) -> dict:
+    """(Re)compute each arm's mean and sd over its seeds and the paired differences to ``real``."""
+    classes, arms = results["classes"], results["arms"]
+    sd = lambda v: float(np.std(v, ddof=min(1, len(v) - 1)))  # noqa: E731 - sample sd; 0 with one seed
+    for arm in arms.values():
+        arm["mean"] = _summary(arm["per_seed"], classes, lambda v: float(np.mean(v)))
+        arm["sd"] = _summary(arm["per_seed"], classes, sd)
+    results.pop("paired_difference", None)
+    results.pop("paired_differences", None)
+    real = [r["accuracy"] for r in arms["real"]["per_seed"]]
+    diffs = {arm: paired_difference(real, [r["accuracy"] for r in arms[arm]["per_seed"]])
+             for arm in arms if arm != "real"}
+    if diffs:
+        results["paired_difference"] = diffs[next(iter(diffs))]
+        if len(diffs) > 1:
+            results["paired_differences"] = diffs
     return results
 
 
+def combine(parts: list[dict]) -> dict:
+    """One results dict from runs of the same sets with different seeds (e.g. one run per seed)."""
+    if not parts:
+        raise HistodiffError("nothing to combine")
+    out = copy.deepcopy(parts[0])
+    for part in parts[1:]:
+        if part["classes"] != out["classes"] or list(part["arms"]) != list(out["arms"]):
+            raise HistodiffError("these results are of different classes or arms; combine runs of one experiment")
+        for arm, runs in part["arms"].items():
+            out["arms"][arm]["per_seed"] += copy.deepcopy(runs["per_seed"])
+    seeds = [r["seed"] for r in out["arms"]["real"]["per_seed"]]
+    if len(set(seeds)) != len(seeds):
+        raise HistodiffError(f"seeds repeat across the runs ({seeds}); combine runs of different seeds")
+    out["options"]["seeds"] = seeds
+    return summarise(out)
+
+
+PALETTE = [(70, 110, 200), (230, 130, 40), (90, 170, 90), (200, 80, 80), (150, 110, 190), (140, 100, 80),
+           (220, 120, 190), (130, 130, 130), (190, 190, 60), (60, 190, 200)]
+
+
 def figure(results) -> np.ndarray:
-    """RGB uint8 figure, numpy only: left, a bar per arm (mean accuracy 0..1, black +- sd error bar); right,
-    the real arm's confusion matrix summed over seeds, row-normalised (white 0 .. dark blue 1; rows true)."""
-    h, pad, bar_w = 240, 20, 60
+    """RGB uint8 figure, numpy only: left, a bar per arm in ``arms`` order (colours: PALETTE; mean accuracy
+    0..1, black +- sd error bar); right, the real arm's confusion matrix summed over seeds, row-normalised
+    (white 0 .. dark blue 1; rows true)."""
+    h, pad = 240, 20
+    bar_w = 60 if len(results["arms"]) <= 3 else 30
     arms = list(results["arms"])
     cm = np.sum([r["confusion"] for r in results["arms"]["real"]["per_seed"]], axis=0).astype(float)
     n, base, top = len(cm), h - pad, pad
@@ -218,7 +294,7 @@ def figure(results) -> np.ndarray:
     for i, arm in enumerate(arms):
         m, s = results["arms"][arm]["mean"]["accuracy"], results["arms"][arm]["sd"]["accuracy"]
         x0 = pad + i * (bar_w + pad)
-        img[y(m):base, x0:x0 + bar_w] = {"real": (70, 110, 200), "augmented": (230, 130, 40)}[arm]
+        img[y(m):base, x0:x0 + bar_w] = PALETTE[i % len(PALETTE)]
         xc = x0 + bar_w // 2
         img[y(m + s):y(m - s) + 1, xc - 1:xc + 2] = 0
         for v in (m - s, m + s):

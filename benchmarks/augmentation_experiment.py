@@ -1,0 +1,440 @@
+"""The paper's experiment on real data: does class-guided synthetic augmentation help a downstream
+classifier when labels are scarce? (issue 6; results in docs/results.md)
+
+    python benchmarks/augmentation_experiment.py [--out experiment] [--quick] [--data ../shared/data]
+
+Stages (each caches its output under --out and is skipped when present, so a re-run resumes):
+  data       crc5 tiles at 64 px: k labeled tiles per class (seeded; the k=20 set is inside the k=100
+             set), every other crc5 tile is test material; written as <class>/<tile>.png folders
+  pretrain   `small` preset autoencoder + latent diffusion on pretrain/ (breast_ucsb, monuseg; scaled
+             by --pretrain-scale towards the magnification of the 64 px crc5 tiles)
+  finetune   per k: UNet on the labeled tiles, noisy latent classifier, selection classifier; ablation
+             bundles: pre-trained UNet (no UNet fine-tuning), clean-latent classifier (original code)
+  sample     per k: class-guided pools per bundle, an unguided pool; scored by the selection classifier
+  evaluate   per k and seed: real-only against real + synthetic arms (core.evaluate), then combined
+  frechet    per class feature-space Frechet distance, real test tiles vs synthetic, in the features of a
+             real-only downstream classifier (not comparable to Inception FID)
+Writes OUT/summary.md, OUT/summary.json and OUT/k*/results.{json,png}; --docs DIR copies them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from napari_histodiff.core import evaluate as E  # noqa: E402
+from napari_histodiff.core.events import run_to_end  # noqa: E402
+from napari_histodiff.core.tiles import ArrayTiles, TileFolder, _fit_square, open_tiles, read_rgb  # noqa: E402
+
+CLASSES = ["AC", "H", "S", "T", "V"]
+
+
+@dataclass
+class Settings:
+    ks: list[int] = field(default_factory=lambda: [20, 100])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    test_per_class: int | None = None  # None: every crc5 tile not in a labeled set
+    pretrain_scale: float = 0.1
+    pretrain_stride: int = 12
+    ae_steps: int = 600
+    ae_batch: int = 4
+    ae_lr: float = 2e-4
+    ldm_steps: int = 1000
+    clf_steps: int = 400
+    sel_steps: int = 300
+    unet_steps: int = 300
+    unet_lr: float = 5e-5
+    pool: int = 100  # guided samples per class (and 5x this unguided) at the smallest k
+    pool_large_k: int = 120  # guided samples per class at larger k (main arm only)
+    guidance: float = 10.0
+    sample_steps: int = 20
+    threshold: float = 0.8
+    amounts: list[float] = field(default_factory=lambda: [0.5, 1.0, 3.0])  # synthetic / real tiles
+    eval_steps: int = 300
+    eval_channels: list[int] = field(default_factory=lambda: [16, 32, 64])
+    device: str = "auto"
+
+
+QUICK = dict(ks=[20], seeds=[0, 1], test_per_class=40, ae_steps=30, ldm_steps=40, clf_steps=20, sel_steps=20,
+             unet_steps=10, pool=12, pool_large_k=12, sample_steps=4, eval_steps=30)
+
+
+class Timer:
+    def __init__(self, path: Path):
+        self.path = path
+        self.times = json.loads(path.read_text()) if path.is_file() else {}
+
+    def run(self, name, fn):
+        t = time.perf_counter()
+        out = fn()
+        self.times[name] = round(time.perf_counter() - t + self.times.get(name, 0.0), 1)
+        self.path.write_text(json.dumps(self.times, indent=1))
+        return out
+
+
+def log(msg):
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def drain(gen, label):
+    last = [0.0]
+
+    def show(ev):
+        if time.perf_counter() - last[0] > 30:
+            last[0] = time.perf_counter()
+            loss = "" if ev.loss is None else f" loss {ev.loss:.4f}"
+            log(f"  {label}: {ev.stage} {ev.step}/{ev.total}{loss}")
+
+    return run_to_end(gen, show)
+
+
+# ---- data ---------------------------------------------------------------------------------------
+
+def make_data(data_root: Path, out: Path, s: Settings) -> None:
+    import imageio.v3 as iio
+
+    if (out / "split.json").is_file():
+        return
+    rng = np.random.default_rng(2023)
+    split = {"labeled": {}, "test": {}}
+    kmax = max(s.ks)
+    for c in CLASSES:
+        files = sorted(p.name for p in (data_root / "crc5" / c).glob("*.jpg"))
+        order = rng.permutation(len(files))
+        split["labeled"][c] = [files[i] for i in order[:kmax]]
+        rest = [files[i] for i in order[kmax:]]
+        split["test"][c] = rest[: s.test_per_class] if s.test_per_class else rest
+    for c in CLASSES:
+        for name in split["labeled"][c] + split["test"][c]:
+            tile = _fit_square(read_rgb(data_root / "crc5" / c / name), 64)
+            if name in split["test"][c]:
+                _png(iio, out / "test" / c / name, tile)
+            for k in s.ks:
+                if name in split["labeled"][c][:k]:
+                    _png(iio, out / f"k{k}" / c / name, tile)
+    (out / "split.json").write_text(json.dumps(split, indent=1))
+
+
+def _png(iio, path: Path, tile) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    iio.imwrite(path.with_suffix(".png"), tile)
+
+
+# ---- models -------------------------------------------------------------------------------------
+
+def pretrain(data_root: Path, bundle: Path, s: Settings):
+    from napari_histodiff.core.presets import small
+    from napari_histodiff.core.train_autoencoder import AutoencoderOptions, train_autoencoder
+    from napari_histodiff.core.train_diffusion import DiffusionOptions, train_diffusion
+    from napari_histodiff.core.training import prepare_out_dir
+
+    tiles = open_tiles([data_root / "pretrain"], 64, large_images=True, stride=s.pretrain_stride,
+                       scale=s.pretrain_scale)
+    log(f"pre-training tiles: {len(tiles)}")
+    prepare_out_dir(bundle, resume=True)
+    ae = drain(train_autoencoder(tiles, bundle, small(), AutoencoderOptions(
+        steps=s.ae_steps, batch_size=s.ae_batch, learning_rate=s.ae_lr, device=s.device, checkpoint_every=200)),
+        "autoencoder")
+    ldm = drain(train_diffusion(tiles, bundle, small(), DiffusionOptions(
+        steps=s.ldm_steps, device=s.device, checkpoint_every=250)), "diffusion")
+    return {"tiles": len(tiles), "ae_psnr": ae.get("psnr"), "scale_factor": ldm.get("latent_scale_factor")}
+
+
+def finetune_all(pre: Path, kdir: Path, labeled: Path, s: Settings, ablations: bool) -> dict:
+    from napari_histodiff.core.finetune import FinetuneOptions, finetune
+    from napari_histodiff.core.presets import small
+
+    tiles = TileFolder(labeled, 64)
+    opts = FinetuneOptions(classifier_steps=s.clf_steps, selection_steps=s.sel_steps, unet_steps=s.unet_steps,
+                           unet_learning_rate=s.unet_lr, device=s.device, checkpoint_every=100,
+                           min_tiles_per_class=2)
+    made = {"finetuned": kdir / "finetuned"}
+    info = drain(finetune(pre, tiles, made["finetuned"], small(), opts), "finetune")
+    if not ablations:
+        return made
+    made["no-unet-ft"] = kdir / "no-unet-ft"  # fine-tuned classifiers, pre-trained UNet
+    if not made["no-unet-ft"].is_dir():
+        tmp = kdir / ".no-unet-ft.partial"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(made["finetuned"], tmp, ignore=shutil.ignore_patterns("checkpoints*"))
+        shutil.rmtree(tmp / "unet")
+        shutil.copytree(pre / "unet", tmp / "unet")
+        tmp.rename(made["no-unet-ft"])
+    made["clean-latent"] = kdir / "clean-latent"  # the original code's classifier on clean latents
+    drain(finetune(pre, tiles, made["clean-latent"], small(), replace(opts, unet_steps=0, clean_latents=True)),
+          "finetune clean")
+    marker = made["clean-latent"] / "unet-from-finetuned"
+    if not marker.exists():
+        shutil.rmtree(made["clean-latent"] / "unet")
+        shutil.copytree(made["finetuned"] / "unet", made["clean-latent"] / "unet")
+        marker.write_text("unet/ copied from ../finetuned (fine-tuned UNet; only the guidance classifier differs)\n")
+    made["info"] = info
+    return made
+
+
+def sample_pool(bundle_dir: Path, out: Path, n: int, guided: bool, s: Settings, seed: int):
+    from napari_histodiff.core.bundle import load_bundle
+    from napari_histodiff.core.records import read_records
+    from napari_histodiff.core.sample_set import write_samples
+    from napari_histodiff.core.sampling import SampleOptions
+    from napari_histodiff.core.selection import SelectionRule
+
+    if (out / "samples.csv").is_file():
+        return read_records(out)
+    bundle = load_bundle(bundle_dir, device=s.device)
+    opts = SampleOptions(n=n, classes=bundle.class_names if guided else [], guidance=s.guidance if guided else 0.0,
+                         steps=s.sample_steps, seed=seed, batch_size=32)
+    return drain(write_samples(bundle, opts, out, SelectionRule(threshold=s.threshold), overwrite=True), out.name)
+
+
+def pick(records, n: int, selected: bool) -> list:
+    """Up to ``n`` records per class: the most confident kept ones, or (no selection) the first ``n``."""
+    groups: dict[str, list] = {}
+    for r in records:
+        if selected and not r.kept:
+            continue
+        groups.setdefault(r.target_class or r.predicted_class, []).append(r)
+    out = []
+    for rs in groups.values():
+        if selected:
+            rs = sorted(rs, key=lambda r: (-(r.confidence or 0.0), r.index))
+        out += rs[:n]
+    return out
+
+
+def as_tiles(folder: Path, records, name: str) -> ArrayTiles:
+    import tifffile
+
+    if not records:
+        return None
+    tiles = np.stack([tifffile.imread(folder / r.file) for r in records])
+    labels = [CLASSES.index(r.target_class or r.predicted_class) for r in records]
+    return ArrayTiles(tiles, labels, CLASSES, description=name)
+
+
+def export_main(folder: Path, records, n: int, out: Path, s: Settings):
+    """The main arm through the product path: cap the kept tiles at ``n`` per class, export, reopen."""
+    from napari_histodiff.core.export import ExportOptions, export_set
+    from napari_histodiff.core.records import write_records
+    from napari_histodiff.core.selection import SelectionRule, decide
+
+    if not (out / "manifest.csv").is_file():
+        recs = copy.deepcopy(records)
+        decide(recs, SelectionRule(threshold=s.threshold, cap=n))
+        if not any(r.kept for r in recs):
+            return None  # nothing kept (quick runs)
+        write_records(folder / "samples.csv", recs)
+        try:
+            drain(export_set([folder], out, ExportOptions(overwrite=True, fmt="png")), "export")
+        finally:
+            write_records(folder / "samples.csv", records)
+    return TileFolder(out, 64)
+
+
+# ---- evaluation ---------------------------------------------------------------------------------
+
+def eval_options(s: Settings, seeds):
+    return E.EvaluateOptions(steps=s.eval_steps, seeds=list(seeds), eval_every=max(1, s.eval_steps // 6),
+                             channels=tuple(s.eval_channels), device=s.device)
+
+
+def evaluate_k(kdir: Path, train: Path, test: Path, arms: dict, s: Settings) -> dict:
+    parts = []
+    for seed in s.seeds:
+        cache = kdir / "eval" / f"seed{seed}.json"
+        if not cache.is_file():
+            res = drain(E.evaluate(TileFolder(train, 64), TileFolder(test, 64), arms, eval_options(s, [seed])),
+                        f"{kdir.name} evaluate seed {seed}")
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            cache.write_text(json.dumps(res))
+        parts.append(json.loads(cache.read_text()))
+    results = E.combine(parts)
+    E.write_results(results, kdir)
+    return results
+
+
+def frechet(kdir: Path, train: Path, test: Path, arms: dict, s: Settings) -> dict:
+    cache = kdir / "frechet.json"
+    if cache.is_file():
+        return json.loads(cache.read_text())
+    from napari_histodiff.core.devices import pick_device
+
+    device = pick_device(s.device)
+    tr, te = TileFolder(train, 64), TileFolder(test, 64)
+    tx, ty = E._load(tr, "training", 64)
+    sx, sy = E._load(te, "test", 64)
+    ty, sy = np.array([CLASSES.index(c) for c in ty]), np.array([CLASSES.index(c) for c in sy])
+    model = drain(E.train_downstream(tx, ty, tx, ty, len(CLASSES), 0, eval_options(s, [0]), device, "features"),
+                  "features")
+    real = E.embed(model, sx, device)
+    rng = np.random.default_rng(0)
+    out = {"features": f"pooled {s.eval_channels[-1]}-d features of a real-only ResNet trained on {kdir.name}",
+           "classes": {}}
+    for k, c in enumerate(CLASSES):
+        rc = real[sy == k]
+        row = {"real_test_tiles": int(len(rc))}
+        for arm, tiles in arms.items():
+            mine = [i for i in range(len(tiles)) if tiles.class_names[tiles.label(i)] == c]
+            if len(mine) >= 2:
+                x = np.stack([tiles[i] for i in mine])
+                row[arm] = {"n": len(x), "fd": E.frechet_distance(rc, E.embed(model, x, device))}
+        # reference: real vs real at the synthetic sample size (the small-sample bias of the estimate)
+        n = max((v["n"] for v in row.values() if isinstance(v, dict)), default=20)
+        idx = rng.permutation(len(rc))
+        if len(rc) >= 2 * n:
+            row["real_vs_real"] = {"n": n, "fd": E.frechet_distance(rc[idx[:n]], rc[idx[n:]])}
+        out["classes"][c] = row
+    cache.write_text(json.dumps(out, indent=1))
+    return out
+
+
+# ---- report -------------------------------------------------------------------------------------
+
+def grids(kdir: Path, train: Path, pool_dir: Path, records) -> None:
+    from napari_histodiff.core.outputs import contact_sheet, write_png
+
+    tr = TileFolder(train, 64)
+    for k, c in enumerate(CLASSES):
+        real = np.stack([tr[i] for i in range(len(tr)) if tr.label(i) == k][:16])
+        syn_recs = pick([r for r in records if r.target_class == c], 16, selected=True)
+        if not syn_recs:
+            continue
+        syn = as_tiles(pool_dir, syn_recs, c).tiles
+        a, b = contact_sheet(real, ncols=4), contact_sheet(syn, ncols=4)
+        h = max(a.shape[0], b.shape[0])
+        pad = lambda im: np.pad(im, ((0, h - im.shape[0]), (0, 0), (0, 0)), constant_values=255)  # noqa: E731
+        gap = np.full((h, 12, 3), 255, np.uint8)
+        write_png(kdir / f"grid_{c}.png", np.concatenate([pad(a), gap, pad(b)], 1))
+
+
+def table(results: dict, frechet_: dict | None = None) -> list[str]:
+    lines = ["| arm | synthetic tiles | accuracy (mean +- sd) | macro-F1 | difference to real, points [95% CI] |",
+             "| --- | --- | --- | --- | --- |"]
+    diffs = results.get("paired_differences") or {
+        a: results["paired_difference"] for a in results["arms"] if a != "real"}
+    counts = results["counts"].get("augment", {})
+    for arm, r in results["arms"].items():
+        m, sd = r["mean"], r["sd"]
+        n = sum(counts.get(arm, {}).values()) if arm != "real" and isinstance(counts.get(arm), dict) else 0
+        d = diffs.get(arm)
+        dtxt = f"{d['mean']:+.1f} [{d['ci95_low']:+.1f}, {d['ci95_high']:+.1f}]" if d else ""
+        lines.append(f"| {arm} | {n} | {100 * m['accuracy']:.1f} +- {100 * sd['accuracy']:.1f} | "
+                     f"{100 * m['macro_f1']:.1f} +- {100 * sd['macro_f1']:.1f} | {dtxt} |")
+    return lines
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, default=Path("experiment"))
+    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
+    ap.add_argument("--quick", action="store_true", help="a few minutes: tiny step counts, k=20 only, 2 seeds")
+    ap.add_argument("--pretrained", type=Path, default=None, help="reuse this pre-trained bundle (skip stage 2)")
+    ap.add_argument("--guidance", type=float, default=None)
+    ap.add_argument("--threshold", type=float, default=None)
+    ap.add_argument("--unet-steps", type=int, default=None)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--docs", type=Path, default=None, help="copy results.json/png, grids and summary here")
+    args = ap.parse_args(argv)
+    s = Settings(**(QUICK if args.quick else {}), device=args.device)
+    for name in ("guidance", "threshold", "unet_steps"):
+        if getattr(args, name) is not None:
+            setattr(s, name, getattr(args, name))
+    if not (args.data / "crc5").is_dir() or not (args.data / "pretrain").is_dir():
+        sys.exit(f"error: {args.data} lacks crc5/ and pretrain/; pass --data PATH/TO/shared/data")
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    settings_file = out / "settings.json"
+    if settings_file.is_file() and json.loads(settings_file.read_text()) != asdict(s):
+        sys.exit(f"error: {out} holds a run with other settings ({settings_file}); choose another --out")
+    settings_file.write_text(json.dumps(asdict(s), indent=1))
+    timer = Timer(out / "timing.json")
+    t0 = time.perf_counter()
+
+    log("stage 1: data")
+    timer.run("data", lambda: make_data(args.data, out / "data", s))
+    pre = args.pretrained or out / "pretrained"
+    log("stage 2: pre-training")
+    pre_info = {} if args.pretrained else timer.run("pretrain", lambda: pretrain(args.data, pre, s))
+    summary = {"settings": asdict(s), "pretrain": pre_info, "k": {}}
+    md = []
+    for k in s.ks:
+        kdir, train, test = out / f"k{k}", out / "data" / f"k{k}", out / "data" / "test"
+        small_k = k == min(s.ks)
+        log(f"stage 3: fine-tuning, k={k}")
+        made = timer.run(f"k{k} finetune", lambda: finetune_all(pre, kdir, train, s, ablations=small_k))
+        log(f"stage 4: sampling, k={k}")
+        pool = s.pool if small_k else s.pool_large_k
+        pools = {"guided": (made["finetuned"], True)}
+        if small_k:
+            pools.update({"unguided": (made["finetuned"], False), "no-unet-ft": (made["no-unet-ft"], True),
+                          "clean-latent": (made["clean-latent"], True)})
+        recs = {}
+        for name, (bdir, guided) in pools.items():
+            recs[name] = timer.run(f"k{k} sample", lambda: sample_pool(
+                bdir, kdir / "samples" / name, pool if guided else pool * len(CLASSES), guided, s, seed=k))
+        n100 = k  # synthetic tiles per class at 100% of the real set
+        arms = {"selected-100%": export_main(kdir / "samples" / "guided", recs["guided"], n100,
+                                             kdir / "export", s)}
+        if small_k:
+            arms["no-selection-100%"] = as_tiles(kdir / "samples" / "guided", pick(recs["guided"], n100, False), "")
+            arms["unguided-labeled-100%"] = as_tiles(kdir / "samples" / "unguided",
+                                                     pick(recs["unguided"], n100, True), "")
+            for name in ("no-unet-ft", "clean-latent"):
+                arms[f"{name}-100%"] = as_tiles(kdir / "samples" / name, pick(recs[name], n100, True), "")
+            for a in s.amounts:
+                if a != 1.0:
+                    arms[f"selected-{a:.0%}"] = as_tiles(kdir / "samples" / "guided",
+                                                         pick(recs["guided"], round(a * k), True), "")
+        arms = {name: tiles for name, tiles in arms.items() if tiles is not None and len(tiles)}
+        log(f"stage 5: evaluation, k={k}, arms {list(arms)}")
+        results = timer.run(f"k{k} evaluate", lambda: evaluate_k(kdir, train, test, arms, s))
+        fr = timer.run(f"k{k} frechet", lambda: frechet(kdir, train, test, arms, s))
+        grids(kdir, train, kdir / "samples" / "guided", recs["guided"])
+        kept = {c: sum(1 for r in recs["guided"] if r.kept and r.target_class == c) for c in CLASSES}
+        summary["k"][k] = {"results": f"k{k}/results.json", "kept_of_pool": {"pool": pool, "kept": kept},
+                           "frechet": fr}
+        md += [f"## k = {k} labeled tiles per class", "", *table(results), "",
+               f"Guided pool {pool} per class; kept by selection (confidence >= {s.threshold} and nearest "
+               "centroid): " + ", ".join(f"{c} {n}" for c, n in kept.items()), ""]
+    summary["wall_s"] = round(time.perf_counter() - t0, 1)
+    summary["timing_s"] = timer.times
+    summary["hardware"] = f"{platform.processor() or platform.machine()}, {_cores()} cores, device {s.device}"
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    (out / "summary.md").write_text("\n".join(md))
+    print("\n".join(md))
+    log(f"done; stage times (s): {timer.times}")
+    if args.docs:
+        copy_to_docs(out, args.docs, s)
+
+
+def _cores() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def copy_to_docs(out: Path, docs: Path, s: Settings) -> None:
+    docs.mkdir(parents=True, exist_ok=True)
+    for name in ("summary.json", "summary.md", "timing.json", "settings.json"):
+        shutil.copy2(out / name, docs / name)
+    for k in s.ks:
+        for f in [*(out / f"k{k}").glob("grid_*.png"), out / f"k{k}" / "results.json",
+                  out / f"k{k}" / "results.png", out / f"k{k}" / "frechet.json"]:
+            (docs / f"k{k}").mkdir(exist_ok=True)
+            shutil.copy2(f, docs / f"k{k}" / f.name)
+
+
+if __name__ == "__main__":
+    main()
