@@ -370,3 +370,86 @@ def test_bundles_compvis_cannot_express_are_refused():
     with pytest.raises(HistodiffError) as info:
         to_compvis(bundle)
     assert "norm_num_groups" in str(info.value) and "group norm" in str(info.value)
+
+
+# -- VQ first stage and diffusers pipeline folders ----------------------------------------------
+
+def _vq_and_unet():
+    from diffusers import UNet2DModel, VQModel
+
+    torch.manual_seed(0)
+    vq = VQModel(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 3,
+                 up_block_types=("UpDecoderBlock2D",) * 3, block_out_channels=(32, 64, 64), layers_per_block=1,
+                 latent_channels=3, num_vq_embeddings=32, norm_num_groups=32, sample_size=32).eval()
+    unet = UNet2DModel(sample_size=8, in_channels=3, out_channels=3, block_out_channels=(32, 64),
+                       down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+                       layers_per_block=1, attention_head_dim=32, norm_num_groups=32, attn_norm_num_groups=32).eval()
+    return _randomised(vq, 5), _randomised(unet, 6)
+
+
+def test_vq_first_stage_round_trip_and_default_scale(tmp_path):
+    vq, unet = _vq_and_unet()
+    meta = new_meta(tiny())
+    meta["tile_size"], meta["latent_scale_factor"] = 32, 1.0
+    from diffusers import DDPMScheduler
+
+    sched = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.0015, beta_end=0.0155)
+    ckpt = write_compvis(Bundle(vae=vq, unet=unet, scheduler=sched, meta=meta), tmp_path / "vq.ckpt")
+    cfg = read_yaml_config(ckpt.with_suffix(".yaml"))
+    fs = cfg["model"]["params"]["first_stage_config"]
+    assert fs["target"] == "ldm.models.autoencoder.VQModelInterface" and fs["params"]["n_embed"] == 32
+    sd = safe_load_checkpoint(ckpt)["state_dict"]
+    assert "first_stage_model.quantize.embedding.weight" in sd
+    del sd["scale_factor"]  # no stored buffer and no scale_factor in the config: 1.0, as CompVis
+    torch.save({"state_dict": sd}, ckpt)
+    back = convert(ckpt)
+    assert type(back.vae).__name__ == "VQModel" and back.scale_factor == 1.0
+    assert back.meta["provenance"]["converted"]["ema"] is False  # no EMA weights in this file
+    z = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(back.vae.decode(z).sample, vq.decode(z).sample)
+        assert torch.equal(back.unet(z, 5).sample, unet(z, 5).sample)
+    fast = tmp_path / "scaled.yaml"
+    fast.write_text(ckpt.with_suffix(".yaml").read_text().replace("scale_by_std: true", "scale_factor: 0.5"))
+    assert convert(ckpt, config=fast).scale_factor == 0.5
+
+
+def test_diffusers_ldm_pipeline_folder(tmp_path):
+    from diffusers import DDIMScheduler, LDMPipeline
+
+    from napari_histodiff.core.events import run_to_end
+    from napari_histodiff.core.sampling import SampleOptions, sample_tiles
+
+    vq, unet = _vq_and_unet()
+    sched = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.0015, beta_end=0.0155, clip_sample=False)
+    LDMPipeline(vqvae=vq, unet=unet, scheduler=sched).save_pretrained(tmp_path / "pipe")
+    bundle = load_bundle(tmp_path / "pipe", device="cpu")
+    assert bundle.meta["provenance"]["converted"]["format"] == "diffusers"
+    assert bundle.meta["provenance"]["converted"]["pipeline"] == "LDMPipeline"
+    assert bundle.scale_factor == 1.0 and bundle.tile_size == 32  # LDMPipeline decodes latents unscaled
+    assert torch.equal(bundle.scheduler.alphas_cumprod, sched.alphas_cumprod)
+    sd = bundle.unet.state_dict()
+    assert all(torch.equal(v, sd[k]) for k, v in unet.state_dict().items())
+    tiles = []
+    run_to_end(sample_tiles(bundle, SampleOptions(n=2, steps=2, batch_size=2)),
+               lambda e: e.data and tiles.append(e.data["tiles"]))
+    assert tiles[0].shape == (2, 32, 32, 3)
+    save_bundle(bundle, tmp_path / "b")
+    assert type(load_bundle(tmp_path / "b", device="cpu").vae).__name__ == "VQModel"
+
+
+def test_diffusers_pixel_space_and_broken_folders_refused(tmp_path):
+    from diffusers import DDPMPipeline, DDPMScheduler
+
+    _, unet = _vq_and_unet()
+    DDPMPipeline(unet=unet, scheduler=DDPMScheduler()).save_pretrained(tmp_path / "ddpm")
+    with pytest.raises(HistodiffError, match="pixel-space") as info:
+        load_bundle(tmp_path / "ddpm")
+    assert "DDPMPipeline" in str(info.value) and "latent" in str(info.value)
+    broken = tmp_path / "broken"
+    (broken / "unet").mkdir(parents=True)
+    (broken / "vae").mkdir()
+    (broken / "unet" / "config.json").write_text('{"_class_name": "UNet2DConditionModel"}')
+    with pytest.raises(HistodiffError) as info:
+        load_bundle(broken)
+    assert "scheduler/ has no scheduler_config.json" in str(info.value) and "vae/ has no config.json" in str(info.value)
