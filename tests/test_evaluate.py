@@ -175,3 +175,12 @@ def test_frechet_distance():
     assert frechet_distance(a, 2 * b + [2, 0, 0]) == pytest.approx(7, rel=0.05)
     with pytest.raises(HistodiffError, match="at least 2"):
         frechet_distance(a[:1], b)
+
+
+def test_small_vit_learns_the_easy_problem(data):
+    res = run_to_end(evaluate(open_labeled(data["train"], 16), open_labeled(data["test"], 16), None,
+                              EvaluateOptions(**{**OPTS, "seeds": [0], "arch": "vit", "steps": 80})))
+    assert res["options"]["arch"] == "vit"
+    assert res["arms"]["real"]["mean"]["accuracy"] > 0.8  # chance is 1/3
+    with pytest.raises(HistodiffError, match="unknown architecture"):
+        EvaluateOptions(arch="vgg").validate()

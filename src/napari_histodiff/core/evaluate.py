@@ -17,6 +17,7 @@ from scipy.stats import t as student_t
 
 from . import training as T
 from .devices import pick_device
+from .downstream import ARCHS, build
 from .errors import HistodiffError
 from .events import Progress
 from .tiles import TileFolder, _fit_square
@@ -32,6 +33,7 @@ class EvaluateOptions:
     eval_every: int = 100
     colour_jitter: float = 0.05
     channels: tuple[int, ...] = (32, 64, 128)  # the ResNet's stage widths
+    arch: str = "resnet"  # or "vit" (a small Vision Transformer)
     device: str = "auto"
 
     def validate(self) -> None:
@@ -42,6 +44,7 @@ class EvaluateOptions:
             (not 0 <= self.val_fraction < 0.9, f"validation fraction must be in [0, 0.9) (got {self.val_fraction})"),
             (not 0 <= self.colour_jitter < 1, f"colour jitter must be in [0, 1) (got {self.colour_jitter})"),
             (not self.channels or min(self.channels) < 1, f"channels must be positive widths (got {self.channels})"),
+            (self.arch not in ARCHS, f"unknown architecture {self.arch!r}; choose one of {', '.join(ARCHS)}"),
         ):
             if bad:
                 raise HistodiffError(msg)
@@ -123,10 +126,8 @@ def train_downstream(x, y, val_x, val_y, n_classes, seed, opts, device, stage):
     import torch
     import torch.nn.functional as F
 
-    from .classifiers import SelectionClassifier
-
     torch.manual_seed(seed)  # same initial weights for every arm of a seed
-    model = SelectionClassifier(num_classes=n_classes, channels=tuple(opts.channels)).to(device)
+    model = build(opts.arch, n_classes, x.shape[1], opts.channels).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=opts.learning_rate, weight_decay=1e-4)
     stream = T.BatchStream(x, np.arange(len(x)), opts.batch_size, seed, labels=y)
     best, best_key, vy = None, None, torch.from_numpy(val_y)
