@@ -118,7 +118,10 @@ def test_cli(data, tmp_path, capsys):
     assert code == 0, err
     assert "real" in stdout and "accuracy" in stdout
     assert (out / "results.json").is_file() and (out / "results.png").is_file()
-    assert "augmented" not in json.loads((out / "results.json").read_text())["arms"]
+    saved = json.loads((out / "results.json").read_text())
+    assert "augmented" not in saved["arms"] and saved["options"]["channels"] == [32, 64, 128]
+    code = main([str(a) for a in argv + ["--channels", "8", "16", "--overwrite"]])
+    assert code == 0 and json.loads((out / "results.json").read_text())["options"]["channels"] == [8, 16]
     # an existing output is refused without --overwrite
     assert main([str(a) for a in argv]) == 2
     assert "--overwrite" in capsys.readouterr().err

@@ -272,6 +272,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default 1e-3)")
     p.add_argument("--eval-every", type=int, default=100, help="validation every N steps (default 100)")
     p.add_argument("--tile-size", type=int, default=64, help="tiles are fitted to this size (default 64)")
+    p.add_argument("--arch", choices=["resnet", "vit"], default="resnet",
+                   help="downstream classifier: a small ResNet (default) or a small Vision Transformer")
+    p.add_argument("--channels", type=int, nargs="+", default=[32, 64, 128],
+                   help="the ResNet's stage widths (default 32 64 128)")
     p.add_argument("--device", default="auto")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.set_defaults(func=cmd_evaluate)
@@ -581,7 +585,8 @@ def cmd_evaluate(args):
     from .core.training import prepare_out_dir
 
     opts = EvaluateOptions(steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr,
-                           seeds=list(args.seeds), eval_every=args.eval_every, device=args.device)
+                           seeds=list(args.seeds), eval_every=args.eval_every, device=args.device,
+                           arch=args.arch, channels=tuple(args.channels))
     opts.validate()
     train = open_labeled(args.train, args.tile_size)
     test = open_labeled(args.test, args.tile_size)
