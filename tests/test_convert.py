@@ -453,3 +453,27 @@ def test_diffusers_pixel_space_and_broken_folders_refused(tmp_path):
     with pytest.raises(HistodiffError) as info:
         load_bundle(broken)
     assert "scheduler/ has no scheduler_config.json" in str(info.value) and "vae/ has no config.json" in str(info.value)
+
+
+def test_guided_diffusion_latent_classifier_is_explained(tmp_path, capsys):
+    """An EncoderUNetModel state dict (keys and shapes of guided-diffusion's classifier) is recognised."""
+    from napari_histodiff.cli import main
+    from napari_histodiff.core.keymap import apply_backward
+
+    p = paper_style()
+    unet = p.build_unet()
+    u = compvis_unet.compvis_params(unet)
+    full = apply_backward(compvis_unet.key_table(u), unet.state_dict(), "unet")
+    sd = {k: v for k, v in full.items() if k.startswith(("time_embed.", "input_blocks.", "middle_block."))}
+    c = 128
+    sd.update({"out.0.weight": torch.ones(c), "out.0.bias": torch.zeros(c),
+               "out.2.positional_embedding": torch.randn(c, 2), "out.2.qkv_proj.weight": torch.randn(3 * c, c, 1),
+               "out.2.qkv_proj.bias": torch.zeros(3 * c), "out.2.c_proj.weight": torch.randn(9, c, 1),
+               "out.2.c_proj.bias": torch.zeros(9)})
+    path = tmp_path / "classifier.pt"
+    torch.save(sd, path)
+    assert main(["convert", str(path), str(tmp_path / "out")]) == 2
+    msg = capsys.readouterr().err
+    assert "EncoderUNetModel" in msg and "9 classes" in msg and "each of the 1 latent positions" in msg
+    assert "resblock_updown" in msg and "histodiff finetune" in msg
+    assert not (tmp_path / "out").exists()

@@ -109,6 +109,10 @@ def convert(ckpt_path, config=None, ema: bool | None = None):
 
     ckpt_path = Path(ckpt_path)
     ckpt = safe_load_checkpoint(ckpt_path)
+    from .convert_classifier import is_encoder_unet, refuse
+
+    if "state_dict" not in ckpt and is_encoder_unet(ckpt):
+        raise refuse(ckpt_path, ckpt)
     cfg_path = find_config(ckpt_path, config)
     params, u, f = read_ldm_config(read_yaml_config(cfg_path), cfg_path)
     sd = ckpt.get("state_dict", ckpt)
