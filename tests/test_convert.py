@@ -477,3 +477,26 @@ def test_guided_diffusion_latent_classifier_is_explained(tmp_path, capsys):
     assert "EncoderUNetModel" in msg and "9 classes" in msg and "each of the 1 latent positions" in msg
     assert "resblock_updown" in msg and "histodiff finetune" in msg
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(not (os.environ.get("DISPLAY") or os.environ.get("QT_QPA_PLATFORM")), reason="needs a display (xvfb-run)")
+def test_load_widget_converts_a_checkpoint(qtbot):
+    pytest.importorskip("napari")
+    from napari_histodiff.widgets._state import MODEL
+    from napari_histodiff.widgets.load import LoadWidget
+
+    ckpt = fixture("public.ckpt")
+    MODEL.bundle = None
+    try:
+        w = LoadWidget()
+        qtbot.addWidget(w)
+        w.ckpt.value = str(ckpt)
+        w.ema.setChecked(False)
+        assert w.source() == (str(ckpt), {"config": None, "ema": False})
+        w.device.setCurrentText("cpu")
+        w.load()
+        qtbot.waitUntil(lambda: MODEL.bundle is not None, timeout=60_000)
+        assert MODEL.bundle.meta["provenance"]["converted"]["ema"] is False
+        assert "converted from compvis" in w.card.text() and "public.ckpt" in w.card.text()
+    finally:
+        MODEL.bundle = None
