@@ -220,3 +220,27 @@ def test_unet_state_dict_ema_errors(public_ckpt):
     assert any(table[k] in str(info.value) for k in dropped) and "2 more" in str(info.value)
     with pytest.raises(HistodiffError, match="no UNet weights"):
         unet_state_dict({"state_dict": {"scale_factor": torch.tensor(1.0)}})
+
+
+def test_stand_ins_are_ours_and_other_lightning_classes_refused(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    from napari_histodiff.core.foreign import ALLOWED_STAND_INS
+
+    assert all(cls.__module__ == "napari_histodiff.core.foreign" for cls in ALLOWED_STAND_INS.values())
+    fake = types.ModuleType("pytorch_lightning.trainer.trainer")
+
+    class Trainer:
+        pass
+
+    Trainer.__module__, Trainer.__qualname__ = fake.__name__, "Trainer"
+    fake.Trainer = Trainer
+    for parent in ("pytorch_lightning", "pytorch_lightning.trainer"):
+        if parent not in sys.modules:
+            monkeypatch.setitem(sys.modules, parent, types.ModuleType(parent))
+    monkeypatch.setitem(sys.modules, fake.__name__, fake)
+    path = tmp_path / "trainer.ckpt"
+    torch.save({"state_dict": {"w": torch.ones(1)}, "trainer": Trainer()}, path)
+    with pytest.raises(HistodiffError, match="pytorch_lightning.trainer.trainer.Trainer"):
+        safe_load_checkpoint(path)
