@@ -84,10 +84,11 @@ class CompVisUNet:
 
 
 UNSUPPORTED = {
-    "num_classes": "a class-conditional UNet (label embedding); napari-histodiff guides an unconditional UNet with a classifier",
+    "num_classes": "a class-conditional UNet (label embedding); napari-histodiff guides an unconditional UNet "
+                   "with a classifier",
     "context_dim": "a cross-attention (text/image-conditioned) UNet",
     "use_spatial_transformer": "a cross-attention (spatial transformer) UNet",
-    "use_fp16": None, "use_checkpoint": None, "n_embed": "a UNet that predicts codebook ids",
+    "n_embed": "a UNet that predicts codebook ids",
 }
 
 
@@ -99,7 +100,7 @@ def read_unet_params(params: dict, problems: list) -> CompVisUNet | None:
     for key in sorted(set(params) - known):
         problems.append(f"unknown UNet setting {key!r}")
     for key, why in UNSUPPORTED.items():
-        if why and params.get(key) not in (None, False):
+        if params.get(key) not in (None, False):
             problems.append(f"the UNet is {why} ({key}: {params[key]}), which cannot be converted")
     if params.get("dims", 2) != 2:
         problems.append(f"the UNet has dims={params['dims']}; only 2-D UNets are supported")

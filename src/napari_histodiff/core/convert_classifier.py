@@ -28,10 +28,12 @@ def describe(sd: dict) -> dict:
     blocks = sorted({int(m.group(1)) for k in sd if (m := re.match(r"input_blocks\.(\d+)\.", k))})
     down_res = [i for i in blocks if f"input_blocks.{i}.0.in_layers.0.weight" in sd
                 and f"input_blocks.{i}.0.op.weight" not in sd]
-    emb = sd.get(f"input_blocks.{down_res[0]}.0.emb_layers.1.weight") if down_res else None
+    first = f"input_blocks.{down_res[0]}.0" if down_res else None
+    emb = sd.get(f"{first}.emb_layers.1.weight") if first else None
+    conv = sd.get(f"{first}.in_layers.2.weight") if first else None
     out = {"pool": pool, "model_channels": ch, "input_blocks": len(blocks),
            "resblock_updown": len(blocks) > 2 and not any(f"input_blocks.{i}.0.op.weight" in sd for i in blocks),
-           "scale_shift_norm": emb is not None and emb.shape[0] == 2 * sd[f"input_blocks.{down_res[0]}.0.in_layers.2.weight"].shape[0]}
+           "scale_shift_norm": emb is not None and conv is not None and emb.shape[0] == 2 * conv.shape[0]}
     if pool == "attention":
         pos = sd["out.2.positional_embedding"]
         out["pool_positions"] = pos.shape[1] - 1
