@@ -262,7 +262,12 @@ def test_detect_format(tmp_path):
     assert detect_format(tmp_path / "ours") == "bundle"
     assert detect_format(fixture("public.ckpt")) == "compvis"
     (tmp_path / "pipe" / "unet").mkdir(parents=True)
+    (tmp_path / "pipe" / "model_index.json").write_text('{"_class_name": "LDMPipeline"}')
     assert detect_format(tmp_path / "pipe") == "diffusers"
+    (tmp_path / "pipe" / "model_index.json").unlink()
+    assert detect_format(tmp_path / "pipe") == "bundle"  # load_bundle then says histodiff.json is missing
+    with pytest.raises(HistodiffError, match="histodiff.json is missing.*--format diffusers"):
+        load_bundle(tmp_path / "pipe")
     (tmp_path / "empty").mkdir()
     with pytest.raises(HistodiffError, match="not a model folder"):
         detect_format(tmp_path / "empty")
@@ -451,7 +456,7 @@ def test_diffusers_pixel_space_and_broken_folders_refused(tmp_path):
     (broken / "vae").mkdir()
     (broken / "unet" / "config.json").write_text('{"_class_name": "UNet2DConditionModel"}')
     with pytest.raises(HistodiffError) as info:
-        load_bundle(broken)
+        load_bundle(broken, format="diffusers")
     assert "scheduler/ has no scheduler_config.json" in str(info.value) and "vae/ has no config.json" in str(info.value)
 
 

@@ -133,7 +133,8 @@ def read_meta(path: Path) -> dict:
     if not f.is_file():
         raise BundleError(
             f"{path} is not a napari-histodiff bundle: {META_FILE} is missing "
-            "(create one with `histodiff pretrain`)"
+            "(create one with `histodiff pretrain`; a diffusers pipeline folder without model_index.json "
+            "loads with --format diffusers)"
         )
     try:
         meta = json.loads(f.read_text())

@@ -20,13 +20,13 @@ def detect_format(source) -> str:
     if not path.exists():
         raise HistodiffError(f"{path} does not exist. Give {SUPPORTED}.")
     if path.is_dir():
-        if (path / META_FILE).is_file():
-            return "bundle"
-        if (path / "model_index.json").is_file() or (path / "unet").is_dir():
+        if (path / "model_index.json").is_file() and not (path / META_FILE).is_file():
             return "diffusers"
+        if (path / META_FILE).is_file() or (path / "unet").is_dir() or (path / "vae").is_dir():
+            return "bundle"  # a bundle missing histodiff.json gets the bundle's own message
         ckpts = sorted(p.name for p in path.iterdir() if p.suffix in CHECKPOINT_SUFFIXES)
         hint = f" It holds {', '.join(ckpts)}: pass that file." if ckpts else ""
-        raise HistodiffError(f"{path} is not a model folder (no histodiff.json, model_index.json or unet/).{hint} "
+        raise HistodiffError(f"{path} is not a model folder (no histodiff.json, model_index.json, unet/ or vae/).{hint} "
                              f"Give {SUPPORTED}.")
     if path.suffix in CHECKPOINT_SUFFIXES:
         return "compvis"
