@@ -269,7 +269,7 @@ def test_detect_format(tmp_path):
     with pytest.raises(HistodiffError, match="histodiff.json is missing.*--format diffusers"):
         load_bundle(tmp_path / "pipe")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(HistodiffError, match="not a model folder"):
+    with pytest.raises(HistodiffError, match="not a napari-histodiff bundle"):
         detect_format(tmp_path / "empty")
     (tmp_path / "x.txt").write_text("hi")
     with pytest.raises(HistodiffError, match="not a known model file"):

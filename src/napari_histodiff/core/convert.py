@@ -18,7 +18,7 @@ def detect_format(source) -> str:
 
     path = Path(source)
     if not path.exists():
-        raise HistodiffError(f"{path} does not exist. Give {SUPPORTED}.")
+        raise HistodiffError(f"{path} is not a bundle folder or checkpoint file: it does not exist. Give {SUPPORTED}.")
     if path.is_dir():
         if (path / "model_index.json").is_file() and not (path / META_FILE).is_file():
             return "diffusers"
@@ -26,8 +26,8 @@ def detect_format(source) -> str:
             return "bundle"  # a bundle missing histodiff.json gets the bundle's own message
         ckpts = sorted(p.name for p in path.iterdir() if p.suffix in CHECKPOINT_SUFFIXES)
         hint = f" It holds {', '.join(ckpts)}: pass that file." if ckpts else ""
-        raise HistodiffError(f"{path} is not a model folder (no histodiff.json, model_index.json, unet/ or vae/).{hint} "
-                             f"Give {SUPPORTED}.")
+        raise HistodiffError(f"{path} is not a napari-histodiff bundle (no histodiff.json) nor a diffusers pipeline "
+                             f"(no model_index.json).{hint} Give {SUPPORTED}.")
     if path.suffix in CHECKPOINT_SUFFIXES:
         return "compvis"
     raise HistodiffError(f"{path} is not a known model file (suffix {path.suffix or 'none'}). Give {SUPPORTED}.")
