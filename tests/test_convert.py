@@ -41,6 +41,7 @@ def converted(request):
 def _close(actual, expected, what):
     actual = actual.detach().numpy() if torch.is_tensor(actual) else actual
     err = float(np.abs(actual - expected).max())
+    print(f"{what}: max abs error {err:.2e}")  # shown with pytest -s
     assert np.allclose(actual, expected, **TOL), f"{what}: max abs error {err:.2e}"
     return err
 
@@ -78,7 +79,9 @@ def test_schedule_matches_stored_buffers(converted):
     name, ref, bundle, _ = converted
     s = bundle.scheduler
     assert s.config.beta_schedule == "scaled_linear" and s.config.num_train_timesteps == 1000
-    assert float((s.alphas_cumprod.double() - torch.tensor(ref["alphas_cumprod"]).double()).abs().max()) < 1e-6
+    err = float((s.alphas_cumprod.double() - torch.tensor(ref["alphas_cumprod"]).double()).abs().max())
+    print(f"{name} alphas_cumprod: max abs error {err:.2e}")
+    assert err < 1e-6
     assert float((s.betas.double() - torch.tensor(ref["betas"]).double()).abs().max()) < 1e-6
     assert bundle.meta["provenance"]["converted"]["schedule_max_abs_error"] < 1e-6
 
