@@ -141,7 +141,7 @@ def test_converted_bundle_samples_and_saves(tmp_path):
     assert again.tile_size == 32 and again.preset.name == "converted"
     x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        assert torch.equal(again.unet(x, 10).sample, bundle.unet(x, 10).sample)
+        assert same_output(again.unet(x, 10).sample, bundle.unet(x, 10).sample)
     # the preset written with it rebuilds the same architecture
     built = again.preset.build_unet().state_dict()
     assert {k: v.shape for k, v in built.items()} == {k: v.shape for k, v in again.unet.state_dict().items()}
@@ -295,6 +295,12 @@ def paper_style() -> Preset:
     return p
 
 
+def same_output(a, b) -> bool:
+    """Bit-identical weights give the same outputs up to float rounding: CPU kernels may pick another
+    summation order for separately allocated tensors (seen: 1e-6 with OMP_NUM_THREADS=1)."""
+    return torch.allclose(a, b, atol=1e-5, rtol=0)
+
+
 def _randomised(model, seed):
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -331,7 +337,7 @@ def test_heads_per_block_change_the_output_and_survive_saving(tmp_path):
     again = HistodiffUNet2DModel.from_pretrained(tmp_path / "u")
     assert head_counts(again) == head_counts(unet)
     with torch.no_grad():
-        assert torch.equal(again(x, 500).sample, a)
+        assert same_output(again(x, 500).sample, a)
 
 
 def test_paper_style_round_trip_through_compvis_layout(tmp_path):
@@ -362,10 +368,11 @@ def test_paper_style_round_trip_through_compvis_layout(tmp_path):
         assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
     x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(3))
     img = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(4)) * 2 - 1
+    t = torch.tensor([10, 900])
     with torch.no_grad():
-        assert torch.equal(ours.unet(x, torch.tensor([10, 900])).sample, back.unet(x, torch.tensor([10, 900])).sample)
-        assert torch.equal(ours.vae.decode(x).sample, back.vae.decode(x).sample)
-        assert torch.equal(ours.vae.encode(img).latent_dist.mean, back.vae.encode(img).latent_dist.mean)
+        assert same_output(ours.unet(x, t).sample, back.unet(x, t).sample)
+        assert same_output(ours.vae.decode(x).sample, back.vae.decode(x).sample)
+        assert same_output(ours.vae.encode(img).latent_dist.mean, back.vae.encode(img).latent_dist.mean)
     assert back.scale_factor == pytest.approx(0.7)
     assert torch.equal(back.scheduler.alphas_cumprod, ours.scheduler.alphas_cumprod)
 
@@ -415,8 +422,8 @@ def test_vq_first_stage_round_trip_and_default_scale(tmp_path):
     assert back.meta["provenance"]["converted"]["ema"] is False  # no EMA weights in this file
     z = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        assert torch.equal(back.vae.decode(z).sample, vq.decode(z).sample)
-        assert torch.equal(back.unet(z, 5).sample, unet(z, 5).sample)
+        assert same_output(back.vae.decode(z).sample, vq.decode(z).sample)
+        assert same_output(back.unet(z, 5).sample, unet(z, 5).sample)
     fast = tmp_path / "scaled.yaml"
     fast.write_text(ckpt.with_suffix(".yaml").read_text().replace("scale_by_std: true", "scale_factor: 0.5"))
     assert convert(ckpt, config=fast).scale_factor == 0.5
