@@ -61,9 +61,11 @@ class Settings:
     guidance: float = 10.0
     sample_steps: int = 20
     threshold: float = 0.8
+    balanced: bool = False  # main arm: the n most confident tiles of every class, whatever the threshold
     amounts: list[float] = field(default_factory=lambda: [0.5, 1.0, 3.0])  # synthetic / real tiles
     eval_steps: int = 300
     eval_channels: list[int] = field(default_factory=lambda: [16, 32, 64])
+    ablations: bool = True  # at the smallest k
     device: str = "auto"
 
 
@@ -225,14 +227,15 @@ def as_tiles(folder: Path, records, name: str) -> ArrayTiles:
 
 
 def export_main(folder: Path, records, n: int, out: Path, s: Settings):
-    """The main arm through the product path: cap the kept tiles at ``n`` per class, export, reopen."""
+    """The main arm through the product path: cap the kept tiles at ``n`` per class, export, reopen.
+    With ``s.balanced`` every class gets its ``n`` most confident tiles (rule "none" + cap)."""
     from napari_histodiff.core.export import ExportOptions, export_set
     from napari_histodiff.core.records import write_records
     from napari_histodiff.core.selection import SelectionRule, decide
 
     if not (out / "manifest.csv").is_file():
         recs = copy.deepcopy(records)
-        decide(recs, SelectionRule(threshold=s.threshold, cap=n))
+        decide(recs, SelectionRule(rule="none" if s.balanced else "both", threshold=s.threshold, cap=n))
         if not any(r.kept for r in recs):
             return None  # nothing kept (quick runs)
         write_records(folder / "samples.csv", recs)
@@ -341,22 +344,27 @@ def main(argv=None):
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     ap.add_argument("--quick", action="store_true", help="a few minutes: tiny step counts, k=20 only, 2 seeds")
     ap.add_argument("--pretrained", type=Path, default=None, help="reuse this pre-trained bundle (skip stage 2)")
-    ap.add_argument("--guidance", type=float, default=None)
-    ap.add_argument("--threshold", type=float, default=None)
-    ap.add_argument("--unet-steps", type=int, default=None)
+    ap.add_argument("--set", nargs="+", default=[], metavar="NAME=VALUE",
+                    help="change settings, e.g. --set guidance=5 ks=[20] ablations=false (JSON values)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--docs", type=Path, default=None, help="copy results.json/png, grids and summary here")
     args = ap.parse_args(argv)
     s = Settings(**(QUICK if args.quick else {}), device=args.device)
-    for name in ("guidance", "threshold", "unet_steps"):
-        if getattr(args, name) is not None:
-            setattr(s, name, getattr(args, name))
+    for item in args.set:
+        name, _, value = item.partition("=")
+        if name not in asdict(s):
+            sys.exit(f"error: unknown setting {name!r}; known: {', '.join(asdict(s))}")
+        try:
+            setattr(s, name, json.loads(value))
+        except json.JSONDecodeError:
+            setattr(s, name, value)
     if not (args.data / "crc5").is_dir() or not (args.data / "pretrain").is_dir():
         sys.exit(f"error: {args.data} lacks crc5/ and pretrain/; pass --data PATH/TO/shared/data")
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     settings_file = out / "settings.json"
-    if settings_file.is_file() and json.loads(settings_file.read_text()) != asdict(s):
+    old = json.loads(settings_file.read_text()) if settings_file.is_file() else None
+    if old is not None and {k: v for k, v in asdict(s).items() if k in old} != old:
         sys.exit(f"error: {out} holds a run with other settings ({settings_file}); choose another --out")
     settings_file.write_text(json.dumps(asdict(s), indent=1))
     timer = Timer(out / "timing.json")
@@ -371,11 +379,11 @@ def main(argv=None):
     md = []
     for k in s.ks:
         kdir, train, test = out / f"k{k}", out / "data" / f"k{k}", out / "data" / "test"
-        small_k = k == min(s.ks)
+        small_k = k == min(s.ks) and s.ablations
         log(f"stage 3: fine-tuning, k={k}")
         made = timer.run(f"k{k} finetune", lambda: finetune_all(pre, kdir, train, s, ablations=small_k))
         log(f"stage 4: sampling, k={k}")
-        pool = s.pool if small_k else s.pool_large_k
+        pool = s.pool if k == min(s.ks) else s.pool_large_k
         pools = {"guided": (made["finetuned"], True)}
         if small_k:
             pools.update({"unguided": (made["finetuned"], False), "no-unet-ft": (made["no-unet-ft"], True),
@@ -385,7 +393,7 @@ def main(argv=None):
             recs[name] = timer.run(f"k{k} sample", lambda: sample_pool(
                 bdir, kdir / "samples" / name, pool if guided else pool * len(CLASSES), guided, s, seed=k))
         n100 = k  # synthetic tiles per class at 100% of the real set
-        arms = {"selected-100%": export_main(kdir / "samples" / "guided", recs["guided"], n100,
+        arms = {("balanced" if s.balanced else "selected") + "-100%": export_main(kdir / "samples" / "guided", recs["guided"], n100,
                                              kdir / "export", s)}
         if small_k:
             arms["no-selection-100%"] = as_tiles(kdir / "samples" / "guided", pick(recs["guided"], n100, False), "")
