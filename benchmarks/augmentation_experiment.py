@@ -63,6 +63,7 @@ class Settings:
     threshold: float = 0.8
     balanced: bool = False  # main arm: the n most confident tiles of every class, whatever the threshold
     amounts: list[float] = field(default_factory=lambda: [0.5, 1.0, 3.0])  # synthetic / real tiles
+    main_amount: float = 1.0  # the main (exported) arm's synthetic / real tiles
     eval_steps: int = 300
     eval_channels: list[int] = field(default_factory=lambda: [16, 32, 64])
     ablations: bool = True  # at the smallest k
@@ -338,6 +339,21 @@ def table(results: dict, frechet_: dict | None = None) -> list[str]:
     return lines
 
 
+def merge(kdirs, arms, out: Path) -> dict:
+    """Combine the per-seed evaluations of several runs (different seeds) for the arms they share."""
+    parts = []
+    for kdir in kdirs:
+        for f in sorted((Path(kdir) / "eval").glob("seed*.json")):
+            res = json.loads(f.read_text())
+            res["arms"] = {a: res["arms"][a] for a in arms}
+            parts.append(res)
+    results = E.combine(parts)
+    E.write_results(results, out)
+    (out / "summary.md").write_text("\n".join(table(results)) + "\n")
+    print("\n".join(table(results)))
+    return results
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=Path("experiment"))
@@ -348,7 +364,13 @@ def main(argv=None):
                     help="change settings, e.g. --set guidance=5 ks=[20] ablations=false (JSON values)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--docs", type=Path, default=None, help="copy results.json/png, grids and summary here")
+    ap.add_argument("--merge", type=Path, nargs="+", default=None, metavar="KDIR",
+                    help="only combine the seeds of these k folders of earlier runs (with --arms) into --out")
+    ap.add_argument("--arms", nargs="+", default=["real", "selected-100%"], help="arms to merge")
     args = ap.parse_args(argv)
+    if args.merge:
+        merge(args.merge, args.arms, args.out)
+        return
     s = Settings(**(QUICK if args.quick else {}), device=args.device)
     for item in args.set:
         name, _, value = item.partition("=")
@@ -393,8 +415,9 @@ def main(argv=None):
             recs[name] = timer.run(f"k{k} sample", lambda: sample_pool(
                 bdir, kdir / "samples" / name, pool if guided else pool * len(CLASSES), guided, s, seed=k))
         n100 = k  # synthetic tiles per class at 100% of the real set
-        arms = {("balanced" if s.balanced else "selected") + "-100%": export_main(kdir / "samples" / "guided", recs["guided"], n100,
-                                             kdir / "export", s)}
+        main_name = ("balanced" if s.balanced else "selected") + f"-{s.main_amount:.0%}"
+        arms = {main_name: export_main(kdir / "samples" / "guided", recs["guided"], round(s.main_amount * k),
+                                         kdir / "export", s)}
         if small_k:
             arms["no-selection-100%"] = as_tiles(kdir / "samples" / "guided", pick(recs["guided"], n100, False), "")
             arms["unguided-labeled-100%"] = as_tiles(kdir / "samples" / "unguided",
