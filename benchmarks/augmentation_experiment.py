@@ -61,6 +61,8 @@ class Settings:
     guidance: float = 10.0
     sample_steps: int = 20
     threshold: float = 0.8
+    variations: list[float] = field(default_factory=list)  # strengths: pools of variations of the labeled tiles
+    variation_guidance: float = 10.0
     balanced: bool = False  # main arm: the n most confident tiles of every class, whatever the threshold
     amounts: list[float] = field(default_factory=lambda: [0.5, 1.0, 3.0])  # synthetic / real tiles
     main_amount: float = 1.0  # the main (exported) arm's synthetic / real tiles
@@ -187,7 +189,8 @@ def finetune_all(pre: Path, kdir: Path, labeled: Path, s: Settings, ablations: b
     return made
 
 
-def sample_pool(bundle_dir: Path, out: Path, n: int, guided: bool, s: Settings, seed: int):
+def sample_pool(bundle_dir: Path, out: Path, n: int, guided: bool, s: Settings, seed: int,
+                sources: Path | None = None, strength: float = 1.0):
     from napari_histodiff.core.bundle import load_bundle
     from napari_histodiff.core.records import read_records
     from napari_histodiff.core.sample_set import write_samples
@@ -197,9 +200,12 @@ def sample_pool(bundle_dir: Path, out: Path, n: int, guided: bool, s: Settings, 
     if (out / "samples.csv").is_file():
         return read_records(out)
     bundle = load_bundle(bundle_dir, device=s.device)
-    opts = SampleOptions(n=n, classes=bundle.class_names if guided else [], guidance=s.guidance if guided else 0.0,
-                         steps=s.sample_steps, seed=seed, batch_size=32)
-    return drain(write_samples(bundle, opts, out, SelectionRule(threshold=s.threshold), overwrite=True), out.name)
+    guidance = (s.variation_guidance if sources else s.guidance) if guided else 0.0
+    opts = SampleOptions(n=n, classes=bundle.class_names if guided else [], guidance=guidance,
+                         steps=s.sample_steps, seed=seed, batch_size=32, strength=strength)
+    tiles = TileFolder(sources, 64) if sources else None
+    return drain(write_samples(bundle, opts, out, SelectionRule(threshold=s.threshold), overwrite=True,
+                               sources=tiles), out.name)
 
 
 def pick(records, n: int, selected: bool) -> list:
@@ -414,10 +420,18 @@ def main(argv=None):
         for name, (bdir, guided) in pools.items():
             recs[name] = timer.run(f"k{k} sample", lambda: sample_pool(
                 bdir, kdir / "samples" / name, pool if guided else pool * len(CLASSES), guided, s, seed=k))
+        for st in s.variations:  # variations of the labeled tiles (each keeps its source's class)
+            recs[f"variations-{st:g}"] = timer.run(f"k{k} sample", lambda: sample_pool(
+                made["finetuned"], kdir / "samples" / f"variations-{st:g}", pool, True, s, seed=k, sources=train,
+                strength=st))
         n100 = k  # synthetic tiles per class at 100% of the real set
         main_name = ("balanced" if s.balanced else "selected") + f"-{s.main_amount:.0%}"
         arms = {main_name: export_main(kdir / "samples" / "guided", recs["guided"], round(s.main_amount * k),
                                          kdir / "export", s)}
+        for st in s.variations:  # selected, and one variation per labeled tile without selection
+            vdir, vrecs = kdir / "samples" / f"variations-{st:g}", recs[f"variations-{st:g}"]
+            arms[f"variations-{st:g}-100%"] = as_tiles(vdir, pick(vrecs, n100, True), "")
+            arms[f"variations-{st:g}-all-100%"] = as_tiles(vdir, pick(vrecs, n100, False), "")
         if small_k:
             arms["no-selection-100%"] = as_tiles(kdir / "samples" / "guided", pick(recs["guided"], n100, False), "")
             arms["unguided-labeled-100%"] = as_tiles(kdir / "samples" / "unguided",

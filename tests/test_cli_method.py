@@ -76,6 +76,21 @@ def test_sample_select_export_round_trip(cli_finetuned, tmp_path, capsys):
     assert code == 2 and "--overwrite" in err
 
 
+def test_sample_variations_of_a_labeled_folder(cli_finetuned, tmp_path, capsys):
+    from napari_histodiff.core.records import read_records
+
+    out, data = cli_finetuned
+    s = tmp_path / "v"
+    code, text, err = run(capsys, "sample", out, "--from", data, "--strength", 0.4, "--per-class", 3, "--steps", 10,
+                          "--out", s, "--device", "cpu", "--rule", "none")
+    assert code == 0, err
+    records = read_records(s)
+    assert [r.target_class for r in records] == ["DAB-rich"] * 3 + ["hematoxylin-rich"] * 3
+    for r in records:
+        assert r.strength == 0.4 and r.source_tile.endswith(".png")
+        assert f"/{r.target_class}/" in r.source_tile.replace("\\", "/")
+
+
 @pytest.mark.parametrize("argv, message", [
     (["sample", "{ft}", "--class", "TUM", "--out", "{tmp}/x"], "unknown class 'TUM'; this bundle knows DAB-rich"),
     (["sample", "{pre}", "--class", "A", "--out", "{tmp}/x"], "histodiff finetune"),
@@ -86,6 +101,9 @@ def test_sample_select_export_round_trip(cli_finetuned, tmp_path, capsys):
     (["finetune", "{pre}", "--labeled", "{tmp}/few", "--out", "{tmp}/o"], "too few tiles for class B (2)"),
     (["finetune", "{pre}", "--labeled", "{tmp}/flat", "--out", "{tmp}/o"], "one sub-folder per class"),
     (["select", "{tmp}/nope", "--bundle", "{ft}"], "histodiff sample"),
+    (["sample", "{ft}", "--strength", "0.5", "--out", "{tmp}/x"], "--strength needs --from DIR"),
+    (["sample", "{ft}", "--from", "{tmp}/few", "--per-class", "1", "--out", "{tmp}/x"], "unknown class 'A'"),
+    (["sample", "{ft}", "--from", "{tmp}/one", "--strength", "1.5", "--out", "{tmp}/x"], "--strength must be in"),
 ])
 def test_bad_input_for_the_method_exits_2(cli_finetuned, trained_bundle, labeled_tiles, tmp_path, capsys,
                                            argv, message):

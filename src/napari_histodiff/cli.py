@@ -199,6 +199,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sampler", choices=["ddim", "dpm", "ddpm"], default="ddim")
     p.add_argument("--steps", type=int, default=50, help="sampling steps (default 50)")
     p.add_argument("--eta", type=float, default=1.0, help="DDIM eta (default 1.0, as the paper)")
+    p.add_argument("--from", dest="sources", type=Path, default=None, metavar="DIR",
+                   help="make variations of these tiles (class sub-folders; each variation keeps its "
+                   "source's class) instead of sampling from pure noise; see --strength")
+    p.add_argument("--strength", type=float, default=None,
+                   help="with --from: how far the sources are noised, in (0, 1] (default 0.5; 1: pure noise)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="auto")
@@ -447,17 +452,22 @@ def cmd_sample(args):
         raise HistodiffError("give either --class (with -n) or --per-class, not both")
     if args.per_class is not None and args.per_class < 1:
         raise HistodiffError("--per-class must be at least 1")
+    if args.strength is not None and args.sources is None:
+        raise HistodiffError("--strength needs --from DIR (the tiles to make variations of)")
     bundle = load_bundle(args.bundle, device=args.device, **_source_kwargs(args))
-    if args.per_class and not bundle.class_names:
+    sources = _labeled_tiles([args.sources], bundle.tile_size, None) if args.sources else None
+    if args.per_class and not bundle.class_names and sources is None:
         raise HistodiffError("--per-class needs a fine-tuned bundle with classes; run `histodiff finetune` first")
-    classes = list(bundle.class_names) if args.per_class else args.classes
+    classes = args.classes or ([] if sources is not None else list(bundle.class_names) if args.per_class else [])
     for name in classes:
         bundle.class_index(name)
     opts = SampleOptions(n=args.per_class or args.n, classes=classes, guidance=args.guidance, sampler=args.sampler,
-                         steps=args.steps, eta=args.eta, seed=args.seed, batch_size=args.batch_size)
+                         steps=args.steps, eta=args.eta, seed=args.seed, batch_size=args.batch_size,
+                         strength=args.strength if args.strength is not None else 0.5 if sources is not None else 1.0)
     opts.validate(bundle.scheduler.config.num_train_timesteps)
     select = not args.no_select and bundle.selection_classifier is not None
-    records = drain(write_samples(bundle, opts, args.out, _rule(args) if select else None, args.overwrite))
+    records = drain(write_samples(bundle, opts, args.out, _rule(args) if select else None, args.overwrite,
+                                  sources=sources))
     summary = _counts(records) if select else f"{len(records)} tiles (not selected)"
     _say(f"{len(records)} tiles written to {args.out} ({summary})")
 

@@ -25,9 +25,10 @@ from .tiles import read_rgb
 MANIFEST = "manifest.csv"
 EXPORT_JSON = "export.json"
 MANIFEST_COLUMNS = ["file", "class", "source", "kept", "confidence", "predicted_class", "centroid_distance",
-                    "seed", "sample_seed", "sampler", "steps", "guidance", "eta", "bundle_hash", "id"]
+                    "seed", "sample_seed", "sampler", "steps", "guidance", "eta", "strength", "source_tile",
+                    "bundle_hash", "id"]
 _NUMBERS = {"confidence": float, "centroid_distance": float, "seed": int, "sample_seed": int, "steps": int,
-            "guidance": float, "eta": float}
+            "guidance": float, "eta": float, "strength": float}
 
 
 @dataclass

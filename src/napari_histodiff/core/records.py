@@ -30,6 +30,8 @@ class TileRecord:
     guidance: float
     bundle_hash: str
     source: str = "synthetic"  # or "real"
+    strength: float = 1.0  # < 1: a variation of source_tile
+    source_tile: str = ""
     predicted_class: str = ""
     confidence: float | None = None  # selection classifier's probability of target_class
     centroid_distance: float | None = None  # feature distance to the target class centroid
@@ -45,12 +47,15 @@ class TileRecord:
 
 COLUMNS = [f.name for f in dataclasses.fields(TileRecord) if f.name != "extra"]
 _TYPES = {"index": int, "seed": int, "sample_seed": int, "steps": int, "eta": float, "guidance": float,
-          "confidence": float, "centroid_distance": float}
+          "strength": float, "confidence": float, "centroid_distance": float}
+_OPTIONAL = ("strength", "source_tile")
 
 
 def _parse(row: dict) -> TileRecord:
     values = {}
     for name in COLUMNS:
+        if name not in row and name in _OPTIONAL:
+            continue  # a file written before the column existed
         raw = row.get(name, "")
         if name == "kept":
             values[name] = None if raw == "" else raw in ("True", "true", "1")
@@ -82,7 +87,7 @@ def read_records(path) -> list[TileRecord]:
     try:
         with open(path, newline="") as f:
             rows = list(csv.DictReader(f))
-        missing = set(COLUMNS) - set(rows[0]) if rows else set()
+        missing = set(COLUMNS) - set(_OPTIONAL) - set(rows[0]) if rows else set()
         if missing:
             raise ValueError(f"missing columns {sorted(missing)}")
         return [_parse(r) for r in rows]

@@ -20,9 +20,10 @@ SHEET_MAX = 64
 
 
 def write_samples(bundle, options: SampleOptions, out, rule: SelectionRule | None = None,
-                  overwrite: bool = False):
+                  overwrite: bool = False, sources=None):
     """Sample into ``out``; score and select inline when ``rule`` is given (needs a fine-tuned
-    bundle). Yields progress; returns the list of :class:`TileRecord`."""
+    bundle); variations of ``sources`` when ``options.strength < 1``. Yields progress; returns the
+    list of :class:`TileRecord`."""
     from .bundle import bundle_hash
 
     out = Path(out)
@@ -38,7 +39,7 @@ def write_samples(bundle, options: SampleOptions, out, rule: SelectionRule | Non
     tmp.mkdir(parents=True)
     records, sheets = [], {}
     try:
-        for event in sample_tiles(bundle, options):
+        for event in sample_tiles(bundle, options, sources):
             if event.data:
                 records += _write_batch(tmp, event.data, options, digest, bundle, rule, sheets)
             yield event
@@ -65,7 +66,7 @@ def _write_batch(folder, data, opts, digest, bundle, rule, sheets) -> list[TileR
             id=f"{name}_{i:05d}", file=f"{name}/{name}_{i:05d}.tif", target_class=cls, index=i,
             seed=opts.seed, sample_seed=data["seeds"][k], sampler=opts.sampler, steps=opts.steps,
             eta=opts.eta if opts.sampler == "ddim" else 0.0, guidance=opts.guidance if cls else 0.0,
-            bundle_hash=digest,
+            bundle_hash=digest, strength=opts.strength, source_tile=data.get("sources", [""] * (k + 1))[k],
         )
         batch.append(rec)
         if len(sheets.setdefault(name, [])) < SHEET_MAX:
