@@ -16,9 +16,9 @@ PLUGIN = "napari-histodiff"
 def fresh_model():
     from napari_histodiff.widgets._state import MODEL
 
-    MODEL.bundle, MODEL.training = None, False
+    MODEL.bundle, MODEL.training, MODEL.labeled = None, False, None
     yield MODEL
-    MODEL.bundle, MODEL.training = None, False
+    MODEL.bundle, MODEL.training, MODEL.labeled = None, False, None
 
 
 def dock(viewer, name):
@@ -177,6 +177,40 @@ def test_sample_review_export(make_napari_viewer, qtbot, finetuned_bundle, fresh
     tiles, rows = read_export(tmp_path / "set")
     assert len(rows) == 3
     assert np.array_equal(tiles, layer.data[[0, 2, 4]])
+
+
+def test_sample_variations_of_the_annotated_tiles(make_napari_viewer, qtbot, finetuned_bundle, fresh_model,
+                                                  labeled_tiles, tmp_path, monkeypatch):
+    from napari_histodiff import load_bundle
+    from napari_histodiff.core.records import read_records
+    from napari_histodiff.widgets import sample as S
+    from napari_histodiff.widgets._common import State
+
+    errors = []
+    monkeypatch.setattr(S, "notify_error", errors.append)
+    viewer = make_napari_viewer()
+    fresh_model.set(load_bundle(finetuned_bundle[0], device="cpu"))
+    s = dock(viewer, "Sample")
+    s.start_from.setCurrentText(S.ANNOTATED)
+    s.start()  # nothing extracted yet: a message, no worker
+    assert s.worker is None and "Fine-tune widget" in str(errors[-1])
+    fresh_model.labeled = labeled_tiles
+    s.target.setCurrentText("hematoxylin-rich")
+    s.strength.setValue(0.3)
+    s.form.n.value, s.form.steps.value, s.form.batch_size.value = 4, 10, 4
+    s.out.value = str(tmp_path / "samples")
+    s.start()
+    qtbot.waitUntil(lambda: s.state == State.DONE, timeout=60_000)
+    layer = viewer.layers["variations: hematoxylin-rich"]
+    assert layer.data.shape == (4, 32, 32, 3)
+    records = read_records(layer.metadata["histodiff"]["folder"])
+    sources = {labeled_tiles.origin(i): labeled_tiles[i] for i in range(len(labeled_tiles))
+               if labeled_tiles.label(i) == 1}
+    assert [r.strength for r in records] == [0.3] * 4 and all(r.source_tile in sources for r in records)
+    # at strength 0.3 each variation resembles its source more than the average hematoxylin-rich tile does
+    mean_dist = np.mean([[np.abs(t.astype(float) - src).mean() for src in sources.values()] for t in layer.data])
+    own = np.mean([np.abs(t.astype(float) - sources[r.source_tile]).mean() for t, r in zip(layer.data, records)])
+    assert own < mean_dist, (own, mean_dist)
 
 
 def test_reader_opens_an_exported_set(tmp_path, finetuned_bundle):

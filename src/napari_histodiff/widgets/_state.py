@@ -13,6 +13,7 @@ class LoadedModel:
     def __init__(self):
         self.bundle = None
         self.training = False  # one training at a time
+        self.labeled = None  # the tiles last extracted by the Fine-tune widget (sources of variations)
 
     def set(self, bundle) -> None:
         self.bundle = bundle

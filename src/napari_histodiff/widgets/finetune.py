@@ -124,6 +124,7 @@ class FinetuneWidget(QWidget):
             notify_error(e)
             self._update()
             return
+        MODEL.labeled = self.tiles
         counts = class_counts(self.tiles)
         minimum = self.form.min_tiles_per_class.value
         text = ", ".join(f"{c}: {n}" for c, n in counts.items())

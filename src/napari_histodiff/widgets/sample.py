@@ -1,4 +1,5 @@
-"""Sample: class-guided tiles into an Image layer ``synthetic: <class>`` (N, H, W, 3).
+"""Sample: class-guided tiles into an Image layer ``synthetic: <class>`` (N, H, W, 3), from noise or
+as variations of the tiles extracted in the Fine-tune widget (``variations: <class>``).
 
 Tiles appear as they are produced. The sample folder (the same format the CLI writes) backs the
 layer; napari Image layers have no ``features``, so the per-tile table (target class, predicted
@@ -11,7 +12,8 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from qtpy.QtWidgets import QComboBox, QFormLayout, QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
+from qtpy.QtWidgets import (QComboBox, QDoubleSpinBox, QFormLayout, QHBoxLayout, QLabel, QProgressBar, QPushButton,
+                            QVBoxLayout, QWidget)
 
 from ..core.sampling import SAMPLERS, SampleOptions
 from ..core.selection import RULES, SelectionRule
@@ -19,6 +21,7 @@ from ._common import State, dataclass_form, notify_error, read_form, start_worke
 from ._state import MODEL, follow_model
 
 UNGUIDED = "(unguided)"
+NOISE, ANNOTATED = "noise", "annotated tiles (variations)"
 FEATURES = ["target_class", "predicted_class", "confidence", "centroid_distance", "kept"]
 
 
@@ -40,6 +43,15 @@ class SampleWidget(QWidget):
         self.rule = QComboBox()
         self.rule.addItems(RULES)
         self.rule.setCurrentText("both")
+        self.start_from = QComboBox()
+        self.start_from.addItems([NOISE, ANNOTATED])
+        self.start_from.setToolTip("variations: the tiles last extracted in the Fine-tune widget, noised and "
+                                   "denoised again (each keeps its class)")
+        self.strength = QDoubleSpinBox()
+        self.strength.setRange(0.05, 1.0)
+        self.strength.setSingleStep(0.05)
+        self.strength.setValue(0.5)
+        self.strength.setToolTip("how far the annotated tiles are noised: low keeps more of them")
         self.form = dataclass_form(SampleOptions, ["n", "guidance", "steps", "eta", "seed", "batch_size"], n=16)
         self.threshold = dataclass_form(SelectionRule, ["threshold"])
         self.out = FileEdit(mode="d", label="sample folder", value=str(Path(tempfile.gettempdir()) / "histodiff-samples"))
@@ -48,6 +60,8 @@ class SampleWidget(QWidget):
         self.status = QLabel("idle")
         form = QFormLayout()
         form.addRow("class", self.target)
+        form.addRow("start from", self.start_from)
+        form.addRow("strength", self.strength)
         form.addRow("sampler", self.sampler)
         form.addRow("selection rule", self.rule)
         layout = QVBoxLayout(self)
@@ -83,8 +97,12 @@ class SampleWidget(QWidget):
 
     def options(self) -> tuple[SampleOptions, SelectionRule | None]:
         target = self.target.currentText()
+        variations = self.start_from.currentText() == ANNOTATED
         opts = read_form(self.form, SampleOptions, sampler=self.sampler.currentText(),
-                         classes=[] if target == UNGUIDED else [target])
+                         classes=[] if target == UNGUIDED else [target],
+                         strength=self.strength.value() if variations else 1.0)
+        if variations and target == UNGUIDED:
+            opts.guidance = 0.0  # variations of every class, each keeping its source's class
         if MODEL.require().selection_classifier is None:  # not fine-tuned: nothing to select with
             return opts, None
         return opts, SelectionRule(rule=self.rule.currentText(), threshold=self.threshold.threshold.value)
@@ -98,17 +116,30 @@ class SampleWidget(QWidget):
             opts.validate(bundle.scheduler.config.num_train_timesteps)
             for name in opts.classes:
                 bundle.class_index(name)
-            folder = Path(str(self.out.value))
-            folder = folder / f"{opts.classes[0] if opts.classes else 'unguided'}-seed{opts.seed}"
+            sources = self.sources()
+            kind = "variations" if sources is not None else "synthetic"
+            what = opts.classes[0] if opts.classes else "all classes" if sources is not None else "unguided"
+            folder = Path(str(self.out.value)) / f"{what.replace(' ', '-')}-{kind}-seed{opts.seed}"
         except Exception as e:  # noqa: BLE001
             notify_error(e)
             return
         self.layer, self.folder, self.state = None, folder, State.RUNNING
-        self.name = f"synthetic: {opts.classes[0] if opts.classes else 'unguided'}"
-        self.worker = start_worker(write_samples, bundle, opts, folder, rule, True,
+        self.name = f"{kind}: {what}"
+        self.worker = start_worker(write_samples, bundle, opts, folder, rule, True, sources,
                                    on_yield=self._event, on_done=self._done, on_error=self._failed,
                                    on_finish=self._finished)
         self._update()
+
+    def sources(self):
+        """The annotated tiles for variations, or None when sampling from noise."""
+        from ..core.errors import HistodiffError
+
+        if self.start_from.currentText() != ANNOTATED:
+            return None
+        if MODEL.labeled is None:
+            raise HistodiffError("no annotated tiles for variations: extract tiles in the Fine-tune widget first "
+                                 "(Extract tiles), or start from noise")
+        return MODEL.labeled
 
     def cancel(self):
         if self.worker is not None:
