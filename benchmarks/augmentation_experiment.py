@@ -10,7 +10,8 @@ Stages (each caches its output under --out and is skipped when present, so a re-
              by --pretrain-scale towards the magnification of the 64 px crc5 tiles)
   finetune   per k: UNet on the labeled tiles, noisy latent classifier, selection classifier; ablation
              bundles: pre-trained UNet (no UNet fine-tuning), clean-latent classifier (original code)
-  sample     per k: class-guided pools per bundle, an unguided pool; scored by the selection classifier
+  sample     per k: class-guided pools per bundle, an unguided pool, variations of the labeled tiles
+             (`histodiff sample --from`); all scored by the selection classifier
   evaluate   per k and seed: real-only against real + synthetic arms (core.evaluate), then combined
   frechet    per class feature-space Frechet distance, real test tiles vs synthetic, in the features of a
              real-only downstream classifier (not comparable to Inception FID)
@@ -57,11 +58,12 @@ class Settings:
     unet_steps: int = 300
     unet_lr: float = 5e-5
     pool: int = 100  # guided samples per class (and 5x this unguided) at the smallest k
-    pool_large_k: int = 120  # guided samples per class at larger k (main arm only)
+    ablation_pool: int = 50  # guided samples per class of the no-UNet-fine-tuning and clean-latent bundles
+    pool_large_k: int = 100  # guided samples per class at larger k (main arm only)
     guidance: float = 10.0
     sample_steps: int = 20
     threshold: float = 0.8
-    variations: list[float] = field(default_factory=list)  # strengths: pools of variations of the labeled tiles
+    variations: list[float] = field(default_factory=lambda: [0.5])  # strengths of variation pools (labeled tiles)
     variation_guidance: float = 10.0
     balanced: bool = False  # main arm: the n most confident tiles of every class, whatever the threshold
     amounts: list[float] = field(default_factory=lambda: [0.5, 1.0, 3.0])  # synthetic / real tiles
@@ -73,7 +75,7 @@ class Settings:
 
 
 QUICK = dict(ks=[20], seeds=[0, 1], test_per_class=40, ae_steps=30, ldm_steps=40, clf_steps=20, sel_steps=20,
-             unet_steps=10, pool=12, pool_large_k=12, sample_steps=4, eval_steps=30)
+             unet_steps=10, pool=12, ablation_pool=12, pool_large_k=12, sample_steps=4, eval_steps=30)
 
 
 class Timer:
@@ -417,9 +419,10 @@ def main(argv=None):
             pools.update({"unguided": (made["finetuned"], False), "no-unet-ft": (made["no-unet-ft"], True),
                           "clean-latent": (made["clean-latent"], True)})
         recs = {}
+        sizes = {"guided": pool, "unguided": pool * len(CLASSES)}
         for name, (bdir, guided) in pools.items():
             recs[name] = timer.run(f"k{k} sample", lambda: sample_pool(
-                bdir, kdir / "samples" / name, pool if guided else pool * len(CLASSES), guided, s, seed=k))
+                bdir, kdir / "samples" / name, sizes.get(name, s.ablation_pool), guided, s, seed=k))
         for st in s.variations:  # variations of the labeled tiles (each keeps its source's class)
             recs[f"variations-{st:g}"] = timer.run(f"k{k} sample", lambda: sample_pool(
                 made["finetuned"], kdir / "samples" / f"variations-{st:g}", pool, True, s, seed=k, sources=train,
