@@ -331,6 +331,50 @@ def grids(kdir: Path, train: Path, pool_dir: Path, records) -> None:
         write_png(kdir / f"grid_{c}.png", np.concatenate([pad(a), gap, pad(b)], 1))
 
 
+def variation_grid(kdir: Path, strengths, recs: dict) -> None:
+    """Per class (rows of 8): labeled tiles, then their variations at each strength."""
+    import tifffile
+
+    from napari_histodiff.core.outputs import write_png
+
+    if not strengths:
+        return
+    rows = []
+    for c in CLASSES:
+        per = {st: [r for r in recs[st] if r.target_class == c][:8] for st in strengths}
+        first = per[strengths[0]]
+        if not first:
+            continue
+        rows.append(np.concatenate([read_rgb(r.source_tile) for r in first], 1))
+        for st in strengths:
+            folder = kdir / "samples" / f"variations-{st:g}"
+            rows.append(np.concatenate([tifffile.imread(folder / r.file) for r in per[st][: len(first)]], 1))
+        rows.append(np.full((14, rows[-1].shape[1], 3), 255, np.uint8))
+    write_png(kdir / "variations.png", np.concatenate(rows[:-1], 0))
+
+
+def reconstruction(pre: Path, train: Path, kdir: Path, s: Settings) -> dict:
+    """The pre-trained autoencoder on the labeled tiles: PSNR, and a picture (two tiles per class)."""
+    import torch
+
+    from napari_histodiff.core.bundle import load_bundle
+    from napari_histodiff.core.outputs import write_png
+    from napari_histodiff.core.training import to_model_input, to_uint8
+
+    bundle = load_bundle(pre, device=s.device)
+    tiles = TileFolder(train, 64)
+    x = np.stack([tiles[i] for i in range(len(tiles))])
+    with torch.no_grad():
+        z = bundle.vae.encode(to_model_input(torch.from_numpy(x), bundle.device)).latent_dist.mean
+        y = to_uint8(bundle.vae.decode(z).sample)
+    err = y.astype(np.float64) - x
+    psnr = 10 * np.log10(255.0**2 / (err**2).mean(axis=(1, 2, 3)))
+    idx = [i for k in range(len(CLASSES)) for i in [j for j in range(len(tiles)) if tiles.label(j) == k][:2]]
+    top, bottom = np.concatenate(x[idx], 1), np.concatenate(y[idx], 1)
+    write_png(kdir / "reconstruction.png", np.concatenate([top, np.full((4, top.shape[1], 3), 255, np.uint8), bottom]))
+    return {"tiles": len(x), "psnr_db": float(psnr.mean()), "mean_abs_error": float(np.abs(err).mean())}
+
+
 def table(results: dict, frechet_: dict | None = None) -> list[str]:
     lines = ["| arm | synthetic tiles | accuracy (mean +- sd) | macro-F1 | difference to real, points [95% CI] |",
              "| --- | --- | --- | --- | --- |"]
@@ -450,9 +494,11 @@ def main(argv=None):
         results = timer.run(f"k{k} evaluate", lambda: evaluate_k(kdir, train, test, arms, s))
         fr = timer.run(f"k{k} frechet", lambda: frechet(kdir, train, test, arms, s))
         grids(kdir, train, kdir / "samples" / "guided", recs["guided"])
+        variation_grid(kdir, s.variations, {st: recs[f"variations-{st:g}"] for st in s.variations})
+        recon = reconstruction(pre, train, kdir, s) if k == min(s.ks) else None
         kept = {c: sum(1 for r in recs["guided"] if r.kept and r.target_class == c) for c in CLASSES}
         summary["k"][k] = {"results": f"k{k}/results.json", "kept_of_pool": {"pool": pool, "kept": kept},
-                           "frechet": fr}
+                           "frechet": fr, **({"reconstruction": recon} if recon else {})}
         md += [f"## k = {k} labeled tiles per class", "", *table(results), "",
                f"Guided pool {pool} per class; kept by selection (confidence >= {s.threshold} and nearest "
                "centroid): " + ", ".join(f"{c} {n}" for c, n in kept.items()), ""]
@@ -478,7 +524,8 @@ def copy_to_docs(out: Path, docs: Path, s: Settings) -> None:
     for name in ("summary.json", "summary.md", "timing.json", "settings.json"):
         shutil.copy2(out / name, docs / name)
     for k in s.ks:
-        for f in [*(out / f"k{k}").glob("grid_*.png"), out / f"k{k}" / "results.json",
+        extra = [out / f"k{k}" / n for n in ("variations.png", "reconstruction.png") if (out / f"k{k}" / n).is_file()]
+        for f in [*(out / f"k{k}").glob("grid_*.png"), *extra, out / f"k{k}" / "results.json",
                   out / f"k{k}" / "results.png", out / f"k{k}" / "frechet.json"]:
             (docs / f"k{k}").mkdir(exist_ok=True)
             shutil.copy2(f, docs / f"k{k}" / f.name)
