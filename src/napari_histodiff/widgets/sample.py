@@ -119,7 +119,8 @@ class SampleWidget(QWidget):
             sources = self.sources()
             kind = "variations" if sources is not None else "synthetic"
             what = opts.classes[0] if opts.classes else "all classes" if sources is not None else "unguided"
-            folder = Path(str(self.out.value)) / f"{what.replace(' ', '-')}-{kind}-seed{opts.seed}"
+            tag = "-variations" if sources is not None else ""
+            folder = Path(str(self.out.value)) / f"{what.replace(' ', '-')}{tag}-seed{opts.seed}"
         except Exception as e:  # noqa: BLE001
             notify_error(e)
             return
