@@ -502,7 +502,9 @@ def main(argv=None):
         md += [f"## k = {k} labeled tiles per class", "", *table(results), "",
                f"Guided pool {pool} per class; kept by selection (confidence >= {s.threshold} and nearest "
                "centroid): " + ", ".join(f"{c} {n}" for c, n in kept.items()), ""]
-    summary["wall_s"] = round(time.perf_counter() - t0, 1)
+    done_before = out / "summary.json"
+    earlier = json.loads(done_before.read_text()).get("wall_s", 0.0) if done_before.is_file() else 0.0
+    summary["wall_s"] = round(time.perf_counter() - t0 + earlier, 1)  # summed over resumed invocations
     summary["timing_s"] = timer.times
     summary["hardware"] = f"{platform.processor() or platform.machine()}, {_cores()} cores, device {s.device}"
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
