@@ -26,6 +26,17 @@ def dock(viewer, name):
     return widget
 
 
+def sample_with(widget, qtbot, target, n, steps, batch_size, out):
+    """Run the Sample widget to the end."""
+    from napari_histodiff.widgets._common import State
+
+    widget.target.setCurrentText(target)
+    widget.form.n.value, widget.form.steps.value, widget.form.batch_size.value = n, steps, batch_size
+    widget.out.value = str(out)
+    widget.start()
+    qtbot.waitUntil(lambda: widget.state == State.DONE, timeout=60_000)
+
+
 def open_annotated_sample(viewer):
     from napari_histodiff._sample_data import demo_tissue_annotated
 
@@ -150,16 +161,11 @@ def test_cancel_leaves_a_resumable_checkpoint(make_napari_viewer, qtbot, trained
 def test_sample_review_export(make_napari_viewer, qtbot, finetuned_bundle, fresh_model, tmp_path):
     from napari_histodiff import load_bundle
     from napari_histodiff.core.export import read_export
-    from napari_histodiff.widgets._common import State
 
     viewer = make_napari_viewer()
     fresh_model.set(load_bundle(finetuned_bundle[0], device="cpu"))
     s = dock(viewer, "Sample")
-    s.target.setCurrentText("DAB-rich")
-    s.form.n.value, s.form.steps.value, s.form.batch_size.value = 5, 5, 2
-    s.out.value = str(tmp_path / "samples")
-    s.start()
-    qtbot.waitUntil(lambda: s.state == State.DONE, timeout=60_000)
+    sample_with(s, qtbot, "DAB-rich", 5, 5, 2, tmp_path / "samples")
     layer = viewer.layers["synthetic: DAB-rich"]
     assert layer.data.shape == (5, 32, 32, 3)
     feats = layer.metadata["features"]
@@ -184,7 +190,6 @@ def test_sample_variations_of_the_annotated_tiles(make_napari_viewer, qtbot, fin
     from napari_histodiff import load_bundle
     from napari_histodiff.core.records import read_records
     from napari_histodiff.widgets import sample as S
-    from napari_histodiff.widgets._common import State
 
     errors = []
     monkeypatch.setattr(S, "notify_error", errors.append)
@@ -195,12 +200,8 @@ def test_sample_variations_of_the_annotated_tiles(make_napari_viewer, qtbot, fin
     s.start()  # nothing extracted yet: a message, no worker
     assert s.worker is None and "Fine-tune widget" in str(errors[-1])
     fresh_model.labeled = labeled_tiles
-    s.target.setCurrentText("hematoxylin-rich")
     s.strength.setValue(0.3)
-    s.form.n.value, s.form.steps.value, s.form.batch_size.value = 4, 10, 4
-    s.out.value = str(tmp_path / "samples")
-    s.start()
-    qtbot.waitUntil(lambda: s.state == State.DONE, timeout=60_000)
+    sample_with(s, qtbot, "hematoxylin-rich", 4, 10, 4, tmp_path / "samples")
     layer = viewer.layers["variations: hematoxylin-rich"]
     assert layer.data.shape == (4, 32, 32, 3)
     records = read_records(layer.metadata["histodiff"]["folder"])
