@@ -355,18 +355,14 @@ def variation_grid(kdir: Path, strengths, recs: dict) -> None:
 
 def reconstruction(pre: Path, train: Path, kdir: Path, s: Settings) -> dict:
     """The pre-trained autoencoder on the labeled tiles: PSNR, and a picture (two tiles per class)."""
-    import torch
-
     from napari_histodiff.core.bundle import load_bundle
     from napari_histodiff.core.outputs import write_png
-    from napari_histodiff.core.training import to_model_input, to_uint8
+    from napari_histodiff.core.train_autoencoder import reconstruct
 
     bundle = load_bundle(pre, device=s.device)
     tiles = TileFolder(train, 64)
     x = np.stack([tiles[i] for i in range(len(tiles))])
-    with torch.no_grad():
-        z = bundle.vae.encode(to_model_input(torch.from_numpy(x), bundle.device)).latent_dist.mean
-        y = to_uint8(bundle.vae.decode(z).sample)
+    y = reconstruct(bundle.vae, x, bundle.device)
     err = y.astype(np.float64) - x
     psnr = 10 * np.log10(255.0**2 / (err**2).mean(axis=(1, 2, 3)))
     idx = [i for k in range(len(CLASSES)) for i in [j for j in range(len(tiles)) if tiles.label(j) == k][:2]]

@@ -458,7 +458,7 @@ def cmd_sample(args):
     sources = _labeled_tiles([args.sources], bundle.tile_size, None) if args.sources else None
     if args.per_class and not bundle.class_names and sources is None:
         raise HistodiffError("--per-class needs a fine-tuned bundle with classes; run `histodiff finetune` first")
-    classes = args.classes or ([] if sources is not None else list(bundle.class_names) if args.per_class else [])
+    classes = args.classes or (list(bundle.class_names) if args.per_class and sources is None else [])
     for name in classes:
         bundle.class_index(name)
     opts = SampleOptions(n=args.per_class or args.n, classes=classes, guidance=args.guidance, sampler=args.sampler,

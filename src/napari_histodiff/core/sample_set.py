@@ -66,7 +66,7 @@ def _write_batch(folder, data, opts, digest, bundle, rule, sheets) -> list[TileR
             id=f"{name}_{i:05d}", file=f"{name}/{name}_{i:05d}.tif", target_class=cls, index=i,
             seed=opts.seed, sample_seed=data["seeds"][k], sampler=opts.sampler, steps=opts.steps,
             eta=opts.eta if opts.sampler == "ddim" else 0.0, guidance=opts.guidance if cls else 0.0,
-            bundle_hash=digest, strength=opts.strength, source_tile=data.get("sources", [""] * (k + 1))[k],
+            bundle_hash=digest, strength=opts.strength, source_tile=data["sources"][k],
         )
         batch.append(rec)
         if len(sheets.setdefault(name, [])) < SHEET_MAX:

@@ -95,12 +95,11 @@ def classifier_grad(classifier, z, t, y):
         return torch.autograd.grad(picked, z_in)[0]
 
 
-def denoise(bundle, z, y, gens, opts: SampleOptions, sched=None):
+def denoise(bundle, z, y, gens, opts: SampleOptions, sched):
     """Run the sampler from ``z`` (noise, or noised sources at ``opts.first_step()``); yields after
     each step, returns the final latents."""
     import torch
 
-    sched = sched or make_scheduler(bundle, opts.sampler, opts.steps)
     guided = opts.guidance > 0 and y is not None
     for t in sched.timesteps[opts.first_step():]:
         with torch.no_grad():
@@ -129,13 +128,14 @@ def plan_variations(opts: SampleOptions, sources) -> tuple[list[str], list[int]]
             raise HistodiffError(f"the source tiles in {sources.description} have no classes; put them in "
                                  "class sub-folders or sample without --class")
         return [""] * opts.n, [i % len(sources) for i in range(opts.n)]
-    classes = opts.classes or [c for k, c in enumerate(names) if k in set(labels)]
+    present = set(labels)
+    classes = opts.classes or [c for k, c in enumerate(names) if k in present]
     plan, picks = [], []
     for c in classes:
         mine = [i for i, lab in enumerate(labels) if names[lab] == c] if c in names else []
         if not mine:
             raise HistodiffError(f"no source tiles of class {c!r} in {sources.description} "
-                                 f"(it has {', '.join(sorted({names[lab] for lab in labels}))})")
+                                 f"(it has {', '.join(names[k] for k in sorted(present))})")
         plan += [c] * opts.n
         picks += [mine[j % len(mine)] for j in range(opts.n)]
     return plan, picks

@@ -117,7 +117,6 @@ class SampleWidget(QWidget):
             for name in opts.classes:
                 bundle.class_index(name)
             sources = self.sources()
-            kind = "variations" if sources is not None else "synthetic"
             what = opts.classes[0] if opts.classes else "all classes" if sources is not None else "unguided"
             tag = "-variations" if sources is not None else ""
             folder = Path(str(self.out.value)) / f"{what.replace(' ', '-')}{tag}-seed{opts.seed}"
@@ -125,7 +124,7 @@ class SampleWidget(QWidget):
             notify_error(e)
             return
         self.layer, self.folder, self.state = None, folder, State.RUNNING
-        self.name = f"{kind}: {what}"
+        self.name = f"{'variations' if tag else 'synthetic'}: {what}"
         self.worker = start_worker(write_samples, bundle, opts, folder, rule, True, sources,
                                    on_yield=self._event, on_done=self._done, on_error=self._failed,
                                    on_finish=self._finished)
