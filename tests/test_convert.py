@@ -402,6 +402,23 @@ def _vq_and_unet():
     return _randomised(vq, 5), _randomised(unet, 6)
 
 
+def test_variations_work_on_a_vq_first_stage():
+    from diffusers import DDPMScheduler
+
+    from napari_histodiff.core.sampling import SampleOptions, sample_tiles
+    from napari_histodiff.core.tiles import ArrayTiles
+
+    vq, unet = _vq_and_unet()
+    meta = new_meta(tiny())
+    meta["tile_size"], meta["latent_scale_factor"] = 32, 1.0
+    sched = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.0015, beta_end=0.0155)
+    bundle = Bundle(vae=vq, unet=unet, scheduler=sched, meta=meta)
+    sources = ArrayTiles(np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8))
+    opts = SampleOptions(n=3, guidance=0.0, steps=4, strength=0.5)
+    tiles = np.concatenate([e.data["tiles"] for e in sample_tiles(bundle, opts, sources) if e.data])
+    assert tiles.shape == (3, 32, 32, 3) and tiles.dtype == np.uint8
+
+
 def test_vq_first_stage_round_trip_and_default_scale(tmp_path):
     vq, unet = _vq_and_unet()
     meta = new_meta(tiny())

@@ -142,14 +142,15 @@ def plan_variations(opts: SampleOptions, sources) -> tuple[list[str], list[int]]
 
 
 def source_latents(bundle, tiles, gens, sched, start: int):
-    """Encode source tiles (posterior mean) and noise them to the timestep at index ``start``."""
+    """Encode source tiles (KL: posterior mean; VQ: latents before quantisation, as its decoder
+    quantises) and noise them to the timestep at index ``start``."""
     import torch
 
     from .training import to_model_input
 
     with torch.no_grad():
-        z0 = bundle.vae.encode(to_model_input(torch.from_numpy(tiles), bundle.device)).latent_dist.mean
-    z0 = z0 * bundle.scale_factor
+        enc = bundle.vae.encode(to_model_input(torch.from_numpy(tiles), bundle.device))
+    z0 = (enc.latent_dist.mean if hasattr(enc, "latent_dist") else enc.latents) * bundle.scale_factor
     noise = torch.stack([torch.randn(z0.shape[1:], generator=g) for g in gens]).to(z0.device)
     if hasattr(sched, "set_begin_index"):
         sched.set_begin_index(start * getattr(sched, "order", 1))
