@@ -7,7 +7,8 @@ Stages (each caches its output under --out and is skipped when present, so a re-
   data       crc5 tiles at 64 px: k labeled tiles per class (seeded; the k=20 set is inside the k=100
              set), every other crc5 tile is test material; written as <class>/<tile>.png folders
   pretrain   `small` preset autoencoder + latent diffusion on pretrain/ (breast_ucsb, monuseg; scaled
-             by --pretrain-scale towards the magnification of the 64 px crc5 tiles)
+             by --pretrain-scale towards the magnification of the 64 px crc5 tiles); more folders of
+             shared/data with --set 'pretrain_extra=[["glas", 0.125, 6]]' (subdir, scale, stride)
   finetune   per k: UNet on the labeled tiles, noisy latent classifier, selection classifier; ablation
              bundles: pre-trained UNet (no UNet fine-tuning), clean-latent classifier (original code)
   sample     per k: class-guided pools per bundle, an unguided pool, variations of the labeled tiles
@@ -37,7 +38,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from napari_histodiff.core import evaluate as E  # noqa: E402
 from napari_histodiff.core.events import run_to_end  # noqa: E402
-from napari_histodiff.core.tiles import ArrayTiles, TileFolder, _fit_square, open_tiles, read_rgb  # noqa: E402
+from napari_histodiff.core.tiles import ArrayTiles, ConcatTiles, TileFolder, _fit_square, open_tiles, read_rgb  # noqa: E402
 
 CLASSES = ["AC", "H", "S", "T", "V"]
 
@@ -49,6 +50,7 @@ class Settings:
     test_per_class: int | None = None  # None: every crc5 tile not in a labeled set
     pretrain_scale: float = 0.1
     pretrain_stride: int = 12
+    pretrain_extra: list = field(default_factory=list)  # more pre-training folders: [[subdir, scale, stride]]
     ae_steps: int = 600
     ae_batch: int = 4
     ae_lr: float = 2e-4
@@ -149,6 +151,12 @@ def pretrain(data_root: Path, bundle: Path, s: Settings):
 
     tiles = open_tiles([data_root / "pretrain"], 64, large_images=True, stride=s.pretrain_stride,
                        scale=s.pretrain_scale)
+    extra = [open_tiles([data_root / sub], 64, large_images=True, stride=stride, scale=scale)
+             for sub, scale, stride in s.pretrain_extra]
+    if extra:
+        log(f"pre-training tiles: pretrain/ {len(tiles)}, " + ", ".join(
+            f"{sub} {len(t)}" for (sub, _, _), t in zip(s.pretrain_extra, extra)))
+        tiles = ConcatTiles([tiles, *extra])
     log(f"pre-training tiles: {len(tiles)}")
     prepare_out_dir(bundle, resume=True)
     ae = drain(train_autoencoder(tiles, bundle, small(), AutoencoderOptions(

@@ -73,6 +73,8 @@ def test_pretrain_sample_info_end_to_end(tmp_path, capsys):
     (["sample", "{tmp}/tiles", "--out", "{tmp}/s"], "not a napari-histodiff bundle"),
     (["info", "{tmp}/nope"], "not a bundle folder"),
     (["pretrain", "{tmp}/big.png", "--out", "{tmp}/o", "--preset", "small"], "is larger than"),
+    (["pretrain", "{tmp}/tiles", "{tmp}/big.png", "--out", "{tmp}/o", "--scale", "1", "0.5", "2"],
+     "3 scales for 2 paths"),
 ])
 def test_bad_input_exits_2_with_one_clear_line(tmp_path, capsys, argv, message):
     import imageio.v3 as iio

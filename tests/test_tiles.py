@@ -355,6 +355,18 @@ def test_real_tile_folders(sub, classes):
     assert small.shape == (64, 64, 3)
 
 
+def test_open_tiles_scale_per_path(tmp_path):
+    """One scale per path: each large image is cut at its own magnification."""
+    iio.imwrite(tmp_path / "x40.png", _tissue(128, 128))
+    iio.imwrite(tmp_path / "x20.png", _tissue(64, 64, 2))
+    ts = open_tiles([tmp_path / "x40.png", tmp_path / "x20.png"], 32, scale=[0.5, 1.0])
+    assert len(ts) == 4 + 4 and isinstance(ts, ConcatTiles)  # a 2 x 2 grid of 32 px tiles each
+    assert [p.image.shape[:2] for p in ts.parts] == [(64, 64), (64, 64)]
+    assert len(open_tiles([tmp_path / "x40.png", tmp_path / "x20.png"], 32, scale=[0.5])) == 4 + 1
+    with pytest.raises(HistodiffError, match="3 scales for 2 paths"):
+        open_tiles([tmp_path / "x40.png", tmp_path / "x20.png"], 32, scale=[1, 0.5, 2])
+
+
 def test_folder_scale_keeps_magnification(tmp_path):
     """scale 0.5: a 32 px tile is the centre 64 px of a 128 px source, downscaled."""
     import imageio.v3 as iio

@@ -57,10 +57,11 @@ def _add_data_args(p):
     g.add_argument("--large-images", action="store_true",
                    help="treat every image inside the given folders as a large image to cut into tiles")
     g.add_argument("--stride", type=int, default=None, help="tiling stride in pixels (default: the tile size)")
-    g.add_argument("--scale", type=float, default=None,
+    g.add_argument("--scale", type=float, nargs="+", default=None,
                    help="magnification factor: large images are rescaled by it before tiling; tiles of a "
                    "folder give their centre TILE/SCALE px (default: large images as they are, folder tiles "
-                   "fitted whole to the tile size)")
+                   "fitted whole to the tile size); one value for every path, or one per path in order "
+                   "(collections at different magnifications)")
     g.add_argument("--min-tissue", type=float, default=0.5,
                    help="keep a tile of a large image when at least this fraction is tissue (default 0.5)")
     g.add_argument("--no-tissue-filter", action="store_true", help="keep background tiles of large images too")

@@ -313,11 +313,19 @@ class ConcatTiles(TileSet):
 
 def open_tiles(paths, tile_size, *, large_images=False, stride=None, scale=None,
                min_tissue=0.5, tissue_filter=True) -> TileSet:
-    """Open folders of tiles and/or large images as one tile set."""
+    """Open folders of tiles and/or large images as one tile set.
+
+    ``scale`` is one factor for every path or a list with one per path (collections scanned at
+    different magnifications)."""
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
-    opts = dict(stride=stride, scale=scale, min_tissue=min_tissue, tissue_filter=tissue_filter)
+    scales = list(scale) if isinstance(scale, (list, tuple)) else [scale]
+    if len(scales) not in (1, len(paths)):
+        raise HistodiffError(f"{len(scales)} scales for {len(paths)} paths. Give one scale for all paths or "
+                             "one per path, in the same order.")
+    scales = scales * len(paths) if len(scales) == 1 else scales
     parts: list[TileSet] = []
-    for p in map(Path, paths):
+    for p, scale in zip(map(Path, paths), scales):
+        opts = dict(stride=stride, scale=scale, min_tissue=min_tissue, tissue_filter=tissue_filter)
         if not p.exists():
             raise HistodiffError(f"no such file or folder: {p}. Check the path.")
         if p.is_dir() and large_images:
