@@ -9,7 +9,8 @@ Stages (each caches its output under --out and is skipped when present, so a re-
   pretrain   `small` preset autoencoder + latent diffusion on pretrain/ (breast_ucsb, monuseg; scaled
              by --pretrain-scale towards the magnification of the 64 px crc5 tiles); more folders of
              shared/data with --set 'pretrain_extra=[["glas", 0.125, 6]]' (subdir, scale, stride)
-  finetune   per k: UNet on the labeled tiles, noisy latent classifier, selection classifier; ablation
+  finetune   per k: UNet on the labeled tiles, noisy latent classifier, selection classifier (and the
+             decoder with --set decoder_steps=N); ablation
              bundles: pre-trained UNet (no UNet fine-tuning), clean-latent classifier (original code)
   sample     per k: class-guided pools per bundle, an unguided pool, variations of the labeled tiles
              (`histodiff sample --from`); all scored by the selection classifier
@@ -59,6 +60,8 @@ class Settings:
     sel_steps: int = 300
     unet_steps: int = 300
     unet_lr: float = 5e-5
+    decoder_steps: int = 0  # decoder fine-tuning on the labeled tiles (finetune --finetune-decoder-steps)
+    decoder_lr: float = 1e-4
     pool: int = 100  # guided samples per class (and 5x this unguided) at the smallest k
     ablation_pool: int = 50  # guided samples per class of the no-UNet-fine-tuning and clean-latent bundles
     pool_large_k: int = 100  # guided samples per class at larger k (main arm only)
@@ -173,7 +176,8 @@ def finetune_all(pre: Path, kdir: Path, labeled: Path, s: Settings, ablations: b
 
     tiles = TileFolder(labeled, 64)
     opts = FinetuneOptions(classifier_steps=s.clf_steps, selection_steps=s.sel_steps, unet_steps=s.unet_steps,
-                           unet_learning_rate=s.unet_lr, device=s.device, checkpoint_every=100,
+                           unet_learning_rate=s.unet_lr, decoder_steps=s.decoder_steps,
+                           decoder_learning_rate=s.decoder_lr, device=s.device, checkpoint_every=100,
                            min_tiles_per_class=2)
     made = {"finetuned": kdir / "finetuned"}
     info = drain(finetune(pre, tiles, made["finetuned"], small(), opts), "finetune")
@@ -361,22 +365,30 @@ def variation_grid(kdir: Path, strengths, recs: dict) -> None:
     write_png(kdir / "variations.png", np.concatenate(rows[:-1], 0))
 
 
-def reconstruction(pre: Path, train: Path, kdir: Path, s: Settings) -> dict:
-    """The pre-trained autoencoder on the labeled tiles: PSNR, and a picture (two tiles per class)."""
+def reconstruction(bundle_dir: Path, train: Path, test: Path, kdir: Path, s: Settings) -> dict:
+    """The bundle's autoencoder on the labeled tiles and on every 25th test tile: PSNR, and a
+    picture of two labeled tiles per class."""
     from napari_histodiff.core.bundle import load_bundle
     from napari_histodiff.core.outputs import write_png
     from napari_histodiff.core.train_autoencoder import reconstruct
 
-    bundle = load_bundle(pre, device=s.device)
-    tiles = TileFolder(train, 64)
-    x = np.stack([tiles[i] for i in range(len(tiles))])
-    y = reconstruct(bundle.vae, x, bundle.device)
-    err = y.astype(np.float64) - x
-    psnr = 10 * np.log10(255.0**2 / (err**2).mean(axis=(1, 2, 3)))
-    idx = [i for k in range(len(CLASSES)) for i in [j for j in range(len(tiles)) if tiles.label(j) == k][:2]]
-    top, bottom = np.concatenate(x[idx], 1), np.concatenate(y[idx], 1)
-    write_png(kdir / "reconstruction.png", np.concatenate([top, np.full((4, top.shape[1], 3), 255, np.uint8), bottom]))
-    return {"tiles": len(x), "psnr_db": float(psnr.mean()), "mean_abs_error": float(np.abs(err).mean())}
+    bundle = load_bundle(bundle_dir, device=s.device)
+    out = {"bundle": bundle_dir.name}
+    for name, folder, every in (("labeled", train, 1), ("test", test, 25)):
+        tiles = TileFolder(folder, 64)
+        x = np.stack([tiles[i] for i in range(0, len(tiles), every)])
+        y = reconstruct(bundle.vae, x, bundle.device)
+        err = y.astype(np.float64) - x
+        psnr = 10 * np.log10(255.0**2 / (err**2).mean(axis=(1, 2, 3)))
+        key = "" if name == "labeled" else "test_"
+        out.update({f"{key}tiles": len(x), f"{key}psnr_db": float(psnr.mean()),
+                    f"{key}mean_abs_error": float(np.abs(err).mean())})
+        if name == "labeled":
+            idx = [i for k in range(len(CLASSES)) for i in [j for j in range(len(tiles)) if tiles.label(j) == k][:2]]
+            top, bottom = np.concatenate(x[idx], 1), np.concatenate(y[idx], 1)
+            gap = np.full((4, top.shape[1], 3), 255, np.uint8)
+            write_png(kdir / "reconstruction.png", np.concatenate([top, gap, bottom]))
+    return out
 
 
 def table(results: dict, frechet_: dict | None = None) -> list[str]:
@@ -499,7 +511,8 @@ def main(argv=None):
         fr = timer.run(f"k{k} frechet", lambda: frechet(kdir, train, test, arms, s))
         grids(kdir, train, kdir / "samples" / "guided", recs["guided"])
         variation_grid(kdir, s.variations, {st: recs[f"variations-{st:g}"] for st in s.variations})
-        recon = reconstruction(pre, train, kdir, s) if k == min(s.ks) else None
+        recon_of = made["finetuned"] if s.decoder_steps else pre  # the decoder that drew the samples
+        recon = reconstruction(recon_of, train, test, kdir, s) if k == min(s.ks) else None
         kept = {c: sum(1 for r in recs["guided"] if r.kept and r.target_class == c) for c in CLASSES}
         summary["k"][k] = {"results": f"k{k}/results.json", "kept_of_pool": {"pool": pool, "kept": kept},
                            "frechet": fr, **({"reconstruction": recon} if recon else {})}
