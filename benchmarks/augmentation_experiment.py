@@ -8,7 +8,7 @@ Stages (each caches its output under --out and is skipped when present, so a re-
              set), every other crc5 tile is test material; written as <class>/<tile>.png folders
   pretrain   `small` preset autoencoder + latent diffusion on pretrain/ (breast_ucsb, monuseg; scaled
              by --pretrain-scale towards the magnification of the 64 px crc5 tiles); more folders of
-             shared/data with --set 'pretrain_extra=[["glas", 0.125, 6]]' (subdir, scale, stride)
+             shared/data with --set 'pretrain_extra=[["glas", 0.15, 8]]' (subdir, scale, stride)
   finetune   per k: UNet on the labeled tiles, noisy latent classifier, selection classifier (and the
              decoder with --set decoder_steps=N); ablation
              bundles: pre-trained UNet (no UNet fine-tuning), clean-latent classifier (original code)
