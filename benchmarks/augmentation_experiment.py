@@ -365,24 +365,29 @@ def variation_grid(kdir: Path, strengths, recs: dict) -> None:
     write_png(kdir / "variations.png", np.concatenate(rows[:-1], 0))
 
 
+def tile_psnr(vae, x: np.ndarray, device) -> tuple[np.ndarray, np.ndarray]:
+    """The autoencoder's reconstructions of ``x`` and their PSNR (dB) per tile."""
+    from napari_histodiff.core.train_autoencoder import reconstruct
+
+    y = reconstruct(vae, x, device)
+    return y, 10 * np.log10(255.0**2 / ((y.astype(np.float64) - x) ** 2).mean(axis=(1, 2, 3)))
+
+
 def reconstruction(bundle_dir: Path, train: Path, test: Path, kdir: Path, s: Settings) -> dict:
     """The bundle's autoencoder on the labeled tiles and on every 25th test tile: PSNR, and a
     picture of two labeled tiles per class."""
     from napari_histodiff.core.bundle import load_bundle
     from napari_histodiff.core.outputs import write_png
-    from napari_histodiff.core.train_autoencoder import reconstruct
 
     bundle = load_bundle(bundle_dir, device=s.device)
     out = {"bundle": bundle_dir.name}
     for name, folder, every in (("labeled", train, 1), ("test", test, 25)):
         tiles = TileFolder(folder, 64)
         x = np.stack([tiles[i] for i in range(0, len(tiles), every)])
-        y = reconstruct(bundle.vae, x, bundle.device)
-        err = y.astype(np.float64) - x
-        psnr = 10 * np.log10(255.0**2 / (err**2).mean(axis=(1, 2, 3)))
+        y, psnr = tile_psnr(bundle.vae, x, bundle.device)
         key = "" if name == "labeled" else "test_"
         out.update({f"{key}tiles": len(x), f"{key}psnr_db": float(psnr.mean()),
-                    f"{key}mean_abs_error": float(np.abs(err).mean())})
+                    f"{key}mean_abs_error": float(np.abs(y.astype(np.float64) - x).mean())})
         if name == "labeled":
             idx = [i for k in range(len(CLASSES)) for i in [j for j in range(len(tiles)) if tiles.label(j) == k][:2]]
             top, bottom = np.concatenate(x[idx], 1), np.concatenate(y[idx], 1)

@@ -24,6 +24,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from augmentation_experiment import tile_psnr  # noqa: E402
 from napari_histodiff.core.tiles import TileFolder  # noqa: E402
 
 
@@ -35,10 +36,7 @@ def stack(tiles, every=1):
 def psnr(vae, x) -> float:
     import torch
 
-    from napari_histodiff.core.train_autoencoder import reconstruct
-
-    err = reconstruct(vae, x, torch.device("cpu")).astype(np.float64) - x
-    return float((10 * np.log10(255.0**2 / (err**2).mean(axis=(1, 2, 3)))).mean())
+    return float(tile_psnr(vae, x, torch.device("cpu"))[1].mean())
 
 
 def decoder_check(pre: Path, labeled, x_lab, x_test, steps: int) -> None:
