@@ -37,9 +37,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from napari_histodiff.core import evaluate as E  # noqa: E402
-from napari_histodiff.core.events import run_to_end  # noqa: E402
-from napari_histodiff.core.tiles import ArrayTiles, ConcatTiles, TileFolder, _fit_square, open_tiles, read_rgb  # noqa: E402
+from napari_histodiff.core.evaluate import evaluate as E
+from napari_histodiff.core.base.events import run_to_end  # noqa: E402
+from napari_histodiff.core.data.tiles import ArrayTiles, ConcatTiles, TileFolder, _fit_square, open_tiles, read_rgb  # noqa: E402
 
 CLASSES = ["AC", "H", "S", "T", "V"]
 
@@ -147,10 +147,10 @@ def _png(iio, path: Path, tile) -> None:
 # ---- models -------------------------------------------------------------------------------------
 
 def pretrain(data_root: Path, bundle: Path, s: Settings):
-    from napari_histodiff.core.presets import small
-    from napari_histodiff.core.train_autoencoder import AutoencoderOptions, train_autoencoder
-    from napari_histodiff.core.train_diffusion import DiffusionOptions, train_diffusion
-    from napari_histodiff.core.training import prepare_out_dir
+    from napari_histodiff.core.models.presets import small
+    from napari_histodiff.core.train.autoencoder import AutoencoderOptions, train_autoencoder
+    from napari_histodiff.core.train.diffusion import DiffusionOptions, train_diffusion
+    from napari_histodiff.core.train.loop import prepare_out_dir
 
     tiles = open_tiles([data_root / "pretrain"], 64, large_images=True, stride=s.pretrain_stride,
                        scale=s.pretrain_scale)
@@ -171,8 +171,8 @@ def pretrain(data_root: Path, bundle: Path, s: Settings):
 
 
 def finetune_all(pre: Path, kdir: Path, labeled: Path, s: Settings, ablations: bool) -> dict:
-    from napari_histodiff.core.finetune import FinetuneOptions, finetune
-    from napari_histodiff.core.presets import small
+    from napari_histodiff.core.train.finetune import FinetuneOptions, finetune
+    from napari_histodiff.core.models.presets import small
 
     tiles = TileFolder(labeled, 64)
     opts = FinetuneOptions(classifier_steps=s.clf_steps, selection_steps=s.sel_steps, unet_steps=s.unet_steps,
@@ -205,11 +205,11 @@ def finetune_all(pre: Path, kdir: Path, labeled: Path, s: Settings, ablations: b
 
 def sample_pool(bundle_dir: Path, out: Path, n: int, guided: bool, s: Settings, seed: int,
                 sources: Path | None = None, strength: float = 1.0):
-    from napari_histodiff.core.bundle import load_bundle
-    from napari_histodiff.core.records import read_records
-    from napari_histodiff.core.sample_set import write_samples
-    from napari_histodiff.core.sampling import SampleOptions
-    from napari_histodiff.core.selection import SelectionRule
+    from napari_histodiff.core.formats.bundle import load_bundle
+    from napari_histodiff.core.formats.records import read_records
+    from napari_histodiff.core.generate.sample_set import write_samples
+    from napari_histodiff.core.generate.sampling import SampleOptions
+    from napari_histodiff.core.generate.selection import SelectionRule
 
     if (out / "samples.csv").is_file():
         return read_records(out)
@@ -250,9 +250,9 @@ def as_tiles(folder: Path, records, name: str) -> ArrayTiles:
 def export_main(folder: Path, records, n: int, out: Path, s: Settings):
     """The main arm through the product path: cap the kept tiles at ``n`` per class, export, reopen.
     With ``s.balanced`` every class gets its ``n`` most confident tiles (rule "none" + cap)."""
-    from napari_histodiff.core.export import ExportOptions, export_set
-    from napari_histodiff.core.records import write_records
-    from napari_histodiff.core.selection import SelectionRule, decide
+    from napari_histodiff.core.generate.export import ExportOptions, export_set
+    from napari_histodiff.core.formats.records import write_records
+    from napari_histodiff.core.generate.selection import SelectionRule, decide
 
     if not (out / "manifest.csv").is_file():
         recs = copy.deepcopy(records)
@@ -293,7 +293,7 @@ def frechet(kdir: Path, train: Path, test: Path, arms: dict, s: Settings) -> dic
     cache = kdir / "frechet.json"
     if cache.is_file():
         return json.loads(cache.read_text())
-    from napari_histodiff.core.devices import pick_device
+    from napari_histodiff.core.base.devices import pick_device
 
     device = pick_device(s.device)
     tr, te = TileFolder(train, 64), TileFolder(test, 64)
@@ -327,7 +327,7 @@ def frechet(kdir: Path, train: Path, test: Path, arms: dict, s: Settings) -> dic
 # ---- report -------------------------------------------------------------------------------------
 
 def grids(kdir: Path, train: Path, pool_dir: Path, records) -> None:
-    from napari_histodiff.core.outputs import contact_sheet, write_png
+    from napari_histodiff.core.formats.images import contact_sheet, write_png
 
     tr = TileFolder(train, 64)
     for k, c in enumerate(CLASSES):
@@ -347,7 +347,7 @@ def variation_grid(kdir: Path, strengths, recs: dict) -> None:
     """Per class (rows of 8): labeled tiles, then their variations at each strength."""
     import tifffile
 
-    from napari_histodiff.core.outputs import write_png
+    from napari_histodiff.core.formats.images import write_png
 
     if not strengths:
         return
@@ -367,7 +367,7 @@ def variation_grid(kdir: Path, strengths, recs: dict) -> None:
 
 def tile_psnr(vae, x: np.ndarray, device) -> tuple[np.ndarray, np.ndarray]:
     """The autoencoder's reconstructions of ``x`` and their PSNR (dB) per tile."""
-    from napari_histodiff.core.train_autoencoder import reconstruct
+    from napari_histodiff.core.train.autoencoder import reconstruct
 
     y = reconstruct(vae, x, device)
     return y, 10 * np.log10(255.0**2 / ((y.astype(np.float64) - x) ** 2).mean(axis=(1, 2, 3)))
@@ -376,8 +376,8 @@ def tile_psnr(vae, x: np.ndarray, device) -> tuple[np.ndarray, np.ndarray]:
 def reconstruction(bundle_dir: Path, train: Path, test: Path, kdir: Path, s: Settings) -> dict:
     """The bundle's autoencoder on the labeled tiles and on every 25th test tile: PSNR, and a
     picture of two labeled tiles per class."""
-    from napari_histodiff.core.bundle import load_bundle
-    from napari_histodiff.core.outputs import write_png
+    from napari_histodiff.core.formats.bundle import load_bundle
+    from napari_histodiff.core.formats.images import write_png
 
     bundle = load_bundle(bundle_dir, device=s.device)
     out = {"bundle": bundle_dir.name}

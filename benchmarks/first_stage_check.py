@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from augmentation_experiment import tile_psnr  # noqa: E402
-from napari_histodiff.core.tiles import TileFolder  # noqa: E402
+from napari_histodiff.core.data.tiles import TileFolder  # noqa: E402
 
 
 def stack(tiles, every=1):
@@ -40,10 +40,10 @@ def psnr(vae, x) -> float:
 
 
 def decoder_check(pre: Path, labeled, x_lab, x_test, steps: int) -> None:
-    from napari_histodiff.core.bundle import load_bundle
-    from napari_histodiff.core.events import run_to_end
-    from napari_histodiff.core.presets import small
-    from napari_histodiff.core.train_autoencoder import AutoencoderOptions, train_autoencoder
+    from napari_histodiff.core.formats.bundle import load_bundle
+    from napari_histodiff.core.base.events import run_to_end
+    from napari_histodiff.core.models.presets import small
+    from napari_histodiff.core.train.autoencoder import AutoencoderOptions, train_autoencoder
 
     vae = load_bundle(pre, device="cpu").vae
     print(f"autoencoder PSNR, labelled {psnr(vae, x_lab):.2f} dB, test {psnr(vae, x_test):.2f} dB")
@@ -81,7 +81,7 @@ def linear_probe(f_train, y_train, f_test, y_test) -> float:
 def guidance_check(bundle_dir: Path, x_lab, y_lab, x_test, y_test) -> None:
     import torch
 
-    from napari_histodiff.core.bundle import load_bundle
+    from napari_histodiff.core.formats.bundle import load_bundle
 
     b = load_bundle(bundle_dir, device="cpu")
     clf = b.latent_classifier.eval()

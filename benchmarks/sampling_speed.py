@@ -28,8 +28,8 @@ import numpy as np
 def build_bundle(preset_name: str, folder: Path) -> None:
     import torch
 
-    from napari_histodiff.core.bundle import new_meta, save_part, write_meta
-    from napari_histodiff.core.presets import get_preset
+    from napari_histodiff.core.formats.bundle import new_meta, save_part, write_meta
+    from napari_histodiff.core.models.presets import get_preset
 
     p = get_preset(preset_name)
     torch.manual_seed(0)
@@ -44,7 +44,7 @@ def build_bundle(preset_name: str, folder: Path) -> None:
 
 
 def time_ours(bundle, n, steps, guidance) -> float:
-    from napari_histodiff.core.sampling import SampleOptions, sample_tiles
+    from napari_histodiff.core.generate.sampling import SampleOptions, sample_tiles
 
     classes = ["A"] if guidance else []
     t = time.perf_counter()
@@ -58,7 +58,7 @@ def time_pipeline(bundle, n, steps) -> float:
     import torch
     from diffusers import LDMPipeline
 
-    from napari_histodiff.core.sampling import make_scheduler
+    from napari_histodiff.core.generate.sampling import make_scheduler
 
     pipe = LDMPipeline(vqvae=bundle.vae, unet=bundle.unet, scheduler=make_scheduler(bundle, "ddim", steps))
     pipe.set_progress_bar_config(disable=True)
@@ -70,10 +70,10 @@ def time_pipeline(bundle, n, steps) -> float:
 
 def rss_worker(folder: Path, n: int, out: Path) -> None:
     from napari_histodiff import load_bundle
-    from napari_histodiff.core.events import run_to_end
-    from napari_histodiff.core.sample_set import write_samples
-    from napari_histodiff.core.sampling import SampleOptions
-    from napari_histodiff.core.selection import SelectionRule
+    from napari_histodiff.core.base.events import run_to_end
+    from napari_histodiff.core.generate.sample_set import write_samples
+    from napari_histodiff.core.generate.sampling import SampleOptions
+    from napari_histodiff.core.generate.selection import SelectionRule
 
     bundle = load_bundle(folder, device="cpu")
     run_to_end(write_samples(bundle, SampleOptions(n=n, classes=["A"], steps=5, batch_size=16), out,

@@ -27,8 +27,8 @@ WARMUP = 3
 
 
 def make_data(preset_name: str):
-    from napari_histodiff.core.demo import demo_tiles
-    from napari_histodiff.core.presets import get_preset
+    from napari_histodiff.core.jobs.demo import demo_tiles
+    from napari_histodiff.core.models.presets import get_preset
 
     preset = get_preset(preset_name)
     return preset, demo_tiles(preset.tile_size)
@@ -37,7 +37,7 @@ def make_data(preset_name: str):
 def make_bundle(preset, folder: Path) -> None:
     import torch
 
-    from napari_histodiff.core.bundle import new_meta, save_part, write_meta
+    from napari_histodiff.core.formats.bundle import new_meta, save_part, write_meta
 
     torch.manual_seed(0)
     folder.mkdir(parents=True, exist_ok=True)
@@ -48,7 +48,7 @@ def make_bundle(preset, folder: Path) -> None:
 def run_ours(preset, tiles, folder: Path, batch: int, steps: int) -> list[float]:
     import shutil
 
-    from napari_histodiff.core.train_diffusion import DiffusionOptions, train_diffusion
+    from napari_histodiff.core.train.diffusion import DiffusionOptions, train_diffusion
 
     shutil.rmtree(folder / "training", ignore_errors=True)
     stamps = []

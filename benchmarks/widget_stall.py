@@ -30,8 +30,8 @@ def main() -> None:
 
     from napari_histodiff import load_bundle
     from napari_histodiff._sample_data import demo_tissue_annotated
-    from napari_histodiff.core.bundle import new_meta, save_part, write_meta
-    from napari_histodiff.core.presets import get_preset
+    from napari_histodiff.core.formats.bundle import new_meta, save_part, write_meta
+    from napari_histodiff.core.models.presets import get_preset
     from napari_histodiff.widgets._common import State
     from napari_histodiff.widgets._state import MODEL
 

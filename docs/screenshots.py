@@ -27,11 +27,11 @@ def wait(app, condition, timeout=600):
 
 
 def pretrain(folder: Path) -> Path:
-    from napari_histodiff.core.demo import demo_tiles
-    from napari_histodiff.core.events import run_to_end
-    from napari_histodiff.core.presets import tiny
-    from napari_histodiff.core.train_autoencoder import AutoencoderOptions, train_autoencoder
-    from napari_histodiff.core.train_diffusion import DiffusionOptions, train_diffusion
+    from napari_histodiff.core.jobs.demo import demo_tiles
+    from napari_histodiff.core.base.events import run_to_end
+    from napari_histodiff.core.models.presets import tiny
+    from napari_histodiff.core.train.autoencoder import AutoencoderOptions, train_autoencoder
+    from napari_histodiff.core.train.diffusion import DiffusionOptions, train_diffusion
 
     tiles = demo_tiles(32)
     run_to_end(train_autoencoder(tiles, folder, tiny(), AutoencoderOptions(steps=600, device="cpu")))

@@ -14,7 +14,7 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def ihc_tiles():
     """Real tissue tiles (32 px) cut from the colon image that scikit-image ships."""
-    from napari_histodiff.core.demo import demo_tiles
+    from napari_histodiff.core.jobs.demo import demo_tiles
 
     return demo_tiles(32)
 
@@ -22,7 +22,7 @@ def ihc_tiles():
 @pytest.fixture()
 def fast_preset():
     """The tiny preset with the GAN switched on early, so short runs exercise every loss term."""
-    from napari_histodiff.core.presets import tiny
+    from napari_histodiff.core.models.presets import tiny
 
     p = tiny()
     p.autoencoder.disc_start = 4
@@ -33,10 +33,10 @@ def fast_preset():
 @pytest.fixture(scope="session")
 def trained_bundle(tmp_path_factory, ihc_tiles):
     """A tiny bundle trained briefly (shared by sampling, bundle and CLI tests)."""
-    from napari_histodiff.core.events import run_to_end
-    from napari_histodiff.core.presets import tiny
-    from napari_histodiff.core.train_autoencoder import AutoencoderOptions, train_autoencoder
-    from napari_histodiff.core.train_diffusion import DiffusionOptions, train_diffusion
+    from napari_histodiff.core.base.events import run_to_end
+    from napari_histodiff.core.models.presets import tiny
+    from napari_histodiff.core.train.autoencoder import AutoencoderOptions, train_autoencoder
+    from napari_histodiff.core.train.diffusion import DiffusionOptions, train_diffusion
 
     out = tmp_path_factory.mktemp("bundle") / "b"
     preset = tiny()
@@ -48,7 +48,7 @@ def trained_bundle(tmp_path_factory, ihc_tiles):
 @pytest.fixture(scope="session")
 def labeled_tiles():
     """Real tiles of two visually distinct classes (DAB-rich vs hematoxylin-rich) from the demo image."""
-    from napari_histodiff.core.demo import demo_labeled_tiles
+    from napari_histodiff.core.jobs.demo import demo_labeled_tiles
 
     return demo_labeled_tiles(32)
 
@@ -56,11 +56,11 @@ def labeled_tiles():
 @pytest.fixture(scope="session")
 def finetuned_bundle(tmp_path_factory, ihc_tiles, labeled_tiles):
     """A tiny bundle pre-trained on the demo image and fine-tuned on its two stain classes."""
-    from napari_histodiff.core.events import run_to_end
-    from napari_histodiff.core.finetune import FinetuneOptions, finetune
-    from napari_histodiff.core.presets import tiny
-    from napari_histodiff.core.train_autoencoder import AutoencoderOptions, train_autoencoder
-    from napari_histodiff.core.train_diffusion import DiffusionOptions, train_diffusion
+    from napari_histodiff.core.base.events import run_to_end
+    from napari_histodiff.core.train.finetune import FinetuneOptions, finetune
+    from napari_histodiff.core.models.presets import tiny
+    from napari_histodiff.core.train.autoencoder import AutoencoderOptions, train_autoencoder
+    from napari_histodiff.core.train.diffusion import DiffusionOptions, train_diffusion
 
     root = tmp_path_factory.mktemp("finetuned")
     pre, out = root / "pre", root / "ft"

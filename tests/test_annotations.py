@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from napari_histodiff.core.annotations import (
+from napari_histodiff.core.data.annotations import (
     check_rgb_image,
     class_counts,
     read_window,
@@ -11,8 +11,8 @@ from napari_histodiff.core.annotations import (
     tiles_from_masks,
     tiles_from_points,
 )
-from napari_histodiff.core.errors import HistodiffError
-from napari_histodiff.core.tiles import ArrayTiles
+from napari_histodiff.core.base.errors import HistodiffError
+from napari_histodiff.core.data.tiles import ArrayTiles
 
 CLASSES = {1: "TUM", 2: "STR"}  # -> class_names ["STR", "TUM"]
 

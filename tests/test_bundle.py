@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from napari_histodiff import load_bundle
-from napari_histodiff.core.bundle import new_meta, save_part, summary, write_meta
-from napari_histodiff.core.errors import BundleError
-from napari_histodiff.core.presets import tiny
+from napari_histodiff.core.formats.bundle import new_meta, save_part, summary, write_meta
+from napari_histodiff.core.base.errors import BundleError
+from napari_histodiff.core.models.presets import tiny
 
 
 def test_save_load_is_bit_exact(tmp_path):
@@ -78,7 +78,7 @@ def test_mismatched_parts_are_named(trained_bundle, tmp_path):
 
 
 def test_unknown_device_is_refused(trained_bundle):
-    from napari_histodiff.core.errors import HistodiffError
+    from napari_histodiff.core.base.errors import HistodiffError
 
     with pytest.raises(HistodiffError, match="not available on this machine"):
         load_bundle(trained_bundle, device="cuda:7")

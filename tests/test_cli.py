@@ -46,7 +46,7 @@ def test_pretrain_sample_info_end_to_end(tmp_path, capsys):
     s = tmp_path / "samples"
     code, out, err = run(capsys, "sample", b, "-n", 3, "--steps", 4, "--out", s, "--device", "cpu")
     assert code == 0, err
-    from napari_histodiff.core.outputs import read_tile_record
+    from napari_histodiff.core.formats.images import read_tile_record
 
     tifs = sorted((s / "unguided").glob("*.tif"))
     assert len(tifs) == 3 and (s / "contact_unguided.png").is_file() and (s / "samples.csv").is_file()
@@ -68,8 +68,11 @@ def test_pretrain_sample_info_end_to_end(tmp_path, capsys):
     (["pretrain", "{tmp}/empty", "--out", "{tmp}/o"], "no image files"),
     (["pretrain", "{tmp}/tiles", "--out", "{tmp}/o", "--preset", "huge"], "unknown preset 'huge'"),
     (["pretrain", "{tmp}/tiles", "--out", "{tmp}/o", "--device", "cuda:3"], "not available"),
-    (["pretrain", "{tmp}/tiles", "--out", "{tmp}/exists"], "already exists"),
-    (["pretrain", "{tmp}/tiles", "--out", "{tmp}/o", "--autoencoder-steps", "0"], "--steps must be at least 1"),
+    (["pretrain", "{tmp}/tiles", "--out", "{tmp}/exists"], "never replaced"),
+    (["pretrain", "{tmp}/tiles", "--out", "{tmp}/exists", "--overwrite"], "never replaced"),
+    (["pretrain", "{tmp}/tiles", "--out", "{tmp}/exists", "--resume"], "never replaced"),
+    (["pretrain", "{tmp}/tiles", "--out", "{tmp}/o", "--autoencoder-steps", "0"],
+     "--autoencoder-steps must be at least 1"),
     (["sample", "{tmp}/tiles", "--out", "{tmp}/s"], "not a napari-histodiff bundle"),
     (["info", "{tmp}/nope"], "not a bundle folder"),
     (["pretrain", "{tmp}/big.png", "--out", "{tmp}/o", "--preset", "small"], "is larger than"),
@@ -109,7 +112,7 @@ def test_demo_refuses_a_folder_that_is_not_a_demo(tmp_path, capsys):
     (tmp_path / "mine.txt").write_text("precious")
     for extra in ([], ["--overwrite"]):
         code, out, err = run(capsys, "demo", "--quick", "--out", tmp_path, "--device", "cpu", *extra)
-        assert code == 2 and "not a demo folder" in err
+        assert code == 2 and "never replaced" in err
     assert (tmp_path / "mine.txt").read_text() == "precious"
 
 

@@ -49,8 +49,8 @@ def test_finetune_writes_classes_and_both_classifiers(cli_finetuned, capsys):
 
 
 def test_sample_select_export_round_trip(cli_finetuned, tmp_path, capsys):
-    from napari_histodiff.core.export import read_export
-    from napari_histodiff.core.records import read_records
+    from napari_histodiff.core.generate.export import read_export
+    from napari_histodiff.core.formats.records import read_records
 
     out, data = cli_finetuned
     s = tmp_path / "s"
@@ -77,7 +77,7 @@ def test_sample_select_export_round_trip(cli_finetuned, tmp_path, capsys):
 
 
 def test_sample_variations_of_a_labeled_folder(cli_finetuned, tmp_path, capsys):
-    from napari_histodiff.core.records import read_records
+    from napari_histodiff.core.formats.records import read_records
 
     out, data = cli_finetuned
     s = tmp_path / "v"
@@ -95,15 +95,17 @@ def test_sample_variations_of_a_labeled_folder(cli_finetuned, tmp_path, capsys):
     (["sample", "{ft}", "--class", "TUM", "--out", "{tmp}/x"], "unknown class 'TUM'; this bundle knows DAB-rich"),
     (["sample", "{pre}", "--class", "A", "--out", "{tmp}/x"], "histodiff finetune"),
     (["sample", "{ft}", "-n", "0", "--out", "{tmp}/x"], "-n must be at least 1"),
-    (["sample", "{ft}", "--guidance", "-2", "--per-class", "1", "--out", "{tmp}/x"], "--guidance must be >= 0"),
+    (["sample", "{ft}", "--guidance", "-2", "--per-class", "1", "--out", "{tmp}/x"], "--guidance must be at least 0"),
+    (["sample", "{ft}", "--eta", "nan", "--out", "{tmp}/x"], "--eta must be a finite number, not nan"),
+    (["sample", "{ft}", "--guidance", "inf", "--class", "A", "--out", "{tmp}/x"], "--guidance must be a finite number"),
     (["sample", "{ft}", "--steps", "5000", "--out", "{tmp}/x"], "1000 training timesteps"),
     (["finetune", "{pre}", "--labeled", "{tmp}/one", "--out", "{tmp}/o"], "at least 2 classes"),
     (["finetune", "{pre}", "--labeled", "{tmp}/few", "--out", "{tmp}/o"], "too few tiles for class B (2)"),
     (["finetune", "{pre}", "--labeled", "{tmp}/flat", "--out", "{tmp}/o"], "one sub-folder per class"),
     (["select", "{tmp}/nope", "--bundle", "{ft}"], "histodiff sample"),
-    (["sample", "{ft}", "--strength", "0.5", "--out", "{tmp}/x"], "--strength needs --from DIR"),
+    (["sample", "{ft}", "--strength", "0.5", "--out", "{tmp}/x"], "--strength below 1 makes variations of source tiles; give them with --sources"),
     (["sample", "{ft}", "--from", "{tmp}/few", "--per-class", "1", "--out", "{tmp}/x"], "unknown class 'A'"),
-    (["sample", "{ft}", "--from", "{tmp}/one", "--strength", "1.5", "--out", "{tmp}/x"], "--strength must be in"),
+    (["sample", "{ft}", "--from", "{tmp}/one", "--strength", "1.5", "--out", "{tmp}/x"], "--strength must be at most 1"),
 ])
 def test_bad_input_for_the_method_exits_2(cli_finetuned, trained_bundle, labeled_tiles, tmp_path, capsys,
                                            argv, message):

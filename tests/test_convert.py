@@ -9,14 +9,15 @@ import pytest
 import torch
 
 from napari_histodiff import load_bundle
-from napari_histodiff.core import compvis_unet, compvis_vae
-from napari_histodiff.core.bundle import Bundle, new_meta, save_bundle
-from napari_histodiff.core.convert import detect_format
-from napari_histodiff.core.convert_compvis import convert, read_ldm_config, to_compvis, write_compvis
-from napari_histodiff.core.errors import HistodiffError
-from napari_histodiff.core.foreign import read_yaml_config, safe_load_checkpoint, unet_state_dict
-from napari_histodiff.core.presets import AutoencoderConfig, Preset, UNetConfig, tiny
-from napari_histodiff.core.unet import HistodiffUNet2DModel, head_counts
+from napari_histodiff.core.formats import compvis_unet
+from napari_histodiff.core.formats import compvis_vae
+from napari_histodiff.core.formats.bundle import Bundle, new_meta, save_bundle
+from napari_histodiff.core.formats.convert import detect_format
+from napari_histodiff.core.formats.compvis import convert, read_ldm_config, to_compvis, write_compvis
+from napari_histodiff.core.base.errors import HistodiffError
+from napari_histodiff.core.formats.foreign import read_yaml_config, safe_load_checkpoint, unet_state_dict
+from napari_histodiff.core.models.presets import AutoencoderConfig, Preset, UNetConfig, tiny
+from napari_histodiff.core.models.unet import HistodiffUNet2DModel, head_counts
 
 TOL = dict(atol=1e-4, rtol=1e-4)
 SETS = ["public", "public_full"]
@@ -108,7 +109,7 @@ def test_every_key_is_mapped(name):
 def test_first_stage_keys_agree_with_diffusers_converter(name):
     from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 
-    from napari_histodiff.core.keymap import apply
+    from napari_histodiff.core.formats.keymap import apply
 
     sd = safe_load_checkpoint(fixture(f"{name}.ckpt"))["state_dict"]
     _, _, f = read_ldm_config(read_yaml_config(fixture(f"{name}.yaml")), name)
@@ -122,8 +123,8 @@ def test_first_stage_keys_agree_with_diffusers_converter(name):
 
 
 def test_converted_bundle_samples_and_saves(tmp_path):
-    from napari_histodiff.core.events import run_to_end
-    from napari_histodiff.core.sampling import SampleOptions, sample_tiles
+    from napari_histodiff.core.base.events import run_to_end
+    from napari_histodiff.core.generate.sampling import SampleOptions, sample_tiles
 
     src = fixture("public.ckpt")
     bundle = load_bundle(src, device="cpu")
@@ -310,7 +311,7 @@ def _randomised(model, seed):
 
 
 def test_paper_preset_has_eight_heads_per_level():
-    from napari_histodiff.core.presets import paper
+    from napari_histodiff.core.models.presets import paper
 
     u = paper().unet
     assert u.num_heads == 8 and u.mid_attention_norm
@@ -405,8 +406,8 @@ def _vq_and_unet():
 def test_variations_work_on_a_vq_first_stage():
     from diffusers import DDPMScheduler
 
-    from napari_histodiff.core.sampling import SampleOptions, sample_tiles
-    from napari_histodiff.core.tiles import ArrayTiles
+    from napari_histodiff.core.generate.sampling import SampleOptions, sample_tiles
+    from napari_histodiff.core.data.tiles import ArrayTiles
 
     vq, unet = _vq_and_unet()
     meta = new_meta(tiny())
@@ -449,8 +450,8 @@ def test_vq_first_stage_round_trip_and_default_scale(tmp_path):
 def test_diffusers_ldm_pipeline_folder(tmp_path):
     from diffusers import DDIMScheduler, LDMPipeline
 
-    from napari_histodiff.core.events import run_to_end
-    from napari_histodiff.core.sampling import SampleOptions, sample_tiles
+    from napari_histodiff.core.base.events import run_to_end
+    from napari_histodiff.core.generate.sampling import SampleOptions, sample_tiles
 
     vq, unet = _vq_and_unet()
     sched = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.0015, beta_end=0.0155, clip_sample=False)
@@ -490,7 +491,7 @@ def test_diffusers_pixel_space_and_broken_folders_refused(tmp_path):
 def test_guided_diffusion_latent_classifier_is_explained(tmp_path, capsys):
     """An EncoderUNetModel state dict (keys and shapes of guided-diffusion's classifier) is recognised."""
     from napari_histodiff.cli import main
-    from napari_histodiff.core.keymap import apply_backward
+    from napari_histodiff.core.formats.keymap import apply_backward
 
     p = paper_style()
     unet = p.build_unet()

@@ -14,7 +14,7 @@ from test_cli import write_tiles
 @pytest.mark.slow
 def test_two_process_accelerate_run_writes_the_bundle(tmp_path):
     accelerate = shutil.which("accelerate") or str(Path(sys.executable).with_name("accelerate"))
-    from napari_histodiff.core.presets import tiny
+    from napari_histodiff.core.models.presets import tiny
 
     preset = tiny()
     preset.autoencoder.disc_start = 2  # exercise the GAN terms across processes too

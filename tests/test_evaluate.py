@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from napari_histodiff.cli import main
-from napari_histodiff.core.errors import HistodiffError
-from napari_histodiff.core.evaluate import (EvaluateOptions, evaluate, metrics, open_labeled, paired_difference,
+from napari_histodiff.core.base.errors import HistodiffError
+from napari_histodiff.core.evaluate.evaluate import (EvaluateOptions, evaluate, metrics, open_labeled, paired_difference,
                                             write_results)
-from napari_histodiff.core.events import run_to_end
+from napari_histodiff.core.base.events import run_to_end
 
 COLOURS = {"ADI": (230, 200, 200), "STR": (200, 80, 140), "TUM": (90, 60, 160)}
 
@@ -132,7 +132,7 @@ def test_cli(data, tmp_path, capsys):
 
 
 def test_empty_class_and_tile_size_mismatch():
-    from napari_histodiff.core.tiles import ArrayTiles
+    from napari_histodiff.core.data.tiles import ArrayTiles
 
     rng = np.random.default_rng(0)
     train = ArrayTiles(rng.integers(0, 255, (6, 16, 16, 3)), labels=[0, 0, 0, 1, 1, 1], class_names=["a", "b", "c"])
@@ -149,7 +149,7 @@ def test_empty_class_and_tile_size_mismatch():
 def test_named_arms_run_per_seed_combine_to_the_joint_run(data, results):
     """Several augmentation arms against one real arm; runs of one seed each combine into exactly the
     two-seed run (training is deterministic per seed)."""
-    from napari_histodiff.core.evaluate import combine
+    from napari_histodiff.core.evaluate.evaluate import combine
 
     train, test = open_labeled(data["train"], 16), open_labeled(data["test"], 16)
     arms = {"augmented": open_labeled(data["augment"], 16), "other": open_labeled(data["train"], 16)}
@@ -168,7 +168,7 @@ def test_named_arms_run_per_seed_combine_to_the_joint_run(data, results):
 
 
 def test_frechet_distance():
-    from napari_histodiff.core.evaluate import frechet_distance
+    from napari_histodiff.core.evaluate.evaluate import frechet_distance
 
     rng = np.random.default_rng(0)
     a, b = rng.normal(0, 1, (4000, 3)), rng.normal(0, 1, (4000, 3))

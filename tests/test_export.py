@@ -6,13 +6,13 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
-from napari_histodiff.core import export as export_mod
-from napari_histodiff.core.errors import HistodiffError
-from napari_histodiff.core.events import run_to_end
-from napari_histodiff.core.export import EXPORT_JSON, MANIFEST, ExportOptions, export_set, read_export
-from napari_histodiff.core.outputs import read_tile_record, write_tile
-from napari_histodiff.core.records import RECORDS_FILE, TileRecord, write_records
-from napari_histodiff.core.tiles import TileFolder
+from napari_histodiff.core.generate import export as export_mod
+from napari_histodiff.core.base.errors import HistodiffError
+from napari_histodiff.core.base.events import run_to_end
+from napari_histodiff.core.generate.export import EXPORT_JSON, MANIFEST, ExportOptions, export_set, read_export
+from napari_histodiff.core.formats.images import read_tile_record, write_tile
+from napari_histodiff.core.formats.records import RECORDS_FILE, TileRecord, write_records
+from napari_histodiff.core.data.tiles import TileFolder
 
 T = 16
 

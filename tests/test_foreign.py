@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from napari_histodiff.core.errors import HistodiffError
-from napari_histodiff.core.foreign import (
+from napari_histodiff.core.base.errors import HistodiffError
+from napari_histodiff.core.formats.foreign import (
     ModelCheckpointStandIn,
     ema_key_table,
     find_config,
@@ -226,9 +226,9 @@ def test_stand_ins_are_ours_and_other_lightning_classes_refused(tmp_path, monkey
     import sys
     import types
 
-    from napari_histodiff.core.foreign import ALLOWED_STAND_INS
+    from napari_histodiff.core.formats.foreign import ALLOWED_STAND_INS
 
-    assert all(cls.__module__ == "napari_histodiff.core.foreign" for cls in ALLOWED_STAND_INS.values())
+    assert all(cls.__module__ == "napari_histodiff.core.formats.foreign" for cls in ALLOWED_STAND_INS.values())
     fake = types.ModuleType("pytorch_lightning.trainer.trainer")
 
     class Trainer:

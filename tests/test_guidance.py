@@ -5,8 +5,8 @@ import pytest
 from skimage.color import rgb2hed
 
 from napari_histodiff import load_bundle
-from napari_histodiff.core.errors import HistodiffError
-from napari_histodiff.core.sampling import SampleOptions, sample_tiles
+from napari_histodiff.core.base.errors import HistodiffError
+from napari_histodiff.core.generate.sampling import SampleOptions, sample_tiles
 
 
 def collect(bundle, **kw):

@@ -5,8 +5,8 @@ import torch
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from safetensors.torch import save_file
 
-from napari_histodiff.core.errors import HistodiffError
-from napari_histodiff.core.losses import (
+from napari_histodiff.core.base.errors import HistodiffError
+from napari_histodiff.core.train.losses import (
     LPIPS,
     PatchDiscriminator,
     adaptive_gan_weight,

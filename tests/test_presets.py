@@ -2,7 +2,7 @@ import json
 
 import torch
 
-from napari_histodiff.core.presets import Preset, get_preset, paper, small, tiny
+from napari_histodiff.core.models.presets import Preset, get_preset, paper, small, tiny
 
 
 def n_params(m):
@@ -60,7 +60,7 @@ def test_presets_round_trip_through_json():
 def test_incomplete_preset_is_refused_with_a_hint():
     import pytest
 
-    from napari_histodiff.core.errors import HistodiffError
+    from napari_histodiff.core.base.errors import HistodiffError
 
     with pytest.raises(HistodiffError, match="missing autoencoder, unet, schedule, diffusion"):
         Preset.from_dict({"name": "x", "tile_size": 64})

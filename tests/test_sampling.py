@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from napari_histodiff import load_bundle
-from napari_histodiff.core.sampling import SampleOptions, sample_tiles
+from napari_histodiff.core.generate.sampling import SampleOptions, sample_tiles
 
 
 def collect(bundle, **kw):

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from napari_histodiff.core.records import TileRecord, read_records, write_records
-from napari_histodiff.core.selection import SelectionRule, annotate, decide
+from napari_histodiff.core.formats.records import TileRecord, read_records, write_records
+from napari_histodiff.core.generate.selection import SelectionRule, annotate, decide
 
 
 def rec(i, target, **kw):
@@ -58,9 +58,9 @@ def test_records_round_trip_through_csv(tmp_path):
 
 def test_inline_selection_and_reselection(finetuned_bundle, tmp_path):
     from napari_histodiff import load_bundle
-    from napari_histodiff.core.events import run_to_end
-    from napari_histodiff.core.sample_set import select_folder, write_samples
-    from napari_histodiff.core.sampling import SampleOptions
+    from napari_histodiff.core.base.events import run_to_end
+    from napari_histodiff.core.generate.sample_set import select_folder, write_samples
+    from napari_histodiff.core.generate.sampling import SampleOptions
 
     b = load_bundle(finetuned_bundle[0], device="cpu")
     out = tmp_path / "s"
@@ -79,8 +79,8 @@ def test_inline_selection_and_reselection(finetuned_bundle, tmp_path):
 
 def test_interrupted_sampling_leaves_no_folder(finetuned_bundle, tmp_path):
     from napari_histodiff import load_bundle
-    from napari_histodiff.core.sample_set import write_samples
-    from napari_histodiff.core.sampling import SampleOptions
+    from napari_histodiff.core.generate.sample_set import write_samples
+    from napari_histodiff.core.generate.sampling import SampleOptions
 
     b = load_bundle(finetuned_bundle[0], device="cpu")
     gen = write_samples(b, SampleOptions(n=8, classes=b.class_names, steps=10, batch_size=4), tmp_path / "s")

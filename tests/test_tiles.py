@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_histodiff.core import tiles
-from napari_histodiff.core.errors import HistodiffError, TileReadError
-from napari_histodiff.core.tiles import (
+from napari_histodiff.core.data import tiles
+from napari_histodiff.core.base.errors import HistodiffError, TileReadError
+from napari_histodiff.core.data.tiles import (
     ConcatTiles, ImageTiles, TileFolder, open_tiles, read_rgb, split_indices, tissue_mask, to_rgb_uint8,
 )
 
@@ -372,7 +372,7 @@ def test_folder_scale_keeps_magnification(tmp_path):
     import imageio.v3 as iio
     from skimage.transform import resize
 
-    from napari_histodiff.core.tiles import TileFolder
+    from napari_histodiff.core.data.tiles import TileFolder
 
     rng = np.random.default_rng(0)
     src = rng.integers(0, 256, (128, 128, 3), dtype=np.uint8)

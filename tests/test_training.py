@@ -5,10 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from napari_histodiff.core.bundle import load_bundle
-from napari_histodiff.core.events import run_to_end
-from napari_histodiff.core.train_autoencoder import AutoencoderOptions, train_autoencoder
-from napari_histodiff.core.train_diffusion import DiffusionOptions, train_diffusion
+from napari_histodiff.core.formats.bundle import load_bundle
+from napari_histodiff.core.base.events import run_to_end
+from napari_histodiff.core.train.autoencoder import AutoencoderOptions, train_autoencoder
+from napari_histodiff.core.train.diffusion import DiffusionOptions, train_diffusion
 
 
 def losses_of(gen, stop_after=None):
@@ -34,7 +34,7 @@ def test_autoencoder_psnr_rises(tmp_path, ihc_tiles, fast_preset):
 def test_diffusion_loss_falls_and_scale_is_from_data(trained_bundle, ihc_tiles, tmp_path):
     import shutil
 
-    from napari_histodiff.core.presets import tiny
+    from napari_histodiff.core.models.presets import tiny
 
     out = tmp_path / "b"
     shutil.copytree(trained_bundle, out, ignore=shutil.ignore_patterns("unet", "training"))
@@ -95,8 +95,8 @@ def test_early_stop_leaves_a_loadable_checkpoint(tmp_path, ihc_tiles, fast_prese
 
 
 def test_wrong_tile_size_is_refused(tmp_path, ihc_tiles):
-    from napari_histodiff.core.errors import HistodiffError
-    from napari_histodiff.core.presets import small
+    from napari_histodiff.core.base.errors import HistodiffError
+    from napari_histodiff.core.models.presets import small
 
     with pytest.raises(HistodiffError, match="32 px but preset small needs 64 px"):
         run_to_end(train_autoencoder(ihc_tiles, tmp_path, small(), AutoencoderOptions(steps=1, device="cpu")))

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 
 from napari_histodiff import load_bundle
-from napari_histodiff.core.errors import HistodiffError
-from napari_histodiff.core.events import run_to_end
-from napari_histodiff.core.records import read_records
-from napari_histodiff.core.sample_set import write_samples
-from napari_histodiff.core.sampling import SampleOptions, sample_tiles
-from napari_histodiff.core.tiles import ArrayTiles
+from napari_histodiff.core.base.errors import HistodiffError
+from napari_histodiff.core.base.events import run_to_end
+from napari_histodiff.core.formats.records import read_records
+from napari_histodiff.core.generate.sample_set import write_samples
+from napari_histodiff.core.generate.sampling import SampleOptions, sample_tiles
+from napari_histodiff.core.data.tiles import ArrayTiles
 
 
 @pytest.fixture(scope="module")

@@ -160,7 +160,7 @@ def test_cancel_leaves_a_resumable_checkpoint(make_napari_viewer, qtbot, trained
 
 def test_sample_review_export(make_napari_viewer, qtbot, finetuned_bundle, fresh_model, tmp_path):
     from napari_histodiff import load_bundle
-    from napari_histodiff.core.export import read_export
+    from napari_histodiff.core.generate.export import read_export
 
     viewer = make_napari_viewer()
     fresh_model.set(load_bundle(finetuned_bundle[0], device="cpu"))
@@ -188,7 +188,7 @@ def test_sample_review_export(make_napari_viewer, qtbot, finetuned_bundle, fresh
 def test_sample_variations_of_the_annotated_tiles(make_napari_viewer, qtbot, finetuned_bundle, fresh_model,
                                                   labeled_tiles, tmp_path, monkeypatch):
     from napari_histodiff import load_bundle
-    from napari_histodiff.core.records import read_records
+    from napari_histodiff.core.formats.records import read_records
     from napari_histodiff.widgets import sample as S
 
     errors = []
@@ -217,11 +217,11 @@ def test_sample_variations_of_the_annotated_tiles(make_napari_viewer, qtbot, fin
 def test_reader_opens_an_exported_set(tmp_path, finetuned_bundle):
     from napari_histodiff import load_bundle
     from napari_histodiff._reader import get_reader
-    from napari_histodiff.core.events import run_to_end
-    from napari_histodiff.core.export import ExportOptions, export_set
-    from napari_histodiff.core.sample_set import write_samples
-    from napari_histodiff.core.sampling import SampleOptions
-    from napari_histodiff.core.selection import SelectionRule
+    from napari_histodiff.core.base.events import run_to_end
+    from napari_histodiff.core.generate.export import ExportOptions, export_set
+    from napari_histodiff.core.generate.sample_set import write_samples
+    from napari_histodiff.core.generate.sampling import SampleOptions
+    from napari_histodiff.core.generate.selection import SelectionRule
 
     b = load_bundle(finetuned_bundle[0], device="cpu")
     run_to_end(write_samples(b, SampleOptions(n=2, classes=b.class_names, steps=5), tmp_path / "s",
@@ -234,7 +234,7 @@ def test_reader_opens_an_exported_set(tmp_path, finetuned_bundle):
 
 
 def test_quitting_a_worker_runs_the_generators_clean_up(make_napari_viewer, qtbot):
-    from napari_histodiff.core.events import Progress
+    from napari_histodiff.core.base.events import Progress
     from napari_histodiff.widgets._common import start_worker
 
     make_napari_viewer()

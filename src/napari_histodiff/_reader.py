@@ -19,7 +19,7 @@ def get_reader(path):
 def read_set(path):
     import pandas as pd
 
-    from .core.export import read_export
+    from .core.generate.export import read_export
 
     p = Path(path[0] if isinstance(path, list) else path)
     tiles, rows = read_export(p)

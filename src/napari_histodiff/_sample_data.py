@@ -13,7 +13,7 @@ def demo_tissue_annotated():
     hematoxylin-rich = 2; see ``core.demo.demo_labeled_tiles``), ready for the Fine-tune widget."""
     import numpy as np
 
-    from .core.demo import DEMO_CLASSES, demo_labeled_tiles
+    from .core.jobs.demo import DEMO_CLASSES, demo_labeled_tiles
 
     tile = 32
     labeled = demo_labeled_tiles(tile, stride=tile)

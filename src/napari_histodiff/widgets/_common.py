@@ -18,7 +18,7 @@ class State(str, Enum):
 
 def plain_message(exc: BaseException) -> str:
     """A message a pathologist can act on."""
-    from ..core.errors import HistodiffError
+    from ..core.base.errors import HistodiffError
 
     text = str(exc)
     if isinstance(exc, HistodiffError):

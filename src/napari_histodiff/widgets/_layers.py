@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from qtpy.QtWidgets import QComboBox
 
-from ..core.errors import HistodiffError
+from ..core.base.errors import HistodiffError
 
 
 class LayerCombo(QComboBox):
@@ -70,8 +70,7 @@ def extract(image_layer, ann_layer, tile_size: int, stride: int, min_fraction: f
     """Labeled tiles from an image layer and a Labels, Shapes or Points layer; returns (tiles, skipped)."""
     import napari.layers as L
 
-    from ..core import annotations as A
-
+    from ..core.data import annotations as A
     image = image_array(image_layer)
     A.check_rgb_image(image)
     if ann_layer is None:

@@ -20,7 +20,7 @@ class LoadedModel:
         self.changed.emit(bundle)
 
     def require(self):
-        from ..core.errors import HistodiffError
+        from ..core.base.errors import HistodiffError
 
         if self.bundle is None:
             raise HistodiffError("no model loaded: open Plugins > HistoDiffusion > Load model and load a bundle")

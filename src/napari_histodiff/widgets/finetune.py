@@ -10,7 +10,7 @@ from qtpy.QtGui import QImage, QPixmap
 from qtpy.QtWidgets import (QDoubleSpinBox, QFormLayout, QHBoxLayout, QLabel, QProgressBar, QPushButton,
                             QSpinBox, QVBoxLayout, QWidget)
 
-from ..core.finetune import FinetuneOptions
+from ..core.train.finetune import FinetuneOptions
 from ._common import State, dataclass_form, notify_error, read_form, start_worker
 from ._layers import LayerCombo, extract
 from ._plot import LossPlot
@@ -32,13 +32,16 @@ def warm_imports() -> None:
     import diffusers.optimization  # noqa: F401
     import diffusers.training_utils  # noqa: F401
 
-    from ..core import losses, train_autoencoder, train_classifiers, train_diffusion  # noqa: F401
+    from ..core.train import losses
+    from ..core.train import autoencoder as train_autoencoder
+    from ..core.train import classifiers as train_classifiers
+    from ..core.train import diffusion as train_diffusion
 
 
 def finetune_and_load(source, tiles, out, preset, options):
     """The core fine-tuning, then the new bundle loaded in the worker thread (not the GUI's)."""
-    from ..core.bundle import load_bundle
-    from ..core.finetune import finetune
+    from ..core.formats.bundle import load_bundle
+    from ..core.train.finetune import finetune
 
     result = yield from finetune(source, tiles, out, preset, options)
     return result, load_bundle(out, device=options.device)
@@ -112,8 +115,8 @@ class FinetuneWidget(QWidget):
         self._update()
 
     def extract(self):
-        from ..core.annotations import class_counts
-        from ..core.outputs import contact_sheet
+        from ..core.data.annotations import class_counts
+        from ..core.formats.images import contact_sheet
 
         try:
             bundle = MODEL.require()
@@ -168,7 +171,7 @@ class FinetuneWidget(QWidget):
         return read_form(self.form, FinetuneOptions, device=str(MODEL.require().device))
 
     def start(self):
-        from ..core.errors import HistodiffError
+        from ..core.base.errors import HistodiffError
 
         try:
             problem = self._problem()

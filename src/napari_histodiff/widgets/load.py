@@ -1,6 +1,6 @@
 """Load model: pick a bundle folder, a diffusers LDM folder or a CompVis .ckpt, and a device; shows a model card.
 
-Foreign checkpoints are converted in memory by ``core.bundle.load_bundle`` (weights only, nothing
+Foreign checkpoints are converted in memory by ``core.formats.convert.open_model`` (weights only, nothing
 executed); `histodiff convert` saves them as a bundle once."""
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ class LoadWidget(QWidget):
     def __init__(self, napari_viewer=None):
         from magicgui.widgets import FileEdit
 
-        from ..core.devices import available_devices
+        from ..core.base.devices import available_devices
 
         super().__init__()
         self.viewer = napari_viewer
@@ -72,11 +72,11 @@ class LoadWidget(QWidget):
         self.worker = None
 
     def load(self):
-        from ..core.bundle import load_bundle
+        from ..core.formats.convert import open_model
 
         def job(source, device, options):
             yield
-            return load_bundle(source, device=device, **options)
+            return open_model(source, device=device, **options)
 
         self.load_button.setEnabled(False)
         self.busy.show()

@@ -88,7 +88,7 @@ class ReviewWidget(QWidget):
 
     def _sync(self) -> None:
         """Features table and sample folder follow the decisions (nothing is lost if napari closes)."""
-        from ..core.records import RECORDS_FILE, write_records
+        from ..core.formats.records import RECORDS_FILE, write_records
 
         layer = self.layers.layer()
         layer.metadata["features"] = features_table(self.records)
@@ -134,7 +134,7 @@ class ReviewWidget(QWidget):
             self._sync()
 
     def grid_view(self):
-        from ..core.outputs import contact_sheet
+        from ..core.formats.images import contact_sheet
 
         layer = self.layers.layer()
         if layer is None:
@@ -151,8 +151,8 @@ class ReviewWidget(QWidget):
             self.viewer.add_image(sheet, name=name, rgb=True)
 
     def export(self):
-        from ..core.errors import HistodiffError
-        from ..core.export import ExportOptions, export_set
+        from ..core.base.errors import HistodiffError
+        from ..core.generate.export import ExportOptions, export_set
 
         layer = self.layers.layer()
         try:

@@ -15,8 +15,8 @@ import numpy as np
 from qtpy.QtWidgets import (QComboBox, QDoubleSpinBox, QFormLayout, QHBoxLayout, QLabel, QProgressBar, QPushButton,
                             QVBoxLayout, QWidget)
 
-from ..core.sampling import SAMPLERS, SampleOptions
-from ..core.selection import RULES, SelectionRule
+from ..core.generate.sampling import SAMPLERS, SampleOptions
+from ..core.generate.selection import RULES, SelectionRule
 from ._common import State, dataclass_form, notify_error, read_form, start_worker
 from ._state import MODEL, follow_model
 
@@ -108,7 +108,7 @@ class SampleWidget(QWidget):
         return opts, SelectionRule(rule=self.rule.currentText(), threshold=self.threshold.threshold.value)
 
     def start(self):
-        from ..core.sample_set import write_samples
+        from ..core.generate.sample_set import write_samples
 
         try:
             bundle = MODEL.require()
@@ -132,7 +132,7 @@ class SampleWidget(QWidget):
 
     def sources(self):
         """The annotated tiles for variations, or None when sampling from noise."""
-        from ..core.errors import HistodiffError
+        from ..core.base.errors import HistodiffError
 
         if self.start_from.currentText() != ANNOTATED:
             return None

@@ -1,0 +1,1 @@
+"""Shared basics: user-facing errors, progress events, device choice, job options and output folders."""

@@ -1,0 +1,1 @@
+"""Tile sets: tile folders, large images and annotations turned into tiles."""

@@ -1,0 +1,1 @@
+"""Evaluation: downstream classifiers trained on real and augmented tiles, compared over seeds."""

@@ -1,0 +1,1 @@
+"""On-disk formats: the model bundle, sample records, tile images, foreign checkpoints and their conversion."""

@@ -1,0 +1,95 @@
+"""One record per synthetic tile: how it was made and what selection decided.
+
+A sample folder holds the tiles (``<class>/<id>.tif``) and ``samples.csv`` with these records.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..base.errors import HistodiffError
+
+RECORDS_FILE = "samples.csv"
+
+
+@dataclass
+class TileRecord:
+    id: str  # unique in its folder, e.g. "TUM_00012"
+    file: str  # path relative to the folder
+    target_class: str  # "" for unguided samples
+    index: int  # position in the run
+    seed: int  # the run's seed
+    sample_seed: int  # this tile's own seed
+    sampler: str
+    steps: int
+    eta: float
+    guidance: float
+    bundle_hash: str
+    source: str = "synthetic"  # or "real"
+    strength: float = 1.0  # < 1: a variation of source_tile
+    source_tile: str = ""
+    predicted_class: str = ""
+    confidence: float | None = None  # selection classifier's probability of target_class
+    centroid_distance: float | None = None  # feature distance to the target class centroid
+    nearest_centroid: str = ""
+    kept: bool | None = None  # None: not yet selected
+    extra: dict = field(default_factory=dict, repr=False)  # not written
+
+    def as_row(self) -> dict:
+        row = dataclasses.asdict(self)
+        row.pop("extra")
+        return {k: ("" if v is None else v) for k, v in row.items()}
+
+
+COLUMNS = [f.name for f in dataclasses.fields(TileRecord) if f.name != "extra"]
+_TYPES = {"index": int, "seed": int, "sample_seed": int, "steps": int, "eta": float, "guidance": float,
+          "strength": float, "confidence": float, "centroid_distance": float}
+_OPTIONAL = ("strength", "source_tile")
+
+
+def _parse(row: dict) -> TileRecord:
+    values = {}
+    for name in COLUMNS:
+        if name not in row and name in _OPTIONAL:
+            continue  # a file written before the column existed
+        raw = row.get(name, "")
+        if name == "kept":
+            values[name] = None if raw == "" else raw in ("True", "true", "1")
+        elif name in _TYPES:
+            values[name] = None if raw == "" else _TYPES[name](raw)
+        else:
+            values[name] = raw
+    return TileRecord(**values)
+
+
+def write_records(path, records: list[TileRecord]) -> None:
+    """Write ``samples.csv`` atomically."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        for r in records:
+            writer.writerow(r.as_row())
+    os.replace(tmp, path)
+
+
+def read_records(path) -> list[TileRecord]:
+    path = Path(path)
+    if path.is_dir():
+        path = path / RECORDS_FILE
+    if not path.is_file():
+        raise HistodiffError(f"{path} not found: give a folder written by `histodiff sample`")
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        missing = set(COLUMNS) - set(_OPTIONAL) - set(rows[0]) if rows else set()
+        if missing:
+            raise ValueError(f"missing columns {sorted(missing)}")
+        return [_parse(r) for r in rows]
+    except (OSError, ValueError, TypeError) as e:
+        raise HistodiffError(f"{path} is not a readable sample record file ({e})") from None

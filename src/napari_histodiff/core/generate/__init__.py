@@ -1,0 +1,1 @@
+"""Generation: guided sampling, selection of synthetic tiles, sample folders and export."""

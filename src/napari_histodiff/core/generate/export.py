@@ -1,0 +1,290 @@
+"""Export of augmentation sets: ImageFolder-style ``<class>/<id>.tif`` + ``manifest.csv`` + ``export.json``.
+
+Written into a temporary sibling folder and renamed at the end: an interrupted export leaves no
+partial set, and an existing set is replaced (or appended to) only once the new one is complete.
+The output folder follows :mod:`..base.outdir`: only a folder with ``export.json`` is ever replaced
+or added to."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import dataclasses
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from ..formats.bundle import package_versions
+from ..formats.images import write_png, write_tile
+from ..base.errors import HistodiffError
+from ..base.options import check, option, record
+from ..base.atomic import partial_path, remove_dead_partials, swap_in
+from ..base.outdir import check_output, is_marked
+from ..base.events import Progress
+from ..formats.records import RECORDS_FILE, read_records
+from ..data.tiles import TileFolder, read_rgb
+
+MANIFEST = "manifest.csv"
+EXPORT_JSON = "export.json"
+MANIFEST_COLUMNS = ["file", "class", "source", "kept", "confidence", "predicted_class", "centroid_distance",
+                    "seed", "sample_seed", "sampler", "steps", "guidance", "eta", "strength", "source_tile",
+                    "bundle_hash", "id"]
+_NUMBERS = {"confidence": float, "centroid_distance": float, "seed": int, "sample_seed": int, "steps": int,
+            "guidance": float, "eta": float, "strength": float}
+
+
+@dataclass
+class ExportOptions:
+    """``histodiff export``: the kept tiles of sample folders as an ImageFolder-style augmentation set."""
+
+    samples: list[Path] = option(factory=list, positional=True, required=True, gui=False, metavar="SAMPLES",
+                                 help="sample folders (from `histodiff sample` or the napari Sample widget)")
+    out: Path | None = option(None, required=True, gui=False, help="export folder to write")
+    intent: str = option("new", choices=("new", "overwrite", "append"),
+                         consts={"--overwrite": "overwrite", "--append": "append"}, gui=False,
+                         help="new folder, overwrite our exported set there, or append classes and tiles to it")
+    include_real: Path | None = option(None, metavar="DIR", gui=False,
+                                       help="also copy these labeled real tiles (class sub-folders), marked as real")
+    fmt: str = option("tif", choices=("tif", "png"), flags=("--format",), consts={"--png": "png"},
+                      label="file format", help="file format of the exported tiles")
+    only_kept: bool = option(True, consts={"--all": False}, label="kept tiles only",
+                             help="export only the kept tiles (--all: every tile, with its kept flag)")
+
+    def validate(self) -> None:
+        check(self)
+
+
+def _write(path: Path, tile: np.ndarray, description: dict, fmt: str) -> None:
+    if fmt == "tif":
+        write_tile(path, tile, description)
+    else:
+        write_png(path, tile)
+
+
+def _folder_name(cls: str) -> str:
+    if cls in (".", "..") or "/" in cls or "\\" in cls:
+        raise HistodiffError(f"class name {cls!r} cannot be a folder name; rename the class (no slashes, not . or ..)")
+    return cls
+
+
+def _unique(tile_id: str, prefix: str, seen: set) -> str:
+    """``tile_id``, or ``<prefix>_<tile_id>`` (then ``..._2``, ...) when another folder already used it."""
+    new, k = tile_id, 1
+    while new in seen:
+        new, k = f"{prefix}_{tile_id}" + (f"_{k}" if k > 1 else ""), k + 1
+    seen.add(new)
+    return new
+
+
+def _synthetic_rows(sample_dirs, only_kept, seen):
+    """(loader, manifest row, TIFF description) of every synthetic tile to export, and the skipped count."""
+    rows, skipped = [], 0
+    for folder in sample_dirs:
+        records = read_records(folder)
+        if only_kept and any(r.kept is None for r in records):
+            raise HistodiffError(f"{folder} has tiles that were not selected yet; run `histodiff select` on it "
+                                 "first, or export every tile with {opt:only_kept=false}")
+        for r in records:
+            if only_kept and not r.kept:
+                continue
+            cls = r.target_class or r.predicted_class
+            if not cls:
+                skipped += 1
+                continue
+            path = folder / r.file
+            if not path.is_file():
+                raise HistodiffError(f"{folder / RECORDS_FILE} names {r.file}, which is missing; sample again")
+            row = {**r.as_row(), "class": _folder_name(cls), "id": _unique(r.id, folder.name, seen)}
+            rows.append((lambda p=path: read_rgb(p), row, {**r.as_row(), "class": cls, "export_id": row["id"]}))
+    return rows, skipped
+
+
+def _real_rows(real_tiles, seen, first: int = 0):
+    rows = []
+    for k in range(len(real_tiles)):
+        label = real_tiles.label(k)
+        if label is None:
+            raise HistodiffError(f"real tile {real_tiles.origin(k)} has no class; use one sub-folder per class")
+        cls = _folder_name(real_tiles.class_names[label])
+        row = {"class": cls, "source": "real", "kept": True, "id": _unique(f"real_{first + k:05d}", "real", seen)}
+        rows.append((lambda k=k: real_tiles[k], row, {**row, "origin": real_tiles.origin(k)}))
+    return rows
+
+
+def _check_sources(out: Path, sample_dirs) -> None:
+    for d in sample_dirs:
+        if out.resolve() == d.resolve() or out.resolve() in d.resolve().parents:
+            raise HistodiffError(f"export folder {out} would replace the sample folder {d}; choose another "
+                                 "{opt:out}")
+    seen = set()
+    for d in sample_dirs:
+        if d.resolve() in seen:
+            raise HistodiffError(f"sample folder {d} is given twice; give each sample folder once")
+        seen.add(d.resolve())
+
+
+class _Existing:
+    """The export in ``out`` that an append adds to: its manifest rows (as written), export.json and tile shape."""
+
+    def __init__(self, out: Path):
+        self.out = out
+        try:
+            self.meta = json.loads((out / EXPORT_JSON).read_text(encoding="utf-8"))
+            with open(out / MANIFEST, newline="", encoding="utf-8") as f:
+                self.rows = [{c: row.get(c) or "" for c in MANIFEST_COLUMNS} for row in csv.DictReader(f)]
+        except (OSError, ValueError) as e:
+            raise HistodiffError(f"cannot append to the exported set {out}: its {EXPORT_JSON} or {MANIFEST} is "
+                                 f"not readable ({e}); export to a new folder") from None
+        for row in self.rows:
+            if not row["file"] or not (out / row["file"]).is_file():
+                raise HistodiffError(f"cannot append to the exported set {out}: {MANIFEST} names "
+                                     f"{row['file']!r}, which is missing; export to a new folder")
+        self.shape = None
+        if self.rows:
+            size = self.meta.get("tile_size")
+            self.shape = (size, size, 3) if isinstance(size, int) else read_rgb(out / self.rows[0]["file"]).shape
+        self.sources = [str(s) for s in self.meta.get("sources", [])]
+        self.real_sources = [str(s) for s in self.meta.get("real_sources", [])]
+
+    def check_new(self, dirs, real_root) -> None:
+        known = {Path(s).resolve() for s in self.sources}
+        for d in dirs:
+            if d.resolve() in known:
+                raise HistodiffError(f"the exported set {self.out} already holds the tiles of sample folder {d}; "
+                                     "each sample folder is appended once")
+        if real_root is not None and Path(real_root).resolve() in {Path(s).resolve() for s in self.real_sources}:
+            raise HistodiffError(f"the exported set {self.out} already holds the real tiles of {real_root}; "
+                                 "leave out {opt:include_real} to append only synthetic tiles")
+
+    def copy_into(self, tmp: Path) -> None:
+        """Hard-link (or copy) the existing tiles into ``tmp``; they are never written in place."""
+        for row in self.rows:
+            dest = tmp / row["file"]
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(self.out / row["file"], dest)
+            except OSError:
+                shutil.copy2(self.out / row["file"], dest)
+
+
+def _first_tile_size(sample_dirs) -> int:
+    for folder in sample_dirs:
+        records = read_records(folder)
+        if records:
+            return read_rgb(folder / records[0].file).shape[0]
+    raise HistodiffError(f"{', '.join(map(str, sample_dirs))} hold no tiles; sample first")
+
+
+def export_set(sample_dirs, out, options: ExportOptions | None = None, real_tiles=None, params: dict | None = None):
+    """Write the set (or, with intent ``append``, add to our set in ``out``); yields :class:`Progress`
+    per new tile; returns ``{"out", "counts", "total", "skipped"}`` of the whole set.
+
+    ``out`` follows :mod:`..base.outdir`: a folder holding anything but our exported set is never
+    touched. Real tiles come from ``real_tiles`` (a tile set) or are opened from ``options.include_real``
+    at the sample tile size."""
+    out = Path(out)
+    dirs = [Path(sample_dirs)] if isinstance(sample_dirs, (str, os.PathLike)) else [Path(d) for d in sample_dirs]
+    opts = dataclasses.replace(options or ExportOptions(), samples=dirs, out=out)
+    opts.validate()
+    _check_sources(out, dirs)
+    check_output(out, "export", opts.intent, allowed=("new", "overwrite", "append"))
+    existing = _Existing(out) if opts.intent == "append" and is_marked(out, "export") else None
+    real_root = opts.include_real if opts.include_real is not None else getattr(real_tiles, "root", None)
+    if existing is not None:
+        existing.check_new(dirs, real_root)
+    seen: set = {row["id"] for row in existing.rows} if existing else set()
+    rows, skipped = _synthetic_rows(dirs, opts.only_kept, seen)
+    if real_tiles is None and opts.include_real is not None:
+        size = existing.shape[0] if existing and existing.shape else _first_tile_size(dirs)
+        real_tiles = TileFolder(opts.include_real, size)
+    if real_tiles is not None:
+        first = sum(row["source"] == "real" for row in existing.rows) if existing else 0
+        rows += _real_rows(real_tiles, seen, first)
+    real_sources = [str(real_root)] if real_tiles is not None and real_root is not None else []
+    if not rows:
+        raise HistodiffError("nothing to export: no tile was kept (select again with a lower {opt:threshold} or "
+                             "another {opt:rule}, or export every tile with {opt:only_kept=false})")
+    remove_dead_partials(out)
+    tmp = partial_path(out)
+    shutil.rmtree(tmp, ignore_errors=True)
+    manifest = list(existing.rows) if existing else []
+    shape = existing.shape if existing else None
+    others = f"the tiles already in {out}"
+    try:
+        tmp.mkdir(parents=True)
+        if existing:
+            existing.copy_into(tmp)
+        for i, (load, row, description) in enumerate(rows):
+            row = {**{c: row.get(c, "") for c in MANIFEST_COLUMNS}, "file": f"{row['class']}/{row['id']}.{opts.fmt}"}
+            tile = np.asarray(load())
+            if shape is None:
+                shape, others = tuple(tile.shape), "the others"
+            if tuple(tile.shape) != tuple(shape):
+                raise HistodiffError(f"tile {row['id']} is {tile.shape[1]}x{tile.shape[0]} px, {others} "
+                                     f"{shape[1]}x{shape[0]} px; one set holds tiles of one size (export these "
+                                     "to a new folder, or open the real tiles at the sample tile size)")
+            (tmp / row["class"]).mkdir(parents=True, exist_ok=True)
+            _write(tmp / row["file"], tile, {**description, "file": row["file"]}, opts.fmt)
+            manifest.append(row)
+            yield Progress("export", i + 1, len(rows), message=row["file"])
+        with open(tmp / MANIFEST, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=MANIFEST_COLUMNS)
+            writer.writeheader()
+            writer.writerows(manifest)
+        counts = _counts(manifest)
+        skipped += existing.meta.get("skipped", 0) if existing else 0
+        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        run = {"parameters": params or {}, "options": record(opts), "sources": [str(d) for d in dirs],
+               "created": now}
+        if existing:
+            meta = dict(existing.meta)
+            meta["appended"] = [*meta.get("appended", []), run]
+            meta["sources"] = existing.sources + run["sources"]
+            meta["real_sources"] = existing.real_sources + real_sources
+        else:
+            meta = {"format": "napari-histodiff-export", "version": 1, **run, "versions": package_versions(),
+                    "real_sources": real_sources}
+        meta.update(counts=counts, total=len(manifest), skipped=skipped, tile_size=int(shape[0]))
+        (tmp / EXPORT_JSON).write_text(json.dumps(meta, indent=2), encoding="utf-8")
+        swap_in(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {"out": str(out), "counts": counts, "total": len(manifest), "skipped": skipped}
+
+
+def _counts(manifest) -> dict:
+    counts = {}
+    for row in manifest:
+        source = "real" if row["source"] == "real" else "synthetic"
+        counts.setdefault(row["class"], {"synthetic": 0, "real": 0})[source] += 1
+    return counts
+
+
+def _typed(row: dict) -> dict:
+    numbers = {k: None if row.get(k) in ("", None) else kind(row[k]) for k, kind in _NUMBERS.items()}
+    return {**row, **numbers, "kept": {"True": True, "False": False}.get(row.get("kept", ""))}
+
+
+def read_export(folder) -> tuple[np.ndarray, list[dict]]:
+    """Read an exported set back: uint8 (N, H, W, 3) tiles in manifest order and the manifest rows
+    (numbers as int / float, ``kept`` as True / False, empty fields as None)."""
+    folder = Path(folder)
+    if not (folder / MANIFEST).is_file():
+        raise HistodiffError(f"{folder} is not an exported set (no {MANIFEST}); create one with `histodiff export`")
+    try:
+        with open(folder / MANIFEST, newline="", encoding="utf-8") as f:
+            rows = [_typed(r) for r in csv.DictReader(f)]
+    except (KeyError, ValueError) as e:
+        raise HistodiffError(f"{folder / MANIFEST} is not a readable export manifest ({e}); export the set again")
+    tiles = []
+    for row in rows:
+        if not row.get("file") or not (folder / row["file"]).is_file():
+            raise HistodiffError(f"{folder / MANIFEST} names {row.get('file')!r}, which is missing; export again")
+        tiles.append(read_rgb(folder / row["file"]))
+    if len({t.shape for t in tiles}) > 1:
+        raise HistodiffError(f"the tiles of {folder} differ in size; export the set again")
+    return (np.stack(tiles) if tiles else np.zeros((0, 0, 0, 3), np.uint8)), rows

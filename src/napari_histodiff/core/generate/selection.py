@@ -1,0 +1,81 @@
+"""Selective augmentation (DESIGN.md step 4): keep synthetic tiles the selection classifier
+confidently assigns to their target class and/or whose nearest feature centroid is that class."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..base.errors import HistodiffError
+from ..base.options import check, option
+
+RULES = ("confidence", "centroid", "both", "none")
+
+
+@dataclass
+class SelectionRule:
+    """Which synthetic tiles to keep (DESIGN.md step 4)."""
+
+    rule: str = option("both", choices=RULES,
+                       help="keep a tile when the selection classifier is confident of its target class "
+                       "(confidence), when its nearest class centroid is the target (centroid, as the original "
+                       "code), when both hold (both), or always (none)")
+    threshold: float = option(0.8, min=0, max=1, help="lowest confidence (probability of the target class) "
+                              "a kept tile may have")
+    cap: int | None = option(None, min=0, help="keep at most this many tiles per class, the most confident first "
+                             "(default: no cap)")
+
+    def validate(self) -> None:
+        check(self)
+
+
+def score(bundle, tiles: np.ndarray, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Selection classifier probabilities and centroid distances (N, C) of uint8 NHWC tiles."""
+    import torch
+
+    from ..models.pixels import to_model_input
+
+    clf = bundle.selection_classifier
+    if clf is None:
+        raise HistodiffError("this bundle has no selection classifier; run `histodiff finetune` first")
+    probs, dists = [], []
+    with torch.no_grad():
+        for i in range(0, len(tiles), batch_size):
+            out = clf.score(to_model_input(torch.from_numpy(tiles[i : i + batch_size]), bundle.device))
+            probs.append(out["probs"].cpu().numpy())
+            dists.append(out["distances"].cpu().numpy())
+    return np.concatenate(probs), np.concatenate(dists)
+
+
+def annotate(records, probs: np.ndarray, dists: np.ndarray, class_names: list[str]) -> None:
+    """Fill each record's prediction, confidence and centroid distance (for its target class,
+    or for the predicted class when it has no target)."""
+    for rec, p, d in zip(records, probs, dists):
+        pred = int(p.argmax())
+        k = class_names.index(rec.target_class) if rec.target_class else pred
+        rec.predicted_class = class_names[pred]
+        rec.confidence = float(p[k])
+        rec.centroid_distance = float(d[k])
+        rec.nearest_centroid = class_names[int(d.argmin())]
+
+
+def decide(records, rule: SelectionRule) -> None:
+    """Set ``kept`` on every record by the rule, then apply the per-class cap (best first)."""
+    rule.validate()
+    for rec in records:
+        target = rec.target_class or rec.predicted_class
+        confident = rec.confidence is not None and rec.predicted_class == target and rec.confidence >= rule.threshold
+        nearest = rec.nearest_centroid == target
+        rec.kept = {"confidence": confident, "centroid": nearest, "both": confident and nearest,
+                    "none": True}[rule.rule]
+    if rule.cap is None:
+        return
+    by_class: dict[str, list] = {}
+    for rec in records:
+        if rec.kept:
+            by_class.setdefault(rec.target_class or rec.predicted_class, []).append(rec)
+    for kept in by_class.values():
+        kept.sort(key=lambda r: (-(r.confidence or 0.0), r.centroid_distance or 0.0, r.index))
+        for rec in kept[rule.cap:]:
+            rec.kept = False

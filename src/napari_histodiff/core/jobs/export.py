@@ -1,0 +1,17 @@
+"""The export job: kept tiles of sample folders as an ImageFolder-style augmentation set."""
+
+from __future__ import annotations
+
+from ..generate.export import ExportOptions
+
+__all__ = ["ExportOptions", "export"]
+
+
+def export(opts: ExportOptions, real_tiles=None):
+    """Write (or append to) the set in ``opts.out``; yields progress; returns the summary with a ``message``."""
+    from ..generate.export import export_set
+
+    opts.validate()
+    params = {"samples": [str(s) for s in opts.samples], "include_real": str(opts.include_real or "")}
+    summary = yield from export_set(opts.samples, opts.out, opts, real_tiles=real_tiles, params=params)
+    return {**summary, "message": f"{summary['total']} tiles exported to {opts.out}"}

@@ -1,0 +1,81 @@
+"""The fine-tuning job: one path for the CLI and napari, for bundles, foreign and in-memory models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..base.errors import HistodiffError
+from ..base.events import warning
+from ..train.finetune import FinetuneOptions
+
+__all__ = ["FinetuneOptions", "finetune", "open_labeled"]
+
+
+def open_labeled(paths, tile_size: int, scale=None):
+    """Labeled tile folders at the model's tile size; returns ``(tiles, warning or None)``."""
+    from ..data.tiles import open_tiles, read_rgb
+
+    tiles = open_tiles(paths, tile_size, scale=scale)
+    source = Path(tiles.origin(0)) if len(tiles) else None  # a tile file for folders
+    first = read_rgb(source) if scale is None and source is not None and source.is_file() else None
+    note = None
+    if first is not None and first.shape[:2] != (tile_size, tile_size):
+        note = (f"tiles are {first.shape[1]}x{first.shape[0]} px; they are centre-cropped and resized to the "
+                f"model's {tile_size} px (set {{opt:scale}} to cut at a fixed magnification instead)")
+    return tiles, note
+
+
+def _source(opts: FinetuneOptions, model):
+    """What fine-tuning starts from: the given in-memory bundle, a bundle folder, or a converted model."""
+    from ..formats.convert import detect_format, open_model
+
+    if model is not None:
+        return model
+    if opts.model is None:
+        raise HistodiffError("{opt:model} is required: the pre-trained bundle or checkpoint to fine-tune")
+    fmt = opts.foreign.format or detect_format(opts.model)
+    if fmt == "bundle":
+        if opts.foreign.config is not None or opts.foreign.ema is not None:
+            raise HistodiffError("{opt:config} and {opt:ema} apply to CompVis .ckpt checkpoints only")
+        return Path(opts.model)
+    return open_model(opts.model, device="cpu", **opts.foreign.kwargs())
+
+
+def finetune(opts: FinetuneOptions, model=None, tiles=None):
+    """Fine-tune ``model`` (an in-memory bundle; default: opened from ``opts.model``) on ``tiles``
+    (default: opened from ``opts.labeled``) into ``opts.out``. Every check runs before the output
+    folder is touched. Yields progress; returns the summary with a ``message``."""
+    from ..base.outdir import check_output, output_folder
+    from ..formats.bundle import Bundle, read_meta
+    from ..models.presets import Preset
+    from ..train.finetune import check_labeled, check_source
+    from ..train.finetune import finetune as run_stages
+
+    opts.validate()
+    if opts.out is None:
+        raise HistodiffError("{opt:out} is required: the folder of the new bundle")
+    out = Path(opts.out)
+    intents = ("new", "resume", "overwrite")
+    check_output(out, "bundle", opts.intent, allowed=intents)
+    source = _source(opts, model)
+    origin = source.path if isinstance(source, Bundle) else source
+    if origin is not None and out.resolve() == Path(origin).resolve():
+        raise HistodiffError("{opt:out} must be a new folder, not the pre-trained bundle itself")
+    check_source(source)
+    preset = source.preset if isinstance(source, Bundle) else Preset.from_dict(read_meta(source)["preset"])
+    if tiles is None:
+        if not opts.labeled:
+            raise HistodiffError("{opt:labeled} is required: folders of labeled tiles, one sub-folder per class")
+        tiles, note = open_labeled(opts.labeled, preset.tile_size, opts.scale)
+        if note:
+            yield warning(note)
+    if tiles.tile_size != preset.tile_size:
+        raise HistodiffError(f"labeled tiles are {tiles.tile_size} px; the model needs {preset.tile_size} px")
+    check_labeled(tiles, opts.min_tiles_per_class)
+    with output_folder(out, "bundle", opts.intent, allowed=intents):
+        result = yield from run_stages(source, tiles, out, preset, opts)
+    counts = ", ".join(f"{c} {n}" for c, n in result["class_counts"].items())
+    result["message"] = (f"fine-tuned bundle written to {out} (tiles per class: {counts}); "
+                         f"try: histodiff sample {out} --per-class 16 --out samples")
+    return result
+

@@ -1,0 +1,89 @@
+"""The sampling and selection jobs: which classes, from noise or variations, scored and selected."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from ..base.errors import HistodiffError
+from ..base.options import check, option
+from ..generate.sampling import SampleOptions
+from ..generate.selection import SelectionRule
+
+__all__ = ["SampleOptions", "SelectOptions", "sample", "select", "plan_classes", "kept_counts"]
+
+
+def plan_classes(opts: SampleOptions, bundle, has_sources: bool) -> SampleOptions:
+    """The options with the target classes and tile count in effect: ``per_class`` means every class of
+    the bundle; with source tiles and no class, each variation keeps its source's class."""
+    if opts.per_class is not None and not bundle.class_names and not has_sources:
+        raise HistodiffError("{opt:per_class} needs a fine-tuned bundle with classes; run `histodiff finetune` "
+                             "first")
+    classes = list(opts.classes)
+    if opts.per_class is not None and not classes and not has_sources:
+        classes = list(bundle.class_names)
+    for name in classes:
+        bundle.class_index(name)
+    return replace(opts, classes=classes, n=opts.per_class or opts.n, per_class=None)
+
+
+def kept_counts(records) -> str:
+    kept = Counter(r.target_class or r.predicted_class or "unguided" for r in records if r.kept)
+    made = Counter(r.target_class or r.predicted_class or "unguided" for r in records)
+    return ", ".join(f"{c}: {kept.get(c, 0)}/{n} kept" for c, n in sorted(made.items()))
+
+
+def sample(opts: SampleOptions, model=None, sources=None):
+    """Sample into ``opts.out`` with ``model`` (default: opened from ``opts.model``); ``sources``: tiles
+    to make variations of (default: opened from ``opts.sources``). Yields progress; returns the
+    records and a ``message``."""
+    from ..base.outdir import check_output
+    from ..formats.convert import open_model
+    from ..generate.sample_set import write_samples
+    from .finetune import open_labeled
+
+    check(opts)
+    if opts.out is None:
+        raise HistodiffError("{opt:out} is required: the sample folder to write")
+    check_output(opts.out, "samples", opts.intent)
+    bundle = model if model is not None else open_model(opts.model, device=opts.device, **opts.foreign.kwargs())
+    if sources is None and opts.sources is not None:
+        sources, note = open_labeled([opts.sources], bundle.tile_size)
+        if note:
+            from ..base.events import warning
+
+            yield warning(note)
+    plan = plan_classes(opts, bundle, sources is not None)
+    plan.validate(bundle.scheduler.config.num_train_timesteps)
+    select = opts.select and bundle.selection_classifier is not None
+    records = yield from write_samples(bundle, plan, opts.out, opts.selection if select else None, opts.intent,
+                                       sources=sources)
+    summary = kept_counts(records) if select else f"{len(records)} tiles (not selected)"
+    return {"records": records, "selected": select,
+            "message": f"{len(records)} tiles written to {opts.out} ({summary})"}
+
+
+@dataclass
+class SelectOptions:
+    """``histodiff select``: score a sample folder again and rewrite its keep / reject decisions."""
+
+    samples: Path | None = option(None, positional=True, required=True, gui=False, metavar="SAMPLES",
+                                  help="sample folder (from `histodiff sample`)")
+    model: Path | None = option(None, required=True, flags=("--bundle",), metavar="BUNDLE", gui=False,
+                                help="fine-tuned bundle whose selection classifier scores the tiles")
+    device: str = option("auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
+    selection: SelectionRule = option(factory=SelectionRule, help="selection rule")
+
+
+def select(opts: SelectOptions, model=None):
+    """Re-score ``opts.samples``; returns the records and a ``message``."""
+    from ..formats.convert import open_model
+    from ..generate.sample_set import select_folder
+
+    check(opts)
+    if False:
+        yield
+    bundle = model if model is not None else open_model(opts.model, device=opts.device)
+    records = select_folder(opts.samples, bundle, opts.selection)
+    return {"records": records, "message": f"{opts.samples}/samples.csv updated: {kept_counts(records)}"}

@@ -1,0 +1,1 @@
+"""Training: the shared loop pieces, losses, autoencoder, diffusion UNet, classifiers, fine-tuning."""

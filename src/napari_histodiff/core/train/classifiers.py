@@ -1,0 +1,212 @@
+"""Training the noisy latent classifier and the image-space selection classifier.
+
+Both are resumable generators like the pre-training loops; each writes its model folder
+(``latent_classifier/``, ``selection_classifier/``) into the bundle at the end.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from . import loop as T
+from ..formats.bundle import load_bundle, package_versions, read_meta, save_part, write_meta
+from ..base.errors import HistodiffError
+from ..base.events import Progress
+
+EVAL_TIMESTEPS = (0, 250, 500, 750)
+
+
+@dataclass
+class ClassifierOptions:
+    steps: int = 2000
+    batch_size: int | None = None
+    learning_rate: float | None = None
+    clean_latents: bool = False  # the original code's clean-only training, for comparison
+    holdout: float = 0.2
+    eval_every: int | None = None  # None: ten times per run
+    seed: int = 0
+    checkpoint_every: int = 500
+    device: str = "auto"
+    mixed_precision: str = "no"
+    num_workers: int = 0
+
+    def validate(self) -> None:
+        if self.steps < 1:
+            raise HistodiffError("classifier steps must be at least 1")
+        if not 0 <= self.holdout < 0.9:
+            raise HistodiffError("--holdout must be a fraction in [0, 0.9)")
+
+
+def tile_labels(tiles) -> np.ndarray:
+    labels = [tiles.label(i) for i in range(len(tiles))]
+    if any(label is None for label in labels):
+        raise HistodiffError("some tiles have no class; put every labeled tile in a sub-folder named after its class")
+    return np.asarray(labels, dtype=np.int64)
+
+
+def _batches(tiles, idx, device, batch_size=64):
+    import torch
+
+    for i in range(0, len(idx), batch_size):
+        yield T.to_model_input(torch.from_numpy(np.stack([tiles[int(j)] for j in idx[i : i + batch_size]])), device)
+
+
+def _loop(stage, model, loss_fn, eval_fn, tiles, labels, train_idx, out_dir, opts, acc, lr, wd, batch):
+    """Shared training loop: yields Progress, checkpoints, returns the history of evaluations."""
+    import torch
+
+    ckpt_dir = out_dir / "training" / stage
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=wd)
+    start, history = 0, []
+    if T.has_checkpoint(ckpt_dir):
+        state, info = T.load_checkpoint(ckpt_dir, {"model": model})
+        T.check_resume(info, opts.steps)
+        opt.load_state_dict(state["opt"])
+        start, history = info["step"], info["history"]
+    if start >= opts.steps:
+        return history, start
+    model_p, opt = acc.prepare(model, opt)
+    stream = T.BatchStream(tiles, train_idx, batch, opts.seed, acc.process_index, acc.num_processes, labels=labels)
+    eval_every = opts.eval_every or max(1, opts.steps // 10)
+    step = start
+    ckpt = T.Checkpointer(ckpt_dir, acc, start, lambda: (
+        {"model": model}, {"opt": opt.state_dict()},
+        {"stage": stage, "total": opts.steps, "history": history, "options": asdict(opts)}))
+
+    try:
+        for raw, y in T.batch_loader(stream, start, opts.steps, opts.num_workers):
+            gen = T.torch_generator(opts.seed, step, acc.process_index)
+            model_p.train()
+            with acc.autocast():
+                loss = loss_fn(model_p, T.to_model_input(raw, acc.device), y.to(acc.device), gen)
+            opt.zero_grad(set_to_none=True)
+            acc.backward(loss)
+            opt.step()
+            step += 1
+            metrics = {}
+            if step % eval_every == 0 or step == opts.steps:
+                model.eval()
+                metrics = eval_fn(model)
+                history.append([step, metrics])
+            yield Progress(stage, step, opts.steps, loss.item(), metrics)
+            if step % opts.checkpoint_every == 0:
+                ckpt.save(step)
+    finally:
+        ckpt.save(step)
+    return history, step
+
+
+def train_latent_classifier(tiles, out_dir, preset, options: ClassifierOptions | None = None):
+    """Noisy latent classifier on latents noised with the bundle's own scheduler at uniform t."""
+    import torch
+    import torch.nn.functional as F
+
+    opts = options or ClassifierOptions()
+    opts.validate()
+    labels = tile_labels(tiles)
+    stage = "latent_classifier"
+    acc = T.make_accelerator(opts.device, opts.mixed_precision)
+    base = load_bundle(out_dir, device="cpu")
+    vae = base.vae.to(acc.device).requires_grad_(False)
+    sched, scale = base.scheduler, base.scale_factor
+    n_t = sched.config.num_train_timesteps
+    train_idx, held_idx = T.stratified_split(labels, opts.holdout, opts.seed)
+    torch.manual_seed(opts.seed)
+    model = preset.build_latent_classifier(len(tiles.class_names))
+
+    def latents(x, gen):
+        post = vae.encode(x).latent_dist
+        return (post.mean + post.std * torch.randn(post.mean.shape, generator=gen).to(x.device)) * scale
+
+    def loss_fn(m, x, y, gen):
+        with torch.no_grad():
+            z = latents(x, gen)
+        if opts.clean_latents:  # the original code: clean latents, t = 0
+            t = torch.zeros(len(z), dtype=torch.long, device=z.device)
+            return F.cross_entropy(m(z, t), y)
+        noise = torch.randn(z.shape, generator=gen).to(z.device)
+        t = torch.randint(0, n_t, (len(z),), generator=gen).to(z.device)
+        return F.cross_entropy(m(sched.add_noise(z, noise, t), t), y)
+
+    eval_idx = held_idx if len(held_idx) else train_idx
+    gen = torch.Generator().manual_seed(opts.seed + 1)
+    with torch.no_grad():
+        held_z = torch.cat([latents(x, gen) for x in _batches(tiles, eval_idx, acc.device)])
+    held_noise = torch.randn(held_z.shape, generator=gen).to(acc.device)
+    held_y = torch.from_numpy(labels[eval_idx]).to(acc.device)
+
+    def eval_fn(m):
+        out = {}
+        with torch.no_grad():
+            for t in EVAL_TIMESTEPS:
+                tt = torch.full((len(held_z),), t, device=acc.device)
+                pred = m(sched.add_noise(held_z, held_noise, tt), tt).argmax(-1)
+                out[f"acc_t{t}"] = float((pred == held_y).float().mean())
+        return out
+
+    c = preset.classifier
+    history, step = yield from _loop(
+        stage, model, loss_fn, eval_fn, tiles, labels, train_idx, out_dir, opts, acc,
+        T.given(opts.learning_rate, c.learning_rate), c.weight_decay, T.given(opts.batch_size, c.batch_size))
+    return _save(out_dir, stage, model, history, step, opts, tiles, acc, {"clean_latents": opts.clean_latents})
+
+
+def train_selection_classifier(tiles, out_dir, preset, options: ClassifierOptions | None = None):
+    """Small ResNet on the labeled tiles; the best held-out weights are kept (early stopping).
+    Class centroids of its features over all labeled tiles are stored with it."""
+    import copy
+
+    import torch
+    import torch.nn.functional as F
+
+    opts = options or ClassifierOptions()
+    opts.validate()
+    labels = tile_labels(tiles)
+    stage = "selection_classifier"
+    acc = T.make_accelerator(opts.device, opts.mixed_precision)
+    train_idx, held_idx = T.stratified_split(labels, opts.holdout, opts.seed)
+    torch.manual_seed(opts.seed)
+    model = preset.build_selection_classifier(len(tiles.class_names)).to(acc.device)
+    best = {"acc": -1.0, "state": None}
+    held_x = torch.cat(list(_batches(tiles, held_idx if len(held_idx) else train_idx, acc.device)))
+    held_y = torch.from_numpy(labels[held_idx if len(held_idx) else train_idx]).to(acc.device)
+
+    def loss_fn(m, x, y, gen):
+        return F.cross_entropy(m(x), y)
+
+    def eval_fn(m):
+        with torch.no_grad():
+            accuracy = float((m(held_x).argmax(-1) == held_y).float().mean())
+        if accuracy > best["acc"]:
+            best["acc"], best["state"] = accuracy, copy.deepcopy(m.state_dict())
+        return {"heldout_acc": accuracy}
+
+    c = preset.classifier
+    history, step = yield from _loop(
+        stage, model, loss_fn, eval_fn, tiles, labels, train_idx, out_dir, opts, acc,
+        T.given(opts.learning_rate, c.selection_learning_rate), 1e-4, T.given(opts.batch_size, c.batch_size))
+    if best["state"] is not None:
+        model.load_state_dict(best["state"])
+    model.eval()
+    with torch.no_grad():
+        feats = torch.cat([model.features(x) for x in _batches(tiles, np.arange(len(tiles)), acc.device)])
+        y = torch.from_numpy(labels).to(acc.device)
+        model.centroids.copy_(torch.stack([feats[y == k].mean(0) for k in range(len(tiles.class_names))]))
+    extra = {"best_heldout_acc": best["acc"] if best["state"] is not None else None}
+    return _save(out_dir, stage, model, history, step, opts, tiles, acc, extra)
+
+
+def _save(out_dir, stage, model, history, step, opts, tiles, acc, extra) -> dict:
+    result = {"steps": step, "history": history, **extra}
+    if acc.is_main_process and not T.stage_written(out_dir, stage, step):
+        save_part(acc.unwrap_model(model).to("cpu"), out_dir, stage)
+        meta = read_meta(out_dir)
+        meta["provenance"][stage] = {"data": tiles.description, "tiles": len(tiles), "steps": step,
+                                     "seed": opts.seed, "versions": package_versions(), **extra}
+        if history:
+            meta["metrics"][stage] = history[-1][1]
+        write_meta(out_dir, meta)
+    acc.wait_for_everyone()
+    return result

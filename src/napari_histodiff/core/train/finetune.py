@@ -1,0 +1,180 @@
+"""Fine-tuning a pre-trained bundle on a small labeled tile set (DESIGN.md step 2).
+
+Stages, each resumable and skipped when already done: continued UNet training on the new
+tiles at a low learning rate, optional decoder fine-tuning, the noisy latent classifier, and
+the selection classifier. The result is a new bundle with class names.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+from ..formats.bundle import read_meta, write_meta
+from ..base.errors import HistodiffError
+from ..base.events import Progress
+from ..base.options import check, option, record
+from ..formats.convert import ModelSource
+
+
+@dataclass
+class FinetuneOptions:
+    """``histodiff finetune``: a pre-trained model fine-tuned on labeled tiles, written as a new bundle."""
+
+    model: Path | None = option(None, positional=True, required=True, metavar="BUNDLE", gui=False,
+                                help="pre-trained bundle (from `histodiff pretrain`), CompVis .ckpt or diffusers "
+                                "LDM folder")
+    labeled: list[Path] = option(factory=list, required=True, gui=False, metavar="DIR",
+                                 help="folders of labeled tiles, one sub-folder per class (DIR/TUM/*.png, ...)")
+    out: Path | None = option(None, required=True, gui=False, help="the new bundle folder")
+    intent: str = option("new", choices=("new", "resume", "overwrite"), consts={"--resume": "resume",
+                         "--overwrite": "overwrite"}, gui=False,
+                         help="new folder, resume the fine-tuning saved in it, or overwrite our bundle there")
+    scale: float | None = option(None, min=0, min_open=True, gui=False,
+                                 help="magnification factor for the labeled tiles (see pretrain); default: "
+                                 "tiles fitted whole to the tile size")
+    classifier_steps: int = option(2000, min=1, help="training steps of the noisy latent classifier (guidance)")
+    selection_steps: int = option(1000, min=1, help="training steps of the selection classifier")
+    unet_steps: int = option(1000, min=0, flags=("--finetune-unet-steps",),
+                             help="continued UNet training on the labeled tiles (0: off)")
+    unet_learning_rate: float = option(1e-5, min=0, min_open=True, flags=("--unet-lr",),
+                                       help="learning rate of the UNet fine-tuning")
+    decoder_steps: int = option(0, min=0, flags=("--finetune-decoder-steps",),
+                                help="decoder fine-tuning on the labeled tiles (0: off)")
+    decoder_learning_rate: float = option(1e-5, min=0, min_open=True, help="learning rate of the decoder fine-tuning")
+    clean_latents: bool = option(False, help="train the latent classifier on clean latents only, as the original "
+                                 "code (for comparison)")
+    min_tiles_per_class: int = option(5, min=2, help="fewest labeled tiles a class may have (one to train, one "
+                                      "to hold out)")
+    holdout: float = option(0.2, min=0, max=0.89, help="fraction of each class held out to measure the classifiers")
+    batch_size: int | None = option(None, min=1, help="tiles per step (default: the preset's)")
+    seed: int = option(0, min=0, help="random seed")
+    checkpoint_every: int = option(500, min=1, help="save a resumable checkpoint every N steps")
+    device: str = option("auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
+    mixed_precision: str = option("no", choices=("no", "fp16", "bf16"), help="mixed precision of training")
+    num_workers: int = option(0, min=0, help="processes reading tiles (0: inline)")
+    foreign: ModelSource = option(factory=ModelSource, gui=False, help="how to read a foreign model")
+
+    PROFILES: ClassVar[dict] = {"interactive": {"classifier_steps": 500, "selection_steps": 300, "unet_steps": 200}}
+
+    def validate(self) -> None:
+        check(self)
+
+
+def class_counts(tiles) -> dict[str, int]:
+    """Tiles per class; refuses unlabeled tiles."""
+    labels = [tiles.label(i) for i in range(len(tiles))]
+    if not tiles.class_names or any(label is None for label in labels):
+        raise HistodiffError(
+            "labeled tiles must sit in one sub-folder per class (e.g. DIR/TUM/*.png, DIR/STR/*.png); "
+            "found tiles without a class"
+        )
+    counts = Counter(labels)
+    return {name: counts.get(k, 0) for k, name in enumerate(tiles.class_names)}
+
+
+def check_labeled(tiles, minimum: int) -> dict[str, int]:
+    counts = class_counts(tiles)
+    if len(counts) < 2:
+        raise HistodiffError(f"need at least 2 classes to guide sampling; found only {list(counts)}")
+    few = {c: n for c, n in counts.items() if n < minimum}
+    if few:
+        listed = ", ".join(f"{c} ({n})" for c, n in few.items())
+        raise HistodiffError(f"too few tiles for class {listed}; each class needs at least {minimum} "
+                             "(add tiles or lower {opt:min_tiles_per_class})")
+    return counts
+
+
+def first_stage_kind(source) -> str:
+    """``KL`` or ``VQ``: the autoencoder of a bundle folder or of an in-memory bundle."""
+    from ..formats.bundle import Bundle, _class_name
+
+    name = type(source.vae).__name__ if isinstance(source, Bundle) else _class_name(Path(source) / "vae")
+    return "VQ" if name == "VQModel" else "KL"
+
+
+def check_source(source) -> None:
+    """Refuse a model that fine-tuning cannot use, before anything is written."""
+    from ..formats.bundle import Bundle
+
+    if isinstance(source, Bundle) and source.unet is None or not isinstance(source, Bundle) and \
+            not (Path(source) / "unet").is_dir():
+        raise HistodiffError(f"{getattr(source, 'path', None) or source} has no diffusion UNet; pre-train it with "
+                             "`histodiff pretrain` first")
+    if first_stage_kind(source) == "VQ":
+        raise HistodiffError("this model has a VQ first stage; fine-tuning encodes tiles with a KL autoencoder "
+                             "(latent_dist), so it works on KL models only. Sampling works with VQ models.")
+
+
+def start_bundle(source, out) -> None:
+    """Copy a pre-trained model's autoencoder, UNet and scheduler into ``out`` (no training checkpoints).
+    ``source``: a bundle folder, or an in-memory bundle (e.g. a converted CompVis checkpoint)."""
+    from ..formats.bundle import Bundle, save_part
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if isinstance(source, Bundle):
+        meta = {**source.meta, "provenance": dict(source.meta.get("provenance") or {})}
+        for part in ("vae", "unet", "scheduler"):
+            save_part(getattr(source, part), out, part)
+        origin = str(source.path.resolve()) if source.path else \
+            (meta["provenance"].get("converted") or {}).get("source", "in-memory model")
+    else:
+        source = Path(source)
+        meta = read_meta(source)
+        for part in ("vae", "unet", "scheduler"):
+            shutil.copytree(source / part, out / part, dirs_exist_ok=True)
+        origin = str(source.resolve())
+    meta["class_names"] = []
+    meta.pop("class_counts", None)
+    meta["provenance"] = {k: v for k, v in meta["provenance"].items()
+                          if k not in ("finetune", "latent_classifier", "selection_classifier")}
+    meta["provenance"]["pretrained_from"] = origin
+    write_meta(out, meta)
+
+
+def finetune(source, tiles, out_dir, preset, options: FinetuneOptions | None = None):
+    """Fine-tune ``source`` (a bundle folder or an in-memory bundle) into ``out_dir``. Yield progress of
+    every stage; return a summary with class counts and metrics."""
+    from .autoencoder import AutoencoderOptions, train_autoencoder
+    from .classifiers import ClassifierOptions, train_latent_classifier, train_selection_classifier
+    from .diffusion import DiffusionOptions, train_diffusion
+
+    opts = options or FinetuneOptions()
+    opts.validate()
+    if tiles.tile_size != preset.tile_size:
+        raise HistodiffError(f"labeled tiles are {tiles.tile_size} px; the bundle needs {preset.tile_size} px")
+    counts = check_labeled(tiles, opts.min_tiles_per_class)
+    out_dir = Path(out_dir)
+    if not (out_dir / "histodiff.json").is_file():
+        check_source(source)
+        start_bundle(source, out_dir)
+    meta = read_meta(out_dir)
+    if meta.get("class_names") and meta["class_names"] != tiles.class_names:
+        raise HistodiffError(f"{out_dir} was fine-tuned on classes {meta['class_names']}, not "
+                             f"{tiles.class_names}; write to a new {{opt:out}} folder")
+    meta["class_names"], meta["class_counts"] = tiles.class_names, counts
+    meta["provenance"]["finetune"] = {"data": tiles.description, "options": record(opts)}
+    write_meta(out_dir, meta)
+    yield Progress("finetune", 0, 1, message="tiles per class: " + ", ".join(f"{c} {n}" for c, n in counts.items()))
+
+    common = dict(seed=opts.seed, device=opts.device, mixed_precision=opts.mixed_precision,
+                  num_workers=opts.num_workers, checkpoint_every=opts.checkpoint_every, batch_size=opts.batch_size)
+    result = {"class_counts": counts}
+    if opts.unet_steps:
+        result["unet"] = yield from train_diffusion(tiles, out_dir, preset, DiffusionOptions(
+            steps=opts.unet_steps, learning_rate=opts.unet_learning_rate, warmup_steps=0,
+            init_weights=True, stage="finetune_unet", **common))
+    if opts.decoder_steps:
+        result["decoder"] = yield from train_autoencoder(tiles, out_dir, preset, AutoencoderOptions(
+            steps=opts.decoder_steps, learning_rate=opts.decoder_learning_rate, decoder_only=True,
+            stage="finetune_decoder", **common))
+    clf = dict(holdout=opts.holdout, **common)
+    result["latent_classifier"] = yield from train_latent_classifier(tiles, out_dir, preset, ClassifierOptions(
+        steps=opts.classifier_steps, clean_latents=opts.clean_latents, **clf))
+    result["selection_classifier"] = yield from train_selection_classifier(tiles, out_dir, preset, ClassifierOptions(
+        steps=opts.selection_steps, **clf))
+    return result

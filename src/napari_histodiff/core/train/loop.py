@@ -1,0 +1,224 @@
+"""Pieces shared by the training loops: deterministic batches, checkpoints, accelerate set-up.
+
+Every random draw of step ``k`` on process ``r`` comes from a generator seeded by
+``(seed, k, r)``, so a resumed run repeats the uninterrupted run's losses exactly without
+saving any RNG state.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from ..base.errors import HistodiffError
+from ..models.pixels import to_model_input, to_uint8  # noqa: F401 (used by the loops)
+
+
+def is_main_process() -> bool:
+    """Rank 0 under a launcher (``accelerate launch``, ``torchrun``), or a single process."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def step_seed(seed: int, step: int, rank: int = 0) -> int:
+    return int(np.random.SeedSequence([seed, step, rank]).generate_state(1)[0])
+
+
+def torch_generator(seed: int, step: int, rank: int = 0):
+    import torch
+
+    return torch.Generator().manual_seed(step_seed(seed, step, rank))
+
+
+def dihedral(tile: np.ndarray, k: int) -> np.ndarray:
+    """One of the 8 flips/90-degree rotations of an HWC tile."""
+    out = np.rot90(tile, k % 4, axes=(0, 1))
+    return out[:, ::-1] if k >= 4 else out
+
+
+class BatchStream:
+    """A map-style dataset whose item ``k`` is the uint8 NHWC batch for training step ``k``.
+
+    Epochs are seeded permutations of ``indices``; processes take interleaved batches.
+    """
+
+    def __init__(self, tiles, indices, batch_size, seed, rank=0, world=1, augment=True, labels=None):
+        self.tiles, self.indices = tiles, np.asarray(indices)
+        self.labels = None if labels is None else np.asarray(labels)
+        self.batch_size, self.seed, self.rank, self.world = batch_size, seed, rank, world
+        self.augment = augment
+
+    def __len__(self):
+        return 2**62
+
+    def _perm(self, epoch):
+        return np.random.default_rng([self.seed, epoch, 7]).permutation(len(self.indices))
+
+    def positions(self, step: int) -> np.ndarray:
+        n = len(self.indices)
+        pos = (step * self.world + self.rank) * self.batch_size + np.arange(self.batch_size)
+        out = np.empty(self.batch_size, dtype=np.int64)
+        for epoch in np.unique(pos // n):
+            sel = pos // n == epoch
+            out[sel] = self.indices[self._perm(int(epoch))[pos[sel] % n]]
+        return out
+
+    def __getitem__(self, step: int):
+        import torch
+
+        pos = self.positions(step)
+        tiles = [self.tiles[int(i)] for i in pos]
+        if self.augment:
+            ks = np.random.default_rng(step_seed(self.seed, step, self.rank)).integers(0, 8, len(tiles))
+            tiles = [dihedral(t, int(k)) for t, k in zip(tiles, ks)]
+        batch = torch.from_numpy(np.ascontiguousarray(np.stack(tiles)))
+        return batch if self.labels is None else (batch, torch.from_numpy(self.labels[pos]))
+
+
+def batch_loader(stream: BatchStream, start: int, stop: int, num_workers: int = 0):
+    """Iterate the batches of steps ``start..stop-1`` (optionally read by worker processes)."""
+    from torch.utils.data import DataLoader
+
+    return DataLoader(
+        stream, batch_size=None, sampler=range(start, stop), num_workers=num_workers,
+        prefetch_factor=2 if num_workers else None,
+    )
+
+
+def make_accelerator(device: str | None = "auto", mixed_precision: str = "no"):
+    """An ``Accelerator`` on the chosen device.
+
+    Under a launcher (``accelerate launch --multi_gpu``, ``torchrun``) the launcher places the
+    processes; with ``--device cpu`` or without CUDA they run on the CPU over gloo.
+    """
+    import torch
+    from accelerate import Accelerator
+
+    from ..base.devices import pick_device
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        cpu = (device or "auto").startswith("cpu") or not torch.cuda.is_available() or \
+            os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true")
+        return Accelerator(cpu=cpu, mixed_precision=mixed_precision)
+    dev = pick_device(device)
+    if dev.type == "cuda" and dev.index is not None:
+        torch.cuda.set_device(dev.index)
+    return Accelerator(cpu=dev.type == "cpu", mixed_precision=mixed_precision)
+
+
+def prepare_out_dir(out, overwrite: bool = False, resume: bool = False) -> Path:
+    """Refuse an existing output folder unless told to overwrite it or resume into it."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise HistodiffError(f"output {out} exists and is a file; choose a folder path")
+    if out.exists() and any(out.iterdir()):
+        if overwrite:
+            shutil.rmtree(out)
+        elif not resume:
+            raise HistodiffError(
+                f"output folder {out} already exists; pass --overwrite to replace it "
+                "or --resume to continue the training saved in it"
+            )
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+# -- checkpoints -------------------------------------------------------------------------------
+
+def save_checkpoint(folder: Path, models: dict, state: dict, info: dict) -> None:
+    """Models as safetensors, optimiser/EMA state as tensors-only ``state.pt``; atomic."""
+    import torch
+    from safetensors.torch import save_model
+
+    folder = Path(folder)
+    tmp, old = folder.with_name(folder.name + ".tmp"), folder.with_name(folder.name + ".old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name, model in models.items():
+        save_model(model, str(tmp / f"{name}.safetensors"))
+    torch.save(state, tmp / "state.pt")
+    (tmp / "checkpoint.json").write_text(json.dumps(info, indent=2))
+    shutil.rmtree(old, ignore_errors=True)
+    if folder.exists():
+        os.replace(folder, old)
+    os.replace(tmp, folder)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def load_checkpoint(folder: Path, models: dict) -> tuple[dict, dict]:
+    """Load weights into ``models`` in place; return ``(state, info)``. Nothing is unpickled unsafely."""
+    import torch
+    from safetensors.torch import load_model
+
+    folder = Path(folder)
+    try:
+        info = json.loads((folder / "checkpoint.json").read_text())
+        for name, model in models.items():
+            load_model(model, str(folder / f"{name}.safetensors"))
+        state = torch.load(folder / "state.pt", map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise HistodiffError(
+            f"cannot resume from checkpoint {folder}: {type(e).__name__}: {e}; "
+            "start again with --overwrite"
+        ) from None
+    return state, info
+
+
+class Checkpointer:
+    """Saves a stage's checkpoint (main process only) when the step moved since the last save.
+
+    ``contents()`` returns ``(models, state, info)`` for :func:`save_checkpoint` at call time.
+    """
+
+    def __init__(self, folder: Path, acc, start: int, contents):
+        self.folder, self.acc, self.saved, self.contents = folder, acc, start, contents
+
+    def save(self, step: int) -> None:
+        if self.acc.is_main_process and step > self.saved:
+            models, state, info = self.contents()
+            save_checkpoint(self.folder, models, state, {"step": step, **info})
+        self.saved = step
+
+
+def check_resume(info: dict, steps: int) -> None:
+    """Refuse a target below the checkpoint's step (it would silently count as finished)."""
+    if info["step"] > steps:
+        raise HistodiffError(
+            f"the {info.get('stage', 'training')} checkpoint is at step {info['step']}, beyond the "
+            f"requested {steps} steps; pass --steps {info['step']} or more to continue it"
+        )
+
+
+def stage_written(out_dir, stage: str, step: int) -> bool:
+    """Whether the bundle already holds the outputs of ``stage`` at ``step`` (so a resume has nothing to do)."""
+    from ..formats.bundle import read_meta
+
+    try:
+        return read_meta(out_dir).get("provenance", {}).get(stage, {}).get("steps") == step
+    except HistodiffError:
+        return False
+
+
+def stratified_split(labels, holdout: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Train / held-out indices with ``holdout`` of every class held out (at least one when it has 2+)."""
+    labels = np.asarray(labels)
+    rng = np.random.default_rng([seed, 11])
+    train, held = [], []
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        k = min(len(idx) - 1, max(1, round(holdout * len(idx)))) if holdout > 0 and len(idx) > 1 else 0
+        held += idx[:k].tolist()
+        train += idx[k:].tolist()
+    return np.sort(np.array(train, dtype=np.int64)), np.sort(np.array(held, dtype=np.int64))
+
+
+def given(value, default):
+    """``value`` unless it is None (0 is a valid choice)."""
+    return default if value is None else value
+
+
+def has_checkpoint(folder: Path) -> bool:
+    return (Path(folder) / "checkpoint.json").is_file()
