@@ -99,8 +99,10 @@ def test_round_trip_copies_exactly_the_kept_tiles(samples, tmp_path, fmt):
     meta = json.loads((out / EXPORT_JSON).read_text())
     assert meta["format"] == "napari-histodiff-export" and meta["version"] == 1
     assert meta["counts"] == summary["counts"] and meta["parameters"] == {"rule": "both"}
-    assert meta["options"] == {"include_real": False, "fmt": fmt, "only_kept": True, "overwrite": False}
+    assert meta["options"] == {"samples": [str(folder)], "out": str(out), "intent": "new", "include_real": None,
+                               "fmt": fmt, "only_kept": True}
     assert meta["sources"] == [str(folder)] and "numpy" in meta["versions"] and meta["created"]
+    assert meta["tile_size"] == T and meta["real_sources"] == []
 
 
 def test_all_exports_every_tile_with_its_kept_flag(samples, tmp_path):
@@ -116,7 +118,7 @@ def test_include_real_adds_labeled_real_tiles(samples, tmp_path):
     folder, records, tiles = samples
     real, real_tiles = real_folder(tmp_path)
     out = tmp_path / "set"
-    summary = run_to_end(export_set([folder], out, ExportOptions(include_real=True), real_tiles=real))
+    summary = run_to_end(export_set([folder], out, ExportOptions(include_real=real.root)))  # opened at 16 px
     assert summary["counts"] == {"TUM": {"synthetic": 2, "real": 3}, "STR": {"synthetic": 2, "real": 2}}
     data, rows = read_export(out)
     real_rows = [(t, r) for t, r in zip(data, rows) if r["source"] == "real"]
@@ -127,13 +129,15 @@ def test_include_real_adds_labeled_real_tiles(samples, tmp_path):
         assert row["confidence"] is None and row["seed"] is None and row["sampler"] == ""
         assert np.array_equal(tile, expected)
         assert read_tile_record(out / row["file"])["origin"] == real.origin(k)
-    assert json.loads((out / EXPORT_JSON).read_text())["counts"] == summary["counts"]
+    meta = json.loads((out / EXPORT_JSON).read_text())
+    assert meta["counts"] == summary["counts"] and meta["real_sources"] == [str(real.root)]
+    assert meta["options"]["include_real"] == str(real.root)
 
 
 def test_unlabeled_real_tiles_are_refused(samples, tmp_path):
     real, _ = real_folder(tmp_path, labeled=False)
     with pytest.raises(HistodiffError, match="sub-folder per class"):
-        run_to_end(export_set([samples[0]], tmp_path / "set", ExportOptions(include_real=True), real_tiles=real))
+        run_to_end(export_set([samples[0]], tmp_path / "set", ExportOptions(include_real=real.root)))
     assert not (tmp_path / "set").exists()
 
 
@@ -162,20 +166,21 @@ def test_several_folders_with_clashing_ids_are_prefixed(tmp_path):
 def test_not_selected_tiles_need_histodiff_select(tmp_path):
     folder = tmp_path / "s"
     make_samples(folder, [("TUM", None, ""), ("STR", True, "STR")])
-    with pytest.raises(HistodiffError, match="histodiff select.*--all"):
+    with pytest.raises(HistodiffError, match="histodiff select.*only_kept=false"):
         run_to_end(export_set([folder], tmp_path / "set"))
     assert run_to_end(export_set([folder], tmp_path / "set", ExportOptions(only_kept=False)))["total"] == 2
 
 
 def test_bad_options_and_nothing_kept(samples, tmp_path):
     with pytest.raises(HistodiffError, match="tif.*png"):
-        ExportOptions(fmt="jpg").validate()
+        run_to_end(export_set([samples[0]], tmp_path / "set", ExportOptions(fmt="jpg")))
+    assert not (tmp_path / "set").exists()
     folder = tmp_path / "none"
     make_samples(folder, [("TUM", False, "TUM")])
     with pytest.raises(HistodiffError, match="nothing to export"):
         run_to_end(export_set([folder], tmp_path / "set"))
     with pytest.raises(HistodiffError, match="would replace the sample folder"):
-        run_to_end(export_set([samples[0]], samples[0], ExportOptions(overwrite=True)))
+        run_to_end(export_set([samples[0]], samples[0], ExportOptions(intent="overwrite")))
 
 
 def _leftovers(tmp_path):
@@ -209,21 +214,33 @@ def test_closing_the_generator_early_leaves_nothing(samples, tmp_path):
 
 def test_existing_set_refused_without_overwrite_and_replaced_with_it(samples, tmp_path):
     out = tmp_path / "set"
-    out.mkdir()
-    (out / "precious.txt").write_text("keep me")
-    with pytest.raises(HistodiffError, match="--overwrite"):
+    run_to_end(export_set([samples[0]], out, ExportOptions(only_kept=False)))
+    before = read_export(out)
+    with pytest.raises(HistodiffError, match=f"{out} already holds an? exported set.*intent=overwrite"):
         run_to_end(export_set([samples[0]], out))
-    assert [p.name for p in out.iterdir()] == ["precious.txt"] and _leftovers(tmp_path) == []
+    assert len(read_export(out)[1]) == 6 and _leftovers(tmp_path) == []
 
-    gen = export_set([samples[0]], out, ExportOptions(overwrite=True))
+    gen = export_set([samples[0]], out, ExportOptions(intent="overwrite"))
     next(gen)
     gen.close()  # an interrupted overwrite keeps the old set
-    assert [p.name for p in out.iterdir()] == ["precious.txt"] and _leftovers(tmp_path) == []
+    data, rows = read_export(out)
+    assert np.array_equal(data, before[0]) and rows == before[1] and _leftovers(tmp_path) == []
 
-    assert run_to_end(export_set([samples[0]], out, ExportOptions(overwrite=True)))["total"] == 4
-    assert not (out / "precious.txt").exists() and len(read_export(out)[1]) == 4 and _leftovers(tmp_path) == []
+    assert run_to_end(export_set([samples[0]], out, ExportOptions(intent="overwrite")))["total"] == 4
+    assert len(read_export(out)[1]) == 4 and _leftovers(tmp_path) == []
     (tmp_path / "empty").mkdir()  # an empty folder is fine without overwrite
     assert run_to_end(export_set([samples[0]], tmp_path / "empty"))["total"] == 4
+
+
+def test_a_folder_that_is_not_an_export_is_never_replaced(samples, tmp_path):
+    out = tmp_path / "documents"
+    out.mkdir()
+    (out / "precious.txt").write_text("keep me")
+    for intent in ("new", "overwrite", "append"):
+        with pytest.raises(HistodiffError, match=f"{out} holds files and is not a folder napari-histodiff wrote"):
+            run_to_end(export_set([samples[0]], out, ExportOptions(intent=intent)))
+        assert [p.name for p in out.iterdir()] == ["precious.txt"] and _leftovers(tmp_path) == []
+    assert (out / "precious.txt").read_text() == "keep me"
 
 
 def test_read_export_refuses_what_is_not_an_export(samples, tmp_path):

@@ -81,14 +81,13 @@ def _numbers(value) -> list:
 
 
 def check(obj) -> None:
-    """Validate every declared field of ``obj``: required, finite, limits, choices."""
+    """Validate every declared field of ``obj``: finite, limits, choices. (Inputs marked ``required``
+    may come in memory instead, e.g. from napari; the jobs check them with :func:`require`.)"""
     for f in fields(obj):
         m, value = f.metadata, getattr(obj, f.name)
         if dataclasses.is_dataclass(value):
             check(value)
             continue
-        if m["required"] and value in (None, "", [], ()):
-            raise OptionError(f.name, "is required")
         if value is None:
             continue
         for v in _numbers(value):
@@ -105,8 +104,12 @@ def check(obj) -> None:
                     raise OptionError(f.name, f"must be one of {', '.join(map(str, m['choices']))} (got {v!r})")
 
 
-def as_path(value) -> Path | None:
-    return None if value in (None, "") else Path(value)
+def require(obj, *names) -> None:
+    """Refuse missing inputs (``None`` or empty)."""
+    for name in names:
+        if getattr(obj, name) in (None, "", [], ()):
+            help_text = next(f.metadata["help"] for f in fields(obj) if f.name == name)
+            raise OptionError(name, f"is required: {help_text}")
 
 
 def record(obj) -> dict:
@@ -120,3 +123,12 @@ def record(obj) -> dict:
             return [safe(x) for x in v]
         return v
     return {f.name: safe(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+
+
+def device_option(**kw):
+    """The ``device`` field every job that runs a model has."""
+    return option("auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps", **kw)
+
+
+def seed_option(**kw):
+    return option(0, min=0, help="random seed", **kw)

@@ -20,7 +20,7 @@ from ..base.devices import pick_device
 from ..models.downstream import ARCHS, build
 from ..base.errors import HistodiffError
 from ..base.events import Progress
-from ..base.options import OptionError, check, option
+from ..base.options import OptionError, check, device_option, option
 from ..data.tiles import TileFolder, _fit_square
 
 
@@ -49,7 +49,7 @@ class EvaluateOptions:
     channels: list[int] = option(factory=lambda: [32, 64, 128], min=1, help="the ResNet's stage widths")
     arch: str = option("resnet", choices=ARCHS, help="downstream classifier: a small ResNet or a small Vision "
                        "Transformer")
-    device: str = option("auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
+    device: str = device_option()
 
     def validate(self) -> None:
         check(self)

@@ -34,7 +34,7 @@ def read_ldm_config(cfg: dict, where) -> tuple[dict, compvis_unet.CompVisUNet, c
     model = cfg.get("model") if isinstance(cfg, dict) else None
     if not isinstance(model, dict) or "target" not in model:
         raise HistodiffError(f"{where} is not a latent-diffusion config: it has no model.target. "
-                             "Pass the YAML the checkpoint was trained with (--config).")
+                             "Pass the YAML the checkpoint was trained with ({opt:config}).")
     if model["target"] not in LDM_TARGETS:
         raise HistodiffError(f"{where} describes {model['target']}, not a LatentDiffusion model "
                              f"({LDM_TARGETS[0]}); pixel-space or other models cannot be converted.")
@@ -252,12 +252,61 @@ def to_compvis(bundle) -> tuple[dict, dict]:
     return {k: v.detach().cpu().clone() for k, v in sd.items()}, config
 
 
-def write_compvis(bundle, ckpt_path) -> Path:
-    """Write ``ckpt_path`` (tensors only, loads with ``weights_only=True``) and the YAML beside it."""
+YAML_MARKER = "# written by napari-histodiff"
+
+
+def check_compvis_output(path, intent: str = "new") -> None:
+    """Refuse a ``.ckpt`` output that may not be written; touches nothing. ``new``: neither the .ckpt
+    nor its .yaml may exist; ``overwrite``: they are replaced only when the .yaml beside the .ckpt is
+    one napari-histodiff wrote (its first line is :data:`YAML_MARKER`)."""
+    path = Path(path)
+    yaml_path = path.with_suffix(".yaml")
+    if intent not in ("new", "overwrite"):
+        raise HistodiffError(f"intent must be one of new, overwrite for a CompVis checkpoint (got {intent!r})")
+    for p in (path, yaml_path):
+        if p.is_dir():
+            raise HistodiffError(f"{p} is a folder; give the path of the .ckpt file to write")
+    if not path.exists() and not yaml_path.exists():
+        return
+    if not _ours(yaml_path):
+        found = [str(p) for p in (path, yaml_path) if p.exists()]
+        raise HistodiffError(f"{' and '.join(found)} already {'exist' if len(found) > 1 else 'exists'} and "
+                             "napari-histodiff did not write it (it marks the .yaml it writes); it is never "
+                             "replaced. Choose another .ckpt path")
+    if intent != "overwrite":
+        raise HistodiffError(f"{path} already holds a CompVis checkpoint written by napari-histodiff; choose "
+                             "another path, or pass {opt:intent=overwrite}")
+
+
+def _ours(yaml_path: Path) -> bool:
+    try:
+        with open(yaml_path, encoding="utf-8") as f:
+            return f.readline().strip() == YAML_MARKER
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def write_compvis(bundle, ckpt_path, intent: str = "new") -> Path:
+    """Write ``ckpt_path`` (tensors only, loads with ``weights_only=True``) and the YAML beside it
+    (first line :data:`YAML_MARKER`). Existing files follow :func:`check_compvis_output`; each file is
+    written to a hidden sibling and renamed into place."""
+    import os
+
     import yaml
 
-    sd, config = to_compvis(bundle)
     ckpt_path = Path(ckpt_path)
-    torch.save({"state_dict": sd, "global_step": 0}, ckpt_path)
-    ckpt_path.with_suffix(".yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    check_compvis_output(ckpt_path, intent)
+    sd, config = to_compvis(bundle)
+    yaml_path = ckpt_path.with_suffix(".yaml")
+    ckpt_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp_ckpt = ckpt_path.with_name(f".{ckpt_path.name}.partial-{os.getpid()}")
+    tmp_yaml = yaml_path.with_name(f".{yaml_path.name}.partial-{os.getpid()}")
+    try:
+        torch.save({"state_dict": sd, "global_step": 0}, tmp_ckpt)
+        tmp_yaml.write_text(f"{YAML_MARKER}\n" + yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+        os.replace(tmp_yaml, yaml_path)  # the marked .yaml first: an interrupted run can be overwritten
+        os.replace(tmp_ckpt, ckpt_path)
+    finally:
+        for p in (tmp_ckpt, tmp_yaml):
+            p.unlink(missing_ok=True)
     return ckpt_path

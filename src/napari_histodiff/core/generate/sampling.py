@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ..base.errors import HistodiffError
-from ..base.options import OptionError, check, option
+from ..base.options import OptionError, check, device_option, option
 from ..formats.convert import ModelSource
 from .selection import SelectionRule
 from ..base.events import Progress
@@ -42,7 +42,7 @@ class SampleOptions:
     out: Path | None = option(None, required=True, gui=False, help="sample folder to write")
     intent: str = option("new", choices=("new", "overwrite"), consts={"--overwrite": "overwrite"}, gui=False,
                          help="new folder, or overwrite our sample folder there")
-    n: int = option(16, min=1, flags=("-n",), label="tiles per class",
+    n: int = option(16, min=1, label="tiles per class",
                     help="tiles per class (in all when unguided)")
     classes: list[str] = option(factory=list, flags=("--class",), metavar="NAME", gui=False,
                                 help="target classes (repeat --class for several); none: unguided, or every "
@@ -63,7 +63,7 @@ class SampleOptions:
                                     "with source tiles, else 1")
     seed: int = option(0, min=0, help="random seed; tile i of seed s is always the same tile")
     batch_size: int = option(16, min=1, help="tiles denoised at once")
-    device: str = option("auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
+    device: str = device_option()
     select: bool = option(True, help="score and select the tiles (needs a fine-tuned bundle)")
     selection: SelectionRule = option(factory=SelectionRule, help="selection rule")
     foreign: ModelSource = option(factory=ModelSource, gui=False, help="how to read a foreign model")

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..base.errors import HistodiffError
-from ..base.options import check, option
+from ..base.options import check, option, require
 from ..formats.convert import ModelSource
 
 __all__ = ["ConvertOptions", "InfoOptions", "convert", "info"]
@@ -31,8 +31,9 @@ class ConvertOptions:
 def convert(opts: ConvertOptions):
     """Convert ``opts.source``; returns a summary with a ``message``."""
     check(opts)
+    require(opts, "source", "out")
     if False:
-        yield
+        yield  # a generator, like every job
     out = Path(opts.out)
     if opts.to_compvis:
         from ..formats.compvis import check_compvis_output, write_compvis
@@ -72,8 +73,9 @@ def info(opts: InfoOptions):
     from ..formats.convert import convert_source, detect_format
 
     check(opts)
+    require(opts, "model")
     if False:
-        yield
+        yield  # a generator, like every job
     fmt = opts.foreign.format or detect_format(opts.model)
     if fmt == "bundle":
         if opts.foreign.config is not None or opts.foreign.ema is not None:

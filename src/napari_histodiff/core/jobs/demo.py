@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..base.events import Progress
-from ..base.options import check, option, record
+from ..base.options import check, device_option, option, seed_option, record
 
 
 @dataclass
@@ -25,8 +25,8 @@ class DemoOptions:
     intent: str = option("resume", choices=("resume", "overwrite"), consts={"--overwrite": "overwrite"},
                          gui=False, help="resume the demo in the folder (or start it), or start it again")
     quick: bool = option(False, help="far fewer steps (seconds; poor samples)")
-    device: str = option("auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
-    seed: int = option(0, min=0, help="random seed")
+    device: str = device_option()
+    seed: int = seed_option()
 
     @property
     def steps(self) -> tuple[int, int]:

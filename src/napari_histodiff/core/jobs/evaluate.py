@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..base.options import require
 from ..evaluate.evaluate import EvaluateOptions
 
 __all__ = ["EvaluateOptions", "evaluate"]
@@ -13,6 +14,7 @@ def evaluate(opts: EvaluateOptions):
     from ..evaluate.evaluate import evaluate as run, open_labeled, write_results
 
     opts.validate()
+    require(opts, "train", "test", "out")
     check_output(opts.out, "evaluation", opts.intent)
     train = open_labeled(opts.train, opts.tile_size)
     test = open_labeled(opts.test, opts.tile_size)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..base.options import require
 from ..generate.export import ExportOptions
 
 __all__ = ["ExportOptions", "export"]
@@ -12,6 +13,7 @@ def export(opts: ExportOptions, real_tiles=None):
     from ..generate.export import export_set
 
     opts.validate()
+    require(opts, "samples", "out")
     params = {"samples": [str(s) for s in opts.samples], "include_real": str(opts.include_real or "")}
     summary = yield from export_set(opts.samples, opts.out, opts, real_tiles=real_tiles, params=params)
     return {**summary, "message": f"{summary['total']} tiles exported to {opts.out}"}

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from ..base.errors import HistodiffError
 from ..base.events import warning
+from ..base.options import require
 from ..train.finetune import FinetuneOptions
 
 __all__ = ["FinetuneOptions", "finetune", "open_labeled"]
@@ -31,8 +32,6 @@ def _source(opts: FinetuneOptions, model):
 
     if model is not None:
         return model
-    if opts.model is None:
-        raise HistodiffError("{opt:model} is required: the pre-trained bundle or checkpoint to fine-tune")
     fmt = opts.foreign.format or detect_format(opts.model)
     if fmt == "bundle":
         if opts.foreign.config is not None or opts.foreign.ema is not None:
@@ -52,8 +51,7 @@ def finetune(opts: FinetuneOptions, model=None, tiles=None):
     from ..train.finetune import finetune as run_stages
 
     opts.validate()
-    if opts.out is None:
-        raise HistodiffError("{opt:out} is required: the folder of the new bundle")
+    require(opts, "out", *(["model"] if model is None else []), *(["labeled"] if tiles is None else []))
     out = Path(opts.out)
     intents = ("new", "resume", "overwrite")
     check_output(out, "bundle", opts.intent, allowed=intents)
@@ -64,8 +62,6 @@ def finetune(opts: FinetuneOptions, model=None, tiles=None):
     check_source(source)
     preset = source.preset if isinstance(source, Bundle) else Preset.from_dict(read_meta(source)["preset"])
     if tiles is None:
-        if not opts.labeled:
-            raise HistodiffError("{opt:labeled} is required: folders of labeled tiles, one sub-folder per class")
         tiles, note = open_labeled(opts.labeled, preset.tile_size, opts.scale)
         if note:
             yield warning(note)

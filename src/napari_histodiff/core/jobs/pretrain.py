@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..base.errors import HistodiffError
-from ..base.options import check, option
+from ..base.options import check, device_option, option, require, seed_option
 from ..train.autoencoder import AutoencoderOptions as _AE
 from ..train.diffusion import DiffusionOptions as _DIFF
 
@@ -52,8 +52,8 @@ class Run:
                          help="new folder, resume the training saved in it, or overwrite our bundle there")
     preset: str = option("tiny", help="tiny (32 px, tests), small (64 px, laptop CPU), paper (256 px), or a "
                          "preset JSON file")
-    seed: int = option(0, min=0, help="random seed")
-    device: str = option("auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
+    seed: int = seed_option()
+    device: str = device_option()
     mixed_precision: str = option("no", choices=("no", "fp16", "bf16"), help="mixed precision of training")
     num_workers: int = option(0, min=0, help="processes reading tiles (0: inline)")
     batch_size: int | None = option(None, min=1, help="tiles per step and process (default: the preset's)")
@@ -140,6 +140,7 @@ def pretrain_autoencoder(opts: PretrainAutoencoderOptions):
     from ..train.autoencoder import train_autoencoder
 
     opts.validate()
+    require(opts, "data", "out")
     check_output(opts.out, "bundle", opts.intent, allowed=("new", "resume", "overwrite"))
     preset = _preset(opts)
     tiles = TrainingData.open(opts, preset.tile_size)
@@ -159,6 +160,7 @@ def pretrain(opts: PretrainOptions):
     from ..train.diffusion import train_diffusion
 
     opts.validate()
+    require(opts, "data", "out")
     check_output(opts.out, "bundle", opts.intent, allowed=("new", "resume", "overwrite"))
     if opts.autoencoder is not None:
         preset = Preset.from_dict(read_meta(opts.autoencoder)["preset"])

@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..base.errors import HistodiffError
-from ..base.options import check, option
+from ..base.options import check, device_option, option, require
 from ..generate.sampling import SampleOptions
 from ..generate.selection import SelectionRule
 
@@ -44,8 +44,7 @@ def sample(opts: SampleOptions, model=None, sources=None):
     from .finetune import open_labeled
 
     check(opts)
-    if opts.out is None:
-        raise HistodiffError("{opt:out} is required: the sample folder to write")
+    require(opts, "out", *(["model"] if model is None else []))
     check_output(opts.out, "samples", opts.intent)
     bundle = model if model is not None else open_model(opts.model, device=opts.device, **opts.foreign.kwargs())
     if sources is None and opts.sources is not None:
@@ -72,7 +71,7 @@ class SelectOptions:
                                   help="sample folder (from `histodiff sample`)")
     model: Path | None = option(None, required=True, flags=("--bundle",), metavar="BUNDLE", gui=False,
                                 help="fine-tuned bundle whose selection classifier scores the tiles")
-    device: str = option("auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
+    device: str = device_option()
     selection: SelectionRule = option(factory=SelectionRule, help="selection rule")
 
 
@@ -82,8 +81,9 @@ def select(opts: SelectOptions, model=None):
     from ..generate.sample_set import select_folder
 
     check(opts)
+    require(opts, "samples", *(["model"] if model is None else []))
     if False:
-        yield
+        yield  # a generator, like every job
     bundle = model if model is not None else open_model(opts.model, device=opts.device)
     records = select_folder(opts.samples, bundle, opts.selection)
     return {"records": records, "message": f"{opts.samples}/samples.csv updated: {kept_counts(records)}"}

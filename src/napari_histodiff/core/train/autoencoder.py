@@ -39,11 +39,11 @@ class AutoencoderOptions:
 
     def validate(self) -> None:
         if self.steps < 1:
-            raise HistodiffError("--steps must be at least 1")
+            raise HistodiffError("{opt:steps} must be at least 1")
         if self.batch_size is not None and self.batch_size < 1:
-            raise HistodiffError("--batch-size must be at least 1")
+            raise HistodiffError("{opt:batch_size} must be at least 1")
         if not 0 <= self.holdout < 0.5:
-            raise HistodiffError("--holdout must be a fraction in [0, 0.5)")
+            raise HistodiffError("{opt:holdout} must be a fraction in [0, 0.5)")
 
 
 def psnr(tiles_a: np.ndarray, tiles_b: np.ndarray) -> float:
@@ -138,7 +138,7 @@ def train_autoencoder(tiles, out_dir, preset: Preset, options: AutoencoderOption
     if (out_dir / "unet").is_dir() and not opts.decoder_only:
         raise HistodiffError(
             f"{out_dir} already has a diffusion UNet trained on this autoencoder; training the "
-            "autoencoder further would invalidate it. Write to a new --out folder instead"
+            "autoencoder further would invalidate it. Write to a new {opt:out} folder instead"
         )
 
     step_p, disc_p, opt_g, opt_d = acc.prepare(autoencoder_step(vae), disc, opt_g, opt_d)

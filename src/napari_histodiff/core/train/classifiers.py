@@ -36,7 +36,7 @@ class ClassifierOptions:
         if self.steps < 1:
             raise HistodiffError("classifier steps must be at least 1")
         if not 0 <= self.holdout < 0.9:
-            raise HistodiffError("--holdout must be a fraction in [0, 0.9)")
+            raise HistodiffError("{opt:holdout} must be a fraction in [0, 0.9)")
 
 
 def tile_labels(tiles) -> np.ndarray:

@@ -39,9 +39,9 @@ class DiffusionOptions:
 
     def validate(self) -> None:
         if self.steps < 1:
-            raise HistodiffError("--steps must be at least 1")
+            raise HistodiffError("{opt:steps} must be at least 1")
         if self.batch_size is not None and self.batch_size < 1:
-            raise HistodiffError("--batch-size must be at least 1")
+            raise HistodiffError("{opt:batch_size} must be at least 1")
 
 
 def latent_scale_factor(vae, tiles, n: int, seed: int, device, batch_size: int = 32) -> float:

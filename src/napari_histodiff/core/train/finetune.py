@@ -16,7 +16,7 @@ from typing import ClassVar
 from ..formats.bundle import read_meta, write_meta
 from ..base.errors import HistodiffError
 from ..base.events import Progress
-from ..base.options import check, option, record
+from ..base.options import check, device_option, option, seed_option, record
 from ..formats.convert import ModelSource
 
 
@@ -51,9 +51,9 @@ class FinetuneOptions:
                                       "to hold out)")
     holdout: float = option(0.2, min=0, max=0.89, help="fraction of each class held out to measure the classifiers")
     batch_size: int | None = option(None, min=1, help="tiles per step (default: the preset's)")
-    seed: int = option(0, min=0, help="random seed")
+    seed: int = seed_option()
     checkpoint_every: int = option(500, min=1, help="save a resumable checkpoint every N steps")
-    device: str = option("auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
+    device: str = device_option()
     mixed_precision: str = option("no", choices=("no", "fp16", "bf16"), help="mixed precision of training")
     num_workers: int = option(0, min=0, help="processes reading tiles (0: inline)")
     foreign: ModelSource = option(factory=ModelSource, gui=False, help="how to read a foreign model")

@@ -109,21 +109,13 @@ def make_accelerator(device: str | None = "auto", mixed_precision: str = "no"):
     return Accelerator(cpu=dev.type == "cpu", mixed_precision=mixed_precision)
 
 
-def prepare_out_dir(out, overwrite: bool = False, resume: bool = False) -> Path:
-    """Refuse an existing output folder unless told to overwrite it or resume into it."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise HistodiffError(f"output {out} exists and is a file; choose a folder path")
-    if out.exists() and any(out.iterdir()):
-        if overwrite:
-            shutil.rmtree(out)
-        elif not resume:
-            raise HistodiffError(
-                f"output folder {out} already exists; pass --overwrite to replace it "
-                "or --resume to continue the training saved in it"
-            )
-    out.mkdir(parents=True, exist_ok=True)
-    return out
+def prepare_out_dir(out, intent: str = "new") -> Path:
+    """The bundle folder a training run writes, created. ``intent``: ``new`` (must not exist or be empty),
+    ``resume`` (continue our bundle or training checkpoint there) or ``overwrite`` (replace our bundle);
+    a folder that is not our bundle is refused untouched (:mod:`..base.outdir`)."""
+    from ..base.outdir import prepare_output
+
+    return prepare_output(out, "bundle", intent, allowed=("new", "resume", "overwrite"))
 
 
 # -- checkpoints -------------------------------------------------------------------------------
@@ -162,7 +154,7 @@ def load_checkpoint(folder: Path, models: dict) -> tuple[dict, dict]:
     except Exception as e:
         raise HistodiffError(
             f"cannot resume from checkpoint {folder}: {type(e).__name__}: {e}; "
-            "start again with --overwrite"
+            "start again with {opt:intent=overwrite}"
         ) from None
     return state, info
 
@@ -188,7 +180,7 @@ def check_resume(info: dict, steps: int) -> None:
     if info["step"] > steps:
         raise HistodiffError(
             f"the {info.get('stage', 'training')} checkpoint is at step {info['step']}, beyond the "
-            f"requested {steps} steps; pass --steps {info['step']} or more to continue it"
+            f"requested {steps} steps; pass {{opt:steps={info['step']}}} or more to continue it"
         )
 
 
