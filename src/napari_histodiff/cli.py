@@ -102,8 +102,9 @@ def _add_field(parser, f, tp) -> None:
         target = parser.add_mutually_exclusive_group(required=False)
     target.add_argument(flag_of(f), *m["flags"], required=m["required"] and not m["consts"], **kw)
     for flag, value in m["consts"].items():
-        target.add_argument(flag, dest=f.name, action="store_const", const=value,
-                            help=f"same as {flag_of(f)} {str(value).lower()}")
+        same = (flag_of(f) if value else "--no-" + f.name.replace("_", "-")) if isinstance(value, bool) \
+            else f"{flag_of(f)} {value}"
+        target.add_argument(flag, dest=f.name, action="store_const", const=value, help=f"same as {same}")
 
 
 def add_options(parser, cls) -> None:

@@ -59,7 +59,7 @@ def check_output(out, kind: str, intent: str = "new", allowed=("new", "overwrite
         other = kind_of(out)
         what = f"a {WHAT[other]}" if other else "not a folder napari-histodiff wrote"
         raise HistodiffError(f"output folder {out} holds files and is {what}; it is never replaced or changed: "
-                             f"Choose a new or empty folder for the {WHAT[kind]}")
+                             f"choose a new or empty folder for the {WHAT[kind]}")
     if intent == "new":
         fixes = [f"{{opt:intent={i}}}" for i in ("resume", "overwrite", "append") if i in allowed]
         raise HistodiffError(f"output folder {out} already holds a {WHAT[kind]}; choose another folder"

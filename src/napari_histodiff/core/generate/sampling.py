@@ -45,8 +45,8 @@ class SampleOptions:
     n: int = option(16, min=1, label="tiles per class",
                     help="tiles per class (in all when unguided)")
     classes: list[str] = option(factory=list, flags=("--class",), metavar="NAME", gui=False,
-                                help="target classes (repeat --class for several); none: unguided, or every "
-                                "class of the --from tiles")
+                                help="target classes; none: unguided, or with source tiles every class "
+                                "they have")
     per_class: int | None = option(None, min=1, metavar="N", gui=False,
                                    help="N tiles of every class of the bundle (instead of --class and -n)")
     guidance: float = option(10.0, min=0, help="classifier guidance scale: how strongly sampling is steered "
