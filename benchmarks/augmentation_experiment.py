@@ -161,7 +161,7 @@ def pretrain(data_root: Path, bundle: Path, s: Settings):
             f"{sub} {len(t)}" for (sub, _, _), t in zip(s.pretrain_extra, extra)))
         tiles = ConcatTiles([tiles, *extra])
     log(f"pre-training tiles: {len(tiles)}")
-    prepare_out_dir(bundle, resume=True)
+    prepare_out_dir(bundle, intent="resume")
     ae = drain(train_autoencoder(tiles, bundle, small(), AutoencoderOptions(
         steps=s.ae_steps, batch_size=s.ae_batch, learning_rate=s.ae_lr, device=s.device, checkpoint_every=200)),
         "autoencoder")
@@ -218,7 +218,7 @@ def sample_pool(bundle_dir: Path, out: Path, n: int, guided: bool, s: Settings, 
     opts = SampleOptions(n=n, classes=bundle.class_names if guided else [], guidance=guidance,
                          steps=s.sample_steps, seed=seed, batch_size=32, strength=strength)
     tiles = TileFolder(sources, 64) if sources else None
-    return drain(write_samples(bundle, opts, out, SelectionRule(threshold=s.threshold), overwrite=True,
+    return drain(write_samples(bundle, opts, out, SelectionRule(threshold=s.threshold), intent="overwrite",
                                sources=tiles), out.name)
 
 
@@ -261,7 +261,7 @@ def export_main(folder: Path, records, n: int, out: Path, s: Settings):
             return None  # nothing kept (quick runs)
         write_records(folder / "samples.csv", recs)
         try:
-            drain(export_set([folder], out, ExportOptions(overwrite=True, fmt="png")), "export")
+            drain(export_set([folder], out, ExportOptions(intent="overwrite", fmt="png")), "export")
         finally:
             write_records(folder / "samples.csv", records)
     return TileFolder(out, 64)

@@ -156,7 +156,7 @@ def test_convert_cli(tmp_path, capsys):
     assert "model weights" in capsys.readouterr().out
     assert load_bundle(out, device="cpu").meta["provenance"]["converted"]["ema"] is False
     assert main(["convert", str(fixture("public_full.ckpt")), str(out)]) == 2
-    assert "already exists" in capsys.readouterr().err
+    assert "already holds a model bundle" in capsys.readouterr().err
     assert main(["info", str(fixture("public.ckpt"))]) == 0
     text = capsys.readouterr().out
     assert "converted in memory" in text and "UNet2DModel" in text
@@ -270,7 +270,7 @@ def test_detect_format(tmp_path):
     assert detect_format(tmp_path / "pipe") == "diffusers"
     (tmp_path / "pipe" / "model_index.json").unlink()
     assert detect_format(tmp_path / "pipe") == "bundle"  # load_bundle then says histodiff.json is missing
-    with pytest.raises(HistodiffError, match="histodiff.json is missing.*--format diffusers"):
+    with pytest.raises(HistodiffError, match="histodiff.json is missing.*format=diffusers"):
         load_bundle(tmp_path / "pipe")
     (tmp_path / "empty").mkdir()
     with pytest.raises(HistodiffError, match="not a napari-histodiff bundle"):

@@ -93,9 +93,18 @@ def test_records_name_source_and_strength_and_read_back(bundle, sources, tmp_pat
     assert {(r.strength, r.source_tile) for r in read_records(out)} == {(1.0, "")}
 
 
+def test_records_store_the_strength_in_effect(bundle, sources, tmp_path):
+    """No strength given: records say 0.5 for variations and 1 from noise (what was run), not empty."""
+    run_to_end(write_samples(bundle, SampleOptions(n=1, steps=4, classes=["DAB-rich"]), tmp_path / "v",
+                             sources=sources))
+    run_to_end(write_samples(bundle, SampleOptions(n=1, steps=4, guidance=0.0), tmp_path / "n"))
+    assert [r.strength for r in read_records(tmp_path / "v")] == [0.5]
+    assert [r.strength for r in read_records(tmp_path / "n")] == [1.0]
+
+
 @pytest.mark.parametrize("kw, given_sources, message", [
-    (dict(strength=0.5), False, "--from"),
-    (dict(strength=0.0), True, "--strength must be in (0, 1]"),
+    (dict(strength=0.5), False, "give them with sources"),
+    (dict(strength=0.0), True, "strength must be greater than 0"),
     (dict(strength=0.5, classes=["stroma"]), True, "no source tiles of class 'stroma'"),
 ])
 def test_bad_variation_input_is_named(bundle, sources, kw, given_sources, message):

@@ -29,6 +29,6 @@ def pick_device(name: str | None = "auto"):
     if name not in have:
         raise HistodiffError(
             f"device {name!r} is not available on this machine; available: {', '.join(have)} "
-            "(use --device auto to pick the best one)"
+            "(use {opt:device=auto} to pick the best one)"
         )
     return torch.device(name)

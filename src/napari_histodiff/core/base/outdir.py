@@ -24,6 +24,7 @@ MARKERS = {  # kind -> files (globs) that mark a folder as the project's own out
 }
 WHAT = {"bundle": "model bundle", "samples": "sample folder", "export": "exported set",
         "evaluation": "evaluation folder", "demo": "demo folder"}
+A = {"bundle": "a", "samples": "a", "export": "an", "evaluation": "an", "demo": "a"}
 
 
 def is_marked(folder, kind: str) -> bool:
@@ -47,7 +48,7 @@ def check_output(out, kind: str, intent: str = "new", allowed=("new", "overwrite
     if int(os.environ.get("RANK", "0")) != 0:
         return  # under a launcher, the main process checks and owns the folder
     if intent not in allowed:
-        raise HistodiffError(f"intent must be one of {', '.join(allowed)} for a {WHAT[kind]} (got {intent!r})")
+        raise HistodiffError(f"intent must be one of {', '.join(allowed)} for {A[kind]} {WHAT[kind]} (got {intent!r})")
     if out.exists() and not out.is_dir():
         raise HistodiffError(f"output {out} is a file; choose a folder path")
     if not out.exists() or _is_empty(out):
@@ -57,12 +58,12 @@ def check_output(out, kind: str, intent: str = "new", allowed=("new", "overwrite
     mine = is_marked(out, kind)
     if not mine:
         other = kind_of(out)
-        what = f"a {WHAT[other]}" if other else "not a folder napari-histodiff wrote"
+        what = f"{A[other]} {WHAT[other]}" if other else "not a folder napari-histodiff wrote"
         raise HistodiffError(f"output folder {out} holds files and is {what}; it is never replaced or changed: "
                              f"choose a new or empty folder for the {WHAT[kind]}")
     if intent == "new":
         fixes = [f"{{opt:intent={i}}}" for i in ("resume", "overwrite", "append") if i in allowed]
-        raise HistodiffError(f"output folder {out} already holds a {WHAT[kind]}; choose another folder"
+        raise HistodiffError(f"output folder {out} already holds {A[kind]} {WHAT[kind]}; choose another folder"
                              + (f", or pass {' or '.join(fixes)}" if fixes else ""))
 
 

@@ -237,7 +237,7 @@ class ImageTiles(TileSet):
         t, (h, w) = int(tile_size), rgb.shape[:2]
         if t > min(h, w):
             raise HistodiffError(f"tile size {t} px is larger than {name} ({w}x{h} px at scale {scale:g}). "
-                                 f"Use a tile size of at most {min(h, w)} px or a larger --scale.")
+                                 f"Use a tile size of at most {min(h, w)} px or a larger {{opt:scale}}.")
         self.image, self.tile_size, self.name, self.class_names = rgb, t, name, []
         self.description = f"image {name}"
         ys, xs = np.meshgrid(np.arange(0, h - t + 1, stride), np.arange(0, w - t + 1, stride), indexing="ij")
@@ -253,8 +253,8 @@ class ImageTiles(TileSet):
             keep = frac >= min_tissue
             if not keep.any():
                 raise HistodiffError(f"no {t} px tile of {name} has at least {min_tissue:.0%} tissue (best "
-                                     f"{frac.max():.0%}). Lower --min-tissue or turn the tissue filter off "
-                                     "(--no-tissue-filter).")
+                                     f"{frac.max():.0%}). Lower {{opt:min_tissue}} or turn the tissue filter off "
+                                     "({opt:tissue_filter=false}).")
             ys, xs, self.tissue = ys[keep], xs[keep], frac[keep]
         else:
             self.tissue = None

@@ -113,7 +113,7 @@ def read_yaml_config(path) -> dict:
         raise HistodiffError("Reading YAML configs needs PyYAML: run `pip install pyyaml`.") from None
     path = Path(path)
     if not path.is_file():
-        raise HistodiffError(f"Config {path} does not exist. Check the path given with --config.")
+        raise HistodiffError(f"Config {path} does not exist. Check the path given with {{opt:config}}.")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
@@ -130,7 +130,7 @@ def find_config(ckpt_path, config=None) -> Path:
     if config is not None:
         config = Path(config)
         if not config.is_file():
-            raise HistodiffError(f"Config {config} does not exist. Check the path given with --config.")
+            raise HistodiffError(f"Config {config} does not exist. Check the path given with {{opt:config}}.")
         return config
     ckpt_path = Path(ckpt_path)
     folder = ckpt_path.parent
@@ -149,7 +149,7 @@ def find_config(ckpt_path, config=None) -> Path:
         looked.append(str(pattern))
     raise HistodiffError(
         f"No YAML config found for {ckpt_path}; looked at: {'; '.join(looked)}. "
-        "Pass the model's config with --config."
+        "Pass the model's config with {opt:config}."
     )
 
 
@@ -180,7 +180,7 @@ def unet_state_dict(ckpt: dict, ema: bool | None = None) -> tuple[dict, bool]:
     has_ema = any(k.startswith("model_ema.") and k not in ("model_ema.decay", "model_ema.num_updates") for k in sd)
     use_ema = has_ema if ema is None else bool(ema)
     if use_ema and not has_ema:
-        raise HistodiffError("The checkpoint has no EMA weights (model_ema.*). Use --no-ema to load the model weights.")
+        raise HistodiffError("The checkpoint has no EMA weights (model_ema.*). Use {opt:ema=false} to load the model weights.")
     if not use_ema:
         return {k[len(prefix):]: v for k, v in params.items()}, False
     by_param = {p: e for e, p in ema_key_table(sd, prefix).items()}
@@ -188,6 +188,6 @@ def unet_state_dict(ckpt: dict, ema: bool | None = None) -> tuple[dict, bool]:
     if missing:
         few = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
         raise HistodiffError(
-            f"The checkpoint's EMA weights are incomplete: no EMA entry for {few}. Use --no-ema to load the model weights."
+            f"The checkpoint's EMA weights are incomplete: no EMA entry for {few}. Use {{opt:ema=false}} to load the model weights."
         )
     return {k[len(prefix):]: sd[by_param[k]] for k in params}, True

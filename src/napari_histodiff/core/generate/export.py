@@ -8,10 +8,10 @@ or added to."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import shutil
-import dataclasses
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -136,6 +136,8 @@ class _Existing:
             self.meta = json.loads((out / EXPORT_JSON).read_text(encoding="utf-8"))
             with open(out / MANIFEST, newline="", encoding="utf-8") as f:
                 self.rows = [{c: row.get(c) or "" for c in MANIFEST_COLUMNS} for row in csv.DictReader(f)]
+            if not isinstance(self.meta, dict):
+                raise ValueError(f"{EXPORT_JSON} is not a JSON object")
         except (OSError, ValueError) as e:
             raise HistodiffError(f"cannot append to the exported set {out}: its {EXPORT_JSON} or {MANIFEST} is "
                                  f"not readable ({e}); export to a new folder") from None

@@ -153,7 +153,7 @@ def plan_variations(opts: SampleOptions, sources) -> tuple[list[str], list[int]]
     if not names or any(lab is None for lab in labels):
         if opts.classes:
             raise HistodiffError(f"the source tiles in {sources.description} have no classes; put them in "
-                                 "class sub-folders or sample without --class")
+                                 "class sub-folders or sample without {opt:classes}")
         return [""] * opts.n, [i % len(sources) for i in range(opts.n)]
     present = set(labels)
     classes = opts.classes or [c for k, c in enumerate(names) if k in present]

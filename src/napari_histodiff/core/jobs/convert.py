@@ -42,7 +42,7 @@ def convert(opts: ConvertOptions):
         if out.suffix != ".ckpt":
             raise HistodiffError(f"with {{opt:to_compvis}} the output is a .ckpt file, not {out}")
         check_compvis_output(out, opts.intent)
-        write_compvis(open_model(opts.source, device="cpu", **opts.foreign.kwargs()), out)
+        write_compvis(open_model(opts.source, device="cpu", **opts.foreign.kwargs()), out, intent=opts.intent)
         return {"message": f"CompVis checkpoint written to {out} with its config {out.with_suffix('.yaml')}"}
     from ..formats.convert import convert_to_bundle
 

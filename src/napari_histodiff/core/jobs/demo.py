@@ -37,14 +37,6 @@ class DemoOptions:
     def per_class(self) -> int:
         return 8 if self.quick else 32
 
-    def finetune_options(self):
-        from ..train.finetune import FinetuneOptions
-
-        q = self.quick
-        return FinetuneOptions(classifier_steps=30 if q else 1000, selection_steps=30 if q else 400,
-                               unet_steps=10 if q else 500, seed=self.seed, device=self.device,
-                               checkpoint_every=250)
-
 
 def demo_tiles(tile_size: int):
     import skimage.data
@@ -87,56 +79,54 @@ def demo_labeled_tiles(tile_size: int, stride: int | None = None):
 
 
 def run_demo(options: DemoOptions | None = None):
-    """Yield progress of every stage; return the path of the report."""
-    from ..formats.bundle import load_bundle
-    from ..generate.export import ExportOptions, export_set
-    from ..train.finetune import finetune
-    from ..formats.images import contact_sheet, write_png
-    from ..models.presets import tiny
-    from ..generate.sample_set import write_samples
-    from ..generate.sampling import SampleOptions
-    from ..generate.selection import SelectionRule
-    from ..train.autoencoder import AutoencoderOptions, train_autoencoder
-    from ..train.diffusion import DiffusionOptions, train_diffusion
+    """The jobs one after another on the demo image: pretrain, finetune, sample (guided and unguided),
+    export; then the report. Yields progress; returns the path of the report."""
     from ..base.outdir import MARKERS, prepare_output
-    from ..train.loop import prepare_out_dir
+    from ..formats.bundle import load_bundle
+    from ..formats.images import contact_sheet, write_png
+    from ..generate.export import ExportOptions
+    from ..generate.selection import SelectionRule
+    from ..models.presets import tiny
+    from .export import export
+    from .finetune import FinetuneOptions, finetune
+    from .pretrain import PretrainOptions, pretrain
+    from .sample import SampleOptions, sample
 
     opts = options or DemoOptions()
     check(opts)
     out = prepare_output(opts.out, "demo", opts.intent, allowed=("resume", "overwrite"))
     (out / MARKERS["demo"][0]).write_text(json.dumps({"format": "napari-histodiff-demo", "options": record(opts)}))
-    bundle_dir = prepare_out_dir(out / "bundle", intent="resume")
-    preset = tiny()
-    tiles = demo_tiles(preset.tile_size)
-    labeled = demo_labeled_tiles(preset.tile_size)
-    ae_steps, diff_steps = opts.steps
-    times = {}
-    t = time.perf_counter()
-    ae = yield from train_autoencoder(tiles, bundle_dir, preset, AutoencoderOptions(
-        steps=ae_steps, seed=opts.seed, device=opts.device, checkpoint_every=250))
-    diff = yield from train_diffusion(tiles, bundle_dir, preset, DiffusionOptions(
-        steps=diff_steps, seed=opts.seed, device=opts.device, checkpoint_every=500))
+    tiles = demo_tiles(tiny().tile_size)
+    labeled = demo_labeled_tiles(tiny().tile_size)
+    (ae_steps, diff_steps), q = opts.steps, opts.quick
+    run = dict(seed=opts.seed, device=opts.device)
+    times, t = {}, time.perf_counter()
+    diff = yield from pretrain(PretrainOptions(
+        out=out / "bundle", intent="resume", preset="tiny", autoencoder_steps=ae_steps, steps=diff_steps,
+        ae_checkpoint_every=250, checkpoint_every=500, **run), tiles=tiles)
     times["pre-training"], t = time.perf_counter() - t, time.perf_counter()
-    ft = yield from finetune(bundle_dir, labeled, prepare_out_dir(out / "finetuned", intent="resume"), preset,
-                             opts.finetune_options())
+    ft = yield from finetune(FinetuneOptions(
+        model=out / "bundle", out=out / "finetuned", intent="resume", classifier_steps=30 if q else 1000,
+        selection_steps=30 if q else 400, unet_steps=10 if q else 500, checkpoint_every=250, **run), tiles=labeled)
     times["fine-tuning"], t = time.perf_counter() - t, time.perf_counter()
     bundle = load_bundle(out / "finetuned", device=opts.device)
-    sample_opts = SampleOptions(n=opts.per_class, classes=bundle.class_names, seed=opts.seed)
-    records = yield from write_samples(bundle, sample_opts, out / "samples", SelectionRule(), intent="overwrite")
-    unguided = yield from write_samples(bundle, SampleOptions(n=opts.per_class * 2, guidance=0.0,
-                                                              seed=opts.seed), out / "samples-unguided",
-                                        SelectionRule(rule="none"), intent="overwrite")
+    records = (yield from sample(SampleOptions(out=out / "samples", intent="overwrite", n=opts.per_class,
+                                               classes=bundle.class_names, seed=opts.seed), model=bundle))["records"]
+    unguided = (yield from sample(SampleOptions(
+        out=out / "samples-unguided", intent="overwrite", n=opts.per_class * 2, guidance=0.0, seed=opts.seed,
+        selection=SelectionRule(rule="none")), model=bundle))["records"]
     times["sampling"], t = time.perf_counter() - t, time.perf_counter()
-    export = {"total": 0}
+    summary = {"total": 0}
     if any(r.kept for r in records):  # quick runs may keep nothing
-        export = yield from export_set([out / "samples"], out / "augmentation-set",
-                                       ExportOptions(intent="overwrite"), params={"demo": True})
+        summary = yield from export(ExportOptions(samples=[out / "samples"], out=out / "augmentation-set",
+                                                  intent="overwrite"))
     for k, name in enumerate(labeled.class_names):
         idx = np.flatnonzero(labeled.labels == k)[:32]
         write_png(out / f"real_{name}.png", contact_sheet(labeled.tiles[idx], ncols=8))
     yield Progress("report", 1, 1)
     report = out / "report.md"
-    report.write_text(_report(tiles, labeled, ae, diff, ft, records, unguided, export, times, opts))
+    report.write_text(_report(tiles, labeled, diff["autoencoder"], diff, ft, records, unguided, summary,
+                              times, opts))
     return report
 
 

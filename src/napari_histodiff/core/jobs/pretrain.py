@@ -151,8 +151,9 @@ def pretrain_autoencoder(opts: PretrainAutoencoderOptions):
     return {**result, "message": f"autoencoder written to {opts.out}/vae{psnr}"}
 
 
-def pretrain(opts: PretrainOptions):
-    """The autoencoder (unless reused), then the diffusion UNet, into ``opts.out``; returns a summary."""
+def pretrain(opts: PretrainOptions, tiles=None):
+    """The autoencoder (unless reused), then the diffusion UNet, into ``opts.out``, on ``tiles`` (default:
+    opened from ``opts.data``); returns the diffusion summary with the autoencoder's under "autoencoder"."""
     from ..base.outdir import check_output
     from ..formats.bundle import read_meta
     from ..models.presets import Preset
@@ -160,7 +161,7 @@ def pretrain(opts: PretrainOptions):
     from ..train.diffusion import train_diffusion
 
     opts.validate()
-    require(opts, "data", "out")
+    require(opts, "out", *(["data"] if tiles is None else []))
     check_output(opts.out, "bundle", opts.intent, allowed=("new", "resume", "overwrite"))
     if opts.autoencoder is not None:
         preset = Preset.from_dict(read_meta(opts.autoencoder)["preset"])
@@ -168,19 +169,20 @@ def pretrain(opts: PretrainOptions):
             raise HistodiffError(f"{opts.autoencoder} has no vae/; train one with `histodiff pretrain-autoencoder`")
     else:
         preset = _preset(opts)
-    tiles = TrainingData.open(opts, preset.tile_size)
+    tiles = TrainingData.open(opts, preset.tile_size) if tiles is None else tiles
+    ae = None
     with _bundle_out(opts):
         if opts.autoencoder is not None and not (Path(opts.out) / "vae").is_dir():
             _copy_autoencoder(opts.autoencoder, opts.out)
         elif opts.autoencoder is None:
-            yield from train_autoencoder(tiles, opts.out, preset, _ae_options(opts, opts.autoencoder_steps))
+            ae = yield from train_autoencoder(tiles, opts.out, preset, _ae_options(opts, opts.autoencoder_steps))
         result = yield from train_diffusion(tiles, opts.out, preset, _DIFF(
             steps=opts.steps, batch_size=opts.batch_size, learning_rate=opts.learning_rate,
             warmup_steps=opts.warmup_steps, ema_decay=opts.ema_decay, seed=opts.seed,
             checkpoint_every=opts.checkpoint_every, device=opts.device, mixed_precision=opts.mixed_precision,
             num_workers=opts.num_workers))
         _record_mpp(opts)
-    return {**result, "message": f"bundle written to {opts.out} (latent scale factor "
+    return {**result, "autoencoder": ae, "message": f"bundle written to {opts.out} (latent scale factor "
             f"{result['latent_scale_factor']:.4f}); try: histodiff sample {opts.out} -n 16 --out samples"}
 
 
