@@ -120,3 +120,25 @@ def test_bad_input_for_the_method_exits_2(cli_finetuned, trained_bundle, labeled
     code, out, err = run(capsys, *[a.format(**fmt) for a in argv])
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("command, flags", [
+    ("finetune", []), ("finetune", ["--overwrite"]), ("finetune", ["--resume"]),
+    ("sample", []), ("sample", ["--overwrite"]),
+    ("export", []), ("export", ["--overwrite"]), ("export", ["--append"]),
+])
+def test_a_users_folder_is_never_written_into(cli_finetuned, tmp_path, capsys, command, flags):
+    ft, labeled = cli_finetuned
+    user = tmp_path / "data"
+    (user / "labelled").mkdir(parents=True)
+    (user / "my_notes.txt").write_text("precious")
+    (user / "labelled" / "tile.png").write_bytes(b"not really a png")
+    before = {p: p.read_bytes() for p in user.rglob("*") if p.is_file()}
+    samples = tmp_path / "samples"
+    assert run(capsys, "sample", ft, "-n", 2, "--steps", 2, "--out", samples, "--device", "cpu")[0] == 0
+    argv = {"finetune": ["finetune", ft, "--labeled", labeled, "--classifier-steps", 2, "--selection-steps", 2],
+            "sample": ["sample", ft, "-n", 2, "--steps", 2], "export": ["export", samples, "--all"]}[command]
+    code, out, err = run(capsys, *argv, "--out", user, "--device", "cpu", *flags) if command != "export" else \
+        run(capsys, *argv, "--out", user, *flags)
+    assert code == 2 and "never replaced" in err and str(user) in err, err
+    assert {p: p.read_bytes() for p in user.rglob("*") if p.is_file()} == before

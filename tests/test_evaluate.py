@@ -185,5 +185,5 @@ def test_small_vit_learns_the_easy_problem(data):
                               EvaluateOptions(**{**OPTS, "seeds": [0], "arch": "vit", "steps": 80})))
     assert res["options"]["arch"] == "vit"
     assert res["arms"]["real"]["mean"]["accuracy"] > 0.8  # chance is 1/3
-    with pytest.raises(HistodiffError, match="unknown architecture"):
+    with pytest.raises(HistodiffError, match="arch must be one of resnet, vit"):
         EvaluateOptions(arch="vgg").validate()

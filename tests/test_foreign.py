@@ -164,7 +164,7 @@ def test_find_config(tmp_path):
     explicit = tmp_path / "explicit.yaml"
     explicit.write_text("a: 1\n")
     assert find_config(run / "checkpoints" / "last.ckpt", explicit) == explicit
-    with pytest.raises(HistodiffError, match="--config"):
+    with pytest.raises(HistodiffError, match="given with config"):
         find_config(run / "checkpoints" / "last.ckpt", tmp_path / "nope.yaml")
 
     lonely = tmp_path / "lonely" / "checkpoints"
@@ -173,7 +173,7 @@ def test_find_config(tmp_path):
     with pytest.raises(HistodiffError) as info:
         find_config(lonely / "last.ckpt")
     msg = str(info.value)
-    assert "--config" in msg and "last.yaml" in msg and "project.yaml" in msg
+    assert "with config" in msg and "last.yaml" in msg and "project.yaml" in msg
 
 
 def test_ema_key_table_covers_unet(public_ckpt):

@@ -79,10 +79,10 @@ def test_noisy_classifier_beats_chance_at_mid_timesteps(finetuned_bundle):
 
 @pytest.mark.parametrize("kw, message", [
     (dict(classes=["TUM"]), "unknown class 'TUM'; this bundle knows DAB-rich, hematoxylin-rich"),
-    (dict(n=0), "-n must be at least 1"),
-    (dict(guidance=-1.0, classes=["DAB-rich"]), "--guidance must be >= 0"),
-    (dict(steps=1001), "between 1 and 999"),
-    (dict(sampler="euler"), "unknown sampler"),
+    (dict(n=0), "^n must be at least 1"),
+    (dict(guidance=-1.0, classes=["DAB-rich"]), "^guidance must be at least 0"),
+    (dict(steps=1001), r"steps must be below 1000 \(the model has 1000 training timesteps\)"),
+    (dict(sampler="euler"), "sampler must be one of ddim, dpm, ddpm"),
 ])
 def test_bad_sampling_options_are_named(bundle, kw, message):
     with pytest.raises(HistodiffError, match=message):

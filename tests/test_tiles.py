@@ -210,8 +210,8 @@ def test_image_tiles_drop_background():
 def test_image_tiles_errors(tmp_path):
     with pytest.raises(HistodiffError, match=r"larger than big \(100x50 px") as e:
         ImageTiles(_tissue(50, 100), 64, name="big")
-    assert "at most 50 px" in str(e.value) and "--scale" in str(e.value)
-    with pytest.raises(HistodiffError, match="--min-tissue"):
+    assert "at most 50 px" in str(e.value) and "larger scale" in str(e.value)
+    with pytest.raises(HistodiffError, match="min_tissue"):
         ImageTiles(_glass(128, 128), 64)
     iio.imwrite(tmp_path / "slide.png", _tissue(64, 96))
     ts = ImageTiles(tmp_path / "slide.png", 32)

@@ -11,7 +11,6 @@ import dataclasses
 import os
 import sys
 import typing
-from pathlib import Path
 
 EXIT_BAD_INPUT = 2
 WORKFLOW = """\

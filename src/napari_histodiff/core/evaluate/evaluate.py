@@ -9,7 +9,7 @@ import copy
 import json
 import os
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +20,7 @@ from ..base.devices import pick_device
 from ..models.downstream import ARCHS, build
 from ..base.errors import HistodiffError
 from ..base.events import Progress
-from ..base.options import OptionError, check, device_option, option
+from ..base.options import OptionError, check, device_option, option, record
 from ..data.tiles import TileFolder, _fit_square
 
 
@@ -238,7 +238,7 @@ def evaluate(train_tiles, test_tiles, augment_tiles=None, options: EvaluateOptio
                                                 f"{arm} seed {seed}")
             pred = _predict(model, sx, device).argmax(-1).numpy()
             per_seed[arm].append({"seed": seed, **metrics(sy, pred, classes)})
-    results = {"classes": classes, "options": asdict(opts), "counts": counts, "tile_size": size,
+    results = {"classes": classes, "options": record(opts), "counts": counts, "tile_size": size,
                "device": str(device), "arms": {arm: {"per_seed": runs} for arm, runs in per_seed.items()}}
     return summarise(results)
 
