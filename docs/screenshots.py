@@ -3,8 +3,8 @@
     xvfb-run -a python docs/screenshots.py [--bundle PRETRAINED_BUNDLE]
 
 Without --bundle it pre-trains a tiny bundle on the demo image first (about a minute).
-Runs the flow on the annotated sample data: load, extract tiles, fine-tune (a few steps),
-sample guided tiles, review a few of them.
+Runs the flow on the annotated sample data: load, extract tiles, fine-tune (the form's
+"interactive" profile), sample guided tiles, review a few of them.
 """
 
 from __future__ import annotations
@@ -17,11 +17,15 @@ from pathlib import Path
 HERE = Path(__file__).parent / "images"
 
 
-def wait(app, condition, timeout=600):
+def wait(app, condition, widget=None, timeout=600):
+    from napari_histodiff.widgets._common import State
+
     start = time.time()
     while not condition():
         app.processEvents()
         time.sleep(0.02)
+        if getattr(widget, "state", None) == State.FAILED:
+            raise RuntimeError(f"{type(widget).__name__} failed (see the notification above)")
         if time.time() - start > timeout:
             raise TimeoutError("the widget did not finish in time")
 
@@ -58,9 +62,21 @@ def main() -> None:
     for data, kwargs, kind in demo_tissue_annotated():
         getattr(viewer, f"add_{kind}")(data, **kwargs)
 
-    def shot(widget, name):
+    def shot(widget, name, width=340):
+        """The whole widget (its scrolling page, at a dock's width), not just the part the dock shows."""
+        from qtpy.QtCore import QRect
+
         app.processEvents()
-        widget.grab().save(str(HERE / f"{name}.png"))
+        page = getattr(widget, "page", widget)
+        if page is widget:
+            widget.grab().save(str(HERE / f"{name}.png"))
+            return
+        width = max(width, page.minimumSizeHint().width())
+        lay = page.layout()
+        height = lay.totalHeightForWidth(width) if lay.hasHeightForWidth() else lay.sizeHint().height()
+        page.resize(width, max(height, page.minimumSizeHint().height()))
+        app.processEvents()
+        page.grab(QRect(0, 0, width, max(height, page.minimumSizeHint().height()))).save(str(HERE / f"{name}.png"))
 
     _, load = viewer.window.add_plugin_dock_widget("napari-histodiff", "Load model")
     load.path.value = str(bundle)
@@ -71,19 +87,18 @@ def main() -> None:
 
     _, ft = viewer.window.add_plugin_dock_widget("napari-histodiff", "Fine-tune")
     ft.out.value = str(tmp / "finetuned")
-    ft.form.classifier_steps.value, ft.form.selection_steps.value, ft.form.unet_steps.value = 400, 200, 100
     ft.extract()
     ft.start()
-    wait(app, lambda: ft.progress.format().startswith("latent_classifier") and ft.progress.value() > 150)
+    wait(app, lambda: ft.progress.format().startswith("latent_classifier") and ft.progress.value() > 150, ft)
     shot(ft, "finetune_widget")
-    wait(app, lambda: ft.state == State.DONE)
+    wait(app, lambda: ft.state == State.DONE, ft)
 
     _, sample = viewer.window.add_plugin_dock_widget("napari-histodiff", "Sample")
     sample.target.setCurrentText("DAB-rich")
-    sample.form.n.value, sample.form.steps.value = 16, 25
+    sample.form["n"].value, sample.form["steps"].value = 16, 25
     sample.out.value = str(tmp / "samples")
     sample.start()
-    wait(app, lambda: sample.state == State.DONE)
+    wait(app, lambda: sample.state == State.DONE, sample)
     shot(sample, "sample_widget")
 
     _, review = viewer.window.add_plugin_dock_widget("napari-histodiff", "Review & export")

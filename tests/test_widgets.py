@@ -31,10 +31,12 @@ def sample_with(widget, qtbot, target, n, steps, batch_size, out):
     from napari_histodiff.widgets._common import State
 
     widget.target.setCurrentText(target)
-    widget.form.n.value, widget.form.steps.value, widget.form.batch_size.value = n, steps, batch_size
+    assert widget.target.currentText() == target
+    widget.form["n"].value, widget.form["steps"].value, widget.form["batch_size"].value = n, steps, batch_size
     widget.out.value = str(out)
     widget.start()
-    qtbot.waitUntil(lambda: widget.state == State.DONE, timeout=60_000)
+    qtbot.waitUntil(lambda: widget.state in (State.DONE, State.FAILED), timeout=60_000)
+    assert widget.state == State.DONE
 
 
 def open_annotated_sample(viewer):
@@ -112,7 +114,7 @@ def run_finetune(qtbot, viewer, trained_bundle, fresh_model, out, **steps):
     w = dock(viewer, "Fine-tune")
     w.out.value = str(out)
     for name, value in steps.items():
-        getattr(w.form, name).value = value
+        w.form[name].value = value
     w.extract()
     w.start()
     return w
@@ -192,7 +194,7 @@ def test_sample_variations_of_the_annotated_tiles(make_napari_viewer, qtbot, fin
     from napari_histodiff.widgets import sample as S
 
     errors = []
-    monkeypatch.setattr(S, "notify_error", errors.append)
+    monkeypatch.setattr(S, "notify_error", lambda exc, labels=None: errors.append(exc))
     viewer = make_napari_viewer()
     fresh_model.set(load_bundle(finetuned_bundle[0], device="cpu"))
     s = dock(viewer, "Sample")
@@ -200,7 +202,8 @@ def test_sample_variations_of_the_annotated_tiles(make_napari_viewer, qtbot, fin
     s.start()  # nothing extracted yet: a message, no worker
     assert s.worker is None and "Fine-tune widget" in str(errors[-1])
     fresh_model.labeled = labeled_tiles
-    s.strength.setValue(0.3)
+    assert not s.form["strength"].enabled or s.variations
+    s.form["strength"].value = 0.3
     sample_with(s, qtbot, "hematoxylin-rich", 4, 10, 4, tmp_path / "samples")
     layer = viewer.layers["variations: hematoxylin-rich"]
     assert layer.data.shape == (4, 32, 32, 3)
@@ -251,3 +254,176 @@ def test_quitting_a_worker_runs_the_generators_clean_up(make_napari_viewer, qtbo
     qtbot.waitUntil(lambda: worker.is_running, timeout=5000)
     worker.quit()  # what napari does when the viewer closes
     qtbot.waitUntil(lambda: cleaned == [True], timeout=10_000)
+
+
+# -- the widgets run the jobs (core.jobs), as the CLI does --------------------------------------
+
+def compvis_fixture(name: str):
+    import os
+    from pathlib import Path
+
+    env = os.environ.get("HISTODIFF_SHARED_FIXTURES")
+    base = Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+    path = base / "compvis" / name
+    if not path.is_file():
+        pytest.skip(f"fixture {path} not available")
+    return path
+
+
+def errors_shown(monkeypatch):
+    """The texts of the error notifications shown from now on."""
+    import napari.utils.notifications as N
+
+    shown = []
+    monkeypatch.setattr(N, "show_error", shown.append)
+    return shown
+
+
+def test_finetune_a_compvis_checkpoint_opened_in_the_load_widget(make_napari_viewer, qtbot, fresh_model, tmp_path):
+    from napari_histodiff import load_bundle
+    from napari_histodiff.widgets._common import State
+
+    ckpt = compvis_fixture("public.ckpt")
+    assert ckpt.with_suffix(".yaml").is_file()
+    viewer = make_napari_viewer()
+    load = dock(viewer, "Load model")
+    load.ckpt.value = str(ckpt)
+    load.device.setCurrentText("cpu")
+    load.load()
+    qtbot.waitUntil(lambda: fresh_model.bundle is not None, timeout=60_000)
+    assert fresh_model.bundle.path is None  # converted in memory
+    open_annotated_sample(viewer)
+    w = dock(viewer, "Fine-tune")
+    out = tmp_path / "ft"
+    w.out.value = str(out)
+    for name, value in dict(classifier_steps=3, selection_steps=3, unet_steps=2).items():
+        w.form[name].value = value
+    w.extract()
+    assert w.tiles is not None and w.tiles.tile_size == 32
+    w.start()
+    qtbot.waitUntil(lambda: w.state in (State.DONE, State.FAILED), timeout=180_000)
+    assert w.state == State.DONE
+    assert fresh_model.bundle.path == out and fresh_model.bundle.class_names == ["DAB-rich", "hematoxylin-rich"]
+    again = load_bundle(out, device="cpu")
+    assert again.class_names == ["DAB-rich", "hematoxylin-rich"] and again.selection_classifier is not None
+    assert "public.ckpt" in again.meta["provenance"]["pretrained_from"]
+
+
+def vq_bundle():
+    """An in-memory bundle with a VQ first stage (as a diffusers LDM pipeline converts to)."""
+    import torch
+    from diffusers import DDPMScheduler, UNet2DModel, VQModel
+
+    from napari_histodiff.core.formats.bundle import Bundle, new_meta
+    from napari_histodiff.core.models.presets import tiny
+
+    torch.manual_seed(0)
+    vq = VQModel(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 3,
+                 up_block_types=("UpDecoderBlock2D",) * 3, block_out_channels=(32, 64, 64), layers_per_block=1,
+                 latent_channels=3, num_vq_embeddings=32, norm_num_groups=32, sample_size=32).eval()
+    unet = UNet2DModel(sample_size=8, in_channels=3, out_channels=3, block_out_channels=(32, 64),
+                       down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                       up_block_types=("AttnUpBlock2D", "UpBlock2D"), layers_per_block=1, attention_head_dim=32,
+                       norm_num_groups=32, attn_norm_num_groups=32).eval()
+    meta = new_meta(tiny())
+    meta["tile_size"], meta["latent_scale_factor"] = 32, 1.0
+    sched = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.0015, beta_end=0.0155)
+    return Bundle(vae=vq, unet=unet, scheduler=sched, meta=meta)
+
+
+def test_finetuning_a_vq_model_is_refused_before_anything_is_written(make_napari_viewer, qtbot, fresh_model,
+                                                                      tmp_path, monkeypatch):
+    from napari_histodiff.widgets._common import State
+
+    shown = errors_shown(monkeypatch)
+    viewer = make_napari_viewer()
+    fresh_model.set(vq_bundle())
+    open_annotated_sample(viewer)
+    w = dock(viewer, "Fine-tune")
+    out = tmp_path / "ft"
+    w.out.value = str(out)
+    w.extract()
+    w.start()
+    qtbot.waitUntil(lambda: w.state == State.FAILED and w.worker is None, timeout=30_000)
+    assert "VQ first stage" in shown[-1] and "KL" in shown[-1]
+    assert not out.exists() and not fresh_model.training and w.start_button.isEnabled()
+
+
+def test_sample_class_choices_mean_what_the_cli_means(make_napari_viewer, finetuned_bundle, fresh_model):
+    from napari_histodiff import load_bundle
+    from napari_histodiff.core.generate.sampling import SampleOptions
+    from napari_histodiff.widgets import sample as S
+
+    viewer = make_napari_viewer()
+    fresh_model.set(load_bundle(finetuned_bundle[0], device="cpu"))
+    s = dock(viewer, "Sample")
+    items = [s.target.itemText(i) for i in range(s.target.count())]
+    assert items == ["DAB-rich", "hematoxylin-rich", S.ALL_CLASSES, S.UNGUIDED]
+    assert not s.form["strength"].enabled
+    s.target.setCurrentText(S.UNGUIDED)  # from noise, no class: unguided (the job samples unguided)
+    opts = s.options()
+    assert opts.classes == [] and opts.strength is None and opts.guidance == SampleOptions().guidance
+    s.target.setCurrentText(S.ALL_CLASSES)
+    assert s.options().classes == ["DAB-rich", "hematoxylin-rich"]
+    s.start_from.setCurrentText(S.ANNOTATED)
+    items = [s.target.itemText(i) for i in range(s.target.count())]
+    assert items == [S.EACH_SOURCE, "DAB-rich", "hematoxylin-rich"] and s.form["strength"].enabled
+    s.target.setCurrentText(S.EACH_SOURCE)  # as `histodiff sample --from DIR`: each toward its source's class
+    opts = s.options()
+    assert opts.classes == [] and opts.guidance == SampleOptions().guidance and opts.strength is None
+    s.form["strength"].value = 0.3
+    assert s.options().strength == 0.3
+    s.start_from.setCurrentText(S.NOISE)  # strength returns to its default and is disabled
+    assert s.options().strength is None and not s.form["strength"].enabled
+
+
+def test_review_exports_only_into_its_own_folders_and_appends(make_napari_viewer, qtbot, finetuned_bundle,
+                                                              fresh_model, tmp_path, monkeypatch):
+    from napari_histodiff import load_bundle
+    from napari_histodiff.core.generate.export import read_export
+
+    shown = errors_shown(monkeypatch)
+    viewer = make_napari_viewer()
+    fresh_model.set(load_bundle(finetuned_bundle[0], device="cpu"))
+    s = dock(viewer, "Sample")
+    s.form["rule"].value = "none"  # keep every tile
+    sample_with(s, qtbot, "DAB-rich", 3, 4, 3, tmp_path / "samples")
+    first = s.folder
+    sample_with(s, qtbot, "DAB-rich", 3, 4, 3, tmp_path / "samples")  # same class and seed: a fresh folder
+    assert s.folder != first and first.name == "DAB-rich-seed0" and s.folder.name == "DAB-rich-seed0-2"
+    assert (first / "samples.csv").is_file()  # the older layer's folder is untouched
+    sample_with(s, qtbot, "hematoxylin-rich", 2, 4, 2, tmp_path / "samples")
+    r = dock(viewer, "Review & export")
+
+    def accept_all(name):
+        r.layers.setCurrentText(name)
+        for _ in r.records:
+            r.decide(True)
+
+    accept_all("synthetic: DAB-rich")
+    # a folder with a user's file is never an export target, whatever the intent
+    documents = tmp_path / "Documents"
+    documents.mkdir()
+    (documents / "thesis.docx").write_text("years of work")
+    r.out.value = str(documents)
+    assert r.intent.value == "new"
+    for intent in ("new", "overwrite"):
+        r.intent.value = intent
+        r.export()
+        qtbot.waitUntil(lambda: r.worker is None and r.export_button.isEnabled(), timeout=30_000)
+        assert "is never replaced or changed" in shown[-1]
+    assert (documents / "thesis.docx").read_text() == "years of work"
+    assert sorted(p.name for p in documents.iterdir()) == ["thesis.docx"]
+
+    out = tmp_path / "set"
+    r.out.value = str(out)
+    assert r.intent.value == "new"
+    r.export()
+    qtbot.waitUntil(lambda: (out / "export.json").is_file() and r.worker is None, timeout=30_000)
+    assert r.intent.value == "append"  # the folder now holds our export: the next export adds to it
+    accept_all("synthetic: hematoxylin-rich")
+    r.export()
+    qtbot.waitUntil(lambda: r.worker is None and r.export_button.isEnabled(), timeout=30_000)
+    tiles, rows = read_export(out)
+    assert sorted({row["class"] for row in rows}) == ["DAB-rich", "hematoxylin-rich"]
+    assert len(rows) == 3 + 2 and not shown[2:], shown

@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import os
 import sys
+import types
 import typing
 
 EXIT_BAD_INPUT = 2
@@ -37,7 +38,7 @@ class Parser(argparse.ArgumentParser):
 def _unwrap(tp) -> tuple[type, bool]:
     """(element type, is a list) of ``T``, ``T | None``, ``list[T]`` or ``list[T] | None``."""
     args = [a for a in typing.get_args(tp) if a is not type(None)]
-    if typing.get_origin(tp) in (typing.Union, getattr(__import__("types"), "UnionType", None)) and len(args) == 1:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType) and len(args) == 1:
         tp = args[0]
     if typing.get_origin(tp) in (list, tuple):
         return typing.get_args(tp)[0], True

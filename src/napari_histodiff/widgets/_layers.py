@@ -13,6 +13,10 @@ class LayerCombo(QComboBox):
 
     def __init__(self, viewer, kinds: tuple, predicate=None):
         super().__init__()
+        # long layer names do not widen the dock: the combo shrinks and elides
+        self.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.setMinimumContentsLength(6)
+        self.setMinimumWidth(80)
         self.viewer, self.kinds, self.predicate = viewer, kinds, predicate
         if viewer is not None:
             for ev in (viewer.layers.events.inserted, viewer.layers.events.removed):

@@ -1,4 +1,8 @@
-"""Fine-tune: annotated layers -> labeled tiles -> fine-tuned bundle, on a background worker."""
+"""Fine-tune: annotated layers -> labeled tiles -> fine-tuned bundle, on a background worker.
+
+The options form is generated from ``FinetuneOptions`` (the CLI's ``finetune`` options, same
+defaults; the "interactive" profile declared there shortens the runs); Start runs the same job as
+``histodiff finetune`` (``core.jobs.finetune``) on the loaded model and the extracted tiles."""
 
 from __future__ import annotations
 
@@ -7,17 +11,21 @@ from pathlib import Path
 
 import numpy as np
 from qtpy.QtGui import QImage, QPixmap
-from qtpy.QtWidgets import (QDoubleSpinBox, QFormLayout, QHBoxLayout, QLabel, QProgressBar, QPushButton,
-                            QSpinBox, QVBoxLayout, QWidget)
+from qtpy.QtWidgets import (QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QProgressBar,
+                            QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
 from ..core.train.finetune import FinetuneOptions
-from ._common import State, dataclass_form, notify_error, read_form, start_worker
+from ._common import (OptionsForm, State, field_edit, form_row, notify_error, notify_warning, path_edit,
+                     scroll_page, start_worker)
 from ._layers import LayerCombo, extract
 from ._plot import LossPlot
 from ._state import MODEL, follow_model
 
-FORM_FIELDS = ["classifier_steps", "selection_steps", "unet_steps", "decoder_steps", "clean_latents",
-               "min_tiles_per_class", "seed"]
+PROFILE = "interactive"  # the form's initial profile (FinetuneOptions.PROFILES)
+ADVANCED = ("unet_learning_rate", "decoder_learning_rate", "clean_latents", "holdout", "batch_size",
+            "checkpoint_every", "mixed_precision", "num_workers")
+PROVIDED = ("device",)  # the loaded model's device (Load model widget)
+LABELS = {"out": "output bundle", "model": "model (Load model widget)", "labeled": "annotations"}
 
 
 def pixmap(rgb: np.ndarray) -> QPixmap:
@@ -32,25 +40,23 @@ def warm_imports() -> None:
     import diffusers.optimization  # noqa: F401
     import diffusers.training_utils  # noqa: F401
 
-    from ..core.train import losses
-    from ..core.train import autoencoder as train_autoencoder
-    from ..core.train import classifiers as train_classifiers
-    from ..core.train import diffusion as train_diffusion
+    from ..core.jobs import finetune  # noqa: F401
+    from ..core.train import autoencoder, classifiers, diffusion, losses  # noqa: F401
 
 
-def finetune_and_load(source, tiles, out, preset, options):
-    """The core fine-tuning, then the new bundle loaded in the worker thread (not the GUI's)."""
+def finetune_and_load(opts: FinetuneOptions, model, tiles):
+    """The fine-tuning job (as ``histodiff finetune``), then the new bundle loaded in the worker
+    thread (not the GUI's)."""
     from ..core.formats.bundle import load_bundle
-    from ..core.train.finetune import finetune
+    from ..core.jobs.finetune import finetune
 
-    result = yield from finetune(source, tiles, out, preset, options)
-    return result, load_bundle(out, device=options.device)
+    result = yield from finetune(opts, model=model, tiles=tiles)
+    return result, load_bundle(opts.out, device=opts.device)
 
 
 class FinetuneWidget(QWidget):
     def __init__(self, napari_viewer=None):
         import napari.layers as L
-        from magicgui.widgets import FileEdit
 
         super().__init__()
         self.viewer = napari_viewer
@@ -58,10 +64,12 @@ class FinetuneWidget(QWidget):
         self.annotations = LayerCombo(napari_viewer, (L.Labels, L.Shapes, L.Points))
         self.stride = QSpinBox(minimum=0, maximum=4096, value=0, specialValueText="tile size")
         self.min_fraction = QDoubleSpinBox(minimum=0.05, maximum=1.0, value=0.5, singleStep=0.05)
-        self.form = dataclass_form(FinetuneOptions, FORM_FIELDS, classifier_steps=500, selection_steps=300,
-                                   unet_steps=200)
-        self.out = FileEdit(mode="d", label="output bundle",
-                            value=str(Path(tempfile.gettempdir()) / "histodiff-finetuned"))
+        for spin in (self.stride, self.min_fraction):
+            spin.setMinimumWidth(80)  # not the width of their largest value: the dock is narrow
+        self.form = OptionsForm(FinetuneOptions, provided=PROVIDED, advanced=ADVANCED, profile=PROFILE)
+        self.out = path_edit("d", Path(tempfile.gettempdir()) / "histodiff-finetuned",
+                             tip=FinetuneOptions.__dataclass_fields__["out"].metadata["help"])
+        self.intent = field_edit(FinetuneOptions, "intent")
         self.extract_button = QPushButton("Extract tiles")
         self.counts = QLabel("Extract tiles to see how many each class gets.")
         self.counts.setWordWrap(True)
@@ -70,20 +78,26 @@ class FinetuneWidget(QWidget):
             QPushButton("Start"), QPushButton("Pause"), QPushButton("Cancel"))
         self.progress = QProgressBar()
         self.status = QLabel("idle")
+        self.status.setWordWrap(True)
         self.plot = LossPlot()
 
-        form = QFormLayout()
-        form.addRow("image", self.image)
-        form.addRow("annotations", self.annotations)
-        form.addRow("stride (px)", self.stride)
-        form.addRow("min annotated fraction", self.min_fraction)
-        layout = QVBoxLayout(self)
-        layout.addLayout(form)
-        layout.addWidget(self.extract_button)
-        layout.addWidget(self.counts)
-        layout.addWidget(self.preview)
-        layout.addWidget(self.form.native)
-        layout.addWidget(self.out.native)
+        tiles = QGroupBox("labeled tiles")
+        form = QFormLayout(tiles)
+        form_row(form, "image", self.image, "an RGB Image layer")
+        form_row(form, "annotations", self.annotations, "a Labels, Shapes or Points layer with a `class` feature")
+        form_row(form, "stride (px)", self.stride, "step between tiles of a region (default: the tile size)")
+        form_row(form, "min coverage", self.min_fraction,
+                 "fraction of a tile that must lie inside the annotated region (Labels and Shapes layers)")
+        form.addRow(self.extract_button)
+        form.addRow(self.counts)
+        form.addRow(self.preview)
+        options = QGroupBox("fine-tuning")
+        self.form.add_row(LABELS["out"], self.out, wide=True)
+        self.form.add_row(self.intent.label, self.intent)
+        QVBoxLayout(options).addWidget(self.form)
+        layout = scroll_page(self)
+        layout.addWidget(tiles)
+        layout.addWidget(options)
         row = QHBoxLayout()
         for b in (self.start_button, self.pause_button, self.cancel_button):
             row.addWidget(b)
@@ -103,6 +117,12 @@ class FinetuneWidget(QWidget):
             combo.currentTextChanged.connect(self._inputs_changed)
         follow_model(self, self._model_changed)
         self._update()
+
+    def label_of(self, name: str) -> str:
+        """How this widget names an option (for messages)."""
+        if name == "intent":
+            return self.intent.label
+        return LABELS.get(name) or self.form.label_of(name)
 
     # -- inputs ---------------------------------------------------------------------------
     def _model_changed(self, bundle):
@@ -124,23 +144,24 @@ class FinetuneWidget(QWidget):
                                           self.stride.value() or bundle.tile_size, self.min_fraction.value())
         except Exception as e:  # noqa: BLE001 - shown to the user
             self.tiles = None
-            notify_error(e)
+            notify_error(e, self.label_of)
             self._update()
             return
         MODEL.labeled = self.tiles
         counts = class_counts(self.tiles)
-        minimum = self.form.min_tiles_per_class.value
+        minimum = self.form["min_tiles_per_class"].value
         text = ", ".join(f"{c}: {n}" for c, n in counts.items())
         few = [c for c, n in counts.items() if n < minimum]
         if skipped:
             text += f" ({skipped} points too close to the border skipped)"
         if few:
-            text += f". Too few tiles (< {minimum}) for {', '.join(few)}: annotate more or lower the minimum."
+            text += (f". Too few tiles (< {minimum}) for {', '.join(few)}: annotate more or lower "
+                     f"\"{self.label_of('min_tiles_per_class')}\".")
         self.counts.setText("Tiles per class: " + text)
-        k = min(len(self.tiles), 24)
+        k = min(len(self.tiles), 18)
         idx = np.linspace(0, len(self.tiles) - 1, k).round().astype(int)
-        sheet = contact_sheet(self.tiles.tiles[idx], ncols=8)
-        scale = max(1, 256 // sheet.shape[1])
+        sheet = contact_sheet(self.tiles.tiles[idx], ncols=6)
+        scale = max(1, 200 // sheet.shape[1])
         self.preview.setPixmap(pixmap(np.kron(sheet, np.ones((scale, scale, 1), np.uint8))))
         self._update()
 
@@ -168,7 +189,9 @@ class FinetuneWidget(QWidget):
 
     # -- training ---------------------------------------------------------------------------
     def options(self) -> FinetuneOptions:
-        return read_form(self.form, FinetuneOptions, device=str(MODEL.require().device))
+        """The job's options: the form, the output folder and intent, the loaded model's device."""
+        bundle = MODEL.require()
+        return self.form.read(out=Path(str(self.out.value)), intent=self.intent.value, device=str(bundle.device))
 
     def start(self):
         from ..core.base.errors import HistodiffError
@@ -177,17 +200,14 @@ class FinetuneWidget(QWidget):
             problem = self._problem()
             if problem:
                 raise HistodiffError(problem)
-            bundle, opts, out = MODEL.bundle, self.options(), Path(str(self.out.value))
-            if out.exists() and any(out.iterdir()) and not (out / "histodiff.json").is_file():
-                raise HistodiffError(f"{out} exists and is not a bundle; choose an empty output folder")
-            if bundle.path is not None and out.resolve() == bundle.path.resolve():
-                raise HistodiffError("the output folder must differ from the loaded bundle")
+            opts = self.options()
         except Exception as e:  # noqa: BLE001
-            notify_error(e)
+            notify_error(e, self.label_of)
             return
-        MODEL.training, self.state, self.out_dir = True, State.RUNNING, out
+        MODEL.training, self.state, self.out_dir = True, State.RUNNING, opts.out
         self.plot.reset()
-        self.worker = start_worker(finetune_and_load, bundle.path, self.tiles, out, bundle.preset, opts,
+        # the job checks the model (VQ, no UNet), the tiles and the output folder before it writes
+        self.worker = start_worker(finetune_and_load, opts, MODEL.bundle, self.tiles,
                                    on_yield=self._event, on_done=self._done, on_error=self._failed,
                                    on_finish=self._finished)
         self._update()
@@ -208,6 +228,9 @@ class FinetuneWidget(QWidget):
             self._update()
 
     def _event(self, event):
+        if event.stage == "warning":
+            notify_warning(event.message, self.label_of)
+            return
         if event.total:
             self.progress.setMaximum(event.total)
             self.progress.setValue(event.step)
@@ -218,20 +241,31 @@ class FinetuneWidget(QWidget):
             self.plot.add(event.loss)
 
     def _done(self, result_and_bundle):
+        from napari.utils.notifications import show_info
+
         self.state = State.DONE
         self.result, bundle = result_and_bundle
         MODEL.set(bundle)
+        counts = ", ".join(f"{c} {n}" for c, n in self.result.get("class_counts", {}).items())
+        show_info(f"fine-tuned bundle written to {self.out_dir} and loaded (tiles per class: {counts})")
 
     def _failed(self, exc):
         self.state = State.FAILED
-        notify_error(exc)
+        notify_error(exc, self.label_of)
 
     def _finished(self):
         from napari.utils.notifications import show_info
 
+        from ..core.base.outdir import is_marked
+
         if self.state == State.CANCELLING:
             self.state = State.STOPPED
-            show_info(f"fine-tuning stopped; the checkpoint in {self.out_dir} is kept: press Start to resume")
+            if is_marked(self.out_dir, "bundle"):
+                self.intent.value = "resume"
+                show_info(f"fine-tuning stopped; the checkpoint in {self.out_dir} is kept: press Start to resume "
+                          f"(\"{self.intent.label}\" is now resume)")
+            else:
+                show_info("fine-tuning stopped before anything was saved")
         MODEL.training = False
         self.worker = None
         self._update()

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from qtpy.QtWidgets import QCheckBox, QComboBox, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QCheckBox, QComboBox, QFormLayout, QLabel, QProgressBar, QPushButton, QWidget
 
-from ._common import notify_error, start_worker
+from ._common import compact, form_row, notify_error, path_edit, scroll_page, start_worker
 from ._state import MODEL, follow_model
 
 
@@ -33,18 +33,20 @@ def model_card(bundle) -> str:
 
 class LoadWidget(QWidget):
     def __init__(self, napari_viewer=None):
-        from magicgui.widgets import FileEdit
-
         from ..core.base.devices import available_devices
 
         super().__init__()
         self.viewer = napari_viewer
-        self.path = FileEdit(mode="d", label="bundle folder")
-        self.ckpt = FileEdit(mode="r", filter="*.ckpt *.pt *.pth", label="checkpoint")
-        self.config = FileEdit(mode="r", filter="*.yaml *.yml", label="config")
-        self.ema = QCheckBox("EMA weights (when the checkpoint has them)")
+        from ..core.formats.convert import ModelSource
+
+        helps = {name: f.metadata["help"] for name, f in ModelSource.__dataclass_fields__.items()}
+        self.path = path_edit("d")
+        self.ckpt = path_edit("r", filter="*.ckpt *.pt *.pth")
+        self.config = path_edit("r", filter="*.yaml *.yml")
+        self.ema = QCheckBox("EMA weights")
         self.ema.setChecked(True)
-        self.device = QComboBox()
+        self.ema.setToolTip(helps["ema"] + "; off: the model weights")
+        self.device = compact(QComboBox())
         self.device.addItems(["auto", *available_devices()])
         self.load_button = QPushButton("Load")
         self.busy = QProgressBar()
@@ -52,15 +54,19 @@ class LoadWidget(QWidget):
         self.busy.hide()
         self.card = QLabel("No model loaded.")
         self.card.setWordWrap(True)
-        layout = QVBoxLayout(self)
-        layout.addWidget(QLabel("Bundle folder (from histodiff pretrain / finetune) or diffusers LDM pipeline folder:"))
-        layout.addWidget(self.path.native)
-        layout.addWidget(QLabel("or a CompVis / HistoDiffusion .ckpt (overrides the folder), its YAML if not beside it:"))
-        layout.addWidget(self.ckpt.native)
-        layout.addWidget(self.config.native)
-        layout.addWidget(self.ema)
-        layout.addWidget(QLabel("Device:"))
-        layout.addWidget(self.device)
+        intro = QLabel("A bundle folder (from histodiff pretrain / finetune) or a diffusers LDM pipeline folder; "
+                       "or a CompVis / HistoDiffusion .ckpt (used instead of the folder when given).")
+        intro.setWordWrap(True)
+        form = QFormLayout()
+        form_row(form, "bundle folder", self.path, "bundle folder or diffusers LDM pipeline folder")
+        form_row(form, "checkpoint", self.ckpt, "CompVis / HistoDiffusion LatentDiffusion .ckpt")
+        form_row(form, "YAML config", self.config, helps["config"])
+        form.addRow(self.ema)
+        form_row(form, "device", self.device, "auto (cuda > mps > cpu), or a device found on this machine; "
+                 "fine-tuning and sampling run there")
+        layout = scroll_page(self)
+        layout.addWidget(intro)
+        layout.addLayout(form)
         layout.addWidget(self.load_button)
         layout.addWidget(self.busy)
         layout.addWidget(self.card)

@@ -1,6 +1,8 @@
 """Review & export: accept / reject synthetic tiles, bulk-reject by confidence, grid view, export.
 
-Keys on a synthetic layer: A accept, R reject, N next, P previous.
+Keys on a synthetic layer: A accept, R reject, N next, P previous. Export runs the same job as
+``histodiff export`` (``core.jobs.export``); its form is generated from ``ExportOptions``, and the
+intent (new, append, overwrite) follows the folder: append when it already holds an export.
 """
 
 from __future__ import annotations
@@ -10,12 +12,24 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-from qtpy.QtWidgets import (QDoubleSpinBox, QGridLayout, QHBoxLayout, QLabel, QPushButton, QVBoxLayout,
-                            QWidget)
+from qtpy.QtWidgets import (QDoubleSpinBox, QFormLayout, QGridLayout, QGroupBox, QHBoxLayout, QLabel, QPushButton,
+                            QVBoxLayout, QWidget)
 
-from ._common import notify_error, start_worker
+from ..core.generate.export import ExportOptions
+from ._common import (OptionsForm, field_edit, form_row, notify_error, notify_warning, path_edit, scroll_page,
+                      start_worker)
 from ._layers import LayerCombo
 from .sample import features_table
+
+LABELS = {"out": "export folder", "samples": "synthetic layer", "threshold": "threshold (Sample widget)",
+          "rule": "rule (Sample widget)", "include_real": "real tiles"}
+
+
+def default_intent(folder) -> str:
+    """``append`` when ``folder`` already holds an exported set (export.json), else ``new``."""
+    from ..core.base.outdir import is_marked
+
+    return "append" if is_marked(folder, "export") else "new"
 
 
 def is_synthetic(layer) -> bool:
@@ -25,7 +39,6 @@ def is_synthetic(layer) -> bool:
 class ReviewWidget(QWidget):
     def __init__(self, napari_viewer=None):
         import napari.layers as L
-        from magicgui.widgets import FileEdit
 
         super().__init__()
         self.viewer = napari_viewer
@@ -33,14 +46,23 @@ class ReviewWidget(QWidget):
         self.current = QLabel("no synthetic layer: sample tiles with the Sample widget")
         self.current.setWordWrap(True)
         buttons = {name: QPushButton(name) for name in ("Previous", "Next", "Accept", "Reject")}
-        self.threshold = QDoubleSpinBox(minimum=0.0, maximum=1.0, value=0.8, singleStep=0.05)
+        from ..core.generate.selection import SelectionRule
+
+        self.threshold = QDoubleSpinBox(minimum=0.0, maximum=1.0, value=SelectionRule().threshold, singleStep=0.05)
+        self.threshold.setToolTip("Reject all below: reject the tiles whose confidence is below this")
+        self.threshold.setMinimumWidth(70)
         self.bulk_button = QPushButton("Reject all below")
         self.grid_button = QPushButton("Grid view")
         self.counts = QLabel()
-        self.out = FileEdit(mode="d", label="export folder", value=str(Path(tempfile.gettempdir()) / "histodiff-export"))
+        self.out = path_edit("d", Path(tempfile.gettempdir()) / "histodiff-export",
+                             tip=ExportOptions.__dataclass_fields__["out"].metadata["help"])
+        self.form = OptionsForm(ExportOptions)
+        self.intent = field_edit(ExportOptions, "intent")
         self.export_button = QPushButton("Export accepted tiles")
-        layout = QVBoxLayout(self)
-        layout.addWidget(self.layers)
+        layout = scroll_page(self)
+        layers = QFormLayout()
+        form_row(layers, "synthetic layer", self.layers, "a layer from the Sample widget")
+        layout.addLayout(layers)
         layout.addWidget(self.current)
         grid = QGridLayout()
         for i, name in enumerate(("Previous", "Next", "Accept", "Reject")):
@@ -53,8 +75,13 @@ class ReviewWidget(QWidget):
         layout.addLayout(row)
         layout.addWidget(self.grid_button)
         layout.addWidget(self.counts)
-        layout.addWidget(self.out.native)
-        layout.addWidget(self.export_button)
+        export = QGroupBox("export")
+        self.form.add_row(LABELS["out"], self.out, at=0, wide=True)
+        self.form.add_row(self.intent.label, self.intent, at=2)
+        box = QVBoxLayout(export)
+        box.addWidget(self.form)
+        box.addWidget(self.export_button)
+        layout.addWidget(export)
         layout.addStretch()
         buttons["Previous"].clicked.connect(lambda: self.move(-1))
         buttons["Next"].clicked.connect(lambda: self.move(1))
@@ -63,6 +90,8 @@ class ReviewWidget(QWidget):
         self.bulk_button.clicked.connect(self.bulk_reject)
         self.grid_button.clicked.connect(self.grid_view)
         self.export_button.clicked.connect(self.export)
+        self.out.changed.connect(self._folder_changed)
+        self._folder_changed()
         self.layers.currentTextChanged.connect(self._layer_changed)
         if napari_viewer is not None:
             napari_viewer.dims.events.current_step.connect(lambda *_: self._show())
@@ -150,9 +179,22 @@ class ReviewWidget(QWidget):
         else:
             self.viewer.add_image(sheet, name=name, rgb=True)
 
+    def label_of(self, name: str) -> str:
+        if name == "intent":
+            return self.intent.label
+        return LABELS.get(name) or self.form.label_of(name)
+
+    def _folder_changed(self, *_):
+        self.intent.value = default_intent(Path(str(self.out.value)))
+
+    def options(self) -> ExportOptions:
+        """The job's options for the current layer's sample folder."""
+        folder = self.layers.layer().metadata["histodiff"]["folder"]
+        return self.form.read(samples=[Path(folder)], out=Path(str(self.out.value)), intent=self.intent.value)
+
     def export(self):
         from ..core.base.errors import HistodiffError
-        from ..core.generate.export import ExportOptions, export_set
+        from ..core.jobs.export import export
 
         layer = self.layers.layer()
         try:
@@ -161,16 +203,28 @@ class ReviewWidget(QWidget):
             if any(r.kept is None for r in self.records):
                 raise HistodiffError("some tiles are undecided: accept or reject them (or use Reject all below)")
             self._sync()
+            opts = self.options()
         except Exception as e:  # noqa: BLE001
-            notify_error(e)
+            notify_error(e, self.label_of)
             return
-        folder = layer.metadata["histodiff"]["folder"]
         self.export_button.setEnabled(False)
-        self.worker = start_worker(export_set, [folder], Path(str(self.out.value)), ExportOptions(overwrite=True),
-                                   None, {"from": "napari"}, on_done=self._exported,
-                                   on_finish=lambda: self.export_button.setEnabled(True))
+        # the job refuses a folder that is not our own export before it writes anything
+        self.worker = start_worker(export, opts, on_yield=self._event, on_done=self._exported,
+                                   on_error=self._failed, on_finish=self._export_finished)
+
+    def _event(self, event):
+        if event.stage == "warning":
+            notify_warning(event.message, self.label_of)
+
+    def _failed(self, exc):
+        notify_error(exc, self.label_of)
+
+    def _export_finished(self):
+        self.export_button.setEnabled(True)
+        self.worker = None
+        self._folder_changed()  # append from now on when the export was written
 
     def _exported(self, summary):
         from napari.utils.notifications import show_info
 
-        show_info(f"{summary['total']} tiles exported to {summary['out']}")
+        show_info(summary["message"])

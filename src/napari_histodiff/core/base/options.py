@@ -126,8 +126,8 @@ def record(obj) -> dict:
 
 
 def device_option(**kw):
-    """The ``device`` field every job that runs a model has."""
-    return option("auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps", **kw)
+    """The ``device`` field every job that runs a model has (napari takes it from the Load widget)."""
+    return option("auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps", gui=False, **kw)
 
 
 def seed_option(**kw):

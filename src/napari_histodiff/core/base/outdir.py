@@ -64,7 +64,7 @@ def check_output(out, kind: str, intent: str = "new", allowed=("new", "overwrite
     if intent == "new":
         fixes = [f"{{opt:intent={i}}}" for i in ("resume", "overwrite", "append") if i in allowed]
         raise HistodiffError(f"output folder {out} already holds {A[kind]} {WHAT[kind]}; choose another folder"
-                             + (f", or pass {' or '.join(fixes)}" if fixes else ""))
+                             + (f", or choose {' or '.join(fixes)}" if fixes else ""))
 
 
 def prepare_output(out, kind: str, intent: str = "new", allowed=("new", "overwrite")) -> Path:

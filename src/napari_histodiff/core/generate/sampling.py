@@ -42,7 +42,7 @@ class SampleOptions:
     out: Path | None = option(None, required=True, gui=False, help="sample folder to write")
     intent: str = option("new", choices=("new", "overwrite"), consts={"--overwrite": "overwrite"}, gui=False,
                          help="new folder, or overwrite our sample folder there")
-    n: int = option(16, min=1, label="tiles per class",
+    n: int = option(16, min=1, label="tiles (per class)",
                     help="tiles per class (in all when unguided)")
     classes: list[str] = option(factory=list, flags=("--class",), metavar="NAME", gui=False,
                                 help="target classes; none: unguided, or with source tiles every class "
@@ -64,7 +64,7 @@ class SampleOptions:
     seed: int = option(0, min=0, help="random seed; tile i of seed s is always the same tile")
     batch_size: int = option(16, min=1, help="tiles denoised at once")
     device: str = device_option()
-    select: bool = option(True, help="score and select the tiles (needs a fine-tuned bundle)")
+    select: bool = option(True, label="select tiles", help="score and select the tiles (needs a fine-tuned bundle)")
     selection: SelectionRule = option(factory=SelectionRule, help="selection rule")
     foreign: ModelSource = option(factory=ModelSource, gui=False, help="how to read a foreign model")
 

@@ -38,7 +38,7 @@ class FinetuneOptions:
                                  "tiles fitted whole to the tile size")
     classifier_steps: int = option(2000, min=1, help="training steps of the noisy latent classifier (guidance)")
     selection_steps: int = option(1000, min=1, help="training steps of the selection classifier")
-    unet_steps: int = option(1000, min=0, flags=("--finetune-unet-steps",),
+    unet_steps: int = option(1000, min=0, flags=("--finetune-unet-steps",), label="UNet steps",
                              help="continued UNet training on the labeled tiles (0: off)")
     unet_learning_rate: float = option(1e-5, min=0, min_open=True, flags=("--unet-lr",),
                                        help="learning rate of the UNet fine-tuning")

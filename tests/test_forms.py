@@ -1,0 +1,191 @@
+"""napari option forms are generated from the jobs' option dataclasses: same fields and defaults as the CLI,
+labels in messages (pytest-qt, xvfb)."""
+
+import dataclasses
+
+import pytest
+
+pytest.importorskip("napari")
+pytest.importorskip("pytestqt")
+
+PLUGIN = "napari-histodiff"
+
+
+@pytest.fixture(autouse=True)
+def fresh_model():
+    from napari_histodiff.widgets._state import MODEL
+
+    MODEL.bundle, MODEL.training, MODEL.labeled = None, False, None
+    yield MODEL
+    MODEL.bundle, MODEL.training, MODEL.labeled = None, False, None
+
+
+def dock(viewer, name):
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name)
+    return widget
+
+
+def gui_fields(cls) -> set[str]:
+    """Every field a form must show (nested option groups flattened)."""
+    from napari_histodiff.core.base.options import default_of, fields
+
+    names = set()
+    for f in fields(cls):
+        if f.metadata["gui"]:
+            d = default_of(f)
+            names |= gui_fields(type(d)) if dataclasses.is_dataclass(d) else {f.name}
+    return names
+
+
+def flat(obj) -> dict:
+    out = {}
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        out.update(flat(v) if dataclasses.is_dataclass(v) else {f.name: v})
+    return out
+
+
+CLI = {"Fine-tune": ["finetune", "pre", "--labeled", "tiles", "--out", "ft"],
+       "Sample": ["sample", "ft", "--out", "samples"],
+       "Review & export": ["export", "samples", "--out", "set"]}
+
+
+def test_every_form_shows_every_option_with_the_cli_default(make_napari_viewer):
+    from napari_histodiff.cli import build_options, build_parser
+    from napari_histodiff.widgets._common import DEFAULTS
+
+    parser = build_parser()
+    viewer = make_napari_viewer()
+    for name, argv in CLI.items():
+        w = dock(viewer, name)
+        ns = parser.parse_args(argv)
+        cls = ns.job.options_class()
+        cli = flat(build_options(cls, ns))
+        form = w.form
+        assert form.cls is cls
+        # every field marked for forms is shown, except what the widget fills in itself (the Load widget's device)
+        assert set(form.edits) | set(form.provided) == gui_fields(cls), name
+        assert set(form.provided) <= {"device"}
+        if form.profile is not None:
+            profiles = [form.profile.itemText(i) for i in range(form.profile.count())]
+            assert profiles == [DEFAULTS, *cls.PROFILES]
+            form.set_profile(DEFAULTS)
+        shown = form.values()
+        assert shown == {k: cli[k] for k in shown}, name
+        assert shown == {k: v for k, v in flat(cls()).items() if k in shown}
+        read = flat(form.read())
+        assert {k: read[k] for k in shown} == shown
+        if hasattr(w, "intent"):  # the output intent control starts at the CLI's default
+            assert w.intent.value == cli["intent"] == "new"
+            assert [w.intent.native.itemText(i) for i in range(w.intent.native.count())] == \
+                list(cls.__dataclass_fields__["intent"].metadata["choices"])
+
+
+def test_finetune_form_starts_with_the_interactive_profile_and_shows_it(make_napari_viewer):
+    from napari_histodiff.core.train.finetune import FinetuneOptions
+    from napari_histodiff.widgets._common import CUSTOM, DEFAULTS
+
+    w = dock(make_napari_viewer(), "Fine-tune")
+    form = w.form
+    assert form.profile.currentText() == "interactive" and not form.profile.isHidden()
+    interactive = FinetuneOptions.PROFILES["interactive"]
+    assert {k: form[k].value for k in interactive} == interactive
+    form["unet_steps"].value = 7  # edited by hand: no profile matches
+    assert form.profile.currentText() == CUSTOM
+    form["unet_steps"].value = FinetuneOptions.PROFILES["interactive"]["unet_steps"]
+    assert form.profile.currentText() == "interactive"
+    form.profile.setCurrentText(DEFAULTS)
+    assert form["classifier_steps"].value == FinetuneOptions().classifier_steps
+    assert form.profile.findText(CUSTOM) < 0
+
+
+def test_editors_follow_the_field_metadata(qtbot):
+    from napari_histodiff.core.generate.sampling import SampleOptions
+    from napari_histodiff.core.train.finetune import FinetuneOptions
+    from napari_histodiff.widgets._common import OptionsForm
+
+    form = OptionsForm(SampleOptions, provided=("device",))
+    qtbot.addWidget(form)
+    meta = SampleOptions.__dataclass_fields__
+    assert form["n"].label == "tiles per class" and form["batch_size"].label == "batch size"
+    assert form["n"].native.toolTip().startswith(meta["n"].metadata["help"])
+    assert form["n"].native.minimum() == 1
+    sampler = form["sampler"].native
+    assert [sampler.itemText(i) for i in range(sampler.count())] == list(meta["sampler"].metadata["choices"])
+    # optional numbers: "default" until set; read back as None
+    strength = form["strength"]
+    assert strength.value is None and strength.native.text() == "default"
+    strength.value = 0.25
+    assert form.read(classes=[]).strength == 0.25
+    strength.value = None
+    assert form.read().strength is None
+    assert form["cap"].value is None and form["cap"].native.text() == "no cap"  # SelectionRule, nested
+    form["cap"].value = 0
+    assert form.read().selection.cap == 0
+    ft = OptionsForm(FinetuneOptions, provided=("device",))
+    qtbot.addWidget(ft)
+    lr = ft["unet_learning_rate"]
+    assert lr.value == 1e-5 and lr.native.text() == "1e-05"  # small floats shown and read back exactly
+    lr.native.lineEdit().setText("3e-4")
+    lr.native.interpretText()
+    assert ft.read().unet_learning_rate == pytest.approx(3e-4)
+
+
+def test_messages_name_the_form_labels_not_cli_flags(make_napari_viewer, qtbot, trained_bundle, fresh_model,
+                                                     tmp_path, monkeypatch):
+    import napari.utils.notifications as N
+
+    from napari_histodiff import load_bundle
+    from napari_histodiff._sample_data import demo_tissue_annotated
+    from napari_histodiff.widgets._common import State
+
+    shown = []
+    monkeypatch.setattr(N, "show_error", shown.append)
+    viewer = make_napari_viewer()
+    fresh_model.set(load_bundle(trained_bundle, device="cpu"))
+    for data, kwargs, kind in demo_tissue_annotated():
+        getattr(viewer, f"add_{kind}")(data, **kwargs)
+    w = dock(viewer, "Fine-tune")
+    w.out.value = str(tmp_path / "ft")
+    w.extract()
+    # a value the spin box allows but the option refuses: checked when Start is pressed
+    w.form["unet_learning_rate"].value = 0.0
+    w.start()
+    assert shown[-1] == '"unet learning rate" must be greater than 0 (got 0.0)'
+    assert w.worker is None and not (tmp_path / "ft").exists()
+    w.form["unet_learning_rate"].value = 1e-5
+    # a core message that refers to an option: the job checks the tiles in the worker, before writing
+    w.form["min_tiles_per_class"].value = 10_000
+    w.start()
+    qtbot.waitUntil(lambda: w.state == State.FAILED and w.worker is None, timeout=30_000)
+    assert 'lower "min tiles per class"' in shown[-1] and "--" not in shown[-1]
+    assert not (tmp_path / "ft").exists()
+
+    s = dock(viewer, "Sample")
+    s.form["steps"].value = 5000  # more than the model's 1000 training timesteps
+    s.start()
+    qtbot.waitUntil(lambda: s.state == State.FAILED, timeout=30_000)
+    assert shown[-1].startswith('"steps" must be below 1000')
+
+
+def test_module_paths_in_the_napari_docs_exist():
+    """docs/napari.md is maintained with the widgets (tests/test_docs.py leaves it to this file)."""
+    import importlib
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "napari.md").read_text()
+    paths = set(re.findall(r"`((?:napari_histodiff\.)?core(?:\.\w+)+)`", text))
+    assert paths
+    for path in paths:
+        parts = path.removeprefix("napari_histodiff.").split(".")
+        for cut in range(len(parts), 0, -1):
+            try:
+                obj = importlib.import_module("napari_histodiff." + ".".join(parts[:cut]))
+            except ModuleNotFoundError:
+                continue
+            for name in parts[cut:]:
+                obj = getattr(obj, name)
+            break
+        else:
+            raise AssertionError(f"{path} in docs/napari.md does not exist")
