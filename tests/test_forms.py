@@ -8,21 +8,7 @@ import pytest
 pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
-PLUGIN = "napari-histodiff"
-
-
-@pytest.fixture(autouse=True)
-def fresh_model():
-    from napari_histodiff.widgets._state import MODEL
-
-    MODEL.bundle, MODEL.training, MODEL.labeled = None, False, None
-    yield MODEL
-    MODEL.bundle, MODEL.training, MODEL.labeled = None, False, None
-
-
-def dock(viewer, name):
-    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name)
-    return widget
+from test_widgets import dock, fresh_model  # noqa: E402,F401 (fresh_model: an autouse fixture)
 
 
 def gui_fields(cls) -> set[str]:
@@ -52,7 +38,7 @@ CLI = {"Fine-tune": ["finetune", "pre", "--labeled", "tiles", "--out", "ft"],
 
 def test_every_form_shows_every_option_with_the_cli_default(make_napari_viewer):
     from napari_histodiff.cli import build_options, build_parser
-    from napari_histodiff.widgets._common import DEFAULTS
+    from napari_histodiff.widgets._forms import DEFAULTS
 
     parser = build_parser()
     viewer = make_napari_viewer()
@@ -63,9 +49,7 @@ def test_every_form_shows_every_option_with_the_cli_default(make_napari_viewer):
         cli = flat(build_options(cls, ns))
         form = w.form
         assert form.cls is cls
-        # every field marked for forms is shown, except what the widget fills in itself (the Load widget's device)
-        assert set(form.edits) | set(form.provided) == gui_fields(cls), name
-        assert set(form.provided) <= {"device"}
+        assert set(form.edits) == gui_fields(cls), name  # every field marked for forms is shown
         if form.profile is not None:
             profiles = [form.profile.itemText(i) for i in range(form.profile.count())]
             assert profiles == [DEFAULTS, *cls.PROFILES]
@@ -83,7 +67,7 @@ def test_every_form_shows_every_option_with_the_cli_default(make_napari_viewer):
 
 def test_finetune_form_starts_with_the_interactive_profile_and_shows_it(make_napari_viewer):
     from napari_histodiff.core.train.finetune import FinetuneOptions
-    from napari_histodiff.widgets._common import CUSTOM, DEFAULTS
+    from napari_histodiff.widgets._forms import CUSTOM, DEFAULTS
 
     w = dock(make_napari_viewer(), "Fine-tune")
     form = w.form
@@ -102,12 +86,12 @@ def test_finetune_form_starts_with_the_interactive_profile_and_shows_it(make_nap
 def test_editors_follow_the_field_metadata(qtbot):
     from napari_histodiff.core.generate.sampling import SampleOptions
     from napari_histodiff.core.train.finetune import FinetuneOptions
-    from napari_histodiff.widgets._common import OptionsForm
+    from napari_histodiff.widgets._forms import OptionsForm
 
-    form = OptionsForm(SampleOptions, provided=("device",))
+    form = OptionsForm(SampleOptions)
     qtbot.addWidget(form)
     meta = SampleOptions.__dataclass_fields__
-    assert form["n"].label == "tiles per class" and form["batch_size"].label == "batch size"
+    assert form["n"].label == "tiles (per class)" and form["batch_size"].label == "batch size"
     assert form["n"].native.toolTip().startswith(meta["n"].metadata["help"])
     assert form["n"].native.minimum() == 1
     sampler = form["sampler"].native
@@ -122,7 +106,7 @@ def test_editors_follow_the_field_metadata(qtbot):
     assert form["cap"].value is None and form["cap"].native.text() == "no cap"  # SelectionRule, nested
     form["cap"].value = 0
     assert form.read().selection.cap == 0
-    ft = OptionsForm(FinetuneOptions, provided=("device",))
+    ft = OptionsForm(FinetuneOptions)
     qtbot.addWidget(ft)
     lr = ft["unet_learning_rate"]
     assert lr.value == 1e-5 and lr.native.text() == "1e-05"  # small floats shown and read back exactly

@@ -15,8 +15,8 @@ from qtpy.QtWidgets import (QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout,
                             QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
 from ..core.train.finetune import FinetuneOptions
-from ._common import (OptionsForm, State, field_edit, form_row, notify_error, notify_warning, path_edit,
-                     scroll_page, start_worker)
+from ._common import State, form_row, notify_error, notify_warning, path_edit, scroll_page, start_worker
+from ._forms import OptionsForm, field_edit
 from ._layers import LayerCombo, extract
 from ._plot import LossPlot
 from ._state import MODEL, follow_model
@@ -24,7 +24,6 @@ from ._state import MODEL, follow_model
 PROFILE = "interactive"  # the form's initial profile (FinetuneOptions.PROFILES)
 ADVANCED = ("unet_learning_rate", "decoder_learning_rate", "clean_latents", "holdout", "batch_size",
             "checkpoint_every", "mixed_precision", "num_workers")
-PROVIDED = ("device",)  # the loaded model's device (Load model widget)
 LABELS = {"out": "output bundle", "model": "model (Load model widget)", "labeled": "annotations"}
 
 
@@ -66,7 +65,7 @@ class FinetuneWidget(QWidget):
         self.min_fraction = QDoubleSpinBox(minimum=0.05, maximum=1.0, value=0.5, singleStep=0.05)
         for spin in (self.stride, self.min_fraction):
             spin.setMinimumWidth(80)  # not the width of their largest value: the dock is narrow
-        self.form = OptionsForm(FinetuneOptions, provided=PROVIDED, advanced=ADVANCED, profile=PROFILE)
+        self.form = OptionsForm(FinetuneOptions, advanced=ADVANCED, profile=PROFILE)
         self.out = path_edit("d", Path(tempfile.gettempdir()) / "histodiff-finetuned",
                              tip=FinetuneOptions.__dataclass_fields__["out"].metadata["help"])
         self.intent = field_edit(FinetuneOptions, "intent")

@@ -16,8 +16,8 @@ from qtpy.QtWidgets import (QDoubleSpinBox, QFormLayout, QGridLayout, QGroupBox,
                             QVBoxLayout, QWidget)
 
 from ..core.generate.export import ExportOptions
-from ._common import (OptionsForm, field_edit, form_row, notify_error, notify_warning, path_edit, scroll_page,
-                      start_worker)
+from ._common import form_row, notify_error, notify_warning, path_edit, scroll_page, start_worker
+from ._forms import OptionsForm, field_edit
 from ._layers import LayerCombo
 from .sample import features_table
 

@@ -17,8 +17,8 @@ import numpy as np
 from qtpy.QtWidgets import QComboBox, QHBoxLayout, QLabel, QProgressBar, QPushButton, QWidget
 
 from ..core.generate.sampling import SampleOptions
-from ._common import (OptionsForm, State, compact, notify_error, notify_warning, path_edit, scroll_page,
-                      start_worker)
+from ._common import State, compact, notify_error, notify_warning, path_edit, scroll_page, start_worker
+from ._forms import OptionsForm
 from ._state import MODEL, follow_model
 
 UNGUIDED = "(unguided)"  # from noise: classes=[], no guidance
@@ -27,7 +27,6 @@ EACH_SOURCE = "all classes (each keeps its source's)"  # variations: classes=[],
 NOISE, ANNOTATED = "noise", "annotated tiles (variations)"
 FEATURES = ["target_class", "predicted_class", "confidence", "centroid_distance", "kept"]
 ADVANCED = ("eta", "batch_size")
-PROVIDED = ("device",)  # the loaded model's device (Load model widget)
 LABELS = {"out": "sample folder", "classes": "class", "sources": "start from", "per_class": "class",
           "model": "model (Load model widget)"}
 
@@ -56,7 +55,7 @@ class SampleWidget(QWidget):
         self.start_from.addItems([NOISE, ANNOTATED])
         self.start_from.setToolTip("variations: the tiles last extracted in the Fine-tune widget, noised to "
                                    "\"strength\" and denoised again (each keeps its class unless you pick one)")
-        self.form = OptionsForm(SampleOptions, provided=PROVIDED, advanced=ADVANCED)
+        self.form = OptionsForm(SampleOptions, advanced=ADVANCED)
         self.out = path_edit("d", Path(tempfile.gettempdir()) / "histodiff-samples",
                              tip="a new sub-folder per sampling is written here "
                              "(<class>[-variations]-seed<seed>, then -2, -3, ...)")
