@@ -168,8 +168,9 @@ def _is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def drain(gen):
-    """Run a core generator to its end with a tqdm progress bar per stage; return its result."""
+def drain(gen, cls=None):
+    """Run a core generator to its end with a tqdm progress bar per stage (warnings printed, their
+    options named as ``cls``'s flags); return its result."""
     from tqdm import tqdm
 
     from .core.base.events import run_to_end
@@ -179,7 +180,7 @@ def drain(gen):
     def show(event):
         if event.stage == "warning":
             if _is_main_process():
-                print(f"histodiff: warning: {render(event.message)}", file=sys.stderr)
+                print(f"histodiff: warning: {render(event.message, cls)}", file=sys.stderr)
             return
         bar = bars.get(event.stage)
         if bar is None:
@@ -202,14 +203,11 @@ def drain(gen):
         gen.close()
 
 
-_CURRENT = {"cls": None}
-
-
-def render(text: str) -> str:
-    """A core message with its option references shown as this command's flags."""
+def render(text: str, cls=None) -> str:
+    """A core message with its option references shown as the flags of ``cls`` (a job's options)."""
     from .core.base.options import refs
 
-    by_name = {f.name: f for f, _ in option_fields(_CURRENT["cls"])} if _CURRENT["cls"] else {}
+    by_name = {f.name: f for f, _ in option_fields(cls)} if cls is not None else {}
 
     def show_field(name):
         return flag_of(by_name[name]) if name in by_name else "--" + name.replace("_", "-")
@@ -232,15 +230,15 @@ def main(argv=None) -> int:
 
     args = build_parser().parse_args(argv)
     job = args.job
-    _CURRENT["cls"] = job.options_class()
+    cls = job.options_class()
     try:
-        opts = build_options(_CURRENT["cls"], args)
-        result = drain(job.run(opts))
+        opts = build_options(cls, args)
+        result = drain(job.run(opts), cls)
     except OptionError as e:
-        print(f"histodiff: error: {e.render(lambda name: render('{opt:' + name + '}'))}", file=sys.stderr)
+        print(f"histodiff: error: {e.render(lambda name: render('{opt:' + name + '}', cls))}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except HistodiffError as e:
-        print(f"histodiff: error: {render(e.raw)}", file=sys.stderr)
+        print(f"histodiff: error: {render(e.raw, cls)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print(f"histodiff: interrupted; {job.interrupted}".rstrip("; "), file=sys.stderr)
