@@ -403,6 +403,17 @@ def _vq_and_unet():
     return _randomised(vq, 5), _randomised(unet, 6)
 
 
+
+def vq_bundle():
+    """An in-memory bundle with a VQ first stage (as a diffusers LDM pipeline converts to)."""
+    from diffusers import DDPMScheduler
+
+    vq, unet = _vq_and_unet()
+    meta = new_meta(tiny())
+    meta["tile_size"], meta["latent_scale_factor"] = 32, 1.0
+    sched = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.0015, beta_end=0.0155)
+    return Bundle(vae=vq, unet=unet, scheduler=sched, meta=meta)
+
 def test_variations_work_on_a_vq_first_stage():
     from diffusers import DDPMScheduler
 

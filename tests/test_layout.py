@@ -114,3 +114,10 @@ def test_importing_the_cli_loads_no_gui_package():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_cli_help_does_not_load_torch():
+    code = ("import sys, napari_histodiff.cli as c\nc.build_parser()\n"
+            "print(sorted(n for n in ('torch', 'diffusers', 'scipy', 'skimage') if n in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -23,6 +23,7 @@ from napari_histodiff.core.generate.sample_set import write_samples
 from napari_histodiff.core.generate.sampling import SampleOptions
 from napari_histodiff.core.models.presets import tiny
 from napari_histodiff.core.train.loop import prepare_out_dir
+from test_convert import vq_bundle
 
 T = 16
 
@@ -81,24 +82,6 @@ def tiny_bundle():
     meta = new_meta(p)
     meta["latent_scale_factor"] = 1.0
     return Bundle(vae=p.build_vae().eval(), unet=p.build_unet().eval(), scheduler=p.build_scheduler(), meta=meta)
-
-
-def vq_bundle():
-    """A small VQ + UNet bundle that the CompVis layout can express."""
-    from diffusers import DDPMScheduler, UNet2DModel, VQModel
-
-    torch.manual_seed(0)
-    vq = VQModel(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 3,
-                 up_block_types=("UpDecoderBlock2D",) * 3, block_out_channels=(32, 64, 64), layers_per_block=1,
-                 latent_channels=3, num_vq_embeddings=32, norm_num_groups=32, sample_size=32).eval()
-    unet = UNet2DModel(sample_size=8, in_channels=3, out_channels=3, block_out_channels=(32, 64),
-                       down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-                       up_block_types=("AttnUpBlock2D", "UpBlock2D"), layers_per_block=1, attention_head_dim=32,
-                       norm_num_groups=32, attn_norm_num_groups=32).eval()
-    meta = new_meta(tiny())
-    meta["tile_size"], meta["latent_scale_factor"] = 32, 1.0
-    sched = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.0015, beta_end=0.0155)
-    return Bundle(vae=vq, unet=unet, scheduler=sched, meta=meta)
 
 
 def sample_opts(out, **kw):

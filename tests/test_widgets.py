@@ -309,30 +309,10 @@ def test_finetune_a_compvis_checkpoint_opened_in_the_load_widget(make_napari_vie
     assert "public.ckpt" in again.meta["provenance"]["pretrained_from"]
 
 
-def vq_bundle():
-    """An in-memory bundle with a VQ first stage (as a diffusers LDM pipeline converts to)."""
-    import torch
-    from diffusers import DDPMScheduler, UNet2DModel, VQModel
-
-    from napari_histodiff.core.formats.bundle import Bundle, new_meta
-    from napari_histodiff.core.models.presets import tiny
-
-    torch.manual_seed(0)
-    vq = VQModel(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 3,
-                 up_block_types=("UpDecoderBlock2D",) * 3, block_out_channels=(32, 64, 64), layers_per_block=1,
-                 latent_channels=3, num_vq_embeddings=32, norm_num_groups=32, sample_size=32).eval()
-    unet = UNet2DModel(sample_size=8, in_channels=3, out_channels=3, block_out_channels=(32, 64),
-                       down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-                       up_block_types=("AttnUpBlock2D", "UpBlock2D"), layers_per_block=1, attention_head_dim=32,
-                       norm_num_groups=32, attn_norm_num_groups=32).eval()
-    meta = new_meta(tiny())
-    meta["tile_size"], meta["latent_scale_factor"] = 32, 1.0
-    sched = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.0015, beta_end=0.0155)
-    return Bundle(vae=vq, unet=unet, scheduler=sched, meta=meta)
-
-
 def test_finetuning_a_vq_model_is_refused_before_anything_is_written(make_napari_viewer, qtbot, fresh_model,
                                                                       tmp_path, monkeypatch):
+    from test_convert import vq_bundle
+
     from napari_histodiff.widgets._common import State
 
     shown = errors_shown(monkeypatch)

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import sys
-import types
 import typing
 
 EXIT_BAD_INPUT = 2
@@ -34,16 +32,6 @@ class Parser(argparse.ArgumentParser):
 
 
 # -- from dataclass fields to arguments and back --------------------------------------------------
-
-def _unwrap(tp) -> tuple[type, bool]:
-    """(element type, is a list) of ``T``, ``T | None``, ``list[T]`` or ``list[T] | None``."""
-    args = [a for a in typing.get_args(tp) if a is not type(None)]
-    if typing.get_origin(tp) in (typing.Union, types.UnionType) and len(args) == 1:
-        tp = args[0]
-    if typing.get_origin(tp) in (list, tuple):
-        return typing.get_args(tp)[0], True
-    return tp, False
-
 
 def _default_text(f) -> str:
     from .core.base.options import default_of
@@ -80,8 +68,10 @@ def option_fields(cls) -> list[tuple[dataclasses.Field, type]]:
 
 
 def _add_field(parser, f, tp) -> None:
+    from .core.base.options import field_type
+
     m = f.metadata
-    base, many = _unwrap(tp)
+    base, _, many = field_type(tp)
     kw = dict(help=m["help"] + _default_text(f))
     if m["choices"]:
         kw["choices"] = list(m["choices"])
@@ -164,22 +154,19 @@ def _description(cls, job) -> str:
 
 # -- running a job --------------------------------------------------------------------------------
 
-def _is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
-
-
 def drain(gen, cls=None):
     """Run a core generator to its end with a tqdm progress bar per stage (warnings printed, their
     options named as ``cls``'s flags); return its result."""
     from tqdm import tqdm
 
+    from .core.base.devices import is_main_process
     from .core.base.events import run_to_end
 
     bars = {}
 
     def show(event):
         if event.stage == "warning":
-            if _is_main_process():
+            if is_main_process():
                 print(f"histodiff: warning: {render(event.message, cls)}", file=sys.stderr)
             return
         bar = bars.get(event.stage)
@@ -187,7 +174,7 @@ def drain(gen, cls=None):
             for old in bars.values():
                 old.close()
             bar = bars[event.stage] = tqdm(total=event.total, desc=event.stage, unit="step",
-                                           disable=not _is_main_process(), dynamic_ncols=True)
+                                           disable=not is_main_process(), dynamic_ncols=True)
         bar.update(event.step - bar.n)
         post = {} if event.loss is None else {"loss": f"{event.loss:.4f}"}
         if "psnr" in event.metrics:
@@ -205,7 +192,7 @@ def drain(gen, cls=None):
 
 def render(text: str, cls=None) -> str:
     """A core message with its option references shown as the flags of ``cls`` (a job's options)."""
-    from .core.base.options import refs
+    from .core.base.errors import refs
 
     by_name = {f.name: f for f, _ in option_fields(cls)} if cls is not None else {}
 
@@ -225,6 +212,7 @@ def render(text: str, cls=None) -> str:
 
 
 def main(argv=None) -> int:
+    from .core.base.devices import is_main_process
     from .core.base.errors import HistodiffError
     from .core.base.options import OptionError
 
@@ -243,6 +231,6 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print(f"histodiff: interrupted; {job.interrupted}".rstrip("; "), file=sys.stderr)
         return 130
-    if _is_main_process() and result and result.get("message"):
+    if is_main_process() and result and result.get("message"):
         print(result["message"])
     return 0

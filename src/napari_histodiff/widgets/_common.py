@@ -31,7 +31,7 @@ def _shower(labels):
 def render(text: str, labels=None) -> str:
     """A core message with its option references ``{opt:field}`` / ``{opt:field=value}`` shown as the
     form's labels: ``"classifier steps"``, ``"intent: resume"``, ``"kept tiles only" off``."""
-    from ..core.base.options import refs
+    from ..core.base.errors import refs
 
     label = _shower(labels)
 

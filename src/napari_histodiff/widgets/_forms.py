@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-import types
 import typing
 
 from qtpy.QtCore import Qt
@@ -15,19 +14,11 @@ from qtpy.QtGui import QValidator
 from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QGroupBox, QLabel, QLineEdit,
                             QSpinBox, QToolButton, QVBoxLayout, QWidget)
 
+from ..core.base.options import field_type
 from ._common import compact
 
 
 # -- editors for one option field --------------------------------------------------------------
-
-def _unwrap(tp) -> tuple[type, bool]:
-    """(the type, optional) of ``T`` or ``T | None``."""
-    args = [a for a in typing.get_args(tp) if a is not type(None)]
-    union = typing.get_origin(tp) in (typing.Union, types.UnionType)
-    if union and len(args) == 1:
-        return args[0], True
-    return tp, False
-
 
 def _short_default(help_text: str) -> str:
     """What a spin box shows for "not set": ``(default: no cap)`` -> ``no cap``, else ``default``."""
@@ -81,7 +72,7 @@ class FieldEdit:
         m = f.metadata
         self.field, self.name, self.default = f, f.name, default
         self.label = m.get("label") or f.name.replace("_", " ")
-        base, self.optional = _unwrap(tp)
+        base, self.optional, _ = field_type(tp)
         self.kind = "choice" if m.get("choices") else base.__name__ if base in (bool, int, float, str) else None
         if self.kind is None:
             raise TypeError(f"{f.name}: no form editor for {tp}; mark the field gui=False or add one")

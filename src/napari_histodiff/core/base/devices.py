@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 from .errors import HistodiffError
+
+
+def is_main_process() -> bool:
+    """Rank 0 under a launcher (``accelerate launch``, ``torchrun``), or a single process."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def available_devices() -> list[str]:

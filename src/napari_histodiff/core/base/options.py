@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
+import types
+import typing
 from pathlib import Path
 from typing import Any
 
-from .errors import HistodiffError
+from .errors import HistodiffError, plain, refs  # noqa: F401 (refs, plain: for the CLI and forms)
 
 INTENTS = ("new", "resume", "overwrite", "append")
 
@@ -45,22 +46,15 @@ class OptionError(HistodiffError):
         return f"{show(self.name)} {self.problem}"
 
 
-REF = re.compile(r"\{opt:([a-z_]+)(?:=([^}]*))?\}")
-
-
-def refs(text: str, show_field, show_value=None) -> str:
-    """Replace option references ``{opt:field}`` / ``{opt:field=value}`` in a core message."""
-    def sub(m):
-        name, value = m.group(1), m.group(2)
-        if value is None:
-            return show_field(name)
-        return show_value(name, value) if show_value else f"{show_field(name)}={value}"
-    return REF.sub(sub, text)
-
-
-def plain(text: str) -> str:
-    """A core message with option references as field names (``intent=overwrite``)."""
-    return refs(text, lambda name: name)
+def field_type(tp) -> tuple[type, bool, bool]:
+    """(element type, optional, a list) of ``T``, ``T | None``, ``list[T]`` or ``list[T] | None``."""
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    optional = typing.get_origin(tp) in (typing.Union, types.UnionType) and len(args) == 1
+    if optional:
+        tp = args[0]
+    if typing.get_origin(tp) in (list, tuple):
+        return typing.get_args(tp)[0], optional, True
+    return tp, optional, False
 
 
 def fields(obj_or_cls) -> list[dataclasses.Field]:

@@ -9,10 +9,10 @@ removes the folder it created, so the same command can simply be run again.
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
+from .devices import is_main_process
 from .errors import HistodiffError
 
 MARKERS = {  # kind -> files (globs) that mark a folder as the project's own output of that kind
@@ -45,7 +45,7 @@ def _is_empty(folder: Path) -> bool:
 def check_output(out, kind: str, intent: str = "new", allowed=("new", "overwrite")) -> None:
     """Refuse an output folder that this intent may not use; touches nothing."""
     out = Path(out)
-    if int(os.environ.get("RANK", "0")) != 0:
+    if not is_main_process():
         return  # under a launcher, the main process checks and owns the folder
     if intent not in allowed:
         raise HistodiffError(f"intent must be one of {', '.join(allowed)} for {A[kind]} {WHAT[kind]} (got {intent!r})")
@@ -71,7 +71,7 @@ def prepare_output(out, kind: str, intent: str = "new", allowed=("new", "overwri
     """:func:`check_output`, then remove our own folder when overwriting; creates the folder."""
     out = Path(out)
     check_output(out, kind, intent, allowed)
-    if intent == "overwrite" and is_marked(out, kind) and int(os.environ.get("RANK", "0")) == 0:
+    if intent == "overwrite" and is_marked(out, kind) and is_main_process():
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     return out

@@ -13,15 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy.stats import t as student_t
 
 from ..train import loop as T
 from ..base.devices import pick_device
-from ..models.downstream import ARCHS, build
+from ..models import DOWNSTREAM_ARCHS as ARCHS
 from ..base.errors import HistodiffError
 from ..base.events import Progress
 from ..base.options import OptionError, check, device_option, option, record
-from ..data.tiles import TileFolder, _fit_square
 
 
 @dataclass
@@ -70,6 +68,8 @@ def _load(tiles, what: str, size: int):
     if x.shape[1] != size:
         warnings.warn(f"the {what} tiles are {x.shape[1]} px, the training tiles {size} px; resizing them",
                       stacklevel=3)
+        from ..data.tiles import _fit_square
+
         x = np.stack([_fit_square(t, size) for t in x])
     return x, names
 
@@ -134,6 +134,8 @@ def train_downstream(x, y, val_x, val_y, n_classes, seed, opts, device, stage):
     import torch.nn.functional as F
 
     torch.manual_seed(seed)  # same initial weights for every arm of a seed
+    from ..models.downstream import build
+
     model = build(opts.arch, n_classes, x.shape[1], opts.channels).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=opts.learning_rate, weight_decay=1e-4)
     stream = T.BatchStream(x, np.arange(len(x)), opts.batch_size, seed, labels=y)
@@ -184,6 +186,8 @@ def paired_difference(real_acc, aug_acc) -> dict:
     """Mean of (augmented - real) accuracy in points over seeds with a t-distribution 95% CI."""
     d = 100.0 * (np.asarray(aug_acc, float) - np.asarray(real_acc, float))
     mean, n = float(d.mean()), len(d)
+    from scipy.stats import t as student_t
+
     half = float(student_t.ppf(0.975, n - 1) * d.std(ddof=1) / np.sqrt(n)) if n > 1 else 0.0
     out = {"mean": mean, "ci95_low": mean - half, "ci95_high": mean + half, "n": n, "per_seed": d.tolist()}
     if n < 2:
@@ -328,6 +332,8 @@ def write_results(results, out_dir) -> Path:
     return out / "results.json"
 
 
-def open_labeled(path, tile_size: int) -> TileFolder:
+def open_labeled(path, tile_size: int):
     """A labeled tile folder (``<class>/<tile>``; other files such as manifest.csv are ignored)."""
+    from ..data.tiles import TileFolder
+
     return TileFolder(path, tile_size)

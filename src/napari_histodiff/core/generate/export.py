@@ -26,7 +26,6 @@ from ..base.atomic import partial_path, remove_dead_partials, swap_in
 from ..base.outdir import check_output, is_marked
 from ..base.events import Progress
 from ..formats.records import RECORDS_FILE, read_records
-from ..data.tiles import TileFolder, read_rgb
 
 MANIFEST = "manifest.csv"
 EXPORT_JSON = "export.json"
@@ -82,6 +81,8 @@ def _unique(tile_id: str, prefix: str, seen: set) -> str:
 
 def _synthetic_rows(sample_dirs, only_kept, seen):
     """(loader, manifest row, TIFF description) of every synthetic tile to export, and the skipped count."""
+    from ..data.tiles import read_rgb
+
     rows, skipped = [], 0
     for folder in sample_dirs:
         records = read_records(folder)
@@ -131,6 +132,8 @@ class _Existing:
     """The export in ``out`` that an append adds to: its manifest rows (as written), export.json and tile shape."""
 
     def __init__(self, out: Path):
+        from ..data.tiles import read_rgb
+
         self.out = out
         try:
             self.meta = json.loads((out / EXPORT_JSON).read_text(encoding="utf-8"))
@@ -174,6 +177,8 @@ class _Existing:
 
 
 def _first_tile_size(sample_dirs) -> int:
+    from ..data.tiles import read_rgb
+
     for folder in sample_dirs:
         records = read_records(folder)
         if records:
@@ -188,6 +193,8 @@ def export_set(sample_dirs, out, options: ExportOptions | None = None, real_tile
     ``out`` follows :mod:`..base.outdir`: a folder holding anything but our exported set is never
     touched. Real tiles come from ``real_tiles`` (a tile set) or are opened from ``options.include_real``
     at the sample tile size."""
+    from ..data.tiles import TileFolder
+
     out = Path(out)
     dirs = [Path(sample_dirs)] if isinstance(sample_dirs, (str, os.PathLike)) else [Path(d) for d in sample_dirs]
     opts = dataclasses.replace(options or ExportOptions(), samples=dirs, out=out)
@@ -274,6 +281,8 @@ def _typed(row: dict) -> dict:
 def read_export(folder) -> tuple[np.ndarray, list[dict]]:
     """Read an exported set back: uint8 (N, H, W, 3) tiles in manifest order and the manifest rows
     (numbers as int / float, ``kept`` as True / False, empty fields as None)."""
+    from ..data.tiles import read_rgb
+
     folder = Path(folder)
     if not (folder / MANIFEST).is_file():
         raise HistodiffError(f"{folder} is not an exported set (no {MANIFEST}); create one with `histodiff export`")

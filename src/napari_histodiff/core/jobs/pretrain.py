@@ -120,7 +120,7 @@ def _ae_options(opts, steps: int) -> _AE:
 
 def _record_mpp(opts) -> None:
     from ..formats.bundle import read_meta, write_meta
-    from ..train.loop import is_main_process
+    from ..base.devices import is_main_process
 
     if opts.microns_per_pixel is not None and is_main_process():
         meta = read_meta(opts.out)
@@ -190,7 +190,7 @@ def _copy_autoencoder(source, out) -> None:
     import shutil
 
     from ..formats.bundle import read_meta, write_meta
-    from ..train.loop import is_main_process
+    from ..base.devices import is_main_process
 
     if not is_main_process():
         return

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-ARCHS = ("resnet", "vit")
+from . import DOWNSTREAM_ARCHS as ARCHS
 
 
 class SmallViT(nn.Module):

@@ -16,7 +16,6 @@ from ..formats.bundle import load_bundle, new_meta, package_versions, read_meta,
 from ..base.errors import HistodiffError
 from ..base.events import Progress
 from ..models.presets import Preset
-from ..data.tiles import split_indices
 
 STAGE = "autoencoder"
 
@@ -120,6 +119,8 @@ def train_autoencoder(tiles, out_dir, preset: Preset, options: AutoencoderOption
     opt_g = torch.optim.Adam([p for p in vae.parameters() if p.requires_grad], lr=lr, betas=(0.5, 0.9))
     opt_d = torch.optim.Adam(disc.parameters(), lr=lr, betas=(0.5, 0.9))
     lpips = load_lpips(opts.perceptual_weights, device) if opts.perceptual_weights else None
+
+    from ..data.tiles import split_indices
 
     train_idx, hold_idx = split_indices(len(tiles), opts.holdout, opts.seed, max_holdout=64)
     held = np.stack([tiles[int(i)] for i in hold_idx]) if len(hold_idx) else None

@@ -18,11 +18,6 @@ from ..base.errors import HistodiffError
 from ..models.pixels import to_model_input, to_uint8  # noqa: F401 (used by the loops)
 
 
-def is_main_process() -> bool:
-    """Rank 0 under a launcher (``accelerate launch``, ``torchrun``), or a single process."""
-    return int(os.environ.get("RANK", "0")) == 0
-
-
 def step_seed(seed: int, step: int, rank: int = 0) -> int:
     return int(np.random.SeedSequence([seed, step, rank]).generate_state(1)[0])
 
