@@ -6,6 +6,16 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``slow`` run only when selected (``pytest -m slow``)."""
+    if "slow" in (config.getoption("markexpr") or ""):
+        return
+    skip = pytest.mark.skip(reason="slow: run with `pytest -m slow`")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
 def shared_data() -> Path:
     env = os.environ.get("HISTODIFF_SHARED_DATA")
     return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -43,7 +43,7 @@ def test_bundle_loads_with_plain_diffusers(trained_bundle):
     assert vae.config.scaling_factor == pytest.approx(meta["latent_scale_factor"])
     assert unet.config.sample_size == 8 and sched.config.num_train_timesteps == 1000
     assert sorted(p.name for p in (trained_bundle / "unet").iterdir()) == [
-        "config.json", "diffusion_pytorch_model.safetensors"]
+        "config.json", "diffusion_pytorch_model.safetensors", "files.json"]  # files.json: checksums
 
 
 def test_info_summary_is_readable(trained_bundle):
@@ -81,3 +81,27 @@ def test_unknown_device_is_refused(trained_bundle):
 
     with pytest.raises(HistodiffError, match="not available on this machine"):
         load_bundle(trained_bundle, device="cuda:7")
+
+
+@pytest.mark.parametrize("kept, removed", [("latent_classifier", "selection_classifier"),
+                                           ("selection_classifier", "latent_classifier")])
+def test_each_classifier_loads_without_the_other(finetuned_bundle, tmp_path, kept, removed):
+    d = tmp_path / "ft"
+    shutil.copytree(finetuned_bundle[0], d)
+    shutil.rmtree(d / removed)
+    b = load_bundle(d, device="cpu")
+    assert getattr(b, removed) is None
+    assert getattr(b, kept).config.num_classes == len(b.class_names) == 2
+    parts = [line.split()[0] for line in summary(d).splitlines()]
+    assert kept in parts and removed not in parts
+
+
+def test_a_lone_classifier_is_still_checked_against_the_class_names(finetuned_bundle, tmp_path):
+    d = tmp_path / "ft"
+    shutil.copytree(finetuned_bundle[0], d)
+    shutil.rmtree(d / "latent_classifier")
+    meta = json.loads((d / "histodiff.json").read_text())
+    meta["class_names"].append("third")
+    (d / "histodiff.json").write_text(json.dumps(meta))
+    with pytest.raises(BundleError, match="SelectionClassifier has 2 classes, histodiff.json names 3"):
+        load_bundle(d, device="cpu")

@@ -11,7 +11,7 @@ import pytest
 from test_cli import write_tiles
 
 
-@pytest.mark.slow
+@pytest.mark.subprocess
 def test_two_process_accelerate_run_writes_the_bundle(tmp_path):
     accelerate = shutil.which("accelerate") or str(Path(sys.executable).with_name("accelerate"))
     from napari_histodiff.core.models.presets import tiny

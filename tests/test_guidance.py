@@ -93,3 +93,111 @@ def test_guidance_needs_a_finetuned_bundle(trained_bundle):
     b = load_bundle(trained_bundle, device="cpu")
     with pytest.raises(HistodiffError, match="histodiff finetune"):
         collect(b, classes=["x"])
+
+
+# -- DDPM guidance variance (hand-computed from the beta schedule) -------------------------------
+
+VARIANCE_TYPES = ["fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log", "learned", "learned_range"]
+LARGE = ("fixed_large", "fixed_large_log")  # beta_t; the others: posterior variance (learned* fall back)
+TRAIN, STEPS = 1000, 8  # "leading" spacing with offset 1: 876, 751, ..., 1 (prev_t = t - 125)
+
+
+def ddpm_bundle(variance_type):
+    from types import SimpleNamespace
+
+    import torch
+    from diffusers import DDPMScheduler
+
+    sched = DDPMScheduler(num_train_timesteps=TRAIN, beta_schedule="scaled_linear", beta_start=0.00085,
+                          beta_end=0.012, variance_type=variance_type, steps_offset=1)
+    w = torch.from_numpy(np.random.default_rng(0).normal(size=(2 * 4 * 4, 3)).astype(np.float32))
+    return SimpleNamespace(scheduler=sched, w=w,
+                           unet=lambda z, t: SimpleNamespace(sample=0.5 * z),
+                           latent_classifier=lambda z, t: z.flatten(1) @ w)
+
+
+def hand_variance(variance_type, t, prev):
+    betas = np.linspace(0.00085 ** 0.5, 0.012 ** 0.5, TRAIN) ** 2
+    abar = np.cumprod(1 - betas)
+    a_t, a_prev = abar[t], abar[prev] if prev >= 0 else 1.0
+    beta = 1 - a_t / a_prev
+    return beta if variance_type in LARGE else max(beta * (1 - a_prev) / (1 - a_t), 1e-20)
+
+
+@pytest.mark.parametrize("variance_type", VARIANCE_TYPES)
+def test_ddpm_variance_matches_the_hand_computed_value(variance_type):
+    from napari_histodiff.core.generate.sampling import ddpm_variance, make_scheduler
+
+    sched = make_scheduler(ddpm_bundle(variance_type), "ddpm", STEPS)
+    assert [int(t) for t in sched.timesteps[:2]] == [876, 751]
+    for t, prev in ((876, 751), (251, 126), (1, -1)):
+        expected = hand_variance(variance_type, t, prev)
+        assert float(ddpm_variance(sched, t)) == pytest.approx(expected, rel=1e-4, abs=1e-24), (t, expected)
+
+
+@pytest.mark.parametrize("variance_type", VARIANCE_TYPES)
+def test_ddpm_guidance_shifts_the_mean_by_variance_times_scale_times_gradient(variance_type):
+    import torch
+
+    from napari_histodiff.core.generate.sampling import denoise, make_scheduler
+
+    bundle = ddpm_bundle(variance_type)
+    z0 = torch.from_numpy(np.random.default_rng(1).normal(size=(2, 2, 4, 4)).astype(np.float32))
+    y = torch.tensor([0, 2])
+    opts = SampleOptions(sampler="ddpm", steps=STEPS, guidance=3.0, strength=1.0)
+
+    def steps(y):
+        gens = [torch.Generator().manual_seed(s) for s in (5, 6)]
+        return list(denoise(bundle, z0.clone(), y, gens, opts, make_scheduler(bundle, "ddpm", STEPS)))
+
+    guided, plain = steps(y), steps(None)
+    # d/dz log softmax(z W)_y = W_y - W p, by hand
+    x, w = z0.flatten(1).numpy().astype(np.float64), bundle.w.numpy().astype(np.float64)
+    logits = x @ w
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    grad = w[:, y.numpy()].T - p @ w.T
+    shift = 3.0 * hand_variance(variance_type, 876, 751) * grad
+    got = (guided[0] - plain[0]).flatten(1).numpy()
+    assert np.abs(shift).max() > 1e-3  # a shift that a wrong variance would miss
+    np.testing.assert_allclose(got, shift, rtol=2e-3, atol=1e-6)
+    assert all(torch.isfinite(z).all() for z in guided + plain)  # diffusers alone: NaN / TypeError for some types
+
+
+# -- a bundle whose fine-tuning stopped before the selection classifier --------------------------
+
+def test_bundle_without_selection_classifier_guides_and_says_it_cannot_select(finetuned_bundle, tmp_path):
+    import shutil
+
+    from napari_histodiff.core.base.events import run_to_end
+    from napari_histodiff.core.formats.records import read_records
+    from napari_histodiff.core.generate.sample_set import select_folder
+    from napari_histodiff.core.generate.selection import SelectionRule
+    from napari_histodiff.core.jobs.sample import sample
+
+    path = tmp_path / "interrupted"
+    shutil.copytree(finetuned_bundle[0], path)
+    shutil.rmtree(path / "selection_classifier")
+    try:
+        partial = load_bundle(path, device="cpu")
+    except HistodiffError:  # a loader that still wants both classifiers: the same bundle in memory
+        partial = load_bundle(finetuned_bundle[0], device="cpu")
+        partial.path = path
+        partial.selection_classifier = None
+    assert partial.latent_classifier is not None and partial.selection_classifier is None
+
+    events = []
+    out = tmp_path / "s"
+    opts = SampleOptions(out=out, n=2, classes=["DAB-rich"], steps=4, device="cpu")
+    result = run_to_end(sample(opts, model=partial), events.append)
+    notes = [e.message for e in events if e.stage == "warning"]
+    assert len(notes) == 1, notes
+    assert notes[0].startswith("this bundle has no selection classifier yet (fine-tuning was interrupted before "
+                               "that stage); tiles are guided but not selected: resume the fine-tuning")
+    assert f"--out {path} --resume" in notes[0]
+    assert result["selected"] is False and "not selected" in result["message"]
+    records = read_records(out)
+    assert [r.target_class for r in records] == ["DAB-rich"] * 2 and all(r.guidance == 10.0 for r in records)
+    assert all(r.kept is None and r.confidence is None and r.predicted_class == "" for r in records)
+    with pytest.raises(HistodiffError, match="no selection classifier yet.*--resume"):
+        select_folder(out, partial, SelectionRule())

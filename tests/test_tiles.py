@@ -61,7 +61,8 @@ def test_conversions_in_memory():
     [
         (np.array([[0.0, 1.5]]), "[0, 1]"),
         (np.array([[-0.1, 0.5]]), "[0, 1]"),
-        (np.array([[np.nan, 0.5]]), "NaN"),
+        (np.array([[np.nan, 0.5]]), "1 NaN pixel"),
+        (np.array([[np.inf, -np.inf, 0.5]]), "2 inf (infinite) pixels and no NaN"),
         (np.zeros((4, 4, 5), np.uint8), "channels"),
         (np.zeros((2, 4, 4, 3), np.uint8), "multi-page"),
         (np.array([[0, 300]], np.int32), "8 bits"),

@@ -9,6 +9,7 @@ from napari_histodiff.core.formats.bundle import load_bundle
 from napari_histodiff.core.base.events import run_to_end
 from napari_histodiff.core.train.autoencoder import AutoencoderOptions, train_autoencoder
 from napari_histodiff.core.train.diffusion import DiffusionOptions, train_diffusion
+from napari_histodiff.core.train.loop import checkpoints
 
 
 def losses_of(gen, stop_after=None):
@@ -72,7 +73,7 @@ def test_resume_reproduces_uninterrupted_losses(tmp_path, ihc_tiles, fast_preset
             shutil.copytree(trained_bundle, d, ignore=shutil.ignore_patterns("unet", "training"))
     straight = losses_of(train(a, 12))
     first = losses_of(train(b, 12), stop_after=5)  # stopped early: leaves a checkpoint
-    ckpt = json.loads((b / "training" / stage / "checkpoint.json").read_text())
+    ckpt = json.loads((checkpoints(b / "training" / stage)[0] / "checkpoint.json").read_text())
     assert ckpt["step"] == 5
     rest = losses_of(train(b, 12))
     assert len(rest) == 7

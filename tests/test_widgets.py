@@ -154,7 +154,9 @@ def test_cancel_leaves_a_resumable_checkpoint(make_napari_viewer, qtbot, trained
                     timeout=60_000)
     w.cancel()
     qtbot.waitUntil(lambda: w.state == State.STOPPED, timeout=60_000)
-    ckpt = json.loads((out / "training" / "latent_classifier" / "checkpoint.json").read_text())
+    from napari_histodiff.core.train.loop import checkpoints
+
+    ckpt = json.loads((checkpoints(out / "training" / "latent_classifier")[0] / "checkpoint.json").read_text())
     assert 3 <= ckpt["step"] < 100000
     assert load_bundle(out, device="cpu").unet is not None  # the partly fine-tuned bundle loads
     assert w.start_button.isEnabled() and not fresh_model.training

@@ -49,16 +49,16 @@ def render(text: str, labels=None) -> str:
 def plain_message(exc: BaseException, labels=None) -> str:
     """A message a pathologist can act on; option references name the widget's labels."""
     from ..core.base.errors import HistodiffError
+    from ..core.base.memory import memory_kind
     from ..core.base.options import OptionError
 
     if isinstance(exc, OptionError):
         return render(exc.render(lambda name: render("{opt:" + name + "}", labels)), labels)
     if isinstance(exc, HistodiffError):
         return render(exc.raw, labels)
-    text = str(exc)
-    if isinstance(exc, MemoryError) or "out of memory" in text.lower():
+    if memory_kind(exc):  # workers get this from guard_memory already; this is for the GUI thread
         return "out of memory: lower the batch size (or the number of tiles per batch) and try again"
-    return f"{type(exc).__name__}: {text}"
+    return f"{type(exc).__name__}: {exc}"
 
 
 def notify_error(exc: BaseException, labels=None) -> None:
@@ -80,8 +80,15 @@ STOPPED = object()  # what a worker returns when it was asked to stop
 
 def _stoppable(flag: dict, gen_func, *args):
     """Drive a core generator; on a stop request, close it in the worker thread so that its
-    clean-up (a resumable checkpoint, removing partial output) runs before the worker ends."""
-    gen = flag["gen"] = gen_func(*args)
+    clean-up (a resumable checkpoint, removing partial output) runs before the worker ends.
+    Out of memory becomes a plain error whose fix names fields of the first argument (the job's options)."""
+    import dataclasses
+
+    from ..core.base.memory import guard_memory
+
+    opts = args[0] if args and dataclasses.is_dataclass(args[0]) else None
+    names = [f.name for f in dataclasses.fields(opts)] if opts is not None else ()
+    gen = flag["gen"] = guard_memory(gen_func(*args), names)
     try:
         while True:
             try:

@@ -16,7 +16,7 @@ from .devices import is_main_process
 from .errors import HistodiffError
 
 MARKERS = {  # kind -> files (globs) that mark a folder as the project's own output of that kind
-    "bundle": ("histodiff.json", "training/*/checkpoint.json"),  # a checkpoint: a run to resume
+    "bundle": ("histodiff.json", "training/*/step-*/checkpoint.json", "training/*/checkpoint.json"),  # or a run to resume
     "samples": ("samples.csv",),
     "export": ("export.json",),
     "evaluation": ("results.json",),

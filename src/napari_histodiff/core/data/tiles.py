@@ -16,6 +16,7 @@ from skimage.filters import threshold_otsu
 from skimage.transform import rescale, resize
 
 from ..base.errors import HistodiffError, TileReadError
+from ..formats.images import image_header, planar_rgb
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 
@@ -43,9 +44,10 @@ def to_rgb_uint8(array, name="image") -> np.ndarray:
     elif a.dtype.kind == "u" and a.dtype.itemsize == 2:
         a = np.round(a / 257.0).astype(np.uint8)
     elif a.dtype.kind == "f":
-        if not np.isfinite(a).all() or a.min() < 0 or a.max() > 1:
-            raise TileReadError(f"cannot use {name}: float values must lie in [0, 1] (found {np.nanmin(a):g}.."
-                                f"{np.nanmax(a):g}, or NaN/inf). Scale it to [0, 1] or save it as 8-bit RGB.")
+        _check_finite(a, name)
+        if a.min() < 0 or a.max() > 1:
+            raise TileReadError(f"cannot use {name}: float values must lie in [0, 1] (found {a.min():g}.."
+                                f"{a.max():g}). Scale it to [0, 1] or save it as 8-bit RGB.")
         a = np.round(a * 255.0).astype(np.uint8)
     elif a.dtype.kind in "iu" and a.dtype != np.uint8:
         if a.min() < 0 or a.max() > 255:
@@ -64,6 +66,17 @@ def to_rgb_uint8(array, name="image") -> np.ndarray:
     return np.ascontiguousarray(a)
 
 
+def _check_finite(a: np.ndarray, name) -> None:
+    """TileReadError counting NaN and inf pixels (H, W, C) of a float image, if it has any."""
+    if np.isfinite(a).all():
+        return
+    nan, inf = (int(bad(a).any(-1).sum()) for bad in (np.isnan, np.isinf))
+    what = (f"{nan} NaN pixel{'s' * (nan != 1)}" + (f" (and {inf} inf)" if inf else "") if nan
+            else f"{inf} inf (infinite) pixel{'s' * (inf != 1)} and no NaN")
+    raise TileReadError(f"cannot use {name}: it has {what}. Fill or mask them (e.g. set them to 0) before "
+                        "using the image, or save it as 8-bit RGB.")
+
+
 def read_rgb(path) -> np.ndarray:
     """Read one image file as uint8 (H, W, 3); TileReadError names the file and the fix."""
     path = Path(path)
@@ -72,7 +85,7 @@ def read_rgb(path) -> np.ndarray:
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
             a = tifffile.imread(path)
-            if a.ndim == 3 and a.shape[0] in (3, 4) and a.shape[-1] > 4:  # planar (C, H, W)
+            if planar_rgb(a.shape):  # (C, H, W)
                 a = np.moveaxis(a, 0, -1)
         else:
             jpeg = path.suffix.lower() in (".jpg", ".jpeg")  # mode RGB also fixes gray / CMYK JPEGs
@@ -192,6 +205,7 @@ class TileFolder(TileSet):
                                  "Put tiles there, one sub-folder per class.")
         rel = [p.relative_to(root).parts for p in self.paths]
         self.class_names = sorted({r[0] for r in rel if len(r) > 1})
+        _check_no_empty_classes(root, self.class_names)
         index = {c: k for k, c in enumerate(self.class_names)}
         self._labels = np.array([index[r[0]] if len(r) > 1 else -1 for r in rel], dtype=np.int32)
 
@@ -209,6 +223,19 @@ class TileFolder(TileSet):
 
     def origin(self, i: int) -> str:
         return str(self.paths[self._index(i)])
+
+
+def _check_no_empty_classes(root: Path, classes) -> None:
+    """A class folder without image files is an error (skips .hidden and __MACOSX-style folders)."""
+    empty = sorted(d for d in root.iterdir() if d.is_dir() and d.name not in classes
+                   and not d.name.startswith((".", "__")))
+    if empty:
+        one = len(empty) == 1
+        names = ", ".join(str(d) for d in empty[:5]) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
+        raise HistodiffError(f"class folder{'' if one else 's'} {names} {'has' if one else 'have'} no image files "
+                             f"({', '.join(IMAGE_SUFFIXES)}), so class{'' if one else 'es'} "
+                             f"{', '.join(d.name for d in empty[:5])} would have no tiles. Add tiles to "
+                             f"{'it' if one else 'them'} or remove the folder{'' if one else 's'}.")
 
 
 def _check_sizes(tile_size, scale, stride=1):
@@ -311,21 +338,25 @@ class ConcatTiles(TileSet):
         return self.parts[k].origin(j)
 
 
+def _per_path(paths, scale) -> list[tuple[Path, float | None]]:
+    """(path, scale) pairs: one scale for all paths or one per path."""
+    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    scales = list(scale) if isinstance(scale, (list, tuple)) else [scale]
+    if len(scales) not in (1, len(paths)):
+        raise HistodiffError(f"{len(scales)} scales for {len(paths)} paths. Give one scale for all paths or "
+                             "one per path, in the same order.")
+    return list(zip(map(Path, paths), scales * len(paths) if len(scales) == 1 else scales))
+
+
 def open_tiles(paths, tile_size, *, large_images=False, stride=None, scale=None,
                min_tissue=0.5, tissue_filter=True) -> TileSet:
     """Open folders of tiles and/or large images as one tile set.
 
     ``scale`` is one factor for every path or a list with one per path (collections scanned at
     different magnifications)."""
-    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
-    scales = list(scale) if isinstance(scale, (list, tuple)) else [scale]
-    if len(scales) not in (1, len(paths)):
-        raise HistodiffError(f"{len(scales)} scales for {len(paths)} paths. Give one scale for all paths or "
-                             "one per path, in the same order.")
-    scales = scales * len(paths) if len(scales) == 1 else scales
     parts: list[TileSet] = []
-    for p, scale in zip(map(Path, paths), scales):
-        opts = dict(stride=stride, scale=scale, min_tissue=min_tissue, tissue_filter=tissue_filter)
+    for p, s in _per_path(paths, scale):
+        opts = dict(stride=stride, scale=s, min_tissue=min_tissue, tissue_filter=tissue_filter)
         if not p.exists():
             raise HistodiffError(f"no such file or folder: {p}. Check the path.")
         if p.is_dir() and large_images:
@@ -334,7 +365,7 @@ def open_tiles(paths, tile_size, *, large_images=False, stride=None, scale=None,
                 raise HistodiffError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) found under {p}.")
             parts += [ImageTiles(f, tile_size, name=str(f), **opts) for f in files]
         elif p.is_dir():
-            parts.append(TileFolder(p, tile_size, scale=scale))
+            parts.append(TileFolder(p, tile_size, scale=s))
         elif p.suffix.lower() in IMAGE_SUFFIXES:
             parts.append(ImageTiles(p, tile_size, name=str(p), **opts))
         else:
@@ -342,6 +373,83 @@ def open_tiles(paths, tile_size, *, large_images=False, stride=None, scale=None,
     if not parts:
         raise HistodiffError("no tile folder or image given. Give at least one path.")
     return parts[0] if len(parts) == 1 else ConcatTiles(parts)
+
+
+def _folders(source, tile_size, scale) -> list[TileFolder]:
+    """The tile folders in a TileSet, or folder paths opened as in open_tiles."""
+    if isinstance(source, ConcatTiles):
+        return [f for p in source.parts for f in _folders(p, tile_size, scale)]
+    if isinstance(source, TileSet):
+        return [source] if isinstance(source, TileFolder) else []
+    return [TileFolder(p, tile_size, s) for p, s in _per_path(source, scale) if p.is_dir()]
+
+
+def _header(path: Path) -> tuple[int, int, bool]:
+    try:
+        return image_header(path)
+    except Exception as e:  # as in read_rgb: any reader failure is a bad file
+        raise TileReadError(f"cannot read tile {path}: truncated or not an image ({type(e).__name__}: {e}). "
+                            "Remove or re-export the file.") from e
+
+
+def _sizes(w, h) -> str:
+    if len(set(zip(w, h))) == 1:
+        return f"{w[0]}x{h[0]} px"
+    s = np.minimum(w, h)
+    return f"{s.min()}-{s.max()} px on the shorter side"
+
+
+def survey_warnings(source, tile_size: int | None = None, scale=None) -> list[str]:
+    """Warnings naming tile files that training would resample more than 2x or turn grey.
+
+    Reads image headers only. ``source``: a TileSet (its tile folders are surveyed; tiles cut from
+    large images or held in memory are already tile-sized) or folder path(s) with ``tile_size`` and
+    ``scale`` as in open_tiles. Size rule: a file's shorter side s (what the square centre crop
+    keeps) against c, the source size cut per tile (tile_size t, or round(t / scale)): s < c / 2 is
+    upscaled (blurred) more than 2x; without a scale, s > 2c is shrunk more than 2x. Also named:
+    classes whose median resize factor (t / s; with a scale t / min(s, c)) is more than 2x apart
+    (blur and magnification become a class cue), and grayscale files in a set with colour files.
+    A file without a readable header raises TileReadError, as reading it would."""
+    folders = _folders(source, tile_size, scale)
+    rows: dict = {}  # class name (None: no class folder) -> [(w, h, gray, c, scaled)]
+    for f in folders:
+        c = max(1, round(f.tile_size / f.scale)) if f.scale is not None else f.tile_size  # as _fit_square
+        for p, k in zip(f.paths, f._labels):
+            name = f.class_names[k] if k >= 0 else None
+            rows.setdefault(name, []).append((*_header(p), c, f.scale is not None))
+    if not rows:
+        return []
+    t = folders[0].tile_size
+    any_colour = any(not r[2] for rs in rows.values() for r in rs)
+    out, factors = [], {}
+    for name in sorted(rows, key=lambda n: (n is None, n or "")):
+        w, h, gray, c, scaled = (np.array(x) for x in zip(*rows[name]))
+        s, n, who = np.minimum(w, h), len(w), f"class {name}" if name is not None else "unlabeled tiles"
+        factors[name] = (float(np.median(t / np.where(scaled, np.minimum(s, c), s))), int(np.median(s)))
+        small, large = 2 * s < c, ~scaled & (s > 2 * c)
+        if small.any():
+            ref = (f"the model's {t} px tiles" if not scaled[small].any() else
+                   f"the {np.max(c[small])} px cut per {t} px tile at {{opt:scale}}")
+            out.append(f"{who}: {small.sum()} of {n} tiles are {_sizes(w[small], h[small])}, more than 2x "
+                       f"smaller than {ref}: they are upscaled (blurred). Re-cut them at {np.max(c[small])} "
+                       "px or more, or remove them.")
+        if large.any():
+            out.append(f"{who}: {large.sum()} of {n} tiles are {_sizes(w[large], h[large])}, more than 2x larger "
+                       f"than the model's {t} px tiles: each is shrunk whole to {t} px, losing detail (set "
+                       f"{{opt:scale}} to cut at a fixed magnification, or re-cut the tiles at {t} px).")
+        if any_colour and gray.any():
+            out.append(f"{who}: {gray.sum()} of {n} tiles are grayscale in a colour set; they are converted "
+                       "to RGB (grey), which the model can learn as a cue. Re-export them in colour or remove them.")
+    labeled = {k: v for k, v in factors.items() if k is not None}
+    if len(labeled) > 1:
+        hi, lo = max(labeled, key=lambda k: labeled[k][0]), min(labeled, key=lambda k: labeled[k][0])
+        (fh, sh), (fl, sl) = labeled[hi], labeled[lo]
+        if fh > 2 * fl:
+            out.append(f"classes differ in native tile size: class {hi} tiles are resized {fh:.2g}x (median "
+                       f"shorter side {sh} px), class {lo} tiles {fl:.2g}x ({sl} px), more than 2x apart: the "
+                       "classes differ in blur and magnification, which the model can learn as a class cue. "
+                       "Re-cut the tiles at one size and magnification (or set {opt:scale} per folder).")
+    return out
 
 
 def split_indices(n: int, holdout: float, seed: int, max_holdout: int | None = None):

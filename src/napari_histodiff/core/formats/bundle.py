@@ -10,6 +10,7 @@ BUNDLE/
   selection_classifier/ SelectionClassifier (after fine-tuning)
   training/          resumable checkpoints (optional)
 ```
+Each part folder also holds ``files.json``: size and sha256 of its files, recorded at save (integrity.py).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 
 from ..base.errors import BundleError
 from ..models.presets import Preset
+from .integrity import checked_files, record_files, repair_hint, verify_part, write_manifest
 
 FORMAT = "napari-histodiff-bundle"
 FORMAT_VERSION = 1
@@ -123,6 +125,7 @@ def set_vae_scaling_factor(path: Path, scale: float) -> None:
     tmp = f.with_suffix(".tmp")
     tmp.write_text(json.dumps(cfg, indent=2, sort_keys=True))
     os.replace(tmp, f)
+    record_files(f.parent, f.name)
 
 
 def read_meta(path: Path) -> dict:
@@ -156,6 +159,7 @@ def save_part(model, path: Path, name: str) -> None:
         model.save_pretrained(tmp, safe_serialization=True)
     else:  # a scheduler: config only
         model.save_pretrained(tmp)
+    write_manifest(tmp)
     shutil.rmtree(old, ignore_errors=True)
     if (path / name).exists():
         os.replace(path / name, old)
@@ -163,9 +167,12 @@ def save_part(model, path: Path, name: str) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _load_part(cls, folder: Path, what: str):
+def _load_part(cls, folder: Path, what: str, meta: dict | None = None):
     if not folder.is_dir():
         raise BundleError(f"bundle {folder.parent} is missing {folder.name}/ ({what}); re-run the training stage that writes it")
+    problems = verify_part(folder, checksums=False, label=str(folder))  # sizes and headers: fast
+    if problems:
+        raise BundleError(f"cannot load {what}: {'; '.join(problems)}; {repair_hint([folder.name], meta)}")
     try:
         return cls.from_pretrained(folder)
     except Exception as e:  # diffusers raises many kinds; one clear message
@@ -209,18 +216,17 @@ def _load_folder(path: Path, device, require_unet: bool) -> Bundle:
     from ..models.unet import unet_class
 
     meta = read_meta(path)
-    vae = _load_part(vae_class(path / "vae"), path / "vae", "autoencoder")
+    vae = _load_part(vae_class(path / "vae"), path / "vae", "autoencoder", meta)
     unet = None
     if require_unet or (path / "unet").exists():
-        unet = _load_part(unet_class(_class_name(path / "unet")), path / "unet", "diffusion UNet")
-    scheduler = _load_part(DDPMScheduler, path / "scheduler", "noise scheduler") if unet else None
+        unet = _load_part(unet_class(_class_name(path / "unet")), path / "unet", "diffusion UNet", meta)
+    scheduler = _load_part(DDPMScheduler, path / "scheduler", "noise scheduler", meta) if unet else None
     bundle = Bundle(vae=vae, unet=unet, scheduler=scheduler, meta=meta, path=path)
-    if (path / "latent_classifier").is_dir() or (path / "selection_classifier").is_dir():
-        from ..models.classifiers import LatentClassifier, SelectionClassifier
+    from ..models.classifiers import LatentClassifier, SelectionClassifier
 
-        bundle.latent_classifier = _load_part(LatentClassifier, path / "latent_classifier", "latent classifier")
-        bundle.selection_classifier = _load_part(
-            SelectionClassifier, path / "selection_classifier", "selection classifier")
+    for name, cls in (("latent_classifier", LatentClassifier), ("selection_classifier", SelectionClassifier)):
+        if (path / name).is_dir():  # each stage's output loads on its own
+            setattr(bundle, name, _load_part(cls, path / name, name.replace("_", " "), meta))
     check_consistent(bundle)
     for model in bundle.models():
         model.eval()
@@ -280,12 +286,18 @@ def check_consistent(bundle: Bundle) -> None:
         raise BundleError(f"bundle {path} has parts that do not fit together: " + "; ".join(problems))
 
 
-def summary(path) -> str:
-    """A readable description of a bundle for ``histodiff info``."""
+def summary(path, verify: bool = True) -> str:
+    """A readable description of a bundle for ``histodiff info`` (``verify``: check its weights)."""
+    return describe(path, verify)[0]
+
+
+def describe(path, verify: bool = True) -> tuple[str, list[str]]:
+    """The summary of a bundle and the problems of its files (sizes, sha256, safetensors headers)."""
     import json as _json
 
     path = Path(path)
     meta = read_meta(path)
+    problems = {}
     lines = [f"bundle      {path}", f"preset      {meta['preset']['name']}",
              f"tile size   {meta['tile_size']} px"]
     mpp = meta.get("microns_per_pixel")
@@ -308,7 +320,10 @@ def summary(path) -> str:
             name = _json.loads(configs[0].read_text()).get("_class_name", "?")
         except (IndexError, OSError, ValueError):
             name = "config missing or unreadable"
-        lines.append(f"{part:<11} {name}, {size / 1e6:.1f} MB of weights")
+        problems[part] = verify_part(folder) if verify else []
+        lines.append(f"{part:<11} {name}, {size / 1e6:.1f} MB of weights" + (" DAMAGED" if problems[part] else ""))
+    if verify:
+        lines += _weights_lines(path, problems, meta)
     conv = (meta.get("provenance") or {}).get("converted")
     if isinstance(conv, dict):
         lines.append(f"converted   from {conv.get('format', '?')} {conv.get('source', '?')} "
@@ -323,7 +338,19 @@ def summary(path) -> str:
     for key, value in (meta.get("metrics") or {}).items():
         if value is not None:
             lines.append(f"metric      {key} = {value:.3f}" if isinstance(value, float) else f"metric      {key} = {value}")
-    return "\n".join(lines)
+    return "\n".join(lines), [p for found in problems.values() for p in found]
+
+
+def _weights_lines(path: Path, problems: dict, meta: dict) -> list[str]:
+    damaged = [p for found in problems.values() for p in found]
+    if damaged:
+        return ([f"weights     DAMAGED: {len(damaged)} problem{'s' * (len(damaged) > 1)}, do not use this bundle"]
+                + [f"{'damaged' if i == 0 else '':<11} {p}" for i, p in enumerate(damaged)]
+                + [f"fix         {repair_hint([k for k, v in problems.items() if v], meta)}"])
+    n = checked_files(path, list(problems))
+    if n:
+        return [f"weights     verified (sha256 of {n} file{'s' * (n != 1)})"]
+    return ["weights     sizes and safetensors headers checked (no checksums were recorded at save)"]
 
 
 def bundle_hash(path) -> str:

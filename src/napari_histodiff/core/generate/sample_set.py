@@ -17,7 +17,7 @@ from ..base.outdir import check_output
 from ..formats.images import contact_sheet, write_png, write_tile
 from ..formats.records import RECORDS_FILE, TileRecord, read_records, write_records
 from .sampling import SampleOptions, sample_tiles
-from .selection import SelectionRule, annotate, decide, score
+from .selection import SelectionRule, annotate, decide, missing_selection, score
 
 SHEET_MAX = 64
 
@@ -39,8 +39,8 @@ def write_samples(bundle, options: SampleOptions, out, rule: SelectionRule | Non
     if rule is not None:
         rule.validate()
         if bundle.selection_classifier is None:
-            raise HistodiffError("selection needs a fine-tuned bundle; run `histodiff finetune` or sample "
-                                 "without selection ({opt:select=false})")
+            raise HistodiffError(missing_selection(bundle, ", so it cannot select") + " (or sample without "
+                                 "selection: {opt:select=false})")
     digest = bundle_hash(bundle.path) if bundle.path else ""
     remove_dead_partials(out)
     tmp = partial_path(out)

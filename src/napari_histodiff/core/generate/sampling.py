@@ -5,7 +5,8 @@ Guidance (DESIGN.md step 3) uses the noisy latent classifier's gradient
 
 - DDIM and DPM-Solver++ (eps form): ``eps_hat = eps - s * sqrt(1 - alpha_bar_t) * g`` with the
   scheduler's own ``alphas_cumprod[t]`` at the actual timestep, so any step count is right;
-- DDPM ancestral (mean shift): ``mu_hat = mu + s * sigma_t^2 * g``.
+- DDPM ancestral (mean shift, Dhariwal & Nichol): ``mu_hat = mu + s * sigma_t^2 * g`` with the
+  step's variance from ``alphas_cumprod`` (:func:`ddpm_variance`).
 
 Scale 0 skips the gradient entirely and is exactly unguided sampling. Tile ``i`` of a run with
 seed ``s`` draws all its noise from its own generator seeded by ``(s, i)``.
@@ -106,9 +107,41 @@ def make_scheduler(bundle, sampler: str, steps: int):
     elif sampler == "dpm":
         sched = DPMSolverMultistepScheduler.from_config(cfg, algorithm_type="dpmsolver++", solver_order=2)
     else:
-        sched = DDPMScheduler.from_config(cfg, clip_sample=False)
+        sched = DDPMScheduler.from_config(cfg, clip_sample=False, variance_type=ddpm_variance_type(cfg))
     sched.set_timesteps(steps)
     return sched
+
+
+# The UNet predicts no variance, so DDPM uses a fixed one: the log forms are the same variances, and
+# learned / learned_range fall back to the posterior variance (diffusers' step fails or gives NaN for
+# learned* and fixed_large_log without a predicted variance).
+FIXED_VARIANCE = {"fixed_small": "fixed_small", "fixed_small_log": "fixed_small", "fixed_large": "fixed_large",
+                  "fixed_large_log": "fixed_large", "learned": "fixed_small", "learned_range": "fixed_small"}
+
+
+def ddpm_variance_type(cfg) -> str:
+    """The fixed variance type DDPM sampling uses for a scheduler config (see ``FIXED_VARIANCE``)."""
+    kind = cfg.get("variance_type") or "fixed_small"
+    if kind not in FIXED_VARIANCE:
+        raise HistodiffError(f"the model's scheduler has variance_type {kind!r}, which DDPM sampling does not know; "
+                             "sample with {opt:sampler=ddim} or {opt:sampler=dpm}")
+    return FIXED_VARIANCE[kind]
+
+
+def ddpm_variance(sched, t):
+    """Variance sigma_t^2 of the DDPM step ``t -> prev_t`` (the next of ``sched.timesteps``, -1 after the
+    last), from ``alphas_cumprod``: posterior variance (fixed_small) or ``beta_t`` (fixed_large)."""
+    import torch
+
+    times = [int(x) for x in sched.timesteps]
+    k = times.index(int(t))
+    prev = times[k + 1] if k + 1 < len(times) else -1
+    a_t = sched.alphas_cumprod[int(t)]
+    a_prev = sched.alphas_cumprod[prev] if prev >= 0 else torch.ones_like(a_t)
+    beta = 1 - a_t / a_prev
+    if ddpm_variance_type(sched.config) == "fixed_large":
+        return beta
+    return (beta * (1 - a_prev) / (1 - a_t)).clamp(min=1e-20)
 
 
 def classifier_grad(classifier, z, t, y):
@@ -123,8 +156,8 @@ def classifier_grad(classifier, z, t, y):
 
 
 def denoise(bundle, z, y, gens, opts: SampleOptions, sched):
-    """Run the sampler from ``z`` (noise, or noised sources at ``opts.first_step()``); yields after
-    each step, returns the final latents."""
+    """Run the sampler from ``z`` (noise, or noised sources at ``opts.first_step()``); yields the
+    latents after each step, returns the final latents."""
     import torch
 
     guided = opts.guidance > 0 and y is not None
@@ -138,8 +171,8 @@ def denoise(bundle, z, y, gens, opts: SampleOptions, sched):
         kwargs = {"eta": opts.eta} if opts.sampler == "ddim" else {}
         z = sched.step(eps, t, z, generator=gens, **kwargs).prev_sample
         if guided and opts.sampler == "ddpm" and int(t) > 0:
-            z = z + opts.guidance * sched._get_variance(int(t)).to(z.device) * grad
-        yield
+            z = z + opts.guidance * ddpm_variance(sched, t).to(z.device) * grad
+        yield z
     return z
 
 

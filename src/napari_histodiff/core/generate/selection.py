@@ -30,6 +30,16 @@ class SelectionRule:
         check(self)
 
 
+def missing_selection(bundle, what: str = "") -> str:
+    """Why ``bundle`` (which has no selection classifier) cannot select, ``what`` happens instead, and the fix."""
+    if bundle.latent_classifier is None:
+        return f"this bundle has no selection classifier{what}; run `histodiff finetune` first"
+    out = bundle.path or "FOLDER"
+    return (f"this bundle has no selection classifier yet (fine-tuning was interrupted before that stage){what}: "
+            f"resume the fine-tuning with `histodiff finetune PRETRAINED --labeled TILES --out {out} --resume` "
+            "(napari: Fine-tune into that folder with intent resume)")
+
+
 def score(bundle, tiles: np.ndarray, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """Selection classifier probabilities and centroid distances (N, C) of uint8 NHWC tiles."""
     import torch
@@ -38,7 +48,7 @@ def score(bundle, tiles: np.ndarray, batch_size: int = 64) -> tuple[np.ndarray, 
 
     clf = bundle.selection_classifier
     if clf is None:
-        raise HistodiffError("this bundle has no selection classifier; run `histodiff finetune` first")
+        raise HistodiffError(missing_selection(bundle))
     probs, dists = [], []
     with torch.no_grad():
         for i in range(0, len(tiles), batch_size):

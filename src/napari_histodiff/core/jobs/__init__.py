@@ -7,6 +7,7 @@ touches the disk, yields :class:`~napari_histodiff.core.base.events.Progress` an
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from importlib import import_module
 
@@ -27,7 +28,11 @@ class Job:
         return self._load(self.options)
 
     def run(self, opts, **inputs):
-        return self._load(self.function)(opts, **inputs)
+        """The job's progress generator; out of memory becomes one plain error (``base.memory``)."""
+        from ..base.memory import guard_memory
+
+        names = [f.name for f in dataclasses.fields(opts)] if dataclasses.is_dataclass(opts) else ()
+        return guard_memory(self._load(self.function)(opts, **inputs), names)
 
 
 RESUME = "a checkpoint was saved; continue with --resume"

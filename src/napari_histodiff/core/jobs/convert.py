@@ -56,7 +56,9 @@ def convert(opts: ConvertOptions):
 
 @dataclass
 class InfoOptions:
-    """``histodiff info``: a readable summary of a bundle (or of a foreign checkpoint, converted in memory)."""
+    """``histodiff info``: a readable summary of a bundle (or of a foreign checkpoint, converted in memory).
+    A bundle's weights are verified (sizes, sha256 recorded at save, safetensors headers); damaged files
+    are named, with the fix, and the command exits with code 2."""
 
     model: Path | None = option(None, positional=True, required=True, metavar="BUNDLE",
                                 help="bundle folder, CompVis .ckpt or diffusers LDM pipeline folder")
@@ -65,11 +67,12 @@ class InfoOptions:
 
 
 def info(opts: InfoOptions):
-    """The summary text (``message``) of ``opts.model``."""
+    """The summary text (``message``) of ``opts.model``; a damaged bundle raises a HistodiffError that
+    holds the whole summary, its damaged files and the fix included."""
     import json
     import tempfile
 
-    from ..formats.bundle import read_meta, save_bundle, summary
+    from ..formats.bundle import describe, read_meta, save_bundle, summary
     from ..formats.convert import convert_source, detect_format
 
     check(opts)
@@ -81,7 +84,12 @@ def info(opts: InfoOptions):
         if opts.foreign.config is not None or opts.foreign.ema is not None:
             raise HistodiffError("{opt:config} and {opt:ema} apply to CompVis .ckpt checkpoints only")
         folder = Path(opts.model)
-        text = json.dumps(read_meta(folder), indent=2, sort_keys=True) if opts.json else summary(folder)
+        if opts.json:
+            return {"message": json.dumps(read_meta(folder), indent=2, sort_keys=True)}
+        text, problems = describe(folder)
+        if problems:
+            raise HistodiffError(f"bundle {folder} is DAMAGED: {len(problems)} problem"
+                                 f"{'s' * (len(problems) > 1)} with its files, listed below with the fix\n{text}")
         return {"message": text}
     with tempfile.TemporaryDirectory(prefix="histodiff-converted-") as tmp:
         folder = Path(tmp) / "bundle"
@@ -89,6 +97,6 @@ def info(opts: InfoOptions):
                                                        if k != "format"}), folder)
         if opts.json:
             return {"message": json.dumps(read_meta(folder), indent=2, sort_keys=True)}
-        text = summary(folder).replace(f"bundle      {folder}", f"source      {opts.model} (converted in "
+        text = summary(folder, verify=False).replace(f"bundle      {folder}", f"source      {opts.model} (converted in "
                                        "memory; save it with `histodiff convert`)")
     return {"message": text}

@@ -13,17 +13,11 @@ __all__ = ["FinetuneOptions", "finetune", "open_labeled"]
 
 
 def open_labeled(paths, tile_size: int, scale=None):
-    """Labeled tile folders at the model's tile size; returns ``(tiles, warning or None)``."""
-    from ..data.tiles import open_tiles, read_rgb
+    """Labeled tile folders at the model's tile size; returns ``(tiles, warnings)`` (odd sizes, grey tiles)."""
+    from ..data.tiles import open_tiles, survey_warnings
 
     tiles = open_tiles(paths, tile_size, scale=scale)
-    source = Path(tiles.origin(0)) if len(tiles) else None  # a tile file for folders
-    first = read_rgb(source) if scale is None and source is not None and source.is_file() else None
-    note = None
-    if first is not None and first.shape[:2] != (tile_size, tile_size):
-        note = (f"tiles are {first.shape[1]}x{first.shape[0]} px; they are centre-cropped and resized to the "
-                f"model's {tile_size} px (set {{opt:scale}} to cut at a fixed magnification instead)")
-    return tiles, note
+    return tiles, survey_warnings(tiles)
 
 
 def _source(opts: FinetuneOptions, model):
@@ -62,8 +56,8 @@ def finetune(opts: FinetuneOptions, model=None, tiles=None):
     check_source(source)
     preset = source.preset if isinstance(source, Bundle) else Preset.from_dict(read_meta(source)["preset"])
     if tiles is None:
-        tiles, note = open_labeled(opts.labeled, preset.tile_size, opts.scale)
-        if note:
+        tiles, notes = open_labeled(opts.labeled, preset.tile_size, opts.scale)
+        for note in notes:
             yield warning(note)
     if tiles.tile_size != preset.tile_size:
         raise HistodiffError(f"labeled tiles are {tiles.tile_size} px; the model needs {preset.tile_size} px")
@@ -71,6 +65,10 @@ def finetune(opts: FinetuneOptions, model=None, tiles=None):
     with output_folder(out, "bundle", opts.intent, allowed=intents):
         result = yield from run_stages(source, tiles, out, preset, opts)
     counts = ", ".join(f"{c} {n}" for c, n in result["class_counts"].items())
+    if result.get("nothing_to_do"):
+        result["message"] = (f"nothing to do: {out} is already fine-tuned with these options and tiles "
+                             f"({counts}); choose {{opt:intent=overwrite}} to train it again")
+        return result
     result["message"] = (f"fine-tuned bundle written to {out} (tiles per class: {counts}); "
                          f"try: histodiff sample {out} --per-class 16 --out samples")
     return result

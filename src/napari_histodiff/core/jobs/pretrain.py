@@ -194,6 +194,9 @@ def _copy_autoencoder(source, out) -> None:
 
     if not is_main_process():
         return
+    from ..formats.integrity import require_intact
+
+    require_intact(source, ("vae",))
     shutil.copytree(Path(source) / "vae", Path(out) / "vae")
     meta = read_meta(source)
     meta["provenance"]["autoencoder"] = {**meta["provenance"].get("autoencoder", {}), "copied_from": str(source)}

@@ -38,9 +38,11 @@ def sample(opts: SampleOptions, model=None, sources=None):
     """Sample into ``opts.out`` with ``model`` (default: opened from ``opts.model``); ``sources``: tiles
     to make variations of (default: opened from ``opts.sources``). Yields progress; returns the
     records and a ``message``."""
+    from ..base.events import warning
     from ..base.outdir import check_output
     from ..formats.convert import open_model
     from ..generate.sample_set import write_samples
+    from ..generate.selection import missing_selection
     from .finetune import open_labeled
 
     check(opts)
@@ -48,14 +50,16 @@ def sample(opts: SampleOptions, model=None, sources=None):
     check_output(opts.out, "samples", opts.intent)
     bundle = model if model is not None else open_model(opts.model, device=opts.device, **opts.foreign.kwargs())
     if sources is None and opts.sources is not None:
-        sources, note = open_labeled([opts.sources], bundle.tile_size)
-        if note:
-            from ..base.events import warning
-
+        sources, notes = open_labeled([opts.sources], bundle.tile_size)
+        for note in notes:
             yield warning(note)
     plan = plan_classes(opts, bundle, sources is not None)
     plan.validate(bundle.scheduler.config.num_train_timesteps)
     select = opts.select and bundle.selection_classifier is not None
+    if opts.select and not select and bundle.latent_classifier is not None:
+        guided = plan.guidance > 0 and (plan.classes or getattr(sources, "class_names", None))
+        made = "guided" if guided else "made"
+        yield warning(missing_selection(bundle, f"; tiles are {made} but not selected"))
     records = yield from write_samples(bundle, plan, opts.out, opts.selection if select else None, opts.intent,
                                        sources=sources)
     summary = kept_counts(records) if select else f"{len(records)} tiles (not selected)"

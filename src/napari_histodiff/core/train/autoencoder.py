@@ -14,7 +14,7 @@ import numpy as np
 from . import loop as T
 from ..formats.bundle import load_bundle, new_meta, package_versions, read_meta, save_part, write_meta
 from ..base.errors import HistodiffError
-from ..base.events import Progress
+from ..base.events import Progress, warning
 from ..models.presets import Preset
 
 STAGE = "autoencoder"
@@ -128,6 +128,8 @@ def train_autoencoder(tiles, out_dir, preset: Preset, options: AutoencoderOption
     start, history = 0, {"psnr": []}
     if T.has_checkpoint(ckpt_dir):
         state, info = T.load_checkpoint(ckpt_dir, {"vae": vae, "disc": disc})
+        for text in info["warnings"]:
+            yield warning(text)
         opt_g.load_state_dict(state["opt_g"])
         opt_d.load_state_dict(state["opt_d"])
         T.check_resume(info, opts.steps)

@@ -13,7 +13,7 @@ import numpy as np
 from . import loop as T
 from ..formats.bundle import load_bundle, package_versions, read_meta, save_part, write_meta
 from ..base.errors import HistodiffError
-from ..base.events import Progress
+from ..base.events import Progress, warning
 
 EVAL_TIMESTEPS = (0, 250, 500, 750)
 
@@ -53,18 +53,24 @@ def _batches(tiles, idx, device, batch_size=64):
         yield T.to_model_input(torch.from_numpy(np.stack([tiles[int(j)] for j in idx[i : i + batch_size]])), device)
 
 
-def _loop(stage, model, loss_fn, eval_fn, tiles, labels, train_idx, out_dir, opts, acc, lr, wd, batch):
-    """Shared training loop: yields Progress, checkpoints, returns the history of evaluations."""
+def _loop(stage, model, loss_fn, eval_fn, tiles, labels, train_idx, out_dir, opts, acc, lr, wd, batch, best=None):
+    """Shared training loop: yields Progress, checkpoints, returns the history of evaluations.
+    ``best``: ``{"acc": float, "model": module}`` kept by ``eval_fn``, saved with the checkpoints."""
     import torch
 
     ckpt_dir = out_dir / "training" / stage
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=wd)
     start, history = 0, []
+    kept = {"best": best["model"]} if best else {}
     if T.has_checkpoint(ckpt_dir):
-        state, info = T.load_checkpoint(ckpt_dir, {"model": model})
+        state, info = T.load_checkpoint(ckpt_dir, {"model": model, **kept})
+        for text in info["warnings"]:
+            yield warning(text)
         T.check_resume(info, opts.steps)
         opt.load_state_dict(state["opt"])
         start, history = info["step"], info["history"]
+        if best:
+            best["acc"] = info["best_acc"]
     if start >= opts.steps:
         return history, start
     model_p, opt = acc.prepare(model, opt)
@@ -72,12 +78,14 @@ def _loop(stage, model, loss_fn, eval_fn, tiles, labels, train_idx, out_dir, opt
     eval_every = opts.eval_every or max(1, opts.steps // 10)
     step = start
     ckpt = T.Checkpointer(ckpt_dir, acc, start, lambda: (
-        {"model": model}, {"opt": opt.state_dict()},
-        {"stage": stage, "total": opts.steps, "history": history, "options": asdict(opts)}))
+        {"model": model, **kept}, {"opt": opt.state_dict()},
+        {"stage": stage, "total": opts.steps, "history": history, "options": asdict(opts),
+         **({"best_acc": best["acc"]} if best else {})}))
 
     try:
         for raw, y in T.batch_loader(stream, start, opts.steps, opts.num_workers):
             gen = T.torch_generator(opts.seed, step, acc.process_index)
+            torch.manual_seed(T.step_seed(opts.seed, step, acc.process_index))  # dropout: the same on resume
             model_p.train()
             with acc.autocast():
                 loss = loss_fn(model_p, T.to_model_input(raw, acc.device), y.to(acc.device), gen)
@@ -169,7 +177,7 @@ def train_selection_classifier(tiles, out_dir, preset, options: ClassifierOption
     train_idx, held_idx = T.stratified_split(labels, opts.holdout, opts.seed)
     torch.manual_seed(opts.seed)
     model = preset.build_selection_classifier(len(tiles.class_names)).to(acc.device)
-    best = {"acc": -1.0, "state": None}
+    best = {"acc": -1.0, "model": copy.deepcopy(model)}  # the best held-out weights so far (acc -1: none yet)
     held_x = torch.cat(list(_batches(tiles, held_idx if len(held_idx) else train_idx, acc.device)))
     held_y = torch.from_numpy(labels[held_idx if len(held_idx) else train_idx]).to(acc.device)
 
@@ -180,21 +188,22 @@ def train_selection_classifier(tiles, out_dir, preset, options: ClassifierOption
         with torch.no_grad():
             accuracy = float((m(held_x).argmax(-1) == held_y).float().mean())
         if accuracy > best["acc"]:
-            best["acc"], best["state"] = accuracy, copy.deepcopy(m.state_dict())
+            best["acc"] = accuracy
+            best["model"].load_state_dict(m.state_dict())
         return {"heldout_acc": accuracy}
 
     c = preset.classifier
     history, step = yield from _loop(
         stage, model, loss_fn, eval_fn, tiles, labels, train_idx, out_dir, opts, acc,
-        T.given(opts.learning_rate, c.selection_learning_rate), 1e-4, T.given(opts.batch_size, c.batch_size))
-    if best["state"] is not None:
-        model.load_state_dict(best["state"])
+        T.given(opts.learning_rate, c.selection_learning_rate), 1e-4, T.given(opts.batch_size, c.batch_size), best)
+    if best["acc"] >= 0:
+        model.load_state_dict(best["model"].state_dict())
     model.eval()
     with torch.no_grad():
         feats = torch.cat([model.features(x) for x in _batches(tiles, np.arange(len(tiles)), acc.device)])
         y = torch.from_numpy(labels).to(acc.device)
         model.centroids.copy_(torch.stack([feats[y == k].mean(0) for k in range(len(tiles.class_names))]))
-    extra = {"best_heldout_acc": best["acc"] if best["state"] is not None else None}
+    extra = {"best_heldout_acc": best["acc"] if best["acc"] >= 0 else None}
     return _save(out_dir, stage, model, history, step, opts, tiles, acc, extra)
 
 

@@ -15,7 +15,7 @@ from . import loop as T
 from ..formats.bundle import (load_bundle, package_versions, read_meta, save_part, set_vae_scaling_factor,
                      write_meta)
 from ..base.errors import HistodiffError
-from ..base.events import Progress
+from ..base.events import Progress, warning
 from ..models.presets import Preset
 
 STAGE = "diffusion"
@@ -86,7 +86,7 @@ def train_diffusion(tiles, out_dir, preset: Preset, options: DiffusionOptions | 
     device = acc.device
     base = load_bundle(out_dir, device="cpu", require_unet=opts.init_weights)
     vae = base.vae.to(device).requires_grad_(False)
-    noise_sched = preset.build_scheduler()
+    noise_sched = base.scheduler if opts.init_weights else preset.build_scheduler()  # fine-tuning keeps the bundle's
     torch.manual_seed(opts.seed)
     unet = base.unet.train() if opts.init_weights else preset.build_unet()
     ema = EMAModel(unet.parameters(), decay=T.given(opts.ema_decay, cfg.ema_decay))
@@ -98,6 +98,8 @@ def train_diffusion(tiles, out_dir, preset: Preset, options: DiffusionOptions | 
     scale = base.scale_factor if opts.init_weights else None
     if T.has_checkpoint(ckpt_dir):
         state, info = T.load_checkpoint(ckpt_dir, {"unet": unet})
+        for text in info["warnings"]:
+            yield warning(text)
         opt.load_state_dict(state["opt"])
         lr_sched.load_state_dict(state["lr_sched"])
         ema.load_state_dict(state["ema"])
@@ -126,6 +128,7 @@ def train_diffusion(tiles, out_dir, preset: Preset, options: DiffusionOptions | 
     try:
         for raw in T.batch_loader(stream, start, opts.steps, opts.num_workers):
             gen = T.torch_generator(opts.seed, step, acc.process_index)
+            torch.manual_seed(T.step_seed(opts.seed, step, acc.process_index))  # UNet dropout: the same on resume
             x = T.to_model_input(raw, device)
             b = x.shape[0]
             eps_z = torch.randn((b, *latent_shape), generator=gen).to(device)
@@ -164,7 +167,8 @@ def _finish(out_dir, preset, unet, ema, noise_sched, scale, opts, tiles, step, a
         ema.to("cpu")
         ema.copy_to(final.parameters())
         save_part(final, out_dir, "unet")
-        save_part(noise_sched, out_dir, "scheduler")
+        if not opts.init_weights:  # fine-tuning leaves the bundle's own scheduler/ as it is
+            save_part(noise_sched, out_dir, "scheduler")
         set_vae_scaling_factor(out_dir, scale)
         meta = read_meta(out_dir)
         meta["latent_scale_factor"] = scale

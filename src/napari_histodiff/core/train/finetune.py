@@ -109,36 +109,87 @@ def check_source(source) -> None:
                              "(latent_dist), so it works on KL models only. Sampling works with VQ models.")
 
 
+FINETUNE_STAGES = ("finetune", "finetune_unet", "finetune_decoder", "latent_classifier", "selection_classifier")
+# options that change what fine-tuning computes: a resume with other values would mix two runs
+SAME_ON_RESUME = ("scale", "unet_learning_rate", "decoder_learning_rate", "clean_latents", "holdout",
+                  "batch_size", "seed")
+
+
+def lineage(provenance: dict, origin: str) -> dict:
+    """The provenance a bundle fine-tuned from a model with ``provenance`` (at ``origin``) starts with:
+    the pre-training records, where it was pre-trained, and the chain of earlier fine-tunings."""
+    prov = {k: v for k, v in provenance.items() if k not in FINETUNE_STAGES and k != "earlier_finetunes"}
+    earlier = list(provenance.get("earlier_finetunes") or [])
+    if "finetune" in provenance:  # the source was fine-tuned itself: keep its record in the chain
+        earlier.append({"bundle": origin, **{k: provenance[k] for k in FINETUNE_STAGES if k in provenance}})
+        prov["finetuned_from"] = origin
+    else:
+        prov.pop("finetuned_from", None)
+        prov["pretrained_from"] = origin
+    if earlier:
+        prov["earlier_finetunes"] = earlier
+    return prov
+
+
 def start_bundle(source, out) -> None:
-    """Copy a pre-trained model's autoencoder, UNet and scheduler into ``out`` (no training checkpoints).
-    ``source``: a bundle folder, or an in-memory bundle (e.g. a converted CompVis checkpoint)."""
+    """Copy a pre-trained model's autoencoder, UNet and scheduler into ``out`` (no training checkpoints,
+    no classes). ``source``: a bundle folder, or an in-memory bundle (e.g. a converted CompVis checkpoint)."""
     from ..formats.bundle import Bundle, save_part
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if isinstance(source, Bundle):
-        meta = {**source.meta, "provenance": dict(source.meta.get("provenance") or {})}
+        meta = {**source.meta}
         for part in ("vae", "unet", "scheduler"):
             save_part(getattr(source, part), out, part)
         origin = str(source.path.resolve()) if source.path else \
-            (meta["provenance"].get("converted") or {}).get("source", "in-memory model")
+            ((meta.get("provenance") or {}).get("converted") or {}).get("source", "in-memory model")
     else:
+        from ..formats.integrity import require_intact
+
         source = Path(source)
         meta = read_meta(source)
+        require_intact(source, ("vae", "unet", "scheduler"))
         for part in ("vae", "unet", "scheduler"):
             shutil.copytree(source / part, out / part, dirs_exist_ok=True)
         origin = str(source.resolve())
     meta["class_names"] = []
     meta.pop("class_counts", None)
-    meta["provenance"] = {k: v for k, v in meta["provenance"].items()
-                          if k not in ("finetune", "latent_classifier", "selection_classifier")}
-    meta["provenance"]["pretrained_from"] = origin
+    meta["metrics"] = {k: v for k, v in (meta.get("metrics") or {}).items()
+                       if not k.startswith(("latent_classifier", "selection_classifier"))}
+    meta["provenance"] = lineage(dict(meta.get("provenance") or {}), origin)
     write_meta(out, meta)
 
 
+def planned(opts: FinetuneOptions) -> list[tuple[str, int]]:
+    """The stages this run trains, with their step counts."""
+    stages = [("finetune_unet", opts.unet_steps), ("finetune_decoder", opts.decoder_steps),
+              ("latent_classifier", opts.classifier_steps), ("selection_classifier", opts.selection_steps)]
+    return [(stage, steps) for stage, steps in stages if steps]
+
+
+def check_resumable(meta: dict, out_dir: Path, tiles, counts: dict, opts: FinetuneOptions) -> None:
+    """Refuse to continue a fine-tuning with other classes, tiles or options than it was started with."""
+    if meta.get("class_names") and meta["class_names"] != tiles.class_names:
+        raise HistodiffError(f"{out_dir} was fine-tuned on classes {meta['class_names']}, not "
+                             f"{tiles.class_names}; write to a new {{opt:out}} folder")
+    if meta.get("class_counts") and meta["class_counts"] != counts:
+        raise HistodiffError(f"{out_dir} was fine-tuned on other labeled tiles ({meta['class_counts']}, now "
+                             f"{counts}); write to a new {{opt:out}} folder or choose {{opt:intent=overwrite}}")
+    old = ((meta.get("provenance") or {}).get("finetune") or {}).get("options") or {}
+    new = record(opts)
+    changed = [f"{{opt:{k}}} {old[k]} (now {new[k]})" for k in SAME_ON_RESUME if k in old and old[k] != new[k]]
+    if changed:
+        raise HistodiffError(f"the fine-tuning in {out_dir} was started with " + ", ".join(changed) +
+                             "; resume it with the same values, or choose {opt:intent=overwrite} to train "
+                             "again with the new ones")
+
+
 def finetune(source, tiles, out_dir, preset, options: FinetuneOptions | None = None):
-    """Fine-tune ``source`` (a bundle folder or an in-memory bundle) into ``out_dir``. Yield progress of
-    every stage; return a summary with class counts and metrics."""
+    """Fine-tune ``source`` (a bundle folder or an in-memory bundle) into ``out_dir``, or continue the
+    fine-tuning saved there. Yield progress of every stage; return a summary with class counts and
+    metrics (``nothing_to_do`` when every stage was already trained with these options)."""
+    from . import loop as T
     from .autoencoder import AutoencoderOptions, train_autoencoder
     from .classifiers import ClassifierOptions, train_latent_classifier, train_selection_classifier
     from .diffusion import DiffusionOptions, train_diffusion
@@ -153,9 +204,10 @@ def finetune(source, tiles, out_dir, preset, options: FinetuneOptions | None = N
         check_source(source)
         start_bundle(source, out_dir)
     meta = read_meta(out_dir)
-    if meta.get("class_names") and meta["class_names"] != tiles.class_names:
-        raise HistodiffError(f"{out_dir} was fine-tuned on classes {meta['class_names']}, not "
-                             f"{tiles.class_names}; write to a new {{opt:out}} folder")
+    check_resumable(meta, out_dir, tiles, counts, opts)
+    result = {"class_counts": counts}
+    if meta.get("class_names") and all(T.stage_written(out_dir, stage, steps) for stage, steps in planned(opts)):
+        return {**result, "nothing_to_do": True}
     meta["class_names"], meta["class_counts"] = tiles.class_names, counts
     meta["provenance"]["finetune"] = {"data": tiles.description, "options": record(opts)}
     write_meta(out_dir, meta)
@@ -163,7 +215,6 @@ def finetune(source, tiles, out_dir, preset, options: FinetuneOptions | None = N
 
     common = dict(seed=opts.seed, device=opts.device, mixed_precision=opts.mixed_precision,
                   num_workers=opts.num_workers, checkpoint_every=opts.checkpoint_every, batch_size=opts.batch_size)
-    result = {"class_counts": counts}
     if opts.unet_steps:
         result["unet"] = yield from train_diffusion(tiles, out_dir, preset, DiffusionOptions(
             steps=opts.unet_steps, learning_rate=opts.unet_learning_rate, warmup_steps=0,

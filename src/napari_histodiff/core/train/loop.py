@@ -98,10 +98,20 @@ def make_accelerator(device: str | None = "auto", mixed_precision: str = "no"):
         cpu = (device or "auto").startswith("cpu") or not torch.cuda.is_available() or \
             os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true")
         return Accelerator(cpu=cpu, mixed_precision=mixed_precision)
+    reset_accelerate()
     dev = pick_device(device)
     if dev.type == "cuda" and dev.index is not None:
         torch.cuda.set_device(dev.index)
     return Accelerator(cpu=dev.type == "cpu", mixed_precision=mixed_precision)
+
+
+def reset_accelerate() -> None:
+    """Forget accelerate's process-wide state, so each job in one process (napari) gets the device and
+    precision it asks for (not those of the job before). Single-process runs only."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
 
 
 def prepare_out_dir(out, intent: str = "new") -> Path:
@@ -114,59 +124,139 @@ def prepare_out_dir(out, intent: str = "new") -> Path:
 
 
 # -- checkpoints -------------------------------------------------------------------------------
+# A stage's checkpoints are ``training/STAGE/step-NNNNNNNN/`` folders, each written in a hidden
+# sibling and renamed into place, with the size and sha256 of every file in ``checkpoint.json``.
+# The newest two are kept: a damaged newest one (disk full, killed mid-write, truncated copy) is
+# detected and the previous one is used, with a warning.
 
-def save_checkpoint(folder: Path, models: dict, state: dict, info: dict) -> None:
-    """Models as safetensors, optimiser/EMA state as tensors-only ``state.pt``; atomic."""
+KEEP = 2
+
+
+def _digest(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _disk_full(e: OSError, what) -> HistodiffError | None:
+    import errno
+
+    if getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
+        return HistodiffError(f"no space left on the disk while writing {what}; free some space, then run the "
+                              "same command with {opt:intent=resume} (the last complete checkpoint is kept)")
+    return None
+
+
+def checkpoints(folder: Path) -> list[Path]:
+    """A stage's checkpoint folders, newest first (a checkpoint of the old single-folder layout last)."""
+    folder = Path(folder)
+    found = sorted(folder.glob("step-*"), reverse=True) if folder.is_dir() else []
+    found = [p for p in found if p.is_dir() and p.name[5:].isdigit()]
+    return found + ([folder] if (folder / "checkpoint.json").is_file() else [])
+
+
+def save_checkpoint(folder: Path, models: dict, state: dict, info: dict) -> Path:
+    """Models as safetensors, optimiser/EMA state as tensors-only ``state.pt``, checksums in
+    ``checkpoint.json``; written whole or not at all. Older checkpoints beyond :data:`KEEP` are removed."""
     import torch
     from safetensors.torch import save_model
 
     folder = Path(folder)
-    tmp, old = folder.with_name(folder.name + ".tmp"), folder.with_name(folder.name + ".old")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for name, model in models.items():
-        save_model(model, str(tmp / f"{name}.safetensors"))
-    torch.save(state, tmp / "state.pt")
-    (tmp / "checkpoint.json").write_text(json.dumps(info, indent=2))
-    shutil.rmtree(old, ignore_errors=True)
-    if folder.exists():
-        os.replace(folder, old)
-    os.replace(tmp, folder)
-    shutil.rmtree(old, ignore_errors=True)
+    final = folder / f"step-{int(info['step']):08d}"
+    tmp = folder / f".{final.name}.tmp-{os.getpid()}"
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob(".step-*.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    try:
+        tmp.mkdir()
+        for name, model in models.items():
+            save_model(model, str(tmp / f"{name}.safetensors"))
+        torch.save(state, tmp / "state.pt")
+        files = {f.name: {"size": f.stat().st_size, "sha256": _digest(f)} for f in sorted(tmp.iterdir())}
+        (tmp / "checkpoint.json").write_text(json.dumps({**info, "files": files}, indent=2))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise (_disk_full(e, f"the checkpoint {final}") or e) from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for old in checkpoints(folder)[KEEP:]:
+        if old == folder:  # the old layout's files, superseded
+            for f in ("checkpoint.json", "state.pt", *(p.name for p in folder.glob("*.safetensors"))):
+                (folder / f).unlink(missing_ok=True)
+        else:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
 
 
-def load_checkpoint(folder: Path, models: dict) -> tuple[dict, dict]:
-    """Load weights into ``models`` in place; return ``(state, info)``. Nothing is unpickled unsafely."""
-    import torch
-    from safetensors.torch import load_model
-
+def check_checkpoint(folder: Path) -> dict:
+    """``checkpoint.json`` of a checkpoint folder after checking every file's size and checksum;
+    raises ``ValueError`` naming what is damaged."""
     folder = Path(folder)
     try:
         info = json.loads((folder / "checkpoint.json").read_text())
-        for name, model in models.items():
-            load_model(model, str(folder / f"{name}.safetensors"))
-        state = torch.load(folder / "state.pt", map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise HistodiffError(
-            f"cannot resume from checkpoint {folder}: {type(e).__name__}: {e}; "
-            "start again with {opt:intent=overwrite}"
-        ) from None
-    return state, info
+    except (OSError, ValueError) as e:
+        raise ValueError(f"checkpoint.json is missing or unreadable ({e})") from None
+    for name, rec in (info.get("files") or {}).items():
+        f = folder / name
+        if not f.is_file():
+            raise ValueError(f"{name} is missing")
+        if f.stat().st_size != rec["size"]:
+            raise ValueError(f"{name} is {f.stat().st_size} bytes, {rec['size']} were written")
+        if _digest(f) != rec["sha256"]:
+            raise ValueError(f"{name} differs from what was written (checksum)")
+    return info
+
+
+def load_checkpoint(folder: Path, models: dict) -> tuple[dict, dict]:
+    """Load the newest intact checkpoint of a stage into ``models`` in place; return ``(state, info)``.
+    ``info["warnings"]`` lists damaged newer checkpoints that were skipped. Nothing is unpickled unsafely."""
+    import torch
+    from safetensors.torch import load_model
+
+    skipped = []
+    for ckpt in checkpoints(folder):
+        try:
+            info = check_checkpoint(ckpt)
+            for name, model in models.items():
+                load_model(model, str(ckpt / f"{name}.safetensors"))
+            state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)
+        except Exception as e:
+            skipped.append(f"checkpoint {ckpt} is damaged ({e})")
+            continue
+        info["warnings"] = [f"{s}; resumed from the previous checkpoint, at step {info['step']}" for s in skipped]
+        return state, info
+    raise HistodiffError(
+        f"cannot resume from the checkpoints in {folder}: " + "; ".join(skipped) +
+        ". Start the stage again with {opt:intent=overwrite}"
+    )
 
 
 class Checkpointer:
     """Saves a stage's checkpoint (main process only) when the step moved since the last save.
 
-    ``contents()`` returns ``(models, state, info)`` for :func:`save_checkpoint` at call time.
+    ``contents()`` returns ``(models, state, info)`` for :func:`save_checkpoint` at call time. After a
+    failed save (disk full), the save on the way out is not tried again.
     """
 
     def __init__(self, folder: Path, acc, start: int, contents):
         self.folder, self.acc, self.saved, self.contents = folder, acc, start, contents
+        self.failed = False
 
     def save(self, step: int) -> None:
-        if self.acc.is_main_process and step > self.saved:
+        if self.acc.is_main_process and step > self.saved and not self.failed:
             models, state, info = self.contents()
-            save_checkpoint(self.folder, models, state, {"step": step, **info})
+            try:
+                save_checkpoint(self.folder, models, state, {"step": step, **info})
+            except BaseException:
+                self.failed = True
+                raise
         self.saved = step
 
 
@@ -208,4 +298,4 @@ def given(value, default):
 
 
 def has_checkpoint(folder: Path) -> bool:
-    return (Path(folder) / "checkpoint.json").is_file()
+    return bool(checkpoints(folder))
