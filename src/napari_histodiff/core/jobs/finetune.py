@@ -14,7 +14,8 @@ __all__ = ["FinetuneOptions", "finetune", "open_labeled"]
 
 def open_labeled(paths, tile_size: int, scale=None):
     """Labeled tile folders at the model's tile size; returns ``(tiles, warnings)`` (odd sizes, grey tiles)."""
-    from ..data.tiles import open_tiles, survey_warnings
+    from ..data.survey import survey_warnings
+    from ..data.tiles import open_tiles
 
     tiles = open_tiles(paths, tile_size, scale=scale)
     return tiles, survey_warnings(tiles)
