@@ -77,6 +77,10 @@ def safe_load_checkpoint(path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise HistodiffError(f"Checkpoint {path} does not exist. Check the path.")
+    with open(path, "rb") as f:
+        magic = f.read(2)
+    if magic != b"PK" and magic[:1] != b"\x80":  # neither torch.save's zip nor a (legacy) pickle
+        raise _not_readable(path, f"it is neither a zip nor a pickle file (it starts with bytes {magic.hex() or 'none'})")
     try:
         unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
     except ValueError:
