@@ -60,6 +60,9 @@ def test_a_finished_folder_says_nothing_to_do_and_keeps_its_record(tmp_path, tra
     events, result = events_and_result(finetune(
         FinetuneOptions(model=trained_bundle, out=out, intent="resume", **SHORT), tiles=labeled_tiles))
     assert result["message"].startswith("nothing to do") and events == []
+    from napari_histodiff.cli import render
+
+    assert "choose --overwrite to train it again" in render(result["message"], FinetuneOptions)
     assert (out / "histodiff.json").read_bytes() == record
     # other options: refused, the record untouched
     with pytest.raises(HistodiffError, match=r"unet_learning_rate.*intent=overwrite"):

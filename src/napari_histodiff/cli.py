@@ -232,5 +232,5 @@ def main(argv=None) -> int:
         print(f"histodiff: interrupted; {job.interrupted}".rstrip("; "), file=sys.stderr)
         return 130
     if is_main_process() and result and result.get("message"):
-        print(result["message"])
+        print(render(result["message"], cls))
     return 0

@@ -15,7 +15,8 @@ from qtpy.QtWidgets import (QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout,
                             QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
 from ..core.train.finetune import FinetuneOptions
-from ._common import State, form_row, notify_error, notify_warning, path_edit, scroll_page, start_worker
+from ._common import (State, form_row, notify_error, notify_warning, path_edit, render, scroll_page,
+                      start_worker)
 from ._forms import OptionsForm, field_edit
 from ._layers import LayerCombo, extract
 from ._plot import LossPlot
@@ -246,6 +247,9 @@ class FinetuneWidget(QWidget):
         self.result, bundle = result_and_bundle
         MODEL.set(bundle)
         counts = ", ".join(f"{c} {n}" for c, n in self.result.get("class_counts", {}).items())
+        if self.result.get("nothing_to_do"):
+            show_info(render(self.result["message"], self.label_of) + " (the bundle is loaded)")
+            return
         show_info(f"fine-tuned bundle written to {self.out_dir} and loaded (tiles per class: {counts})")
 
     def _failed(self, exc):
