@@ -250,8 +250,11 @@ def test_open_tiles_errors(tmp_path):
         open_tiles([tmp_path / "empty"], 32)
     with pytest.raises(HistodiffError, match="no image files"):
         open_tiles([tmp_path / "empty"], 32, large_images=True)
-    (tmp_path / "x.txt").write_text("x")
-    with pytest.raises(HistodiffError, match="not an image file"):
+    (tmp_path / "x.csv").write_text("x")
+    with pytest.raises(HistodiffError, match="not a slide or image file"):
+        open_tiles(tmp_path / "x.csv", 32)
+    (tmp_path / "x.txt").write_text("x.svs\n")  # a list of slides
+    with pytest.raises(HistodiffError, match="lists x.svs, which does not exist"):
         open_tiles(tmp_path / "x.txt", 32)
     with pytest.raises(HistodiffError, match="no tile folder or image given"):
         open_tiles([], 32)

@@ -21,10 +21,11 @@ MARKERS = {  # kind -> files (globs) that mark a folder as the project's own out
     "export": ("export.json",),
     "evaluation": ("results.json",),
     "demo": ("histodiff-demo.json",),
+    "tiles": ("tiles.csv",),
 }
 WHAT = {"bundle": "model bundle", "samples": "sample folder", "export": "exported set",
-        "evaluation": "evaluation folder", "demo": "demo folder"}
-A = {"bundle": "a", "samples": "a", "export": "an", "evaluation": "an", "demo": "a"}
+        "evaluation": "evaluation folder", "demo": "demo folder", "tiles": "tile folder"}
+A = {"bundle": "a", "samples": "a", "export": "an", "evaluation": "an", "demo": "a", "tiles": "a"}
 
 
 def is_marked(folder, kind: str) -> bool:

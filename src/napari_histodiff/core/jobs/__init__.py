@@ -37,6 +37,8 @@ class Job:
 
 RESUME = "a checkpoint was saved; continue with --resume"
 JOBS = [
+    Job("tiles", "tiles:TilesOptions", "tiles:tiles",
+        "cut whole-slide images (with QuPath annotations) into tiles at a chosen resolution", "nothing was written"),
     Job("pretrain-autoencoder", "pretrain:PretrainAutoencoderOptions", "pretrain:pretrain_autoencoder",
         "train the KL autoencoder on unlabeled tiles", RESUME),
     Job("pretrain", "pretrain:PretrainOptions", "pretrain:pretrain",

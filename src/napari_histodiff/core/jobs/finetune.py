@@ -12,12 +12,15 @@ from ..train.finetune import FinetuneOptions
 __all__ = ["FinetuneOptions", "finetune", "open_labeled"]
 
 
-def open_labeled(paths, tile_size: int, scale=None):
-    """Labeled tile folders at the model's tile size; returns ``(tiles, warnings)`` (odd sizes, grey tiles)."""
+def open_labeled(paths, tile_size: int, scale=None, mpp=None, opts: FinetuneOptions | None = None):
+    """Labeled tile folders or annotated slides (at ``mpp``) at the model's tile size; returns
+    ``(tiles, warnings)`` (odd sizes, grey tiles)."""
     from ..data.survey import survey_warnings
     from ..data.tiles import open_tiles
 
-    tiles = open_tiles(paths, tile_size, scale=scale)
+    opts = opts or FinetuneOptions()
+    tiles = open_tiles(paths, tile_size, scale=scale, mpp=mpp, slide_mpp=opts.slide_mpp,
+                       annotations=opts.annotations, min_fraction=opts.min_fraction)
     return tiles, survey_warnings(tiles)
 
 
@@ -57,7 +60,10 @@ def finetune(opts: FinetuneOptions, model=None, tiles=None):
     check_source(source)
     preset = source.preset if isinstance(source, Bundle) else Preset.from_dict(read_meta(source)["preset"])
     if tiles is None:
-        tiles, notes = open_labeled(opts.labeled, preset.tile_size, opts.scale)
+        mpp = source.meta.get("microns_per_pixel") if isinstance(source, Bundle) else \
+            read_meta(source).get("microns_per_pixel")
+        tiles, notes = open_labeled(opts.labeled, preset.tile_size, opts.scale, mpp if opts.scale is None else None,
+                                    opts)
         for note in notes:
             yield warning(note)
     if tiles.tile_size != preset.tile_size:

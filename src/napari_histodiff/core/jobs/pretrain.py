@@ -17,8 +17,9 @@ class TrainingData:
     """Unlabeled training tiles: tile folders, or large images cut into tiles."""
 
     data: list[Path] = option(factory=list, positional=True, required=True, metavar="DATA",
-                              help="tile folders (read recursively; PNG, JPEG, TIFF) or large images to cut "
-                              "into tiles")
+                              help="tile folders (read recursively; PNG, JPEG, TIFF), whole-slide images (SVS, "
+                              "NDPI, MRXS, OME-TIFF, ...), folders of slides, .txt lists of slides, or large "
+                              "images to cut into tiles")
     large_images: bool = option(False, help="treat every image inside the given folders as a large image to "
                                 "cut into tiles")
     stride: int | None = option(None, min=1, help="tiling stride of large images in pixels (default: the tile "
@@ -31,15 +32,19 @@ class TrainingData:
     min_tissue: float = option(0.5, min=0, max=1, help="keep a tile of a large image when at least this "
                                "fraction is tissue")
     tissue_filter: bool = option(True, help="drop background tiles of large images (--no-tissue-filter keeps them)")
-    microns_per_pixel: float | None = option(None, min=0, min_open=True,
-                                             help="resolution of the training tiles (after scale), recorded in "
-                                             "the bundle")
+    microns_per_pixel: float | None = option(None, min=0, min_open=True, flags=("--mpp",),
+                                             help="microns per pixel of the training tiles: whole-slide images "
+                                             "are read at the pyramid level that fits and resized to it; "
+                                             "recorded in the bundle")
+    slide_mpp: float | None = option(None, min=0, min_open=True, help="the slides' level-0 microns per pixel, "
+                                     "when their files do not say it")
 
     def open(self, tile_size: int):
         from ..data.tiles import open_tiles
 
         return open_tiles(self.data, tile_size, large_images=self.large_images, stride=self.stride,
-                          scale=self.scale, min_tissue=self.min_tissue, tissue_filter=self.tissue_filter)
+                          scale=self.scale, min_tissue=self.min_tissue, tissue_filter=self.tissue_filter,
+                          mpp=self.microns_per_pixel, slide_mpp=self.slide_mpp)
 
 
 @dataclass

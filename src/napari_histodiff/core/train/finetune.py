@@ -28,7 +28,8 @@ class FinetuneOptions:
                                 help="pre-trained bundle (from `histodiff pretrain`), CompVis .ckpt or diffusers "
                                 "LDM folder")
     labeled: list[Path] = option(factory=list, required=True, gui=False, metavar="DIR",
-                                 help="folders of labeled tiles, one sub-folder per class (DIR/TUM/*.png, ...)")
+                                 help="folders of labeled tiles, one sub-folder per class (DIR/TUM/*.png, ...), "
+                                 "or whole-slide images annotated in QuPath (see --annotations)")
     out: Path | None = option(None, required=True, gui=False, help="the new bundle folder")
     intent: str = option("new", choices=("new", "resume", "overwrite"), consts={"--resume": "resume",
                          "--overwrite": "overwrite"}, gui=False,
@@ -36,6 +37,13 @@ class FinetuneOptions:
     scale: float | None = option(None, min=0, min_open=True, gui=False,
                                  help="magnification factor for the labeled tiles (see pretrain); default: "
                                  "tiles fitted whole to the tile size")
+    annotations: list[Path] = option(factory=list, gui=False, metavar="GEOJSON",
+                                     help="QuPath GeoJSON files of the slides given in --labeled (matched by name, "
+                                     "or in order); default: SLIDE.geojson beside each slide")
+    slide_mpp: float | None = option(None, min=0, min_open=True, gui=False,
+                                     help="the slides' level-0 microns per pixel, when their files do not say it")
+    min_fraction: float = option(0.5, min=0, max=1, gui=False,
+                                 help="fraction of a slide tile one class must cover to label it")
     classifier_steps: int = option(2000, min=1, help="training steps of the noisy latent classifier (guidance)")
     selection_steps: int = option(1000, min=1, help="training steps of the selection classifier")
     unet_steps: int = option(1000, min=0, flags=("--finetune-unet-steps",), label="UNet steps",

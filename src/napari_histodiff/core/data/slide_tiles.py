@@ -1,0 +1,222 @@
+"""Tiles of whole-slide images at the model's resolution, read on demand, in bounded memory.
+
+A tile of ``tile_size`` px at ``mpp`` microns per pixel covers ``tile_size * mpp / slide_mpp`` level-0
+pixels; it is read from the pyramid level closest below that resolution and resized. Tissue is found
+on a thumbnail (never at full resolution); the grid's coordinates are compact int32 arrays; slides are
+opened when a tile is read, a few at a time (:func:`opened`), so memory does not grow with slide size
+or slide count. Annotations (QuPath GeoJSON) label a tile when a class covers enough of its area.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+
+from ..base.errors import HistodiffError
+from .tiles import TileSet, tissue_mask
+
+MAX_OPEN = 8  # slides kept open per process
+THUMB = 2048  # longer side of the thumbnail tissue is detected on
+_open: OrderedDict = OrderedDict()
+_owner = [os.getpid()]
+
+
+def opened(path, slide_mpp=None):
+    """The open slide at ``path`` from a small per-process cache (least recently used closed first)."""
+    from .slides import open_slide
+
+    if _owner[0] != os.getpid():  # a forked reader process: never share the parent's file handles
+        _open.clear()
+        _owner[0] = os.getpid()
+    key = (str(path), slide_mpp)
+    if key in _open:
+        _open.move_to_end(key)
+        return _open[key]
+    slide = _open[key] = open_slide(path, mpp=slide_mpp)
+    while len(_open) > MAX_OPEN:
+        _open.popitem(last=False)[1].close()
+    return slide
+
+
+def source_factor(slide, mpp=None, scale=None) -> float:
+    """Level-0 pixels per tile pixel: from the target ``mpp`` (needs the slide's), or 1 / ``scale``."""
+    if mpp is not None:
+        if not slide.mpp:
+            raise HistodiffError(f"{slide.path} does not say its microns per pixel; give it with {{opt:slide_mpp}}, "
+                                 "or tile it by magnification with {opt:scale} instead of {opt:mpp}")
+        return float(mpp) / float(slide.mpp)
+    return 1.0 / float(scale) if scale is not None else 1.0
+
+
+class SlideTiles(TileSet):
+    """Tiles of one slide: the tissue grid, or with ``annotations`` the tiles a class covers.
+
+    ``mpp``: microns per pixel of the tiles (or ``scale``: magnification factor, for files without
+    one); ``stride`` in tile pixels; ``min_tissue``: fraction of tissue a kept tile needs;
+    ``annotations`` (an ``AnnotationSet``): a tile gets the class covering the largest fraction of it,
+    if at least ``min_fraction``; unlabelled tiles are then left out.
+    """
+
+    def __init__(self, path, tile_size: int, *, mpp=None, scale=None, slide_mpp=None, stride=None,
+                 min_tissue: float = 0.5, tissue_filter: bool = True, annotations=None, min_fraction: float = 0.5):
+        self.path, self.tile_size, self.slide_mpp = Path(path), int(tile_size), slide_mpp
+        if self.tile_size < 1 or (stride is not None and int(stride) < 1):
+            raise HistodiffError(f"tile size ({tile_size}) and stride ({stride}) must be at least 1 px")
+        slide = opened(self.path, slide_mpp)
+        self.factor = source_factor(slide, mpp, scale)
+        self.mpp = slide.mpp * self.factor if slide.mpp else None
+        self.level = slide.best_level(self.factor)
+        self.read_size = max(1, round(self.tile_size * self.factor / slide.downsamples[self.level]))
+        size0 = self.tile_size * self.factor
+        w0, h0 = slide.dimensions[0]
+        if size0 > min(w0, h0):
+            raise HistodiffError(f"a {self.tile_size} px tile covers {size0:.0f} px of {self.path.name}, which is only "
+                                 f"{w0}x{h0} px: use a smaller {{opt:tile_size}} or a finer {{opt:mpp}}")
+        step = (int(stride) if stride else self.tile_size) * self.factor
+        xs = np.arange(0, w0 - size0 + 1e-6, step)
+        ys = np.arange(0, h0 - size0 + 1e-6, step)
+        gy, gx = np.meshgrid(ys, xs, indexing="ij")
+        xy = np.stack([gx.ravel(), gy.ravel()], 1).round().astype(np.int32)
+        self.class_names, self.labels, self.covered = [], None, None
+        if annotations is not None:
+            self._label(xy, size0, annotations, min_fraction)
+        elif tissue_filter:
+            frac = tissue_fraction(slide, xy, size0)
+            keep = frac >= min_tissue
+            if not keep.any():
+                raise HistodiffError(f"no tile of {self.path.name} has at least {min_tissue:.0%} tissue (best "
+                                     f"{frac.max():.0%}); lower {{opt:min_tissue}} or turn the tissue filter off "
+                                     "({opt:tissue_filter=false})")
+            self.xy = xy[keep]
+        else:
+            self.xy = xy
+        self.description = (f"slide {self.path} at {f'{self.mpp:.3g} um/px' if self.mpp else f'1/{self.factor:g}'}"
+                            f" (level {self.level})")
+
+    def _label(self, xy, size0, annotations, min_fraction):
+        boxes = np.concatenate([xy, xy + size0], 1).astype(np.float64)
+        labels, covered = annotations.label_boxes(boxes, min_fraction)
+        keep = labels >= 0
+        if not keep.any():
+            bounds = annotations.bounds()
+            w0, h0 = opened(self.path, self.slide_mpp).dimensions[0]
+            if bounds is None or bounds[0] >= w0 or bounds[1] >= h0 or bounds[2] <= 0 or bounds[3] <= 0:
+                raise HistodiffError(f"the annotations of {annotations.source} lie outside {self.path.name} "
+                                     f"({w0}x{h0} px); check that they belong to this slide")
+            raise HistodiffError(f"no {self.tile_size} px tile of {self.path.name} is covered at least "
+                                 f"{min_fraction:.0%} by one class of {annotations.source}; use a smaller "
+                                 "{opt:tile_size} or a lower {opt:min_fraction}")
+        self.class_names = list(annotations.class_names)
+        self.xy, self.labels, self.covered = xy[keep], labels[keep], covered[keep]
+
+    def __len__(self) -> int:
+        return len(self.xy)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        x, y = (int(v) for v in self.xy[self._index(i)])
+        region = opened(self.path, self.slide_mpp).read_region(self.level, x, y, self.read_size, self.read_size)
+        return resized(region, self.tile_size)
+
+    def label(self, i: int) -> int | None:
+        return None if self.labels is None else int(self.labels[self._index(i)])
+
+    def origin(self, i: int) -> str:
+        x, y = (int(v) for v in self.xy[self._index(i)])
+        return f"{self.path}@x={x},y={y}"
+
+    def record(self, i: int) -> dict:
+        """Where tile ``i`` comes from, for a manifest."""
+        j = self._index(i)
+        lab = self.label(j)
+        return {"slide": str(self.path), "level": self.level, "x": int(self.xy[j, 0]), "y": int(self.xy[j, 1]),
+                "size0": round(self.tile_size * self.factor, 3), "mpp": self.mpp,
+                "class": self.class_names[lab] if lab is not None else "",
+                "covered": None if self.covered is None else round(float(self.covered[j]), 4)}
+
+
+def resized(region: np.ndarray, size: int) -> np.ndarray:
+    """A square uint8 RGB region resized to ``size`` px (area averaging when shrinking)."""
+    if region.shape[0] == size and region.shape[1] == size:
+        return np.ascontiguousarray(region)
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(region).resize((size, size), Image.Resampling.BOX if region.shape[0] > size
+                                                     else Image.Resampling.BILINEAR))
+
+
+def tissue_fraction(slide, xy: np.ndarray, size0: float) -> np.ndarray:
+    """Fraction of tissue in each tile (level-0 corners ``xy``, side ``size0``), from a thumbnail mask."""
+    thumb = slide.thumbnail(THUMB)
+    w0, h0 = slide.dimensions[0]
+    sx, sy = thumb.shape[1] / w0, thumb.shape[0] / h0
+    ii = np.zeros((thumb.shape[0] + 1, thumb.shape[1] + 1), np.int64)  # integral image of the small mask
+    ii[1:, 1:] = tissue_mask(thumb)
+    np.cumsum(ii, 0, out=ii)
+    np.cumsum(ii, 1, out=ii)
+    x0 = np.clip(np.floor(xy[:, 0] * sx), 0, thumb.shape[1] - 1).astype(np.int64)
+    y0 = np.clip(np.floor(xy[:, 1] * sy), 0, thumb.shape[0] - 1).astype(np.int64)
+    x1 = np.clip(np.ceil((xy[:, 0] + size0) * sx), x0 + 1, thumb.shape[1]).astype(np.int64)
+    y1 = np.clip(np.ceil((xy[:, 1] + size0) * sy), y0 + 1, thumb.shape[0]).astype(np.int64)
+    area = (x1 - x0) * (y1 - y0)
+    return (ii[y1, x1] - ii[y0, x1] - ii[y1, x0] + ii[y0, x0]) / area
+
+
+# -- slides among the inputs of a command -----------------------------------------------------------
+
+VENDOR = (".svs", ".ndpi", ".mrxs", ".scn", ".bif", ".vms", ".vmu", ".svslide", ".dcm")
+LAZY = VENDOR + (".tif", ".tiff")  # read region by region (PNG and JPEG decode whole: they stay ImageTiles)
+
+
+def is_slide(path) -> bool:
+    """A vendor whole-slide file or an OME-TIFF (by name)."""
+    name = Path(path).name.lower()
+    return name.endswith(VENDOR) or name.endswith((".ome.tif", ".ome.tiff"))
+
+
+def listed_slides(path) -> list[Path]:
+    """The slides named in a text file, one path per line (relative to the file; # comments)."""
+    path = Path(path)
+    out = []
+    for line in path.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            p = Path(line) if Path(line).is_absolute() else path.parent / line
+            if not p.is_file():
+                raise HistodiffError(f"{path} lists {line}, which does not exist; fix the list")
+            out.append(p)
+    if not out:
+        raise HistodiffError(f"{path} lists no slides; write one slide path per line")
+    return out
+
+
+def annotations_for(slides, given) -> dict:
+    """The GeoJSON file of each slide: from ``given`` matched by name (``A.svs`` <- ``A.geojson``), in
+    pairs when no name matches and the counts agree, else ``NAME.geojson`` beside the slide."""
+    given = [Path(g) for g in given or []]
+    by_stem = {g.name.split(".")[0]: g for g in given}
+    out = {s: by_stem.get(Path(s).name.split(".")[0]) for s in slides}
+    if given and not any(out.values()) and len(given) == len(slides):
+        out = dict(zip(slides, given))
+    for s, g in out.items():
+        if g is None:
+            beside = [Path(s).with_name(Path(s).name.split(".")[0] + ext) for ext in (".geojson", ".json")]
+            out[s] = next((b for b in beside if b.is_file()), None)
+        if out[s] is None:
+            raise HistodiffError(f"no annotations for slide {s}: export them from QuPath as "
+                                 f"{Path(s).name.split('.')[0]}.geojson beside it, or give them with {{opt:annotations}}")
+    return out
+
+
+def open_slides(slides, tile_size, *, annotations=None, object_types=("annotation",), **opts) -> list[SlideTiles]:
+    """One :class:`SlideTiles` per slide. ``annotations``: None for unlabelled tiling, or GeoJSON files
+    (possibly none given: then found beside the slides) whose classes label the tiles."""
+    if annotations is None:
+        return [SlideTiles(s, tile_size, **opts) for s in slides]
+    from .geojson import read_geojson
+
+    pairs = annotations_for(slides, annotations)
+    return [SlideTiles(s, tile_size, annotations=read_geojson(g, object_types=object_types), **opts)
+            for s, g in pairs.items()]

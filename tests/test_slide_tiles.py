@@ -1,0 +1,153 @@
+"""Slides cut into tiles at the model's resolution, labelled by QuPath annotations; the tiles command."""
+
+import csv
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_histodiff.core.base.errors import HistodiffError
+from napari_histodiff.core.data.geojson import Annotation, write_geojson
+from napari_histodiff.core.data.slide_tiles import SlideTiles
+from napari_histodiff.core.data.tiles import open_tiles
+
+SLIDES = Path(__file__).resolve().parents[2] / "shared" / "data" / "slides"
+PINK, PURPLE = (230, 150, 190), (120, 60, 150)
+
+
+def slide_image(h=2048, w=3072):
+    """Glass, with a pink tissue block (x 512-1536, y 512-1536) and a purple one (x 2048-3072, y 1024-2048)."""
+    a = np.full((h, w, 3), 245, np.uint8)
+    a[512:1536, 512:1536] = PINK
+    a[1024:2048, 2048:3072] = PURPLE
+    return a
+
+
+def write_pyramid(path, data, mpp=0.25):
+    with tifffile.TiffWriter(path, bigtiff=True) as tw:
+        tw.write(data, tile=(256, 256), compression="zlib", photometric="rgb", subifds=2,
+                 resolution=(1e4 / mpp, 1e4 / mpp), resolutionunit="CENTIMETER")
+        for k in (2, 4):
+            tw.write(data[::k, ::k], tile=(256, 256), compression="zlib", photometric="rgb", subfiletype=1)
+    return path
+
+
+@pytest.fixture(scope="module")
+def slide(tmp_path_factory):
+    return write_pyramid(tmp_path_factory.mktemp("slide") / "case1.tif", slide_image())
+
+
+def test_tiles_come_from_the_level_of_the_target_resolution(slide):
+    ts = SlideTiles(slide, 64, mpp=1.0)  # 4 level-0 px per tile px: level 2 (downsample 4), no resize
+    assert ts.level == 2 and ts.read_size == 64 and ts.xy.dtype == np.int32
+    got = {(int(x), int(y)) for x, y in ts.xy}
+    pink = {(x, y) for x in range(512, 1536, 256) for y in range(512, 1536, 256)}
+    purple = {(x, y) for x in range(2048, 3072, 256) for y in range(1024, 2048, 256)}
+    assert got == pink | purple  # the tissue grid, found on the thumbnail
+    i = [tuple(map(int, xy)) for xy in ts.xy].index((512, 512))
+    assert ts[i].shape == (64, 64, 3) and (ts[i] == PINK).all()
+    half = SlideTiles(slide, 64, mpp=0.375)  # 1.5 level-0 px per tile px: level 0 read at 96 px, resized
+    assert half.level == 0 and half.read_size == 96
+    inside = next(i for i, (x, y) in enumerate(half.xy) if 512 <= min(x, y) and max(x, y) <= 1536 - 96)
+    assert np.abs(half[inside].astype(int) - PINK).max() <= 1
+
+
+def test_annotations_label_the_tiles_they_cover(slide, tmp_path):
+    from shapely.geometry import box
+
+    write_geojson(tmp_path / "case1.geojson", [
+        Annotation(box(512, 512, 1536, 1536), "Stroma", "annotation", (255, 0, 0)),
+        Annotation(box(2048, 1024, 2560, 2048), "Tumor", "annotation", (0, 0, 255)),
+    ])
+    ts = open_tiles([slide], 64, mpp=1.0, annotations=[tmp_path / "case1.geojson"])
+    assert ts.class_names == ["Stroma", "Tumor"]
+    labels = {tuple(map(int, xy)): ts.label(i) for i, xy in enumerate(ts.xy)}
+    assert sum(v == 0 for v in labels.values()) == 16 and sum(v == 1 for v in labels.values()) == 8
+    assert all(x < 2560 for (x, y), v in labels.items() if v == 1)
+    rec = ts.record(0)
+    assert rec["class"] == "Stroma" and rec["level"] == 2 and rec["covered"] == 1.0
+    # found beside the slide when not given
+    (slide.parent / "case1.geojson").write_bytes((tmp_path / "case1.geojson").read_bytes())
+    try:
+        assert len(open_tiles([slide], 64, mpp=1.0, annotations=[])) == len(ts)
+    finally:
+        (slide.parent / "case1.geojson").unlink()
+
+
+def test_clear_errors(slide, tmp_path):
+    from shapely.geometry import box
+
+    with pytest.raises(HistodiffError, match="does not say its microns per pixel"):
+        no_mpp = tmp_path / "plain.tif"
+        tifffile.imwrite(no_mpp, slide_image(512, 512), photometric="rgb")
+        SlideTiles(no_mpp, 64, mpp=1.0)
+    assert len(SlideTiles(tmp_path / "plain.tif", 64, scale=0.5, tissue_filter=False)) == 16
+    with pytest.raises(HistodiffError, match="covers 8192 px of case1.tif, which is only 3072x2048"):
+        SlideTiles(slide, 1024, mpp=2.0)
+    write_geojson(tmp_path / "far.geojson", [Annotation(box(9000, 9000, 9500, 9500), "A", "annotation")])
+    with pytest.raises(HistodiffError, match="lie outside case1.tif"):
+        open_tiles([slide], 64, mpp=1.0, annotations=[tmp_path / "far.geojson"])
+    with pytest.raises(HistodiffError, match="no annotations for slide"):
+        open_tiles([slide], 64, mpp=1.0, annotations=[])
+
+
+def test_memory_does_not_hold_the_slide(tmp_path):
+    """A 32k x 32k px slide (glass but for one block): the tile set holds coordinates, not pixels."""
+    import tracemalloc
+
+    from slide_data import write_slide
+
+    path = write_slide(tmp_path / "big.tif", 32768, 32768, [(4096, 4096, 6144, 6144, PINK)])
+    tracemalloc.start()
+    ts = SlideTiles(path, 64, mpp=0.5)  # 2 level-0 px per tile px: level 1
+    tiles = [ts[i] for i in range(0, len(ts), 7)]
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert len(ts) == (2048 // 128) ** 2 and all((t == PINK).all() for t in tiles)
+    # level 0 alone would be 3.2 GB; the thumbnail is made block by block from level 2
+    assert peak < 300e6, f"{peak / 1e6:.0f} MB traced"
+
+
+def test_tiles_command_writes_an_image_folder_and_shards(slide, tmp_path):
+    from shapely.geometry import box
+
+    from napari_histodiff.cli import main
+
+    write_geojson(tmp_path / "case1.geojson", [Annotation(box(512, 512, 1536, 1536), "Stroma: Inflamed", "annotation")])
+    out = tmp_path / "tiles"
+    assert main(["tiles", str(slide), "--annotations", str(tmp_path / "case1.geojson"), "--tile-size", "64",
+                 "--mpp", "1", "--out", str(out)]) == 0
+    rows = list(csv.DictReader(open(out / "tiles.csv")))
+    assert len(rows) == 16 and {r["class"] for r in rows} == {"Stroma: Inflamed"}
+    assert all((out / r["file"]).is_file() and float(r["mpp"]) == pytest.approx(1.0) for r in rows)
+    again = open_tiles([out], 64)  # the folder reads back as labelled tiles
+    assert len(again) == 16 and len(again.class_names) == 1 and (again[0] == PINK).all()
+    shards = tmp_path / "shards"
+    assert main(["tiles", str(slide), "--tile-size", "64", "--mpp", "1", "--shard-size", "10",
+                 "--out", str(shards)]) == 0
+    names = sorted(p.name for p in shards.glob("*.tar"))
+    assert names == [f"shard-00000{k}.tar" for k in range(4)]  # 32 tissue tiles, 10 per shard
+    with tarfile.open(shards / names[0]) as tar:
+        members = tar.getnames()
+        assert len(members) == 20 and json.loads(tar.extractfile(members[1]).read())["level"] == 2
+    assert main(["tiles", str(slide), "--tile-size", "64", "--out", str(tmp_path / "notes")]) == 0
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "a.txt").write_text("mine")
+    assert main(["tiles", str(slide), "--tile-size", "64", "--out", str(tmp_path / "mine"), "--overwrite"]) == 2
+
+
+def test_real_aperio_slide_and_its_qupath_annotations(tmp_path):
+    if not (SLIDES / "cmu_small_region.svs").is_file():
+        pytest.skip("shared slide data not present")
+    ts = open_tiles([SLIDES / "cmu_small_region.svs"], 64, mpp=1.0,
+                    annotations=[SLIDES / "cmu_small_region.geojson"])
+    assert ts.class_names == ["Dermis", "Dermis: Inflamed", "Epidermis"]
+    counts = np.bincount([ts.label(i) for i in range(len(ts))], minlength=3)
+    assert (counts > 0).all()
+    tile = ts[0]
+    assert tile.shape == (64, 64, 3) and tile.std() > 5  # tissue, not glass
+    unlabelled = open_tiles([SLIDES / "cmu_small_region.svs"], 64, mpp=2.0)
+    assert 10 < len(unlabelled) < (2220 // 256) * (2967 // 256)  # tissue only
