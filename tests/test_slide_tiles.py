@@ -133,6 +133,10 @@ def test_tiles_command_writes_an_image_folder_and_shards(slide, tmp_path):
     with tarfile.open(shards / names[0]) as tar:
         members = tar.getnames()
         assert len(members) == 20 and json.loads(tar.extractfile(members[1]).read())["level"] == 2
+    sharded = open_tiles([shards], 64)  # what pretrain reads: the same tiles as the slide gives
+    direct = SlideTiles(slide, 64, mpp=1.0)
+    assert len(sharded) == len(direct) == 32 and sharded.class_names == []
+    assert all((sharded[i] == direct[i]).all() for i in (0, 13, 31))
     assert main(["tiles", str(slide), "--tile-size", "64", "--out", str(tmp_path / "notes")]) == 0
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "a.txt").write_text("mine")
@@ -151,3 +155,30 @@ def test_real_aperio_slide_and_its_qupath_annotations(tmp_path):
     assert tile.shape == (64, 64, 3) and tile.std() > 5  # tissue, not glass
     unlabelled = open_tiles([SLIDES / "cmu_small_region.svs"], 64, mpp=2.0)
     assert 10 < len(unlabelled) < (2220 // 256) * (2967 // 256)  # tissue only
+
+
+def test_finetune_takes_annotated_slides(slide, tmp_path, trained_bundle):
+    import shutil
+
+    from shapely.geometry import box
+
+    from napari_histodiff.core.base.events import run_to_end
+    from napari_histodiff.core.formats.bundle import load_bundle, read_meta, write_meta
+    from napari_histodiff.core.jobs.finetune import FinetuneOptions, finetune
+
+    pre = tmp_path / "pre"
+    shutil.copytree(trained_bundle, pre)
+    meta = read_meta(pre)
+    meta["microns_per_pixel"] = 2.0  # the model's tiles: 32 px at 2 um/px = 256 level-0 px of the slide
+    write_meta(pre, meta)
+    case = tmp_path / "case1.tif"
+    shutil.copy(slide, case)
+    write_geojson(tmp_path / "case1.geojson", [  # found beside the slide
+        Annotation(box(512, 512, 1536, 1536), "Stroma", "annotation"),
+        Annotation(box(2048, 1024, 3072, 2048), "Tumor", "annotation")])
+    out = tmp_path / "ft"
+    result = run_to_end(finetune(FinetuneOptions(model=pre, labeled=[case], out=out, unet_steps=0,
+                                                 classifier_steps=2, selection_steps=2, min_tiles_per_class=2,
+                                                 device="cpu")))
+    assert result["class_counts"] == {"Stroma": 16, "Tumor": 16}
+    assert load_bundle(out, device="cpu").class_names == ["Stroma", "Tumor"]

@@ -351,7 +351,7 @@ def _per_path(paths, scale) -> list[tuple[Path, float | None]]:
 def open_tiles(paths, tile_size, *, large_images=False, stride=None, scale=None, min_tissue=0.5,
                tissue_filter=True, mpp=None, slide_mpp=None, annotations=None, min_fraction=0.5,
                object_types=("annotation",)) -> TileSet:
-    """Open folders of tiles, whole-slide images and other large images as one tile set.
+    """Open folders of tiles, tar shards, whole-slide images and other large images as one tile set.
 
     ``scale`` is one factor for every path or a list with one per path (collections scanned at
     different magnifications). Slides (vendor formats, TIFFs, text files listing slides, folders of
@@ -375,8 +375,16 @@ def open_tiles(paths, tile_size, *, large_images=False, stride=None, scale=None,
             lazy = [f for f in files if f.name.lower().endswith(LAZY)]
             parts += [ImageTiles(f, tile_size, name=str(f), **opts) for f in files if f not in lazy]
             parts += open_slides(lazy, tile_size, **slide_opts) if lazy else []
+        elif p.is_dir() and any(p.glob("*.tar")) and not _image_files(p):
+            from .shards import ShardTiles, shard_files
+
+            parts.append(ShardTiles(shard_files(p), tile_size, scale=s))
         elif p.is_dir():
             parts.append(TileFolder(p, tile_size, scale=s))
+        elif p.suffix.lower() == ".tar":
+            from .shards import ShardTiles
+
+            parts.append(ShardTiles([p], tile_size, scale=s))
         elif p.suffix.lower() == ".txt":
             parts += open_slides(listed_slides(p), tile_size, **slide_opts)
         elif p.name.lower().endswith(LAZY) or is_slide(p):
