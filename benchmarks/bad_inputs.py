@@ -73,6 +73,19 @@ def write_inputs(root: Path) -> None:
     (root / "my-results").mkdir()
     (root / "my-results" / "thesis.docx").write_bytes(b"the user's own file")
     (root / "garbage.ckpt").write_bytes(os.urandom(4096))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from slide_data import write_slide
+
+    (root / "slides").mkdir()
+    write_slide(root / "slides" / "case.tif", 2048, 2048, [(512, 512, 1536, 1536, (230, 150, 190))], mpp=0.25)
+    tifffile.imwrite(root / "slides" / "no-mpp.tif", np.full((512, 512, 3), 200, np.uint8), photometric="rgb")
+    (root / "slides" / "broken.svs").write_bytes(os.urandom(8192))
+    (root / "slides" / "scan.czi").write_bytes(b"ZISRAWFILE")
+    (root / "slides" / "not.geojson").write_text("<xml/>")
+    (root / "slides" / "far.geojson").write_text('{"type": "FeatureCollection", "features": [{"type": "Feature", '
+                                                 '"geometry": {"type": "Polygon", "coordinates": [[[9000, 9000], '
+                                                 '[9500, 9000], [9500, 9500], [9000, 9000]]]}, "properties": '
+                                                 '{"classification": {"name": "Tumor"}}}]}')
 
 
 def main() -> None:
@@ -141,9 +154,19 @@ def main() -> None:
         ("resume with another learning rate", ["finetune", "pre", "--labeled", "labeled", "--out", "ft", "--resume",
                                                "--unet-lr", "0.01", "--unet-steps", "2", "--classifier-steps", "5",
                                                "--selection-steps", "5", *quick], "error", "--unet-learning-rate"),
+        ("a slide format that is not supported", ["tiles", "slides/scan.czi", "--out", "t1"], "error", ".svs"),
+        ("a damaged slide", ["tiles", "slides/broken.svs", "--out", "t2"], "error", "broken.svs"),
+        ("--mpp for a slide without microns per pixel", ["tiles", "slides/no-mpp.tif", "--mpp", "1", "--out", "t3"],
+         "error", "--slide-mpp"),
+        ("GeoJSON that is not GeoJSON", ["tiles", "slides/case.tif", "--annotations", "slides/not.geojson",
+                                         "--out", "t4"], "error", "not.geojson"),
+        ("annotations outside the slide", ["tiles", "slides/case.tif", "--annotations", "slides/far.geojson",
+                                           "--out", "t5"], "error", "outside"),
+        ("a tile larger than the slide", ["tiles", "slides/case.tif", "--tile-size", "1024", "--mpp", "1",
+                                          "--out", "t6"], "error", "--tile-size"),
         ("a GPU that is not there", ["sample", "ft", "-n", "2", "--out", "o18", "--device", "cuda:3"], "error", "cuda"),
     ]
-    user = {name: snapshot(root / name) for name in ("unlabeled", "labeled", "my-results", "pre", "ft", "samples",
+    user = {name: snapshot(root / name) for name in ("unlabeled", "labeled", "my-results", "pre", "ft", "samples", "slides",
                                                      "with-empty-class", "nan-tile", "mixed-sizes", "grey-tiles")}
     clear = 0
     print(f"{'case':<48} result")

@@ -66,7 +66,7 @@ def test_old_flag_spellings_still_work(tmp_path):
     p = subparsers()
     ns = p["finetune"].parse_args(["b", "--labeled", "l", "--out", "o", "--finetune-unet-steps", "7", "--unet-lr",
                                    "0.5", "--finetune-decoder-steps", "3", "--resume", "--no-ema"])
-    opts = build_options(JOBS[2].options_class(), ns)
+    opts = build_options(next(j for j in JOBS if j.name == "finetune").options_class(), ns)
     assert (opts.unet_steps, opts.unet_learning_rate, opts.decoder_steps, opts.intent, opts.foreign.ema) == \
         (7, 0.5, 3, "resume", False)
     ns = p["sample"].parse_args(["b", "--out", "o", "--class", "A", "--class", "B", "--from", "d", "--no-select"])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 from qtpy.QtWidgets import QComboBox
 
@@ -44,11 +46,30 @@ class LayerCombo(QComboBox):
 
 def image_array(layer):
     """The full-resolution RGB array of an Image layer (plain, dask-backed or multiscale)."""
+    _check_image_layer(layer)
+    return layer.data[0] if layer.multiscale else layer.data
+
+
+def _check_image_layer(layer) -> None:
     if layer is None:
         raise HistodiffError("no image layer: open an RGB H&E image first (File > Open, or File > Open Sample)")
     if not getattr(layer, "rgb", False):
         raise HistodiffError(f"layer {layer.name!r} is not an RGB image; open an RGB (H, W, 3) image")
-    return layer.data[0] if layer.multiscale else layer.data
+
+
+def image_source(layer):
+    """Where tiles of an Image layer are read from: the slide file of a layer opened by this plugin's
+    reader (``metadata['slide_path']``: read at the level matching the model's resolution, on demand),
+    else the layer's own arrays (all levels of a multiscale layer)."""
+    from ..core.data.annotations import ArraySource, SlideSource
+
+    _check_image_layer(layer)
+    meta = layer.metadata or {}
+    path = meta.get("slide_path")
+    if path and Path(path).is_file():
+        return SlideSource(path, meta.get("mpp") if meta.get("mpp_source") == "given" else None)
+    levels = list(layer.data) if layer.multiscale else [layer.data]
+    return ArraySource(levels, meta.get("mpp"), name=layer.name)
 
 
 def labels_class_map(layer) -> dict[int, str]:
@@ -58,7 +79,18 @@ def labels_class_map(layer) -> dict[int, str]:
         index = feats["index"] if "index" in feats else range(len(feats))
         return {int(v): str(c) for v, c in zip(index, feats["class"]) if int(v) != 0 and str(c)}
     data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
-    return {int(v): f"class {int(v)}" for v in np.unique(np.asarray(data)) if v != 0}
+    return {int(v): f"class {int(v)}" for v in _unique(data) if v != 0}
+
+
+def _unique(data) -> np.ndarray:
+    """Unique values of a (possibly huge or dask) array, block by block."""
+    if hasattr(data, "compute") and hasattr(data, "blocks"):
+        import dask.array as da
+
+        return np.asarray(da.unique(data).compute())
+    h = data.shape[0]
+    step = max(1, (1 << 24) // max(1, int(np.prod(data.shape[1:]))))
+    return np.unique(np.concatenate([np.unique(np.asarray(data[i : i + step])) for i in range(0, h, step)]))
 
 
 def _names(layer, n: int) -> list[str]:
@@ -70,29 +102,115 @@ def _names(layer, n: int) -> list[str]:
                          "(layer properties / features table)")
 
 
-def extract(image_layer, ann_layer, tile_size: int, stride: int, min_fraction: float, class_map=None):
-    """Labeled tiles from an image layer and a Labels, Shapes or Points layer; returns (tiles, skipped)."""
+# -- coordinates: a layer's data -> world -> the image's level-0 pixels ----------------------------
+
+def _matrix(layer) -> np.ndarray:
+    """3x3 affine of the layer's last two axes (row, col): data -> world."""
+    if layer.ndim != 2:
+        raise HistodiffError(f"layer {layer.name!r} has {layer.ndim} dimensions; use 2-D layers (one image plane) "
+                             "for the image and its annotations.")
+    m = np.asarray(layer._data_to_world.affine_matrix, dtype=float)
+    return m[-3:, -3:]
+
+
+def to_image(layer, image_layer) -> np.ndarray:
+    """3x3 affine: the layer's data coordinates (row, col) -> the image layer's level-0 data coordinates."""
+    return np.linalg.inv(_matrix(image_layer)) @ _matrix(layer)
+
+
+def to_level0(coords, m: np.ndarray) -> np.ndarray:
+    """(N, 2) data (row, col) -> level-0 (row, col), continuous (napari pixel centres are on integers)."""
+    coords = np.asarray(coords, dtype=float)[:, -2:]
+    return coords @ m[:2, :2].T + m[:2, 2] + 0.5
+
+
+def ellipse_ring(corners, n: int = 64) -> np.ndarray:
+    """The outline of a napari ellipse given by the 4 corners of its (possibly rotated) bounding box."""
+    c = np.asarray(corners, dtype=float)
+    centre = c.mean(0)
+    a, b = (c[0] + c[1]) / 2 - centre, (c[1] + c[2]) / 2 - centre
+    t = np.linspace(0, 2 * np.pi, n, endpoint=False)[:, None]
+    return centre + np.cos(t) * b + np.sin(t) * a
+
+
+AREA_SHAPES = ("polygon", "rectangle", "ellipse")
+
+
+def shape_polygons(layer, m: np.ndarray | None = None) -> tuple[list, list[int]]:
+    """The area shapes of a Shapes layer as shapely polygons in (x, y) = (col, row) coordinates after
+    ``m`` (default: none, data + 0.5), and the index of each; paths and lines have no area: left out."""
+    from shapely.geometry import Polygon
+
+    m = np.eye(3) if m is None else m
+    polys, index = [], []
+    for k, (verts, kind) in enumerate(zip(layer.data, layer.shape_type)):
+        if kind not in AREA_SHAPES:
+            continue
+        verts = np.asarray(verts, dtype=float)[:, -2:]
+        ring = ellipse_ring(verts) if kind == "ellipse" else verts
+        rc = to_level0(ring, m)
+        if len(rc) >= 3:
+            polys.append(Polygon(rc[:, ::-1]))
+            index.append(k)
+    return polys, index
+
+
+# -- extraction -------------------------------------------------------------------------------------
+
+def extraction(image_layer, ann_layer, tile_size: int, stride: int, min_fraction: float, class_map=None,
+               mpp: float | None = None):
+    """The extraction job for a worker thread: a generator (yields progress) returning (tiles, skipped).
+
+    The layers are read here (in the GUI thread): shapes and points become level-0 coordinates of the
+    image (through both layers' scale, translate, rotate and affine), a Labels layer is passed as its
+    (lazy) array with its scale and offset relative to the image. ``mpp``: the model's microns per
+    pixel: tiles of a slide layer are read at that resolution (from the matching pyramid level)."""
     import napari.layers as L
 
     from ..core.data import annotations as A
-    image = image_array(image_layer)
-    A.check_rgb_image(image)
+
+    source = image_source(image_layer)
     if ann_layer is None:
         raise HistodiffError("no annotation layer: add a Labels, Shapes or Points layer with classes")
-    h, w = image.shape[:2]
     if isinstance(ann_layer, L.Labels):
+        m = to_image(image_layer, ann_layer)  # image data -> labels data
+        if abs(m[0, 1]) > 1e-9 or abs(m[1, 0]) > 1e-9:
+            raise HistodiffError(f"labels layer {ann_layer.name!r} is rotated or sheared relative to the image; "
+                                 "reset its rotate / shear / affine (or paint it on the image as it is).")
         data = ann_layer.data[0] if ann_layer.multiscale else ann_layer.data
         cmap = class_map or labels_class_map(ann_layer)
-        return A.tiles_from_labels(image, np.asarray(data), cmap, tile_size, stride, min_fraction), 0
+        (sy, sx), (ty, tx) = np.diag(m)[:2], m[:2, 2]
+        # image continuous u -> image data u - 0.5 -> labels data -> labels continuous + 0.5
+        to_labels = ((sy, sx), (ty - 0.5 * sy + 0.5, tx - 0.5 * sx + 0.5))
+        job = A.label_tiles(source, data, cmap, tile_size, stride, min_fraction, mpp, to_labels)
+        return _with_skipped(job)
     if isinstance(ann_layer, L.Shapes):
         if not len(ann_layer.data):
             raise HistodiffError(f"shapes layer {ann_layer.name!r} is empty; draw regions around each class")
-        masks = np.asarray(ann_layer.to_masks(mask_shape=(h, w)), dtype=bool)
-        return A.tiles_from_masks(image, masks, _names(ann_layer, len(masks)), tile_size, stride, min_fraction), 0
+        classes = _names(ann_layer, len(ann_layer.data))
+        polys, index = shape_polygons(ann_layer, to_image(ann_layer, image_layer))
+        if not polys:
+            raise HistodiffError(f"shapes layer {ann_layer.name!r} has only lines and paths; draw areas (rectangles, "
+                                 "polygons, ellipses) around each class")
+        annotations = A.shapes_annotations(polys, [classes[k] for k in index])
+        return _with_skipped(A.shape_tiles(source, annotations, tile_size, stride, min_fraction, mpp))
     if isinstance(ann_layer, L.Points):
         if not len(ann_layer.data):
             raise HistodiffError(f"points layer {ann_layer.name!r} is empty; click a point on each example")
-        world = np.array([ann_layer.data_to_world(p) for p in ann_layer.data])
-        pts = np.array([image_layer.world_to_data(p) for p in world])[:, -2:]
-        return A.tiles_from_points(image, pts, _names(ann_layer, len(pts)), tile_size)
+        pts = to_level0(ann_layer.data, to_image(ann_layer, image_layer))
+        return A.point_tiles(source, pts, _names(ann_layer, len(pts)), tile_size, mpp)
     raise HistodiffError(f"layer {ann_layer.name!r} is not a Labels, Shapes or Points layer")
+
+
+def _with_skipped(job):
+    tiles = yield from job
+    return tiles, 0
+
+
+def extract(image_layer, ann_layer, tile_size: int, stride: int, min_fraction: float, class_map=None,
+            mpp: float | None = None):
+    """Labeled tiles from an image layer and a Labels, Shapes or Points layer; returns (tiles, skipped).
+    Runs in the calling thread (the Fine-tune widget runs :func:`extraction` on a worker)."""
+    from ..core.base.events import run_to_end
+
+    return run_to_end(extraction(image_layer, ann_layer, tile_size, stride, min_fraction, class_map, mpp))
