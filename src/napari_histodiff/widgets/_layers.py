@@ -74,11 +74,22 @@ def image_source(layer):
 
 def labels_class_map(layer) -> dict[int, str]:
     """Label value -> class name from the layer's ``class`` feature, else ``class <value>``."""
+    found = _feature_class_map(layer)
+    if found is not None:
+        return found
+    data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+    return _value_names(data)
+
+
+def _feature_class_map(layer) -> dict[int, str] | None:
     feats = getattr(layer, "features", None)
     if feats is not None and "class" in feats and len(feats):
         index = feats["index"] if "index" in feats else range(len(feats))
         return {int(v): str(c) for v, c in zip(index, feats["class"]) if int(v) != 0 and str(c)}
-    data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+    return None
+
+
+def _value_names(data) -> dict[int, str]:
     return {int(v): f"class {int(v)}" for v in _unique(data) if v != 0}
 
 
@@ -124,15 +135,6 @@ def to_level0(coords, m: np.ndarray) -> np.ndarray:
     return coords @ m[:2, :2].T + m[:2, 2] + 0.5
 
 
-def ellipse_ring(corners, n: int = 64) -> np.ndarray:
-    """The outline of a napari ellipse given by the 4 corners of its (possibly rotated) bounding box."""
-    c = np.asarray(corners, dtype=float)
-    centre = c.mean(0)
-    a, b = (c[0] + c[1]) / 2 - centre, (c[1] + c[2]) / 2 - centre
-    t = np.linspace(0, 2 * np.pi, n, endpoint=False)[:, None]
-    return centre + np.cos(t) * b + np.sin(t) * a
-
-
 AREA_SHAPES = ("polygon", "rectangle", "ellipse")
 
 
@@ -140,6 +142,8 @@ def shape_polygons(layer, m: np.ndarray | None = None) -> tuple[list, list[int]]
     """The area shapes of a Shapes layer as shapely polygons in (x, y) = (col, row) coordinates after
     ``m`` (default: none, data + 0.5), and the index of each; paths and lines have no area: left out."""
     from shapely.geometry import Polygon
+
+    from ..core.data.annotations import ellipse_ring
 
     m = np.eye(3) if m is None else m
     polys, index = [], []
@@ -178,12 +182,17 @@ def extraction(image_layer, ann_layer, tile_size: int, stride: int, min_fraction
             raise HistodiffError(f"labels layer {ann_layer.name!r} is rotated or sheared relative to the image; "
                                  "reset its rotate / shear / affine (or paint it on the image as it is).")
         data = ann_layer.data[0] if ann_layer.multiscale else ann_layer.data
-        cmap = class_map or labels_class_map(ann_layer)
+        cmap = class_map or _feature_class_map(ann_layer)
         (sy, sx), (ty, tx) = np.diag(m)[:2], m[:2, 2]
         # image continuous u -> image data u - 0.5 -> labels data -> labels continuous + 0.5
         to_labels = ((sy, sx), (ty - 0.5 * sy + 0.5, tx - 0.5 * sx + 0.5))
-        job = A.label_tiles(source, data, cmap, tile_size, stride, min_fraction, mpp, to_labels)
-        return _with_skipped(job)
+
+        def labels_job():
+            names = cmap or _value_names(data)  # no `class` feature: every value is a class (reads the labels)
+            tiles = yield from A.label_tiles(source, data, names, tile_size, stride, min_fraction, mpp, to_labels)
+            return tiles, 0
+
+        return labels_job()
     if isinstance(ann_layer, L.Shapes):
         if not len(ann_layer.data):
             raise HistodiffError(f"shapes layer {ann_layer.name!r} is empty; draw regions around each class")

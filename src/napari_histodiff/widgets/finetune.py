@@ -18,7 +18,7 @@ from ..core.train.finetune import FinetuneOptions
 from ._common import (State, form_row, notify_error, notify_warning, path_edit, render, scroll_page,
                       start_worker)
 from ._forms import OptionsForm, field_edit
-from ._layers import LayerCombo, extract
+from ._layers import LayerCombo, extraction
 from ._plot import LossPlot
 from ._state import MODEL, follow_model
 
@@ -135,35 +135,63 @@ class FinetuneWidget(QWidget):
         self._update()
 
     def extract(self):
+        """Extract the labelled tiles of the chosen layers on a worker thread (progress in the bar);
+        the layers are read here, the pixels in the worker."""
         from ..core.data.annotations import class_counts
         from ..core.formats.images import contact_sheet
 
+        if getattr(self, "extract_worker", None) is not None:
+            return  # one extraction at a time
         try:
             bundle = MODEL.require()
-            self.tiles, skipped = extract(self.image.layer(), self.annotations.layer(), bundle.tile_size,
-                                          self.stride.value() or bundle.tile_size, self.min_fraction.value())
+            job = extraction(self.image.layer(), self.annotations.layer(), bundle.tile_size,
+                             self.stride.value() or bundle.tile_size, self.min_fraction.value(),
+                             mpp=bundle.meta.get("microns_per_pixel"))
         except Exception as e:  # noqa: BLE001 - shown to the user
             self.tiles = None
             notify_error(e, self.label_of)
             self._update()
             return
-        MODEL.labeled = self.tiles
-        counts = class_counts(self.tiles)
-        minimum = self.form["min_tiles_per_class"].value
-        text = ", ".join(f"{c}: {n}" for c, n in counts.items())
-        few = [c for c, n in counts.items() if n < minimum]
-        if skipped:
-            text += f" ({skipped} points too close to the border skipped)"
-        if few:
-            text += (f". Too few tiles (< {minimum}) for {', '.join(few)}: annotate more or lower "
-                     f"\"{self.label_of('min_tiles_per_class')}\".")
-        self.counts.setText("Tiles per class: " + text)
-        k = min(len(self.tiles), 18)
-        idx = np.linspace(0, len(self.tiles) - 1, k).round().astype(int)
-        sheet = contact_sheet(self.tiles.tiles[idx], ncols=6)
-        scale = max(1, 200 // sheet.shape[1])
-        self.preview.setPixmap(pixmap(np.kron(sheet, np.ones((scale, scale, 1), np.uint8))))
+        inputs = (self.image.currentText(), self.annotations.currentText())
+
+        def run():
+            tiles, skipped = yield from job
+            idx = np.linspace(0, len(tiles) - 1, min(len(tiles), 18)).round().astype(int)
+            return tiles, skipped, contact_sheet(np.stack([tiles[i] for i in idx]), ncols=6)
+
+        def done(result):
+            tiles, skipped, sheet = result
+            if inputs != (self.image.currentText(), self.annotations.currentText()):
+                return  # other layers were chosen meanwhile
+            self.tiles = MODEL.labeled = tiles
+            counts = class_counts(tiles)
+            minimum = self.form["min_tiles_per_class"].value
+            text = ", ".join(f"{c}: {n}" for c, n in counts.items())
+            few = [c for c, n in counts.items() if n < minimum]
+            if skipped:
+                text += f" ({skipped} points too close to the border skipped)"
+            if few:
+                text += (f". Too few tiles (< {minimum}) for {', '.join(few)}: annotate more or lower "
+                         f"\"{self.label_of('min_tiles_per_class')}\".")
+            self.counts.setText("Tiles per class: " + text)
+            scale = max(1, 200 // sheet.shape[1])
+            self.preview.setPixmap(pixmap(np.kron(sheet, np.ones((scale, scale, 1), np.uint8))))
+
+        def failed(exc):
+            self.counts.setText("Extract tiles to see how many each class gets.")
+            notify_error(exc, self.label_of)
+
+        def finished():
+            self.extract_worker = None
+            self._update()
+
+        self.tiles = None
+        self.counts.setText("Extracting tiles...")
+        self.preview.clear()
         self._update()
+        self.extract_button.setEnabled(False)
+        self.extract_worker = start_worker(run, on_yield=self._event, on_done=done, on_error=failed,
+                                           on_finish=finished)
 
     def _problem(self) -> str | None:
         if MODEL.bundle is None:

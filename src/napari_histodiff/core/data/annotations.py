@@ -244,6 +244,37 @@ def _check_classes(classes, n, what):
     return classes
 
 
+def ellipse_ring(corners, n: int = 64) -> np.ndarray:
+    """The outline (n points) of the ellipse inscribed in a (possibly rotated) rectangle given by its 4
+    corners in order (how napari stores an ellipse)."""
+    c = np.asarray(corners, dtype=float)
+    centre = c.mean(0)
+    a, b = (c[0] + c[1]) / 2 - centre, (c[1] + c[2]) / 2 - centre
+    t = np.linspace(0, 2 * np.pi, n, endpoint=False)[:, None]
+    return centre + np.cos(t) * b + np.sin(t) * a
+
+
+def hole_free_parts(geometry) -> list:
+    """The polygons of a Polygon / MultiPolygon cut into pieces without holes (their union is the
+    geometry): a polygon with holes is cut along the vertical line through the middle of its first
+    hole, and the halves again while they have holes. For viewers that draw no holes (napari)."""
+    import shapely
+    from shapely.geometry import box
+
+    out, todo = [], [p for p in shapely.get_parts(geometry) if p.geom_type == "Polygon" and not p.is_empty]
+    while todo:
+        p = todo.pop()
+        if not p.interiors:
+            out.append(p)
+            continue
+        hx0, _, hx1, _ = p.interiors[0].bounds
+        cut = (hx0 + hx1) / 2
+        x0, y0, x1, y1 = p.bounds
+        for half in (box(x0 - 1, y0 - 1, cut, y1 + 1), box(cut, y0 - 1, x1 + 1, y1 + 1)):
+            todo += [q for q in shapely.get_parts(p.intersection(half)) if q.geom_type == "Polygon" and q.area > 0]
+    return out[::-1]
+
+
 def shapes_annotations(polygons, classes, names=None, paint_over: bool = True):
     """An AnnotationSet from shapely polygons (level-0 px) with one class each; with ``paint_over``
     a later shape covers earlier ones (as painting would), so overlaps count for the later class."""

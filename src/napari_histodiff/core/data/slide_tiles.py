@@ -76,29 +76,35 @@ class SlideTiles(TileSet):
             raise HistodiffError(f"a {self.tile_size} px tile covers {size0:.0f} px of {self.path.name}, which is only "
                                  f"{w0}x{h0} px: use a smaller {{opt:tile_size}} or a finer {{opt:mpp}}")
         step = (int(stride) if stride else self.tile_size) * self.factor
-        xs = np.arange(0, w0 - size0 + 1e-6, step)
-        ys = np.arange(0, h0 - size0 + 1e-6, step)
-        gy, gx = np.meshgrid(ys, xs, indexing="ij")
-        xy = np.stack([gx.ravel(), gy.ravel()], 1).round().astype(np.int32)
+        xs = np.arange(0, w0 - size0 + 1e-6, step).round().astype(np.int32)
+        ys = np.arange(0, h0 - size0 + 1e-6, step).round().astype(np.int32)
         self.class_names, self.labels, self.covered = [], None, None
         if annotations is not None:
-            self._label(xy, size0, annotations, min_fraction)
+            self._label(xs, ys, size0, annotations, min_fraction)
         elif tissue_filter:
-            frac = tissue_fraction(slide, xy, size0)
-            keep = frac >= min_tissue
-            if not keep.any():
+            tissue, kept, best = TissueMask(slide), [], 0.0
+            for xy in grid_rows(xs, ys):  # a few rows at a time: memory does not grow with the slide
+                frac = tissue.fraction(xy, size0)
+                best = max(best, float(frac.max()))
+                kept.append(xy[frac >= min_tissue])
+            self.xy = np.concatenate(kept)
+            if not len(self.xy):
                 raise HistodiffError(f"no tile of {self.path.name} has at least {min_tissue:.0%} tissue (best "
-                                     f"{frac.max():.0%}); lower {{opt:min_tissue}} or turn the tissue filter off "
+                                     f"{best:.0%}); lower {{opt:min_tissue}} or turn the tissue filter off "
                                      "({opt:tissue_filter=false})")
-            self.xy = xy[keep]
         else:
-            self.xy = xy
+            self.xy = np.concatenate(list(grid_rows(xs, ys)))
         self.description = (f"slide {self.path} at {f'{self.mpp:.3g} um/px' if self.mpp else f'1/{self.factor:g}'}"
                             f" (level {self.level})")
 
-    def _label(self, xy, size0, annotations, min_fraction):
-        boxes = np.concatenate([xy, xy + size0], 1).astype(np.float64)
-        labels, covered = annotations.label_boxes(boxes, min_fraction)
+    def _label(self, xs, ys, size0, annotations, min_fraction):
+        parts = []
+        for xy in grid_rows(xs, ys):
+            labels, covered = annotations.label_boxes(np.concatenate([xy, xy + size0], 1).astype(np.float64),
+                                                      min_fraction)
+            keep = labels >= 0
+            parts.append((xy[keep], labels[keep], covered[keep]))
+        xy, labels, covered = (np.concatenate(a) for a in zip(*parts))
         keep = labels >= 0
         if not keep.any():
             bounds = annotations.bounds()
@@ -147,21 +153,35 @@ def resized(region: np.ndarray, size: int) -> np.ndarray:
                                                      else Image.Resampling.BILINEAR))
 
 
-def tissue_fraction(slide, xy: np.ndarray, size0: float) -> np.ndarray:
-    """Fraction of tissue in each tile (level-0 corners ``xy``, side ``size0``), from a thumbnail mask."""
-    thumb = slide.thumbnail(THUMB)
-    w0, h0 = slide.dimensions[0]
-    sx, sy = thumb.shape[1] / w0, thumb.shape[0] / h0
-    ii = np.zeros((thumb.shape[0] + 1, thumb.shape[1] + 1), np.int64)  # integral image of the small mask
-    ii[1:, 1:] = tissue_mask(thumb)
-    np.cumsum(ii, 0, out=ii)
-    np.cumsum(ii, 1, out=ii)
-    x0 = np.clip(np.floor(xy[:, 0] * sx), 0, thumb.shape[1] - 1).astype(np.int64)
-    y0 = np.clip(np.floor(xy[:, 1] * sy), 0, thumb.shape[0] - 1).astype(np.int64)
-    x1 = np.clip(np.ceil((xy[:, 0] + size0) * sx), x0 + 1, thumb.shape[1]).astype(np.int64)
-    y1 = np.clip(np.ceil((xy[:, 1] + size0) * sy), y0 + 1, thumb.shape[0]).astype(np.int64)
-    area = (x1 - x0) * (y1 - y0)
-    return (ii[y1, x1] - ii[y0, x1] - ii[y1, x0] + ii[y0, x0]) / area
+def grid_rows(xs: np.ndarray, ys: np.ndarray, most: int = 1 << 16):
+    """The (x, y) int32 corners of the grid ``xs`` x ``ys``, row by row, about ``most`` at a time."""
+    rows = max(1, most // max(1, len(xs)))
+    for k in range(0, len(ys), rows):
+        gy, gx = np.meshgrid(ys[k:k + rows], xs, indexing="ij")
+        yield np.stack([gx.ravel(), gy.ravel()], 1)
+
+
+class TissueMask:
+    """Tissue of a slide found on a thumbnail (at most :data:`THUMB` px), as an integral image."""
+
+    def __init__(self, slide):
+        thumb = slide.thumbnail(THUMB)
+        w0, h0 = slide.dimensions[0]
+        self.shape = thumb.shape[:2]
+        self.sx, self.sy = thumb.shape[1] / w0, thumb.shape[0] / h0
+        self.ii = np.zeros((thumb.shape[0] + 1, thumb.shape[1] + 1), np.int64)
+        self.ii[1:, 1:] = tissue_mask(thumb)
+        np.cumsum(self.ii, 0, out=self.ii)
+        np.cumsum(self.ii, 1, out=self.ii)
+
+    def fraction(self, xy: np.ndarray, size0: float) -> np.ndarray:
+        """Fraction of tissue in each tile (level-0 corners ``xy``, side ``size0``)."""
+        (h, w), ii = self.shape, self.ii
+        x0 = np.clip(np.floor(xy[:, 0] * self.sx), 0, w - 1).astype(np.int64)
+        y0 = np.clip(np.floor(xy[:, 1] * self.sy), 0, h - 1).astype(np.int64)
+        x1 = np.clip(np.ceil((xy[:, 0] + size0) * self.sx), x0 + 1, w).astype(np.int64)
+        y1 = np.clip(np.ceil((xy[:, 1] + size0) * self.sy), y0 + 1, h).astype(np.int64)
+        return (ii[y1, x1] - ii[y0, x1] - ii[y1, x0] + ii[y0, x0]) / ((x1 - x0) * (y1 - y0))
 
 
 # -- slides among the inputs of a command -----------------------------------------------------------
