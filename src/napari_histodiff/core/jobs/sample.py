@@ -50,7 +50,7 @@ def sample(opts: SampleOptions, model=None, sources=None):
     check_output(opts.out, "samples", opts.intent)
     bundle = model if model is not None else open_model(opts.model, device=opts.device, **opts.foreign.kwargs())
     if sources is None and opts.sources is not None:
-        sources, notes = open_labeled([opts.sources], bundle.tile_size)
+        sources, notes = open_labeled([opts.sources], bundle.tile_size, mpp=bundle.meta.get("microns_per_pixel"))
         for note in notes:
             yield warning(note)
     plan = plan_classes(opts, bundle, sources is not None)
