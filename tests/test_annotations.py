@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from napari_histodiff.core.base.errors import HistodiffError
 from napari_histodiff.core.data.annotations import (
     check_rgb_image,
     class_counts,
@@ -11,7 +12,6 @@ from napari_histodiff.core.data.annotations import (
     tiles_from_masks,
     tiles_from_points,
 )
-from napari_histodiff.core.base.errors import HistodiffError
 from napari_histodiff.core.data.tiles import ArrayTiles
 
 CLASSES = {1: "TUM", 2: "STR"}  # -> class_names ["STR", "TUM"]
@@ -176,3 +176,111 @@ def test_class_counts_includes_zero_classes():
     t = ArrayTiles(np.zeros((3, 4, 4, 3), np.uint8), [0, 2, 0], ["ADI", "BACK", "TUM"])
     assert class_counts(t) == {"ADI": 2, "BACK": 0, "TUM": 1}
     assert class_counts(ArrayTiles(np.zeros((1, 4, 4, 3), np.uint8))) == {}
+
+
+# -- layers in level-0 coordinates: shapes, scaled label images, points, pyramid levels ------------
+
+def _pyramid():
+    """Level 0 (256 px, 0.5 um/px) with a 128 px pink block at (64, 64), and its 2x downsample."""
+    from napari_histodiff.core.data.annotations import ArraySource
+
+    a = np.full((256, 256, 3), 245, np.uint8)
+    a[64:192, 64:192] = (230, 80, 160)
+    return ArraySource([a, a[::2, ::2]], mpp=0.5), a
+
+
+def test_hole_free_parts_cover_the_polygon_exactly():
+    import shapely
+    from shapely.geometry import Polygon, box
+
+    from napari_histodiff.core.data.annotations import hole_free_parts
+
+    holes = [[(20, 20), (40, 20), (40, 40), (20, 40)], [(60, 60), (80, 60), (70, 90)]]
+    p = Polygon([(0, 0), (100, 0), (100, 100), (0, 100)], holes)
+    parts = hole_free_parts(shapely.MultiPolygon([p, box(200, 0, 210, 10)]))
+    assert all(not q.interiors for q in parts) and len(parts) >= 3
+    assert sum(q.area for q in parts) == pytest.approx(p.area + 100)
+    assert shapely.union_all(parts).symmetric_difference(shapely.MultiPolygon([p, box(200, 0, 210, 10)])).area < 1e-9
+
+
+def test_shapes_paint_over_earlier_ones(image):
+    from shapely.geometry import box
+
+    from napari_histodiff.core.base.events import run_to_end
+    from napari_histodiff.core.data.annotations import (
+        ArraySource,
+        shape_tiles,
+        shapes_annotations,
+    )
+
+    src = ArraySource(image)
+    t = run_to_end(shape_tiles(src, shapes_annotations([box(0, 0, 64, 64), box(0, 0, 32, 32)], ["TUM", "STR"]), 32))
+    assert class_counts(t) == {"STR": 1, "TUM": 3} and t.origin(0) == "y=0,x=0" and t.label(0) == 0
+    t = run_to_end(shape_tiles(src, shapes_annotations([box(0, 0, 32, 32), box(0, 0, 64, 64)], ["STR", "TUM"]), 32))
+    assert class_counts(t) == {"STR": 0, "TUM": 4}  # painted over: kept as a class without tiles
+    _check_pixels(t, image)
+    # a triangle covering half of tile (0, 0): in at 50%, out at 51%
+    from shapely.geometry import Polygon
+
+    half = shapes_annotations([Polygon([(0, 0), (32, 0), (0, 32)])], ["TUM"])
+    assert len(run_to_end(shape_tiles(src, half, 32, min_fraction=0.5))) == 1
+    with pytest.raises(HistodiffError, match="no tile of 32 px is at least 51% annotated"):
+        run_to_end(shape_tiles(src, half, 32, min_fraction=0.51))
+
+
+def test_label_image_at_another_scale_gives_the_same_tiles(image, labels):
+    from napari_histodiff.core.base.events import run_to_end
+    from napari_histodiff.core.data.annotations import ArraySource, label_tiles
+
+    full = tiles_from_labels(image, labels, CLASSES, 32)
+    half = labels[::2, ::2]  # label pixel j covers image pixels 2j, 2j + 1: v = u / 2
+    t = run_to_end(label_tiles(ArraySource(image), half, CLASSES, 32, to_labels=((0.5, 0.5), (0.0, 0.0))))
+    assert t.origins == full.origins and t.labels.tolist() == full.labels.tolist()
+    # a label image with 8 label px of margin before the image: offset 8 in label px, same tiles
+    margin = np.zeros((80, 80), np.int32)
+    margin[8:72, 8:72] = half
+    t = run_to_end(label_tiles(ArraySource(image), margin, CLASSES, 32, stride=16, min_fraction=1.0,
+                               to_labels=((0.5, 0.5), (8.0, 8.0))))
+    same = tiles_from_labels(image, labels, CLASSES, 32, stride=16, min_fraction=1.0)
+    assert t.origins == same.origins and t.labels.tolist() == same.labels.tolist()
+    # without the offset the labels lie 16 image px up and left: fully covered windows move with them
+    t = run_to_end(label_tiles(ArraySource(image), margin, CLASSES, 32, stride=16, min_fraction=1.0,
+                               to_labels=((0.5, 0.5), (0.0, 0.0))))
+    assert t.origins == [f"y={y + 16},x={x + 16}" for y, x in
+                         (map(int, o.replace("y=", "").replace("x=", "").split(",")) for o in same.origins)
+                         if y + 48 <= 128 and x + 48 <= 128]
+
+
+def test_tiles_come_from_the_level_of_the_model_resolution():
+    from shapely.geometry import box
+
+    from napari_histodiff.core.base.events import run_to_end
+    from napari_histodiff.core.data.annotations import shape_tiles, shapes_annotations
+
+    src, a = _pyramid()
+    ann = shapes_annotations([box(64, 64, 192, 192)], ["TUM"])
+    t = run_to_end(shape_tiles(src, ann, 32, mpp=1.0, lazy=True))  # 2 level-0 px per tile px: level 1
+    assert (t.level, t.read_size) == (1, 32) and t.xy.tolist() == [[64, 64], [128, 64], [64, 128], [128, 128]]
+    assert np.array_equal(t[0], a[64:128:2, 64:128:2]) and all((t[i] == (230, 80, 160)).all() for i in range(4))
+    in_memory = run_to_end(shape_tiles(src, ann, 32, mpp=1.0))  # arrays are read into memory at once
+    assert np.array_equal(in_memory.tiles, np.stack(list(t))) and in_memory.origins[1] == "y=64,x=128"
+    t = run_to_end(shape_tiles(src, ann, 32, mpp=0.75, min_fraction=1.0, lazy=True))  # 1.5 px per tile px
+    assert (t.level, t.read_size) == (0, 48) and t[0].shape == (32, 32, 3)  # level 0, resized
+    assert t.xy.tolist() == [[96, 96], [144, 96], [96, 144], [144, 144]]  # grid step 48 px, wholly inside
+    t = run_to_end(shape_tiles(src, ann, 32, mpp=0.75, lazy=True))  # at 50%: all but the 4/9-covered corner
+    assert len(t) == 8 and [48, 48] not in t.xy.tolist() and [48, 144] in t.xy.tolist()
+    with pytest.raises(HistodiffError, match="a 32 px tile at 8 um/px covers 512 px of image"):
+        run_to_end(shape_tiles(src, ann, 32, mpp=8.0))
+
+
+def test_points_centre_tiles_at_the_model_resolution():
+    from napari_histodiff.core.base.events import run_to_end
+    from napari_histodiff.core.data.annotations import point_tiles
+
+    src, a = _pyramid()
+    # level-0 positions (continuous): pixel (row 100, col 130) and one too near the border
+    t, skipped = run_to_end(point_tiles(src, [[100.5, 130.5], [10.5, 10.5]], ["TUM", "STR"], 32, mpp=1.0,
+                                        lazy=True))
+    assert skipped == 1 and t.xy.tolist() == [[98, 68]] and t.labels.tolist() == [1]  # centre pixel - 32
+    assert t.class_names == ["STR", "TUM"]  # the classes of all points, as before
+    assert np.array_equal(t[0], a[68:132:2, 98:162:2])

@@ -132,6 +132,7 @@ def test_messages_name_the_form_labels_not_cli_flags(make_napari_viewer, qtbot, 
     w = dock(viewer, "Fine-tune")
     w.out.value = str(tmp_path / "ft")
     w.extract()
+    qtbot.waitUntil(lambda: w.tiles is not None, timeout=30_000)
     # a value the spin box allows but the option refuses: checked when Start is pressed
     w.form["unet_learning_rate"].value = 0.0
     w.start()

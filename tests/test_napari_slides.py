@@ -13,16 +13,20 @@ import tifffile
 
 pytest.importorskip("napari")
 
-from napari.components import ViewerModel  # noqa: E402
-from shapely.geometry import MultiPolygon, Polygon, box  # noqa: E402
-from slide_data import GLASS, write_slide  # noqa: E402
+from napari.components import ViewerModel
+from shapely.geometry import MultiPolygon, Polygon, box
+from slide_data import GLASS, write_slide
 
-from napari_histodiff._reader import get_reader, read_annotations, read_slide  # noqa: E402
-from napari_histodiff.core.base.errors import HistodiffError  # noqa: E402
-from napari_histodiff.core.data.annotations import SlideSource, shape_tiles, shapes_annotations  # noqa: E402
-from napari_histodiff.core.base.events import run_to_end  # noqa: E402
-from napari_histodiff.core.data.geojson import Annotation, read_geojson, write_geojson  # noqa: E402
-from napari_histodiff.widgets._layers import extract  # noqa: E402
+from napari_histodiff._reader import get_reader, read_annotations, read_slide
+from napari_histodiff.core.base.errors import HistodiffError
+from napari_histodiff.core.base.events import run_to_end
+from napari_histodiff.core.data.annotations import (
+    SlideSource,
+    shape_tiles,
+    shapes_annotations,
+)
+from napari_histodiff.core.data.geojson import Annotation, read_geojson, write_geojson
+from napari_histodiff.widgets._layers import extract
 
 PLUGIN = "napari-histodiff"
 SLIDES = Path(__file__).resolve().parents[2] / "shared" / "data" / "slides"
@@ -71,6 +75,7 @@ def test_manifest_claims_slides_and_geojson_but_not_every_file(tmp_path):
     from npe2 import PluginManager
 
     pm = PluginManager.instance()
+    pm.discover()
 
     def claims(name):
         return PLUGIN in {r.plugin_name for r in pm.iter_compatible_readers([str(tmp_path / name)])}
@@ -107,21 +112,21 @@ def test_slide_opens_as_lazy_multiscale_layer_in_micrometres(small):
 
 
 def test_tiff_claim_is_left_to_napari_for_stacks_and_grey_images(tmp_path):
-    tifffile.imwrite(tmp_path / "stack.tif", np.zeros((3, 64, 64), np.uint16))
+    tifffile.imwrite(tmp_path / "stack.tif", np.zeros((5, 64, 64), np.uint16))
     tifffile.imwrite(tmp_path / "grey.tif", np.zeros((64, 64), np.uint8))
     rgb = np.zeros((64, 96, 3), np.uint8)
     rgb[:, 48:] = PINK
     tifffile.imwrite(tmp_path / "rgb.tif", rgb, photometric="rgb")
     assert get_reader(str(tmp_path / "stack.tif")) is None and get_reader(str(tmp_path / "grey.tif")) is None
     assert get_reader(str(tmp_path / "a.png")) is None
-    (data, kw, kind), = read_slide(str(tmp_path / "rgb.tif"))
+    (data, kw, _), = read_slide(str(tmp_path / "rgb.tif"))
     assert not kw["multiscale"] and data.shape == (64, 96, 3) and "scale" not in kw  # no resolution: 1 px
     assert np.array_equal(np.asarray(data), rgb)
 
 
 def test_large_slide_opens_without_reading_its_pixels(big):
     tracemalloc.start()
-    (levels, kw, _), = read_slide(str(big))
+    (levels, _, _), = read_slide(str(big))
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert [lv.shape[:2] for lv in levels] == [(30720, 30720), (15360, 15360), (7680, 7680)]
@@ -174,11 +179,14 @@ def test_geojson_round_trips_through_the_reader_and_writer(tmp_path):
     original = read_geojson(qupath_file(tmp_path / "case.geojson"))
     viewer = ViewerModel()
     layer, = open_in(viewer, tmp_path / "case.geojson")
+    layer.add_rectangles(np.array([[1400, 1400], [1500, 1600]]))  # drawn later (data = file px): own object
+    assert layer.features["object"].tolist()[-1] == -1 and layer.features["class"].tolist()[-1] == "Tumor"
     out = tmp_path / "saved.geojson"
     assert layer.save(str(out), plugin=PLUGIN) == [str(out)]
     back = read_geojson(out)
-    assert [a.class_name for a in back.annotations] == [a.class_name for a in original.annotations]
-    assert [a.name for a in back.annotations] == ["t1", None, "t2"]
+    assert [a.class_name for a in back.annotations] == [a.class_name for a in original.annotations] + ["Tumor"]
+    assert [a.name for a in back.annotations] == ["t1", None, "t2", None]
+    assert back.annotations[3].geometry.equals(box(1400, 1400, 1600, 1500))
     assert back.colors() == {"Tumor": (200, 0, 0), "Stroma: Inflamed": (0, 150, 0)}
     for a, b in zip(original.annotations, back.annotations):
         assert a.geometry.geom_type == b.geometry.geom_type

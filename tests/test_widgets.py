@@ -87,7 +87,7 @@ def test_tiles_from_labels_shapes_and_points_layers(make_napari_viewer):
     assert (centre[0], centre[1]) == (40, 40)  # the tile is centred on the point
 
 
-def test_bad_inputs_keep_start_disabled(make_napari_viewer, trained_bundle, fresh_model):
+def test_bad_inputs_keep_start_disabled(make_napari_viewer, qtbot, trained_bundle, fresh_model):
     from napari_histodiff import load_bundle
 
     viewer = make_napari_viewer()
@@ -99,8 +99,9 @@ def test_bad_inputs_keep_start_disabled(make_napari_viewer, trained_bundle, fres
     viewer.add_image(np.zeros((64, 64), np.uint8), name="grey")  # not RGB: not offered
     assert w.image.count() == 0
     open_annotated_sample(viewer)
-    w.extract()
-    assert w.tiles is not None and w.start_button.isEnabled()
+    w.extract()  # on a worker thread
+    qtbot.waitUntil(lambda: w.tiles is not None, timeout=30_000)
+    assert w.start_button.isEnabled()
     fresh_model.training = True  # another training is running
     w._update()
     assert not w.start_button.isEnabled() and "another training" in w.status.text()
@@ -116,6 +117,7 @@ def run_finetune(qtbot, viewer, trained_bundle, fresh_model, out, **steps):
     for name, value in steps.items():
         w.form[name].value = value
     w.extract()
+    qtbot.waitUntil(lambda: w.tiles is not None, timeout=30_000)
     w.start()
     return w
 
@@ -301,7 +303,8 @@ def test_finetune_a_compvis_checkpoint_opened_in_the_load_widget(make_napari_vie
     for name, value in dict(classifier_steps=3, selection_steps=3, unet_steps=2).items():
         w.form[name].value = value
     w.extract()
-    assert w.tiles is not None and w.tiles.tile_size == 32
+    qtbot.waitUntil(lambda: w.tiles is not None, timeout=30_000)
+    assert w.tiles.tile_size == 32
     w.start()
     qtbot.waitUntil(lambda: w.state in (State.DONE, State.FAILED), timeout=180_000)
     assert w.state == State.DONE
@@ -325,6 +328,7 @@ def test_finetuning_a_vq_model_is_refused_before_anything_is_written(make_napari
     out = tmp_path / "ft"
     w.out.value = str(out)
     w.extract()
+    qtbot.waitUntil(lambda: w.tiles is not None, timeout=30_000)
     w.start()
     qtbot.waitUntil(lambda: w.state == State.FAILED and w.worker is None, timeout=30_000)
     assert "VQ first stage" in shown[-1] and "KL" in shown[-1]

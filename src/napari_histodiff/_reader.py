@@ -117,7 +117,7 @@ def slide_beside(path) -> Path | None:
     """The slide named like the GeoJSON file (``X.geojson`` -> ``X.svs``, ``X.ome.tiff``, ...) beside it."""
     p = Path(path)
     stem = p.name.split(".")[0]
-    found = [f for f in sorted(p.parent.glob(f"{stem}.*")) if f.name.split(".")[0] == stem and f.is_file()
+    found = [f for f in sorted(p.parent.iterdir()) if f.name.split(".")[0] == stem and f.is_file()
              and f.name.lower().endswith(VENDOR + TIFF)]
     return found[0] if found else None
 
@@ -171,6 +171,9 @@ def read_annotations(path):
     s = mpp or 1.0
     kwargs = {"name": p.name, "shape_type": "polygon", "features": pd.DataFrame(feats), "face_color": face,
               "edge_color": edge, "edge_width": 2, "scale": (s, s), "translate": (-s / 2, -s / 2),
+              # shapes drawn later: the last class, and objects of their own (object -1) for the writer
+              "feature_defaults": {"class": feats["class"][-1] if feats["class"] else "", "name": "",
+                                   "object": -1, "object_type": "annotation"},
               "metadata": {"geojson_path": str(p), "slide_path": str(slide) if slide else None, "mpp": mpp,
                            "skipped": dict(annotations.skipped)}}
     if mpp:

@@ -3,7 +3,8 @@
 Each shape becomes an annotation classified by its ``class`` feature (unclassified when empty),
 named by its ``name`` feature, coloured by its edge colour. Shapes that share an ``object`` number
 (the pieces the reader cut out of one QuPath object, e.g. around holes, or the parts of a
-MultiPolygon) are joined into one object again. Rectangles, polygons and ellipses (64-point
+MultiPolygon) are joined into one object again; shapes drawn later have ``object`` -1 (the reader's
+default for new shapes) and are objects of their own. Rectangles, polygons and ellipses (64-point
 polygons) are areas; paths and lines are written as LineStrings.
 
 Coordinates: GeoJSON wants level-0 pixels of the slide. The layer's data go to world coordinates
@@ -17,6 +18,7 @@ Half a pixel is added: napari centres pixel (0, 0) on 0, GeoJSON's spans [0, 1).
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +35,16 @@ def _matrix(meta: dict, ndim: int) -> np.ndarray:
 
 
 def _text(v) -> str:
-    return "" if v is None or (isinstance(v, float) and v != v) else str(v).strip()
+    return "" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v).strip()
+
+
+def _object(v) -> int | None:
+    """The QuPath object a shape is a piece of (the reader's ``object`` feature), None for new shapes (-1)."""
+    try:
+        k = int(float(v))
+    except (TypeError, ValueError):
+        return None
+    return k if k >= 0 else None
 
 
 def shapes_annotations(data, meta: dict) -> list:
@@ -66,9 +77,8 @@ def shapes_annotations(data, meta: dict) -> list:
     kinds = meta.get("shape_type") or ["polygon"] * n
     groups: dict = {}
     for k in range(n):
-        v = objects[k]
-        key = ("object", int(v)) if v is not None and _text(v) not in ("", "-1") else ("shape", k)
-        groups.setdefault(key, []).append(k)
+        obj = _object(objects[k])
+        groups.setdefault(("object", obj) if obj is not None else ("shape", k), []).append(k)
     out = []
     for members in groups.values():
         areas, lines = [], []
@@ -85,7 +95,7 @@ def shapes_annotations(data, meta: dict) -> list:
                 areas.append(Polygon(xy))
         first = members[0]
         cls = _text(classes[first]) or None
-        color = tuple(int(round(c * 255)) for c in edges[first][:3])
+        color = tuple(round(float(c) * 255) for c in edges[first][:3])
         kw = {"class_name": cls, "object_type": _text(types[first]) or "annotation", "color": color,
               "name": _text(names[first]) or None}
         if areas:

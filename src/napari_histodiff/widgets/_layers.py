@@ -1,4 +1,9 @@
-"""napari layers -> plain arrays for ``core.annotations`` (the core never sees napari objects)."""
+"""napari layers -> plain inputs for ``core.data.annotations`` (the core never sees napari objects).
+
+Shapes and points go through both layers' transforms (data -> world -> the image layer's level-0
+pixels) into shapely polygons and positions; a Labels layer goes as its own (possibly lazy) array
+with its scale and offset relative to the image; tiles are read from the slide file of a layer
+opened by this plugin's reader (at the model's resolution), else from the layer's arrays."""
 
 from __future__ import annotations
 
@@ -120,8 +125,12 @@ def _matrix(layer) -> np.ndarray:
     if layer.ndim != 2:
         raise HistodiffError(f"layer {layer.name!r} has {layer.ndim} dimensions; use 2-D layers (one image plane) "
                              "for the image and its annotations.")
-    m = np.asarray(layer._data_to_world.affine_matrix, dtype=float)
-    return m[-3:, -3:]
+    from napari.utils.transforms import Affine
+
+    # napari: world = affine * (rotate * shear * scale * data + translate)
+    inner = Affine(scale=layer.scale, translate=layer.translate, rotate=layer.rotate, shear=layer.shear,
+                   ndim=layer.ndim).affine_matrix
+    return (np.asarray(layer.affine.affine_matrix, dtype=float) @ inner)[-3:, -3:]
 
 
 def to_image(layer, image_layer) -> np.ndarray:
@@ -196,24 +205,24 @@ def extraction(image_layer, ann_layer, tile_size: int, stride: int, min_fraction
     if isinstance(ann_layer, L.Shapes):
         if not len(ann_layer.data):
             raise HistodiffError(f"shapes layer {ann_layer.name!r} is empty; draw regions around each class")
-        classes = _names(ann_layer, len(ann_layer.data))
+        classes = A.check_classes(_names(ann_layer, len(ann_layer.data)), len(ann_layer.data), "shape")
         polys, index = shape_polygons(ann_layer, to_image(ann_layer, image_layer))
         if not polys:
             raise HistodiffError(f"shapes layer {ann_layer.name!r} has only lines and paths; draw areas (rectangles, "
                                  "polygons, ellipses) around each class")
-        annotations = A.shapes_annotations(polys, [classes[k] for k in index])
-        return _with_skipped(A.shape_tiles(source, annotations, tile_size, stride, min_fraction, mpp))
+
+        def shapes_job():
+            annotations = A.shapes_annotations(polys, [classes[k] for k in index])  # later shapes paint over
+            tiles = yield from A.shape_tiles(source, annotations, tile_size, stride, min_fraction, mpp)
+            return tiles, 0
+
+        return shapes_job()
     if isinstance(ann_layer, L.Points):
         if not len(ann_layer.data):
             raise HistodiffError(f"points layer {ann_layer.name!r} is empty; click a point on each example")
         pts = to_level0(ann_layer.data, to_image(ann_layer, image_layer))
         return A.point_tiles(source, pts, _names(ann_layer, len(pts)), tile_size, mpp)
     raise HistodiffError(f"layer {ann_layer.name!r} is not a Labels, Shapes or Points layer")
-
-
-def _with_skipped(job):
-    tiles = yield from job
-    return tiles, 0
 
 
 def extract(image_layer, ann_layer, tile_size: int, stride: int, min_fraction: float, class_map=None,

@@ -142,8 +142,8 @@ class TileGrid:
                                  f"which is only {self.width}x{self.height} px: use a smaller tile size.")
         self.level = source.best_level(self.factor)
         self.read_size = max(1, round(t * self.factor / source.downsamples[self.level]))
-        self.nx = int(math.floor((self.width - self.size0) / self.step0 + 1e-6)) + 1
-        self.ny = int(math.floor((self.height - self.size0) / self.step0 + 1e-6)) + 1
+        self.nx = math.floor((self.width - self.size0) / self.step0 + 1e-6) + 1
+        self.ny = math.floor((self.height - self.size0) / self.step0 + 1e-6) + 1
 
     def pos(self, i) -> np.ndarray:
         """Level-0 start of grid column (or row) ``i``, as SlideTiles places it."""
@@ -234,7 +234,7 @@ def _mpp_note(source, mpp):
 
 # -- shapes ---------------------------------------------------------------------------------------
 
-def _check_classes(classes, n, what):
+def check_classes(classes, n, what):
     classes = [str(c).strip() if c is not None else "" for c in classes]
     if len(classes) != n:
         raise HistodiffError(f"got {n} {what}s but {len(classes)} class names. Give one class per {what}.")
@@ -283,7 +283,7 @@ def shapes_annotations(polygons, classes, names=None, paint_over: bool = True):
     from .geojson import Annotation, AnnotationSet
 
     geoms = np.array([shapely.make_valid(g) if not g.is_valid else g for g in polygons], dtype=object)
-    classes = _check_classes(classes, len(geoms), "shape")
+    classes = check_classes(classes, len(geoms), "shape")
     if paint_over and len(geoms) > 1:
         tree = shapely.STRtree(geoms)
         later, near = tree.query(geoms, predicate="intersects")
@@ -459,7 +459,7 @@ def point_tiles(source, points, classes, tile_size: int, mpp: float | None = Non
     if points.ndim != 2 or points.shape[1] != 2 or len(points) == 0:
         raise HistodiffError(f"points must be an (N, 2) array of (row, col) with N >= 1; got shape {points.shape}. "
                              "Add points on a 2-D points layer.")
-    classes = _check_classes(classes, len(points), "point")
+    classes = check_classes(classes, len(points), "point")
     with np.errstate(invalid="ignore"):
         top = np.ceil(np.floor(points) - grid.size0 / 2)  # the point's pixel is the tile's centre pixel
         ok = (np.isfinite(top).all(1) & (top >= 0).all(1) & (top[:, 0] + grid.size0 <= grid.height + 1e-6)
@@ -522,7 +522,7 @@ def tiles_from_masks(image, masks, classes: list[str], tile_size, stride=None, m
     if masks.ndim != 3 or masks.shape[0] == 0:
         raise HistodiffError(f"shape masks must be a (K, H, W) stack with at least one shape; got shape "
                              f"{masks.shape}. Draw at least one shape.")
-    classes = _check_classes(classes, masks.shape[0], "shape")
+    classes = check_classes(classes, masks.shape[0], "shape")
     names = sorted(set(classes))
     labels = np.zeros(masks.shape[1:], dtype=np.int32)
     for mask, c in zip(masks, classes):
