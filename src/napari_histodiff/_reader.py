@@ -169,8 +169,10 @@ def read_annotations(path):
     mpp = _slide_mpp(slide) if slide is not None else None
     data, feats, face, edge = annotation_shapes(annotations)
     s = mpp or 1.0
+    extent = max((float(np.abs(d).max()) for d in data), default=0.0)
+    width = max(2.0, extent / 400)  # outlines visible when the whole slide is in view
     kwargs = {"name": p.name, "shape_type": "polygon", "features": pd.DataFrame(feats), "face_color": face,
-              "edge_color": edge, "edge_width": 2, "scale": (s, s), "translate": (-s / 2, -s / 2),
+              "edge_color": edge, "edge_width": width, "scale": (s, s), "translate": (-s / 2, -s / 2),
               # shapes drawn later: the last class, and objects of their own (object -1) for the writer
               "feature_defaults": {"class": feats["class"][-1] if feats["class"] else "", "name": "",
                                    "object": -1, "object_type": "annotation"},
