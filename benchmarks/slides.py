@@ -55,6 +55,41 @@ print(json.dumps({"tiles": len(ts), "grid_s": grid_s, "ours": max(r[0] for r in 
 """
 
 
+EXTRACT = r"""
+import json, resource, sys, time
+import numpy as np
+from napari.components import ViewerModel
+from napari_histodiff._reader import get_reader
+from napari_histodiff.widgets._layers import extract
+path, n = sys.argv[1], int(sys.argv[2])
+viewer = ViewerModel()
+image = [getattr(viewer, f"add_{kind}")(data, **kw) for data, kw, kind in get_reader(path)(path)][0]
+def rect(x0, y0, x1, y1):
+    return np.array([[y0, x0], [y0, x1], [y1, x1], [y1, x0]], float) - 0.5
+shapes = viewer.add_shapes([rect(0, 0, 512, 512), rect(n - 512, n - 512, n, n)], shape_type="rectangle",
+                           scale=image.scale, features={"class": ["TUM", "STR"]})
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+t = time.perf_counter()
+tiles, skipped = extract(image, shapes, 128, 128, 0.5, mpp=0.5)
+pixels = [tiles[i] for i in range(len(tiles))]
+print(json.dumps({"tiles": len(pixels), "seconds": time.perf_counter() - t, "base_mb": base / 1024,
+                  "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def extraction(path: Path, size: int) -> None:
+    """napari: tiles of two 512 px rectangles at opposite corners of a slide layer (as the Fine-tune widget)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "QT_QPA_PLATFORM": "offscreen"}
+    done = subprocess.run([sys.executable, "-c", EXTRACT, str(path), str(size)], capture_output=True, text=True,
+                          env=env)
+    if done.returncode:
+        print(done.stderr[-2000:])
+        return
+    r = json.loads(done.stdout.strip().splitlines()[-1])
+    print(f"\nnapari extraction, two 512 px rectangles at opposite corners of the {size} px slide: {r['tiles']} "
+          f"tiles in {r['seconds']:.2f} s; peak RSS {r['peak_mb']:.0f} MB (after loading napari: {r['base_mb']:.0f} MB)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[10000, 30000, 60000, 100000])
@@ -94,6 +129,8 @@ def main() -> None:
         first, last = rows[0][1], rows[-1][1]
         print(f"\npeak RSS {rows[-1][0]} px / {rows[0][0]} px: {last['peak_mb'] / first['peak_mb']:.2f}x; "
               f"tiles/s ours / plain OpenSlide: {min(r['ours'] / r['plain'] for _, r in rows):.2f}x at worst")
+    if 60000 in args.sizes:
+        extraction(root / "slide-60000.tif", 60000)
     if args.keep is None:
         for f in root.glob("*.tif"):
             f.unlink()
