@@ -70,6 +70,10 @@ class ShardTiles(TileSet):
             raise TileReadError(f"cannot read tile {name}: {e}; write the shard again") from None
         return _fit_square(rgb, self.tile_size, self.scale)
 
+    def groups(self) -> np.ndarray:
+        """The shard of each tile (processes of a multi-process run read disjoint shards)."""
+        return np.array([e[0] for e in self.entries], np.int64)
+
     def label(self, i: int) -> int | None:
         return None if self.labels is None else int(self.labels[self._index(i)])
 

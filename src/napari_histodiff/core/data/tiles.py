@@ -319,6 +319,15 @@ class ConcatTiles(TileSet):
     def __len__(self) -> int:
         return self._ends[-1]
 
+    def groups(self) -> np.ndarray:
+        """The part (slide, folder, shard) of each tile, shards of a shard set numbered after the parts."""
+        out, base = [], 0
+        for p in self.parts:
+            g = p.groups() if hasattr(p, "groups") else np.zeros(len(p), np.int64)
+            out.append(g + base)
+            base += int(g.max()) + 1 if len(g) else 1
+        return np.concatenate(out)
+
     def _locate(self, i: int) -> tuple[int, int]:
         j = self._index(i)
         k = bisect.bisect_right(self._ends, j)

@@ -37,7 +37,9 @@ def dihedral(tile: np.ndarray, k: int) -> np.ndarray:
 class BatchStream:
     """A map-style dataset whose item ``k`` is the uint8 NHWC batch for training step ``k``.
 
-    Epochs are seeded permutations of ``indices``; processes take interleaved batches.
+    Epochs are seeded permutations of ``indices``; processes take interleaved batches. Unlabelled
+    tiles in several shards or slides (``tiles.groups()``, at least one per process) are split
+    instead: each process reads only its own share (groups ``g`` with ``g % world == rank``).
     """
 
     def __init__(self, tiles, indices, batch_size, seed, rank=0, world=1, augment=True, labels=None):
@@ -45,16 +47,24 @@ class BatchStream:
         self.labels = None if labels is None else np.asarray(labels)
         self.batch_size, self.seed, self.rank, self.world = batch_size, seed, rank, world
         self.augment = augment
+        self.own = False
+        groups = tiles.groups() if world > 1 and labels is None and hasattr(tiles, "groups") else None
+        if groups is not None and len(np.unique(groups[self.indices])) >= world:
+            mine = self.indices[groups[self.indices] % world == rank]
+            if len(mine):
+                self.indices, self.own = mine, True
 
     def __len__(self):
         return 2**62
 
     def _perm(self, epoch):
-        return np.random.default_rng([self.seed, epoch, 7]).permutation(len(self.indices))
+        key = [self.seed, epoch, 7] + ([self.rank] if self.own else [])
+        return np.random.default_rng(key).permutation(len(self.indices))
 
     def positions(self, step: int) -> np.ndarray:
         n = len(self.indices)
-        pos = (step * self.world + self.rank) * self.batch_size + np.arange(self.batch_size)
+        slot = step if self.own else step * self.world + self.rank
+        pos = slot * self.batch_size + np.arange(self.batch_size)
         out = np.empty(self.batch_size, dtype=np.int64)
         for epoch in np.unique(pos // n):
             sel = pos // n == epoch
