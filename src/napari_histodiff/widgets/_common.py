@@ -1,17 +1,21 @@
-"""Shared widget helpers: plain messages, generator workers, controls and scrolling pages.
-The option forms are in :mod:`._forms`."""
+"""Shared widget helpers: plain messages, background jobs (:class:`Job`, :func:`cancel_on_close`),
+controls and scrolling pages. The option forms are in :mod:`._forms`."""
 
 from __future__ import annotations
 
+import threading
 from enum import Enum
 
+from qtpy.QtCore import QEvent, QObject
 from qtpy.QtWidgets import (QComboBox, QFormLayout, QFrame, QLabel, QScrollArea, QVBoxLayout, QWidget)
 
 
 class State(str, Enum):
     IDLE = "idle"
     RUNNING = "running"
+    PAUSING = "pausing"  # asked; the worker pauses after its current step
     PAUSED = "paused"
+    RESUMING = "resuming"
     CANCELLING = "cancelling"
     DONE = "done"
     STOPPED = "stopped"
@@ -74,61 +78,339 @@ def notify_warning(text: str, labels=None) -> None:
 
 
 # -- workers -----------------------------------------------------------------------------------
+#
+# A job runs a core generator (progress events, then a result) on a napari GeneratorWorker.
+# Pause, resume and cancel are requests to the worker thread, which acts on them between two
+# progress events (a training step can take seconds); the job's state follows what the worker
+# reports (its ``paused``/``resumed``/``finished`` signals), so it says "pausing" until the worker
+# has paused, and it can always be cancelled: a paused worker wakes up to stop.
 
 STOPPED = object()  # what a worker returns when it was asked to stop
+ACTIVE = (State.RUNNING, State.PAUSING, State.PAUSED, State.RESUMING, State.CANCELLING)
 
 
-def _stoppable(flag: dict, gen_func, *args):
-    """Drive a core generator; on a stop request, close it in the worker thread so that its
-    clean-up (a resumable checkpoint, removing partial output) runs before the worker ends.
-    Out of memory becomes a plain error whose fix names fields of the first argument (the job's options)."""
+class _Control:
+    """One run's requests from the GUI thread (stop, pause, detached) and its outcome from the worker
+    thread. Each attribute is written by one thread only; the outcome is read after ``finished``."""
+
+    def __init__(self):
+        self.stop = False  # GUI: cancel
+        self.pause = False  # GUI: pause wanted
+        self.detached = False  # GUI: the widget is gone; no more widget callbacks
+        self.wake = threading.Event()  # GUI: a request changed
+        self.worker = None  # set before the worker starts
+        self.outcome = None  # worker: ("done", value) | ("stopped", None) | ("failed", exc)
+        self.callback_error = None  # GUI: a widget callback raised (shown, the run is cancelled)
+
+    def stopping(self) -> bool:
+        """A cancel, or napari quitting the worker (the viewer closing)."""
+        return self.stop or (self.worker is not None and self.worker.abort_requested)
+
+    def _emit(self, name: str) -> None:
+        if self.worker is not None:
+            getattr(self.worker, name).emit()
+
+    def hold(self) -> bool:
+        """In the worker thread, between two progress events: wait while a pause is asked (emitting the
+        worker's ``paused``, then ``resumed``). True when the job must stop instead."""
+        if self.pause and not self.stopping():
+            self._emit("paused")
+            while self.pause and not self.stopping():
+                self.wake.wait(0.05)  # also polls napari's quit request
+                self.wake.clear()
+            if not self.stopping():
+                self._emit("resumed")
+        return self.stopping()
+
+
+def _stoppable(ctl, gen_func, *args):
+    """Drive a core generator, pausing between its progress events while asked; on a stop request
+    (a cancel, or napari quitting the worker) close it in the worker thread so that its clean-up
+    (a resumable checkpoint, removing partial output) runs before the worker ends.
+    Out of memory becomes a plain error whose fix names fields of the first argument (the job's options).
+    ``ctl``: a :class:`_Control` (or ``{"stop": bool}``, read once)."""
     import dataclasses
 
     from ..core.base.memory import guard_memory
 
+    if isinstance(ctl, dict):
+        ctl, ctl.stop = _Control(), bool(ctl.get("stop"))
     opts = args[0] if args and dataclasses.is_dataclass(args[0]) else None
     names = [f.name for f in dataclasses.fields(opts)] if opts is not None else ()
-    gen = flag["gen"] = guard_memory(gen_func(*args), names)
+    gen = guard_memory(gen_func(*args), names)
     try:
         while True:
+            if ctl.hold():
+                return STOPPED
             try:
                 event = next(gen)
             except StopIteration as stop:
                 return stop.value
+            if ctl.stopping():
+                return STOPPED  # no progress event after a cancel
             yield event
-            if flag["stop"]:
-                return STOPPED
     finally:
         gen.close()
 
 
+def _run(ctl, gen_func, *args):
+    """The worker's generator. It never raises: superqt ends a worker whose generator raises a
+    RuntimeError (most torch errors) without any signal, which would leave its widget busy for good.
+    What happened is in ``ctl.outcome`` when the worker's ``finished`` arrives."""
+    try:
+        value = yield from _stoppable(ctl, gen_func, *args)
+        ctl.outcome = ("stopped", None) if value is STOPPED else ("done", value)
+    except Exception as e:  # noqa: BLE001 - reported by the Job, once
+        ctl.outcome = ("failed", e)
+    finally:
+        if ctl.outcome is None:  # closed: napari quit the worker
+            ctl.outcome = ("stopped", None)
+
+
+def _drive(gen):
+    return (yield from gen)
+
+
+class Job:
+    """A widget's background job: a core generator on a worker thread, one run at a time.
+
+    ``start``, ``pause``, ``resume``, ``toggle_pause`` and ``cancel`` may be called in any order and at
+    any moment; ``state`` follows what the worker actually did: RUNNING, PAUSING (asked, not yet paused),
+    PAUSED, RESUMING, CANCELLING, then DONE, STOPPED or FAILED when the worker has finished (IDLE before
+    the first run). A cancelled run closes the core generator in the worker thread (its clean-up: a
+    resumable checkpoint, removing partial output). ``close()`` (see :func:`cancel_on_close`) cancels the
+    run and detaches it from the widget: none of its callbacks but ``on_release`` is called after that.
+
+    Errors are shown once: a failed run's exception goes to ``on_error`` (default: :func:`notify_error`
+    with ``labels``); an exception raised by a callback is shown by :func:`notify_error` and cancels
+    the run (state FAILED). No exception leaves a signal handler (outside ``napari.run()`` that would abort
+    the process)."""
+
+    def __init__(self, labels=None):
+        self.labels = labels
+        self.state = State.IDLE
+        self._ctl = None
+        self._cb = {}
+        self._paused = False  # the worker's last report
+
+    # -- what the widget shows --
+    @property
+    def worker(self):
+        """The running worker, or None."""
+        return self._ctl.worker if self._ctl is not None else None
+
+    @property
+    def busy(self) -> bool:
+        return self.state in ACTIVE
+
+    @property
+    def pause_requested(self) -> bool:
+        """A pause is asked (the pause button then reads "Resume")."""
+        return self._ctl is not None and self._ctl.pause and not self._ctl.stop
+
+    @property
+    def can_pause(self) -> bool:
+        """Pause / Resume (and Cancel) are possible: running and not cancelling."""
+        return self.busy and self.state != State.CANCELLING
+
+    can_cancel = can_pause
+
+    # -- requests --
+    def start(self, gen_func, *args, on_yield=None, on_done=None, on_error=None, on_finish=None,
+              on_release=None, on_change=None):
+        """Run ``gen_func(*args)`` (a core generator) on a worker; returns the worker.
+
+        on_yield(event): each progress event. on_done(result): the result of a run that was not cancelled.
+        on_error(exc): a failed run's error, to show (default: notify_error with ``labels``).
+        on_finish(): after every run, once its state is final. on_change(): after each state change.
+        on_release(): after every run, even once the widget is gone: free what the run held (no widgets).
+        """
+        import gc
+
+        from napari.qt.threading import create_worker
+        from qtpy.QtCore import Qt
+
+        if self.busy:
+            raise RuntimeError("a job is already running")
+        # A full garbage collection over napari's many objects holds the GIL for a few hundred ms,
+        # and model loading in the worker triggers one; frozen objects are not scanned again.
+        gc.freeze()
+        ctl = _Control()
+        gen = _run(ctl, gen_func, *args)
+        # no error connection: _run never raises (create_worker would re-raise in the event loop)
+        worker = create_worker(_drive, gen, _start_thread=False, _ignore_errors=True)
+        ctl.worker, worker.job, worker.request_stop = worker, self, self.cancel
+        self._ctl, self._paused = ctl, False
+        self._cb = {"on_yield": on_yield, "on_done": on_done, "on_error": on_error, "on_finish": on_finish,
+                    "on_release": on_release, "on_change": on_change}
+        # napari quits workers (the viewer closing, its activity panel): the worker then leaves its
+        # loop without resuming the generator, so close it here, in the worker thread, for its clean-up
+        worker.aborted.connect(lambda: gen.close(), Qt.ConnectionType.DirectConnection)
+        worker.yielded.connect(lambda event: self._yielded(ctl, event))
+        worker.paused.connect(lambda: self._reported(ctl, True))
+        worker.resumed.connect(lambda: self._reported(ctl, False))
+        worker.errored.connect(lambda exc: self._errored(ctl, exc))
+        worker.finished.connect(lambda: self._finished(ctl))
+        self._set(State.RUNNING)
+        worker.start()
+        return worker
+
+    def pause(self) -> None:
+        if self.can_pause and not self._ctl.pause:
+            self._ctl.pause = True
+            self._set(self._derived())
+
+    def resume(self) -> None:
+        if self.can_pause and self._ctl.pause:
+            self._ctl.pause = False
+            self._ctl.wake.set()
+            self._set(self._derived())
+
+    def toggle_pause(self) -> None:
+        self.resume() if self.pause_requested else self.pause()
+
+    def cancel(self) -> None:
+        """Stop at the next progress event (at once when paused); the state is CANCELLING until the
+        worker has finished its clean-up, then STOPPED (or DONE when the run ended meanwhile)."""
+        if self.busy and not self._ctl.stop:
+            self._ctl.stop = True
+            self._ctl.wake.set()
+            self._set(State.CANCELLING)
+
+    def close(self) -> None:
+        """The widget is going away: cancel the run; no widget callback is called any more."""
+        if self._ctl is not None:
+            self._ctl.detached = True
+            self.cancel()
+
+    # -- the worker's reports (GUI thread) --
+    def _derived(self) -> State:
+        ctl = self._ctl
+        if ctl.stop:
+            return State.CANCELLING
+        if ctl.pause:
+            return State.PAUSED if self._paused else State.PAUSING
+        return State.RESUMING if self._paused else State.RUNNING
+
+    def _set(self, state: State) -> None:
+        if state != self.state:
+            self.state = state
+            self._callback("on_change")
+
+    def _callback(self, name, *args) -> bool:
+        """Call a widget callback (not once the run is detached); an exception is shown once and
+        cancels the run. False when it raised."""
+        fn = self._cb.get(name)
+        ctl = self._ctl
+        if fn is None or (ctl is not None and ctl.detached and name != "on_release"):
+            return True
+        try:
+            fn(*args)
+            return True
+        except Exception as e:  # noqa: BLE001 - shown once
+            if ctl is not None and ctl.callback_error is None:
+                ctl.callback_error = e
+                notify_error(e, None if ctl.detached else self.labels)
+                self.cancel()
+            elif ctl is None:
+                notify_error(e, self.labels)
+            return False
+
+    def _yielded(self, ctl, event) -> None:
+        if ctl is self._ctl and ctl.callback_error is None:
+            self._callback("on_yield", event)
+
+    def _reported(self, ctl, paused: bool) -> None:
+        if ctl is self._ctl:
+            self._paused = paused
+            self._set(self._derived())
+
+    def _errored(self, ctl, exc) -> None:
+        if ctl.outcome is None:  # the worker itself failed (not the job, which _run catches)
+            ctl.outcome = ("failed", exc)
+
+    def _finished(self, ctl) -> None:
+        if ctl is not self._ctl:
+            return
+        kind, value = ctl.outcome or (("stopped", None) if ctl.worker.abort_requested else
+                                      ("failed", RuntimeError("the job ended without a result")))
+        failed = ctl.callback_error is not None  # already shown
+        state = State.FAILED if failed or kind == "failed" else State.DONE if kind == "done" else State.STOPPED
+        self.state = state  # final: on_done / on_error see it; no on_change before on_finish
+        if kind == "done" and not failed:
+            if not self._callback("on_done", value):
+                self.state = State.FAILED
+        elif kind == "failed" and not failed:
+            if ctl.detached or self._cb.get("on_error") is None:
+                notify_error(value, None if ctl.detached else self.labels)
+            else:
+                self._callback("on_error", value)
+        ctl.outcome = None  # the exception and result (and their tensors) are not kept
+        self._ctl = None
+        cb, self._cb = self._cb, {"on_release": self._cb.get("on_release")}
+        self._callback("on_release")
+        if not ctl.detached:
+            self._cb = cb
+            self._callback("on_finish")
+            self._callback("on_change")
+        self._cb = {}
+
+
 def start_worker(gen_func, *args, on_yield=None, on_done=None, on_error=None, on_finish=None):
-    """Run a core generator in a napari generator worker (pausable). ``worker.request_stop()``
-    stops it at the next progress event; ``on_done`` is then not called."""
-    import gc
+    """Run a core generator in a napari generator worker, as a one-off :class:`Job` (``worker.job``).
+    ``worker.request_stop()`` stops it at the next progress event; ``on_done`` is then not called.
+    ``on_error`` shows the error (default: notify_error)."""
+    return Job().start(gen_func, *args, on_yield=on_yield, on_done=on_done, on_error=on_error,
+                       on_finish=on_finish)
 
-    from napari.qt.threading import create_worker
 
-    # A full garbage collection over napari's many objects holds the GIL for a few hundred ms,
-    # and model loading in the worker triggers one; frozen objects are not scanned again.
-    gc.freeze()
-    flag = {"stop": False}
-    # errors go to ``on_error`` only (create_worker would also re-raise them in the event loop,
-    # where napari shows a second notification with the raw exception)
-    worker = create_worker(_stoppable, flag, gen_func, *args, _start_thread=False, _ignore_errors=True)
-    worker.request_stop = lambda: flag.update(stop=True)
-    # napari quits workers when the viewer closes; close the core generator then too, so its
-    # clean-up (checkpoint, removing partial output) runs (the worker no longer touches it)
-    worker.aborted.connect(lambda: flag["gen"].close() if "gen" in flag else None)
-    if on_yield is not None:
-        worker.yielded.connect(on_yield)
-    if on_done is not None:
-        worker.returned.connect(lambda result: None if result is STOPPED else on_done(result))
-    worker.errored.connect(on_error or notify_error)
-    if on_finish is not None:
-        worker.finished.connect(on_finish)
-    worker.start()
-    return worker
+class _CloseWatch(QObject):
+    """Calls ``on_close`` when the widget leaves its dock (napari's close button or
+    ``remove_dock_widget`` take it out), when that dock is deleted, or when the widget is deleted."""
+
+    def __init__(self, widget: QWidget, on_close):
+        super().__init__(widget)
+        self._on_close, self._docked = on_close, widget.parent() is not None
+        widget.installEventFilter(self)
+        widget.destroyed.connect(on_close)  # (not a method of this object: it is deleted first)
+        self._watch_dock(widget)
+
+    def _watch_dock(self, widget: QWidget) -> None:
+        from qtpy.QtWidgets import QDockWidget
+
+        parent = widget.parent()
+        while parent is not None and not isinstance(parent, QDockWidget):
+            parent = parent.parent()
+        if parent is not None:
+            parent.destroyed.connect(self._on_close)
+
+    def eventFilter(self, obj, event):
+        if event.type() == QEvent.Type.ParentChange:
+            if obj.parent() is not None:
+                self._docked = True
+                self._watch_dock(obj)
+            elif self._docked:
+                self._docked = False
+                self._on_close()
+        return False
+
+
+def cancel_on_close(widget: QWidget, *jobs: Job) -> None:
+    """Closing ``widget``'s panel (its dock's close button, napari removing it, the viewer closing)
+    cancels ``jobs``: their core generators run their clean-up (a resumable checkpoint), and their
+    results are not used (no widget callbacks but ``on_release``)."""
+
+    import weakref
+
+    refs = [weakref.ref(job) for job in jobs]  # the connections must not keep the widget (its jobs) alive
+
+    def close(*_):
+        for ref in refs:
+            job = ref()
+            if job is not None:  # a running job is kept alive by its worker
+                job.close()
+
+    widget._close_watch = _CloseWatch(widget, close)
 
 
 # -- controls --------------------------------------------------------------------------------

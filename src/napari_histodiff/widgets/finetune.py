@@ -15,8 +15,8 @@ from qtpy.QtWidgets import (QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout,
                             QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
 from ..core.train.finetune import FinetuneOptions
-from ._common import (State, form_row, notify_error, notify_warning, path_edit, render, scroll_page,
-                      start_worker)
+from ._common import (Job, State, cancel_on_close, form_row, notify_error, notify_warning, path_edit, render,
+                      scroll_page)
 from ._forms import OptionsForm, field_edit
 from ._layers import LayerCombo, extraction
 from ._plot import LossPlot
@@ -107,7 +107,11 @@ class FinetuneWidget(QWidget):
         layout.addWidget(self.plot)
         layout.addStretch()
 
-        self.tiles, self.worker, self.state = None, None, State.IDLE
+        self.tiles = None
+        # the training and the tile extraction; closing the panel cancels them (a resumable checkpoint
+        # is kept) and their results are then not used
+        self.job, self.extracting = Job(self.label_of), Job(self.label_of)
+        cancel_on_close(self, self.job, self.extracting)
         warm_imports()
         self.extract_button.clicked.connect(self.extract)
         self.start_button.clicked.connect(self.start)
@@ -118,6 +122,16 @@ class FinetuneWidget(QWidget):
         follow_model(self, self._model_changed)
         self._update()
 
+    @property
+    def state(self) -> State:
+        """The training's state (``Job.state``)."""
+        return self.job.state
+
+    @property
+    def worker(self):
+        """The training's worker while it runs, else None."""
+        return self.job.worker
+
     def label_of(self, name: str) -> str:
         """How this widget names an option (for messages)."""
         if name == "intent":
@@ -126,7 +140,7 @@ class FinetuneWidget(QWidget):
 
     # -- inputs ---------------------------------------------------------------------------
     def _model_changed(self, bundle):
-        if self.state not in (State.RUNNING, State.PAUSED, State.CANCELLING):
+        if not self.job.busy:
             self.tiles = None  # the tile size may have changed
         self._update()
 
@@ -140,8 +154,8 @@ class FinetuneWidget(QWidget):
         from ..core.data.annotations import class_counts
         from ..core.formats.images import contact_sheet
 
-        if getattr(self, "extract_worker", None) is not None:
-            return  # one extraction at a time
+        if self.extracting.busy or self.job.busy:
+            return  # one extraction at a time, none while training
         try:
             bundle = MODEL.require()
             job = extraction(self.image.layer(), self.annotations.layer(), bundle.tile_size,
@@ -182,35 +196,35 @@ class FinetuneWidget(QWidget):
             notify_error(exc, self.label_of)
 
         def finished():
-            self.extract_worker = None
+            if self.extracting.state != State.DONE and self.tiles is None:
+                self.counts.setText("Extract tiles to see how many each class gets.")
             self._update()
 
         self.tiles = None
         self.counts.setText("Extracting tiles...")
         self.preview.clear()
         self._update()
-        self.extract_button.setEnabled(False)
-        self.extract_worker = start_worker(run, on_yield=self._event, on_done=done, on_error=failed,
-                                           on_finish=finished)
+        self.extracting.start(run, on_yield=self._event, on_done=done, on_error=failed, on_finish=finished,
+                              on_change=self._update)
 
     def _problem(self) -> str | None:
         if MODEL.bundle is None:
             return "load a model first (Load model widget)"
-        if MODEL.training and self.state not in (State.RUNNING, State.PAUSED, State.CANCELLING):
+        if MODEL.training and not self.job.busy:
             return "another training is running"
         if self.tiles is None:
             return "choose an image and an annotation layer, then Extract tiles"
         return None
 
     def _update(self):
-        running = self.state in (State.RUNNING, State.PAUSED, State.CANCELLING)
+        running = self.job.busy
         problem = self._problem()
-        self.start_button.setEnabled(problem is None and not running)
+        self.start_button.setEnabled(problem is None and not running and not self.extracting.busy)
         self.start_button.setToolTip(problem or "")
-        self.extract_button.setEnabled(not running)
-        self.pause_button.setEnabled(running and self.state != State.CANCELLING)
-        self.pause_button.setText("Resume" if self.state == State.PAUSED else "Pause")
-        self.cancel_button.setEnabled(running and self.state != State.CANCELLING)
+        self.extract_button.setEnabled(not running and not self.extracting.busy)
+        self.pause_button.setEnabled(self.job.can_pause)
+        self.pause_button.setText("Resume" if self.job.pause_requested else "Pause")
+        self.cancel_button.setEnabled(self.job.can_cancel)
         if self.state == State.DONE and self.tiles is None:
             problem = "the fine-tuned bundle is loaded (Sample widget); extract tiles again to train more"
         self.status.setText(self.state.value if problem is None or running else f"{self.state.value}: {problem}")
@@ -224,6 +238,8 @@ class FinetuneWidget(QWidget):
     def start(self):
         from ..core.base.errors import HistodiffError
 
+        if self.job.busy or self.extracting.busy:
+            return
         try:
             problem = self._problem()
             if problem:
@@ -232,28 +248,19 @@ class FinetuneWidget(QWidget):
         except Exception as e:  # noqa: BLE001
             notify_error(e, self.label_of)
             return
-        MODEL.training, self.state, self.out_dir = True, State.RUNNING, opts.out
+        MODEL.training, self.out_dir = True, opts.out
         self.plot.reset()
         # the job checks the model (VQ, no UNet), the tiles and the output folder before it writes
-        self.worker = start_worker(finetune_and_load, opts, MODEL.bundle, self.tiles,
-                                   on_yield=self._event, on_done=self._done, on_error=self._failed,
-                                   on_finish=self._finished)
-        self._update()
+        self.job.start(finetune_and_load, opts, MODEL.bundle, self.tiles, on_yield=self._event, on_done=self._done,
+                       on_finish=self._finished, on_release=self._release, on_change=self._update)
 
     def toggle_pause(self):
-        if self.worker is None:
-            return
-        self.worker.toggle_pause()
-        self.state = State.RUNNING if self.state == State.PAUSED else State.PAUSED
-        self._update()
+        """Pause (after the current step: "pausing" until then) or resume; any time, in any order."""
+        self.job.toggle_pause()
 
     def cancel(self):
-        if self.worker is not None:
-            if self.state == State.PAUSED:
-                self.worker.resume()
-            self.state = State.CANCELLING
-            self.worker.request_stop()
-            self._update()
+        """Stop at the next step, also when paused or pausing; the checkpoint is kept."""
+        self.job.cancel()
 
     def _event(self, event):
         if event.stage == "warning":
@@ -271,7 +278,6 @@ class FinetuneWidget(QWidget):
     def _done(self, result_and_bundle):
         from napari.utils.notifications import show_info
 
-        self.state = State.DONE
         self.result, bundle = result_and_bundle
         MODEL.set(bundle)
         counts = ", ".join(f"{c} {n}" for c, n in self.result.get("class_counts", {}).items())
@@ -280,23 +286,20 @@ class FinetuneWidget(QWidget):
             return
         show_info(f"fine-tuned bundle written to {self.out_dir} and loaded (tiles per class: {counts})")
 
-    def _failed(self, exc):
-        self.state = State.FAILED
-        notify_error(exc, self.label_of)
+    @staticmethod
+    def _release():
+        """The run has ended, also after the panel was closed."""
+        MODEL.training = False
 
     def _finished(self):
         from napari.utils.notifications import show_info
 
         from ..core.base.outdir import is_marked
 
-        if self.state == State.CANCELLING:
-            self.state = State.STOPPED
+        if self.state == State.STOPPED:
             if is_marked(self.out_dir, "bundle"):
                 self.intent.value = "resume"
                 show_info(f"fine-tuning stopped; the checkpoint in {self.out_dir} is kept: press Start to resume "
                           f"(\"{self.intent.label}\" is now resume)")
             else:
                 show_info("fine-tuning stopped before anything was saved")
-        MODEL.training = False
-        self.worker = None
-        self._update()
