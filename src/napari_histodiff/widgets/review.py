@@ -1,8 +1,16 @@
-"""Review & export: accept / reject synthetic tiles, bulk-reject by confidence, grid view, export.
+"""Review & export: accept / reject synthetic tiles one by one or all at once, undo, grid view, export.
 
-Keys on a synthetic layer: A accept, R reject, N next, P previous. Export runs the same job as
-``histodiff export`` (``core.jobs.export``); its form is generated from ``ExportOptions``, and the
-intent (new, append, overwrite) follows the folder: append when it already holds an export.
+Keys on a layer under review: A accept, R reject, N next, P previous, U undo (the buttons show them).
+Every decision is written to the layer's sample folder (``samples.csv``) at once, so a review survives a
+restart: "Open sample folder…" shows any folder written by ``histodiff sample`` (or the Sample widget)
+again with its decisions. A layer only ever writes to the tiles it shows: the folder's fingerprint
+(``core.formats.records.folder_fingerprint``) is taken when the tiles are loaded and checked before each
+write; a folder sampled into again, or whose ``samples.csv`` was rewritten elsewhere, is refused.
+
+Export runs the same job as ``histodiff export`` (``core.jobs.export``) on the checked layers (or the
+layer under review): one augmentation set of several classes or sample folders in one action. Its
+form is generated from ``ExportOptions``; the intent (new, append, overwrite) follows the folder
+(append when it already holds an export), and an overwrite asks first.
 """
 
 from __future__ import annotations
@@ -12,17 +20,43 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-from qtpy.QtWidgets import (QDoubleSpinBox, QFormLayout, QGridLayout, QGroupBox, QHBoxLayout, QLabel, QPushButton,
-                            QVBoxLayout, QWidget)
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QGridLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QListWidget,
+    QListWidgetItem,
+    QMessageBox,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
 
+from ..core.base.errors import HistodiffError
 from ..core.generate.export import ExportOptions
-from ._common import form_row, notify_error, notify_warning, path_edit, scroll_page, start_worker
+from ._common import (
+    form_row,
+    notify_error,
+    notify_warning,
+    path_edit,
+    scroll_page,
+    start_worker,
+)
 from ._forms import OptionsForm, field_edit
 from ._layers import LayerCombo
 from .sample import features_table
 
-LABELS = {"out": "export folder", "samples": "synthetic layer", "threshold": "threshold (Sample widget)",
+LABELS = {"out": "export folder", "samples": "layers to export", "threshold": "threshold (Sample widget)",
           "rule": "rule (Sample widget)", "include_real": "real tiles"}
+UNDO_LEVELS = 200
+KEYS = {"a": "accept", "r": "reject", "n": "next", "p": "previous", "u": "undo"}
+NO_LAYER = "no layer to review: sample tiles with the Sample widget, or open a sample folder"
+REOPEN = "open the folder again (Open sample folder…)"
 
 
 def default_intent(folder) -> str:
@@ -36,6 +70,82 @@ def is_synthetic(layer) -> bool:
     return "histodiff" in getattr(layer, "metadata", {})
 
 
+def confirm(parent, title: str, text: str) -> bool:
+    """Ask before anything is replaced (tests answer through ``QMessageBox.question``)."""
+    answer = QMessageBox.question(parent, title, text, QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+                                  QMessageBox.StandardButton.No)
+    return answer == QMessageBox.StandardButton.Yes
+
+
+def tile_files(layer) -> list[str]:
+    return [r.file for r in layer.metadata["histodiff"]["records"]]
+
+
+def check_unchanged(layer) -> None:
+    """Refuse (HistodiffError) when the sample folder behind ``layer`` is no longer the one it shows.
+
+    A layer without a fingerprint (made before they were stored) adopts the folder as it is now only
+    when its ``samples.csv`` says exactly what the layer holds."""
+    from ..core.formats.records import folder_fingerprint, read_records, same_records
+
+    meta = layer.metadata["histodiff"]
+    folder = Path(meta["folder"])
+    if "fingerprint" not in meta:
+        try:
+            same = same_records(read_records(folder), meta["records"])
+        except HistodiffError:
+            same = False
+        if not same:
+            raise HistodiffError(f"the sample folder {folder} behind layer {layer.name!r} no longer holds the tiles "
+                                 f"the layer shows (sampled again into it?); nothing was written: {REOPEN}")
+        meta["fingerprint"] = folder_fingerprint(folder, tile_files(layer))
+        return
+    now = folder_fingerprint(folder, tile_files(layer))
+    if now["tiles"] != meta["fingerprint"]["tiles"]:
+        raise HistodiffError(f"the sample folder {folder} behind layer {layer.name!r} was replaced after the layer "
+                             "was loaded (sampled again into it?): its tiles are not the ones the layer shows, so "
+                             f"nothing was written. To review the tiles it holds now, {REOPEN}")
+    if now["records"] != meta["fingerprint"]["records"]:
+        raise HistodiffError(f"the decisions in {folder} (samples.csv) were changed after layer {layer.name!r} was "
+                             "loaded (by another layer, `histodiff select` or by hand), so nothing was written. "
+                             f"To review its current decisions, {REOPEN}")
+
+
+def write_decisions(layer) -> None:
+    """Write the layer's records to its sample folder (after :func:`check_unchanged`)."""
+    from ..core.formats.records import RECORDS_FILE, folder_fingerprint, write_records
+
+    check_unchanged(layer)
+    meta = layer.metadata["histodiff"]
+    folder = Path(meta["folder"])
+    write_records(folder / RECORDS_FILE, meta["records"])
+    meta["fingerprint"] = folder_fingerprint(folder, tile_files(layer))
+    layer.metadata["features"] = features_table(meta["records"])
+
+
+def read_sample_folder(folder) -> tuple[np.ndarray, list, dict]:
+    """The tiles (N, H, W, 3), records and fingerprint of a sample folder (``histodiff sample``)."""
+    from ..core.data.tiles import read_rgb
+    from ..core.formats.records import RECORDS_FILE, folder_fingerprint, read_records
+
+    folder = Path(folder)
+    if not (folder / RECORDS_FILE).is_file():
+        raise HistodiffError(f"{folder} is not a sample folder (it has no {RECORDS_FILE}): open a folder written by "
+                             "`histodiff sample` or the Sample widget")
+    records = read_records(folder)
+    if not records:
+        raise HistodiffError(f"{folder} holds no tiles; sample into it first")
+    files = [r.file for r in records]
+    before = folder_fingerprint(folder, files)
+    tiles = [read_rgb(folder / f) for f in files]
+    if len({t.shape for t in tiles}) > 1:
+        raise HistodiffError(f"the tiles of {folder} differ in size; was the folder changed by hand? Sample again")
+    after = folder_fingerprint(folder, files)
+    if after != before or read_records(folder) != records:
+        raise HistodiffError(f"{folder} changed while it was opened (is a sampling writing to it?); open it again")
+    return np.stack(tiles), records, after
+
+
 class ReviewWidget(QWidget):
     def __init__(self, napari_viewer=None):
         import napari.layers as L
@@ -43,59 +153,94 @@ class ReviewWidget(QWidget):
         super().__init__()
         self.viewer = napari_viewer
         self.layers = LayerCombo(napari_viewer, (L.Image,), is_synthetic)
-        self.current = QLabel("no synthetic layer: sample tiles with the Sample widget")
+        self.open_button = QPushButton("Open sample folder…")
+        self.open_button.setToolTip("review a folder written by `histodiff sample` or the Sample widget again, "
+                                    "with its decisions (samples.csv)")
+        self.current = QLabel(NO_LAYER)
         self.current.setWordWrap(True)
-        buttons = {name: QPushButton(name) for name in ("Previous", "Next", "Accept", "Reject")}
+        buttons = {"previous": QPushButton("Previous (P)"), "next": QPushButton("Next (N)"),
+                   "accept": QPushButton("Accept (A)"), "reject": QPushButton("Reject (R)")}
+        for key, name in KEYS.items():
+            if name in buttons:
+                buttons[name].setToolTip(f"{name} the current tile (key {key.upper()} on the layer)")
+        self.accept_all_button = QPushButton("Accept all")
+        self.accept_all_button.setToolTip("accept every tile of the layer (Undo takes it back)")
+        self.reject_all_button = QPushButton("Reject all")
+        self.reject_all_button.setToolTip("reject every tile of the layer (Undo takes it back)")
+        self.undo_button = QPushButton("Undo (U)")
         from ..core.generate.selection import SelectionRule
 
         self.threshold = QDoubleSpinBox(minimum=0.0, maximum=1.0, value=SelectionRule().threshold, singleStep=0.05)
         self.threshold.setToolTip("Reject all below: reject the tiles whose confidence is below this")
         self.threshold.setMinimumWidth(70)
         self.bulk_button = QPushButton("Reject all below")
+        self.bulk_button.setToolTip("reject the tiles whose confidence is below the threshold (Undo takes it back)")
         self.grid_button = QPushButton("Grid view")
         self.counts = QLabel()
+        self.export_list = QListWidget()
+        self.export_list.setToolTip("the layers whose accepted tiles go into one set; none checked: the layer "
+                                    "under review")
+        self.export_list.setMaximumHeight(90)
         self.out = path_edit("d", Path(tempfile.gettempdir()) / "histodiff-export",
                              tip=ExportOptions.__dataclass_fields__["out"].metadata["help"])
         self.form = OptionsForm(ExportOptions)
         self.intent = field_edit(ExportOptions, "intent")
         self.export_button = QPushButton("Export accepted tiles")
+
         layout = scroll_page(self)
         layers = QFormLayout()
-        form_row(layers, "synthetic layer", self.layers, "a layer from the Sample widget")
+        form_row(layers, "layer to review", self.layers, "a layer from the Sample widget or a reopened folder")
         layout.addLayout(layers)
+        layout.addWidget(self.open_button)
         layout.addWidget(self.current)
         grid = QGridLayout()
-        for i, name in enumerate(("Previous", "Next", "Accept", "Reject")):
+        for i, name in enumerate(("previous", "next", "accept", "reject")):
             grid.addWidget(buttons[name], i // 2, i % 2)
+        grid.addWidget(self.accept_all_button, 2, 0)
+        grid.addWidget(self.reject_all_button, 2, 1)
         layout.addLayout(grid)
         row = QHBoxLayout()
         row.addWidget(QLabel("confidence"))
         row.addWidget(self.threshold)
         row.addWidget(self.bulk_button)
         layout.addLayout(row)
-        layout.addWidget(self.grid_button)
+        row = QHBoxLayout()
+        row.addWidget(self.undo_button)
+        row.addWidget(self.grid_button)
+        layout.addLayout(row)
         layout.addWidget(self.counts)
         export = QGroupBox("export")
-        self.form.add_row(LABELS["out"], self.out, at=0, wide=True)
-        self.form.add_row(self.intent.label, self.intent, at=2)
+        self.form.add_row(LABELS["samples"], self.export_list, at=0, wide=True)
+        self.form.add_row(LABELS["out"], self.out, at=2, wide=True)
+        self.form.add_row(self.intent.label, self.intent, at=4)
         box = QVBoxLayout(export)
         box.addWidget(self.form)
         box.addWidget(self.export_button)
         layout.addWidget(export)
         layout.addStretch()
-        buttons["Previous"].clicked.connect(lambda: self.move(-1))
-        buttons["Next"].clicked.connect(lambda: self.move(1))
-        buttons["Accept"].clicked.connect(lambda: self.decide(True))
-        buttons["Reject"].clicked.connect(lambda: self.decide(False))
+
+        buttons["previous"].clicked.connect(lambda: self.move(-1))
+        buttons["next"].clicked.connect(lambda: self.move(1))
+        buttons["accept"].clicked.connect(lambda: self.decide(True))
+        buttons["reject"].clicked.connect(lambda: self.decide(False))
+        self.accept_all_button.clicked.connect(self.accept_all)
+        self.reject_all_button.clicked.connect(self.reject_all)
         self.bulk_button.clicked.connect(self.bulk_reject)
+        self.undo_button.clicked.connect(self.undo)
         self.grid_button.clicked.connect(self.grid_view)
+        self.open_button.clicked.connect(lambda: self.open_folder())
         self.export_button.clicked.connect(self.export)
         self.out.changed.connect(self._folder_changed)
         self._folder_changed()
         self.layers.currentTextChanged.connect(self._layer_changed)
         if napari_viewer is not None:
             napari_viewer.dims.events.current_step.connect(lambda *_: self._show())
+            napari_viewer.layers.events.inserted.connect(self._inserted)
+            napari_viewer.layers.events.removed.connect(lambda *_: self._refresh_export_list())
+            for layer in napari_viewer.layers:
+                layer.events.metadata.connect(self._metadata_changed)
         self.worker = None
+        self._refresh_export_list()
         self._layer_changed()
 
     # -- state -----------------------------------------------------------------------------
@@ -105,32 +250,66 @@ class ReviewWidget(QWidget):
         return layer.metadata["histodiff"]["records"] if layer is not None else []
 
     def index(self) -> int:
-        return int(self.viewer.dims.current_step[0]) if self.records else 0
+        return min(int(self.viewer.dims.current_step[0]), len(self.records) - 1) if self.records else 0
+
+    def _inserted(self, event):
+        event.value.events.metadata.connect(self._metadata_changed)
+        self._refresh_export_list()
+
+    def _metadata_changed(self, *_):
+        """A layer became (or stopped being) reviewable, e.g. when the Sample widget finished it."""
+        self.layers.refresh()
+        self._refresh_export_list()
+
+    def _refresh_export_list(self):
+        checked = set(self.checked_layer_names())
+        names = [self.layers.itemText(i) for i in range(self.layers.count())]
+        self.export_list.clear()
+        for name in names:
+            item = QListWidgetItem(name)
+            item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
+            item.setCheckState(Qt.CheckState.Checked if name in checked else Qt.CheckState.Unchecked)
+            self.export_list.addItem(item)
+
+    def checked_layer_names(self) -> list[str]:
+        items = (self.export_list.item(i) for i in range(self.export_list.count()))
+        return [it.text() for it in items if it.checkState() == Qt.CheckState.Checked]
+
+    def check_for_export(self, *names: str) -> None:
+        """Check these layers (and uncheck the others) in the export list."""
+        for i in range(self.export_list.count()):
+            item = self.export_list.item(i)
+            item.setCheckState(Qt.CheckState.Checked if item.text() in names else Qt.CheckState.Unchecked)
 
     def _layer_changed(self, *_):
         layer = self.layers.layer()
         if layer is not None:
-            for key, func in (("a", lambda _: self.decide(True)), ("r", lambda _: self.decide(False)),
-                              ("n", lambda _: self.move(1)), ("p", lambda _: self.move(-1))):
+            actions = {"a": lambda _: self.decide(True), "r": lambda _: self.decide(False),
+                       "n": lambda _: self.move(1), "p": lambda _: self.move(-1), "u": lambda _: self.undo()}
+            for key, func in actions.items():
                 layer.bind_key(key, func, overwrite=True)
+            try:  # a layer without a fingerprint adopts its folder as early as possible
+                if "fingerprint" not in layer.metadata["histodiff"]:
+                    check_unchanged(layer)
+            except HistodiffError:
+                pass  # refused at the first write, with the reason
+        self._refresh_export_list()
         self._show()
 
-    def _sync(self) -> None:
-        """Features table and sample folder follow the decisions (nothing is lost if napari closes)."""
-        from ..core.formats.records import RECORDS_FILE, write_records
-
-        layer = self.layers.layer()
-        layer.metadata["features"] = features_table(self.records)
-        write_records(Path(layer.metadata["histodiff"]["folder"]) / RECORDS_FILE, self.records)
-        self._show()
+    def _undo_stack(self, layer) -> list:
+        return layer.metadata["histodiff"].setdefault("undo", [])
 
     def _show(self):
+        layer = self.layers.layer()
         records = self.records
+        stack = self._undo_stack(layer) if layer is not None else []
+        self.undo_button.setEnabled(bool(stack))
+        self.undo_button.setToolTip(f"undo: {stack[-1]['what']} (key U on the layer)" if stack else "nothing to undo")
         if not records:
-            self.current.setText("no synthetic layer: sample tiles with the Sample widget")
+            self.current.setText(NO_LAYER)
             self.counts.setText("")
             return
-        i = min(self.index(), len(records) - 1)
+        i = self.index()
         r = records[i]
         conf = "n/a" if r.confidence is None else f"{r.confidence:.2f}"
         decision = {True: "accepted", False: "rejected", None: "undecided"}[r.kept]
@@ -141,7 +320,32 @@ class ReviewWidget(QWidget):
         self.counts.setText("<br>".join(f"{c}: {counts[(c, True)]} accepted, {counts[(c, False)]} rejected, "
                                         f"{counts[(c, None)]} undecided" for c in classes))
 
-    # -- actions ---------------------------------------------------------------------------
+    # -- review actions ----------------------------------------------------------------------
+    def _review(self, what: str, change) -> bool:
+        """Apply ``change(records)`` to the layer under review and write it; one undo level. When the
+        folder is no longer the layer's, nothing changes (in memory or on disk) and the reason is shown."""
+        layer = self.layers.layer()
+        if layer is None or not self.records:
+            return False
+        records = self.records
+        before = [r.kept for r in records]
+        change(records)
+        if [r.kept for r in records] == before:
+            self._show()
+            return True
+        try:
+            write_decisions(layer)
+        except Exception as e:  # noqa: BLE001
+            for r, kept in zip(records, before):
+                r.kept = kept
+            notify_error(e, self.label_of)
+            return False
+        stack = self._undo_stack(layer)
+        stack.append({"what": what, "kept": before, "index": self.index()})
+        del stack[:-UNDO_LEVELS]
+        self._show()
+        return True
+
     def move(self, step: int):
         if self.records:
             i = int(np.clip(self.index() + step, 0, len(self.records) - 1))
@@ -149,18 +353,55 @@ class ReviewWidget(QWidget):
             self._show()
 
     def decide(self, keep: bool):
-        if self.records:
-            self.records[min(self.index(), len(self.records) - 1)].kept = keep
-            self._sync()
+        if not self.records:
+            return
+        i = self.index()
+
+        def change(records):
+            records[i].kept = keep
+
+        if self._review(f"{'accept' if keep else 'reject'} tile {i + 1}", change):
             self.move(1)
+
+    def _set_all(self, keep: bool, what: str, which=lambda r: True):
+        def change(records):
+            for r in records:
+                if which(r):
+                    r.kept = keep
+
+        self._review(what, change)
+
+    def accept_all(self):
+        self._set_all(True, "accept all")
+
+    def reject_all(self):
+        self._set_all(False, "reject all")
 
     def bulk_reject(self):
         t = self.threshold.value()
-        for r in self.records:
-            if r.confidence is not None and r.confidence < t:
-                r.kept = False
-        if self.records:
-            self._sync()
+        self._set_all(False, f"reject below {t:.2f}", lambda r: r.confidence is not None and r.confidence < t)
+
+    def undo(self):
+        """Take back the last review action on the layer under review (several levels)."""
+        layer = self.layers.layer()
+        stack = self._undo_stack(layer) if layer is not None else []
+        if not stack:
+            return
+        entry = stack[-1]
+        records = self.records
+        now = [r.kept for r in records]
+        for r, kept in zip(records, entry["kept"]):
+            r.kept = kept
+        try:
+            write_decisions(layer)
+        except Exception as e:  # noqa: BLE001
+            for r, kept in zip(records, now):
+                r.kept = kept
+            notify_error(e, self.label_of)
+            return
+        stack.pop()
+        self.viewer.dims.set_current_step(0, entry["index"])
+        self._show()
 
     def grid_view(self):
         from ..core.formats.images import contact_sheet
@@ -179,6 +420,29 @@ class ReviewWidget(QWidget):
         else:
             self.viewer.add_image(sheet, name=name, rgb=True)
 
+    # -- sample folders ----------------------------------------------------------------------
+    def open_folder(self, folder=None):
+        """Show a sample folder (``histodiff sample``) as a layer to review, with its decisions; returns the layer."""
+        if folder is None:
+            folder = QFileDialog.getExistingDirectory(self, "Open sample folder", str(Path(tempfile.gettempdir())))
+            if not folder:
+                return None
+        folder = Path(folder)
+        try:
+            tiles, records, fingerprint = read_sample_folder(folder)
+        except Exception as e:  # noqa: BLE001
+            notify_error(e, self.label_of)
+            return None
+        layer = self.viewer.add_image(tiles, name=f"review: {folder.name}", rgb=True, metadata={
+            "features": features_table(records),
+            "histodiff": {"folder": str(folder), "records": records, "fingerprint": fingerprint}})
+        self.layers.refresh()
+        self.layers.setCurrentText(layer.name)
+        self.viewer.dims.set_current_step(0, 0)
+        self._show()
+        return layer
+
+    # -- export ------------------------------------------------------------------------------
     def label_of(self, name: str) -> str:
         if name == "intent":
             return self.intent.label
@@ -187,25 +451,41 @@ class ReviewWidget(QWidget):
     def _folder_changed(self, *_):
         self.intent.value = default_intent(Path(str(self.out.value)))
 
-    def options(self) -> ExportOptions:
-        """The job's options for the current layer's sample folder."""
-        folder = self.layers.layer().metadata["histodiff"]["folder"]
-        return self.form.read(samples=[Path(folder)], out=Path(str(self.out.value)), intent=self.intent.value)
+    def export_layers(self) -> list:
+        """The checked layers, or the layer under review when none is checked."""
+        names = self.checked_layer_names()
+        if not names:
+            return [self.layers.layer()] if self.layers.layer() is not None else []
+        return [self.viewer.layers[n] for n in names if n in self.viewer.layers]
+
+    def options(self, layers=None) -> ExportOptions:
+        """The job's options for the sample folders of ``layers`` (default: :meth:`export_layers`)."""
+        layers = self.export_layers() if layers is None else layers
+        folders = [Path(layer.metadata["histodiff"]["folder"]) for layer in layers]
+        return self.form.read(samples=folders, out=Path(str(self.out.value)), intent=self.intent.value)
 
     def export(self):
-        from ..core.base.errors import HistodiffError
+        from ..core.base.outdir import is_marked
         from ..core.jobs.export import export
 
-        layer = self.layers.layer()
+        layers = self.export_layers()
         try:
-            if layer is None:
-                raise HistodiffError("no synthetic layer to export: sample tiles with the Sample widget first")
-            if any(r.kept is None for r in self.records):
-                raise HistodiffError("some tiles are undecided: accept or reject them (or use Reject all below)")
-            self._sync()
-            opts = self.options()
+            if not layers:
+                raise HistodiffError("no layer to export: sample tiles with the Sample widget or open a sample "
+                                     "folder first")
+            opts = self.options(layers)
+            for layer in layers:
+                check_unchanged(layer)  # the set gets the tiles that were reviewed, or nothing
+                if opts.only_kept and any(r.kept is None for r in layer.metadata["histodiff"]["records"]):
+                    raise HistodiffError(f"some tiles of layer {layer.name!r} are undecided: accept or reject them "
+                                         "(or use Accept all / Reject all below)")
         except Exception as e:  # noqa: BLE001
             notify_error(e, self.label_of)
+            return
+        if opts.intent == "overwrite" and is_marked(opts.out, "export") and not confirm(
+                self, "Replace the exported set?",
+                f"{opts.out} holds an exported set. Replace it with the tiles of {len(layers)} layer(s)?\n"
+                "(Choose intent \"append\" to add to it instead.)"):
             return
         self.export_button.setEnabled(False)
         # the job refuses a folder that is not our own export before it writes anything

@@ -93,3 +93,35 @@ def read_records(path) -> list[TileRecord]:
         return [_parse(r) for r in rows]
     except (OSError, ValueError, TypeError) as e:
         raise HistodiffError(f"{path} is not a readable sample record file ({e})") from None
+
+
+def folder_fingerprint(folder, files) -> dict:
+    """What identifies the sample folder a review is writing to: ``records``, a hash of ``samples.csv``
+    as it is now, and ``tiles``, a hash of each tile file's identity (inode, size, modification time).
+
+    Sampling again into the folder (``histodiff sample --overwrite``) swaps in new tile files, and
+    ``histodiff select`` or another review rewrites ``samples.csv``: compare the fingerprint taken when
+    the tiles were shown with a fresh one before writing decisions for them."""
+    import hashlib
+
+    folder = Path(folder)
+    try:
+        records = hashlib.sha256((folder / RECORDS_FILE).read_bytes()).hexdigest()
+    except OSError:
+        records = "missing"
+    tiles = hashlib.sha256()
+    for name in files:
+        try:
+            st = os.stat(folder / name)
+            tiles.update(f"{name}\0{st.st_ino}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        except OSError:
+            tiles.update(f"{name}\0missing\n".encode())
+    return {"records": records, "tiles": tiles.hexdigest()}
+
+
+def same_records(a: list[TileRecord], b: list[TileRecord]) -> bool:
+    """Whether two record lists say the same (as ``samples.csv`` writes them)."""
+    def text(records):
+        return [{k: str(v) for k, v in r.as_row().items()} for r in records]
+
+    return len(a) == len(b) and text(a) == text(b)
