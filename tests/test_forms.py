@@ -86,13 +86,13 @@ def test_finetune_form_starts_with_the_interactive_profile_and_shows_it(make_nap
 def test_editors_follow_the_field_metadata(qtbot):
     from napari_histodiff.core.generate.sampling import SampleOptions
     from napari_histodiff.core.train.finetune import FinetuneOptions
-    from napari_histodiff.widgets._forms import OptionsForm
+    from napari_histodiff.widgets._forms import OptionsForm, unwrapped
 
     form = OptionsForm(SampleOptions)
     qtbot.addWidget(form)
     meta = SampleOptions.__dataclass_fields__
     assert form["n"].label == "tiles (per class)" and form["batch_size"].label == "batch size"
-    assert form["n"].native.toolTip().startswith(meta["n"].metadata["help"])
+    assert unwrapped(form["n"].native.toolTip()).startswith(meta["n"].metadata["help"])
     assert form["n"].native.minimum() == 1
     sampler = form["sampler"].native
     assert [sampler.itemText(i) for i in range(sampler.count())] == list(meta["sampler"].metadata["choices"])
@@ -113,6 +113,39 @@ def test_editors_follow_the_field_metadata(qtbot):
     lr.native.lineEdit().setText("3e-4")
     lr.native.interpretText()
     assert ft.read().unet_learning_rate == pytest.approx(3e-4)
+
+
+def test_tooltips_add_the_plain_explanation_of_the_declaring_class(qtbot):
+    """The help (the CLI's text) comes first, then what the option means in plain words (``PLAIN``, keyed by
+    the class that declares the field, so a nested group's fields get theirs); every key names a form field."""
+    from napari_histodiff.core.base.options import fields
+    from napari_histodiff.core.generate.export import ExportOptions
+    from napari_histodiff.core.generate.sampling import SampleOptions
+    from napari_histodiff.core.generate.selection import SelectionRule
+    from napari_histodiff.core.train.finetune import FinetuneOptions
+    from napari_histodiff.widgets._forms import PLAIN, OptionsForm, field_edit, unwrapped
+
+    classes = {c.__name__: c for c in (SampleOptions, SelectionRule, FinetuneOptions, ExportOptions)}
+    for key in PLAIN:
+        cls, name = key.split(".")
+        f = next((f for f in fields(classes[cls]) if f.name == name), None)
+        assert f is not None and f.metadata["gui"], f"PLAIN[{key!r}] names no field shown in forms"
+    form = OptionsForm(SampleOptions)
+    qtbot.addWidget(form)
+    for name, key in (("eta", "SampleOptions.eta"), ("rule", "SelectionRule.rule")):
+        tip = unwrapped(form[name].native.toolTip())
+        help_text = SampleOptions.__dataclass_fields__.get(name, SelectionRule.__dataclass_fields__.get(name))
+        assert tip.startswith(help_text.metadata["help"]) and tip.endswith(unwrapped(PLAIN[key]))
+    assert "\n\n" in form["eta"].native.toolTip()  # a paragraph of its own
+    assert unwrapped(field_edit(FinetuneOptions, "clean_latents").native.toolTip()).endswith(
+        unwrapped(PLAIN["FinetuneOptions.clean_latents"]))
+    plain = field_edit(FinetuneOptions, "intent").native.toolTip()  # no explanation: the help alone
+    assert "\n\n" not in plain
+    assert unwrapped(plain) == FinetuneOptions.__dataclass_fields__["intent"].metadata["help"] + " (default: new)"
+    folded = OptionsForm(SampleOptions, advanced=("eta", "batch_size"))
+    qtbot.addWidget(folded)
+    more = unwrapped(folded.more_button.toolTip())
+    assert "eta" in more and "batch size" in more
 
 
 def test_messages_name_the_form_labels_not_cli_flags(make_napari_viewer, qtbot, trained_bundle, fresh_model,

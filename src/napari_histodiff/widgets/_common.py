@@ -430,6 +430,8 @@ def path_edit(mode: str = "d", value=None, filter: str | None = None, tip: str =
     edit = FileEdit(mode=mode, filter=filter) if value is None else FileEdit(mode=mode, filter=filter, value=value)
     edit.choose_btn.text = "Browse…"
     edit.native.setToolTip(tip)
+    edit.line_edit.native.setToolTip(tip)
+    edit.choose_btn.native.setToolTip("choose the " + ("folder" if mode == "d" else "file") + " in a file dialog")
     return edit
 
 

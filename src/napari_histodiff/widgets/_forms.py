@@ -7,15 +7,128 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import textwrap
 import typing
+from pathlib import Path
 
 from qtpy.QtCore import Qt
 from qtpy.QtGui import QValidator
-from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QGroupBox, QLabel, QLineEdit,
-                            QSpinBox, QToolButton, QVBoxLayout, QWidget)
+from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QGroupBox, QLabel, QLineEdit, QSpinBox,
+                            QToolButton, QVBoxLayout, QWidget)
 
 from ..core.base.options import field_type
 from ._common import compact
+
+# -- tooltips ---------------------------------------------------------------------------------
+
+# What an option means in plain words, for a pathologist: added to the option's help (the CLI's text) in
+# the form's tooltip. Keyed ``"OptionsClass.field"`` (the class that declares the field).
+PLAIN = {
+    "SampleOptions.n": "How many tiles to draw for each class chosen above (in all when unguided).",
+    "SampleOptions.guidance": "Guidance scale: while a tile is drawn, a classifier trained on your annotations "
+    "pushes it toward the chosen class; this sets how hard. 0: no push (the model draws any tissue it has "
+    "learnt). Higher: tiles look more like the class, but too high gives exaggerated, artificial-looking "
+    "tissue. Raise it if tiles do not show the class; lower it if they look overdone. Not used when unguided.",
+    "SampleOptions.sampler": "The recipe that turns random noise into a tile, one small clean-up step at a "
+    "time. ddim: the method of the paper (DDIM). dpm: DPM-Solver++, similar tiles in fewer steps, so "
+    "faster. ddpm: the original, slowest method (DDPM), which adds fresh randomness at every step and needs "
+    "many steps (hundreds) to look right.",
+    "SampleOptions.steps": "Each step removes a little of the noise. More steps: slower, finer detail; "
+    "fewer: faster, coarser tiles.",
+    "SampleOptions.eta": "Only for the ddim sampler (the other samplers ignore it). How much fresh randomness "
+    "is mixed in at every step: 0: none, so each tile follows directly from its starting noise (often "
+    "smoother); 1: as much as the paper (more varied texture).",
+    "SampleOptions.strength": "Only when starting from annotated tiles. How much of each source tile is "
+    "drowned in noise before it is redrawn: low values (0.2-0.4) keep its tissue layout and change the "
+    "details; 1 throws the source away (the same as starting from noise).",
+    "SampleOptions.seed": "The same seed with the same settings draws the same tiles again; change it for "
+    "new tiles.",
+    "SampleOptions.batch_size": "Only speed and memory: more at once is faster but needs more memory; "
+    "lower it if you run out of memory. The tiles are the same.",
+    "SampleOptions.select": "A second classifier, trained during fine-tuning on your annotations, checks "
+    "every finished tile and marks it kept or rejected (you can change the decisions in Review & export). "
+    "Off: every tile is kept unchecked.",
+    "SelectionRule.rule": "Which finished tiles are kept. confidence: the checking classifier is at least "
+    "\"threshold\" sure the tile shows its target class. centroid: of the typical (average) appearance of "
+    "each class, the tile resembles its target class's most (the original code's rule). both: both checks "
+    "agree: the strictest, fewest tiles. none: keep every tile.",
+    "SelectionRule.threshold": "Used by the confidence and both rules: 0.8 means the checking classifier "
+    "must give the target class at least 80 % probability. Higher: fewer, more typical tiles.",
+    "SelectionRule.cap": "Keeps classes balanced: beyond this many kept tiles of a class, the least "
+    "convincing ones are rejected.",
+    "FinetuneOptions.classifier_steps": "This classifier steers sampling toward a class (guidance). It "
+    "learns your classes from the model's compressed, noisy version of the tiles (\"noisy latents\"), "
+    "because that is what it sees while a tile is drawn. More steps: better steering, longer training.",
+    "FinetuneOptions.selection_steps": "This classifier checks finished tiles and decides which are kept "
+    "(the selection rule in the Sample widget).",
+    "FinetuneOptions.unet_steps": "The UNet is the network that draws the tiles; more training on your "
+    "tiles makes its tissue look more like yours. 0: leave it as pre-trained.",
+    "FinetuneOptions.unet_learning_rate": "How big each training step is: too high can spoil the "
+    "pre-trained model; the default is safe.",
+    "FinetuneOptions.decoder_steps": "The decoder turns the model's compressed tiles (latents) back into "
+    "pixels; training it on your tiles can sharpen stain colours and fine detail. 0: leave it as "
+    "pre-trained.",
+    "FinetuneOptions.decoder_learning_rate": "How big each training step is: too high can spoil the "
+    "pre-trained decoder; the default is safe.",
+    "FinetuneOptions.clean_latents": "Latents are the compressed form of a tile the model works on; "
+    "\"clean\" ones have no noise added. The guidance classifier normally learns on noisy latents, because "
+    "it steers tiles while they are still noisy; on: clean ones only, as the original code did (steers "
+    "worse). For comparisons only; leave it off.",
+    "FinetuneOptions.min_tiles_per_class": "A class with fewer labeled tiles stops the fine-tuning with a "
+    "message: annotate more of it, or lower this.",
+    "FinetuneOptions.holdout": "These tiles are not trained on; the accuracy measured on them tells you "
+    "whether the classifiers learnt the classes or only memorised the tiles.",
+    "FinetuneOptions.batch_size": "Only speed and memory: lower it if you run out of memory.",
+    "FinetuneOptions.seed": "The same seed with the same tiles and settings trains the same model again.",
+    "FinetuneOptions.checkpoint_every": "A cancelled or crashed fine-tuning can resume from the last "
+    "checkpoint (intent: resume).",
+    "FinetuneOptions.mixed_precision": "fp16 or bf16: faster training with less memory on a recent GPU, "
+    "slightly less exact arithmetic; no: full precision (use it on a CPU).",
+    "FinetuneOptions.num_workers": "Background processes that read tiles while the model trains; 0 is "
+    "right for tiles already in memory.",
+    "ExportOptions.fmt": "tif keeps the pixels exactly; png also keeps them exactly and opens everywhere.",
+    "ExportOptions.only_kept": "Off: every tile is exported, each with its kept / rejected decision in the "
+    "manifest.",
+}
+
+
+def tooltip(*parts: str, width: int = 72) -> str:
+    """A plain-text tooltip of paragraphs wrapped to ``width`` (Qt does not wrap plain-text tooltips)."""
+    return "\n\n".join(textwrap.fill(p, width) for p in parts if p)
+
+
+def unwrapped(tip: str) -> str:
+    """A tooltip's text with the wrapping undone (``"a b\n\nc"`` -> ``"a b c"``)."""
+    return " ".join(tip.split())
+
+
+# -- output folders ---------------------------------------------------------------------------
+
+def source_path(layer) -> Path | None:
+    """The file a layer was opened from (napari's ``layer.source.path``, or a slide's ``slide_path``)."""
+    if layer is None:
+        return None
+    path = getattr(getattr(layer, "source", None), "path", None) or \
+        (getattr(layer, "metadata", None) or {}).get("slide_path")
+    return Path(path) if path else None
+
+
+def output_folder(name: str, layer=None) -> Path:
+    """Where a widget writes by default: beside the image or slide ``layer`` was opened from
+    (``<image stem>-<name>``), else ``~/histodiff/<name>``: a place the user sees again, never the temp
+    folder (emptied on reboot)."""
+    path = source_path(layer)
+    if path is not None:
+        return path.parent / f"{path.stem}-{name}"
+    return Path.home() / "histodiff" / name
+
+
+def explain_path(edit, tip: str, what: str = "folder") -> None:
+    """Tooltips on a magicgui FileEdit (see ``_common.path_edit``) and its parts: its line edit and its
+    Browse button."""
+    edit.native.setToolTip(tip)
+    edit.line_edit.native.setToolTip(tip)
+    edit.choose_btn.native.setToolTip(f"choose the {what} in a file dialog")
 
 
 # -- editors for one option field --------------------------------------------------------------
@@ -66,9 +179,10 @@ def _float_step(default, maximum) -> float:
 
 class FieldEdit:
     """The editor of one option field: ``.value`` (the dataclass value; ``None`` for an optional number
-    left at "default"), ``.native`` (the Qt widget), ``.label``, ``.name``, ``.default``."""
+    left at "default"), ``.native`` (the Qt widget), ``.label``, ``.name``, ``.default``. ``owner``: the
+    options class that declares the field (its plain-words explanation in :data:`PLAIN`)."""
 
-    def __init__(self, f: dataclasses.Field, tp, default):
+    def __init__(self, f: dataclasses.Field, tp, default, owner=None):
         m = f.metadata
         self.field, self.name, self.default = f, f.name, default
         self.label = m.get("label") or f.name.replace("_", " ")
@@ -114,7 +228,7 @@ class FieldEdit:
         self.native = w
         self._exact = None  # (shown, given): a float given exactly, read back exactly while not edited
         tip = m["help"] if "default" in m["help"] or default is None else f"{m['help']} (default: {default})"
-        w.setToolTip(tip)
+        w.setToolTip(tooltip(tip, PLAIN.get(f"{getattr(owner, '__name__', '')}.{f.name}", "")))
         w.setObjectName(f.name)
         w.setMinimumWidth(80)
         self.value = default
@@ -167,7 +281,7 @@ def field_edit(cls, name: str) -> FieldEdit:
     from ..core.base.options import default_of, fields
 
     f = next(f for f in fields(cls) if f.name == name)
-    return FieldEdit(f, typing.get_type_hints(cls)[name], default_of(f))
+    return FieldEdit(f, typing.get_type_hints(cls)[name], default_of(f), cls)
 
 
 # -- a form for a whole options class ----------------------------------------------------------
@@ -200,6 +314,7 @@ class OptionsForm(QWidget):
         self.cls = cls
         self.edits: dict[str, FieldEdit] = {}
         self.nested: dict[str, type] = {}  # field -> nested options class
+        self.groups: dict[str, QGroupBox] = {}  # field -> the titled sub-form of a nested options class
         self.profiles: dict[str, dict] = dict(getattr(cls, "PROFILES", None) or {})
         outer = QVBoxLayout(self)
         outer.setContentsMargins(0, 0, 0, 0)
@@ -222,7 +337,7 @@ class OptionsForm(QWidget):
             if dataclasses.is_dataclass(d):
                 groups.append(self._group(f, type(d)))
                 continue
-            edit = self._add(f, hints[f.name], d)
+            edit = self._add(f, hints[f.name], d, cls)
             if f.name in advanced or f.metadata.get("group") == "advanced":
                 more.append(edit)
             else:
@@ -238,6 +353,9 @@ class OptionsForm(QWidget):
             self.more_button.setArrowType(Qt.ArrowType.RightArrow)
             self.more_button.setCheckable(True)
             self.more_button.setAutoRaise(True)
+            self.more_button.setToolTip(tooltip(
+                "show or hide the options most runs leave at their defaults: "
+                + ", ".join(edit.label for edit in more)))
             self.more_button.toggled.connect(self.show_more)
             rows.addRow(self.more_button)
             for edit in more:
@@ -262,22 +380,23 @@ class OptionsForm(QWidget):
         label.setToolTip(tip)
         return label
 
-    def _add(self, f, tp, default) -> FieldEdit:
+    def _add(self, f, tp, default, owner) -> FieldEdit:
         if f.name in self.edits:
             raise ValueError(f"{self.cls.__name__}: two fields named {f.name!r} in one form")
-        edit = self.edits[f.name] = FieldEdit(f, tp, default)
+        edit = self.edits[f.name] = FieldEdit(f, tp, default, owner)
         return edit
 
     def _group(self, f, sub) -> QGroupBox:
         from ..core.base.options import default_of, fields
 
         self.nested[f.name] = sub
-        box = QGroupBox(f.metadata.get("label") or f.metadata["help"])
+        box = self.groups[f.name] = QGroupBox(f.metadata.get("label") or f.metadata["help"])
+        box.setObjectName(f.name)
         lay = _form_layout()
         hints = typing.get_type_hints(sub)
         for g in fields(sub):
             if g.metadata["gui"]:
-                edit = self._add(g, hints[g.name], default_of(g))
+                edit = self._add(g, hints[g.name], default_of(g), sub)
                 lay.addRow(self._label(edit.label, edit.native.toolTip()), edit.native)
         box.setLayout(lay)
         return box
@@ -297,11 +416,30 @@ class OptionsForm(QWidget):
                 label.setVisible(on)
                 field.setVisible(on)
 
+    def set_shown(self, name: str, on: bool) -> None:
+        """Show (or hide) the row of a field, or the sub-form of a nested options class (e.g.
+        ``selection``): controls that do not apply are hidden, not just disabled."""
+        widget = self.groups[name] if name in self.groups else self.edits[name].native
+        lay = self.rows if self.rows.indexOf(widget) >= 0 else widget.parentWidget().layout()
+        if hasattr(lay, "setRowVisible"):  # Qt >= 6.4: no gap left by a hidden row
+            lay.setRowVisible(widget, on)
+            return
+        label = lay.labelForField(widget)
+        if label is not None:
+            label.setVisible(on)
+        widget.setVisible(on)
+
+    def is_shown(self, name: str) -> bool:
+        """Whether a field's (or nested group's) row is shown (not hidden; the form itself may not be)."""
+        widget = self.groups[name] if name in self.groups else self.edits[name].native
+        return not widget.isHidden()
+
     def add_row(self, label: str, widget, tip: str = "", at: int | None = None, wide: bool = False) -> None:
         """A row for a control the widget adds (an output folder, an intent), aligned with the options;
         ``at``: its position (default: after the shown options, before "more options"); ``wide``: the
         control on a line of its own under its label (a folder path)."""
         native = getattr(widget, "native", widget)
+        tip = tooltip(tip)
         if tip and not native.toolTip():
             native.setToolTip(tip)
         if at is None:

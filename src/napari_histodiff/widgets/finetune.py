@@ -6,7 +6,6 @@ defaults; the "interactive" profile declared there shortens the runs); Start run
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,7 @@ from qtpy.QtWidgets import (QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout,
 from ..core.train.finetune import FinetuneOptions
 from ._common import (Job, State, cancel_on_close, form_row, notify_error, notify_warning, path_edit, render,
                       scroll_page)
-from ._forms import OptionsForm, field_edit
+from ._forms import OptionsForm, field_edit, output_folder
 from ._layers import LayerCombo, extraction
 from ._plot import LossPlot
 from ._state import MODEL, follow_model
@@ -67,7 +66,7 @@ class FinetuneWidget(QWidget):
         for spin in (self.stride, self.min_fraction):
             spin.setMinimumWidth(80)  # not the width of their largest value: the dock is narrow
         self.form = OptionsForm(FinetuneOptions, advanced=ADVANCED, profile=PROFILE)
-        self.out = path_edit("d", Path(tempfile.gettempdir()) / "histodiff-finetuned",
+        self.out = path_edit("d", output_folder("finetuned", self.image.layer()),
                              tip=FinetuneOptions.__dataclass_fields__["out"].metadata["help"])
         self.intent = field_edit(FinetuneOptions, "intent")
         self.extract_button = QPushButton("Extract tiles")
@@ -76,6 +75,12 @@ class FinetuneWidget(QWidget):
         self.preview = QLabel()
         self.start_button, self.pause_button, self.cancel_button = (
             QPushButton("Start"), QPushButton("Pause"), QPushButton("Cancel"))
+        self.extract_button.setToolTip("cut the annotated regions of the image into tiles of the model's tile size, "
+                                       "one class per annotation; counts and a preview appear below (needed before "
+                                       "Start)")
+        self.pause_button.setToolTip("pause the training after the current step; Resume continues it")
+        self.cancel_button.setToolTip("stop the fine-tuning; a resumable checkpoint stays in the output bundle "
+                                      "(intent: resume continues it)")
         self.progress = QProgressBar()
         self.status = QLabel("idle")
         self.status.setWordWrap(True)
@@ -220,7 +225,8 @@ class FinetuneWidget(QWidget):
         running = self.job.busy
         problem = self._problem()
         self.start_button.setEnabled(problem is None and not running and not self.extracting.busy)
-        self.start_button.setToolTip(problem or "")
+        self.start_button.setToolTip(problem or "fine-tune the loaded model on the extracted tiles into the output "
+                                     "bundle; the result is loaded when done")
         self.extract_button.setEnabled(not running and not self.extracting.busy)
         self.pause_button.setEnabled(self.job.can_pause)
         self.pause_button.setText("Resume" if self.job.pause_requested else "Pause")

@@ -10,7 +10,25 @@ from pathlib import Path
 from qtpy.QtWidgets import QCheckBox, QComboBox, QFormLayout, QLabel, QProgressBar, QPushButton, QWidget
 
 from ._common import compact, form_row, notify_error, path_edit, scroll_page, start_worker
+from ._forms import explain_path, tooltip
 from ._state import MODEL, follow_model
+
+
+TIPS = {
+    "path": "The model to use: a bundle folder written by histodiff pretrain, finetune or convert (a "
+    "fine-tuned bundle knows your classes), or a diffusers latent-diffusion pipeline folder.",
+    "ckpt": "Or a checkpoint file of the original CompVis / HistoDiffusion code (LatentDiffusion .ckpt); "
+    "when given, it is used instead of the folder. It is converted in memory; nothing in it is run.",
+    "config": "The YAML file that describes the checkpoint's networks (from the same project as the "
+    ".ckpt). Leave empty to use one found beside the checkpoint or in ../configs/*-project.yaml.",
+    "ema": "Checkpoints often hold two copies of the weights: the \"EMA\" copy, a running average over "
+    "the last part of training, which usually draws cleaner tiles, and the raw model weights. On: the EMA "
+    "copy when the checkpoint has one; off: the model weights.",
+    "device": "Where the model runs: auto picks a GPU when there is one (cuda, then Apple mps), else the "
+    "CPU. Fine-tuning and sampling run there too; on a CPU they are slow.",
+    "load": "Load the model (in the background). The card below then shows its classes and size; the "
+    "Fine-tune and Sample widgets use it.",
+}
 
 
 def model_card(bundle) -> str:
@@ -41,14 +59,19 @@ class LoadWidget(QWidget):
 
         helps = {name: f.metadata["help"] for name, f in ModelSource.__dataclass_fields__.items()}
         self.path = path_edit("d")
+        explain_path(self.path, tooltip(TIPS["path"]))
         self.ckpt = path_edit("r", filter="*.ckpt *.pt *.pth")
+        explain_path(self.ckpt, tooltip(TIPS["ckpt"]), "file")
         self.config = path_edit("r", filter="*.yaml *.yml")
+        explain_path(self.config, tooltip(helps["config"], TIPS["config"]), "file")
         self.ema = QCheckBox("EMA weights")
         self.ema.setChecked(True)
-        self.ema.setToolTip(helps["ema"] + "; off: the model weights")
+        self.ema.setToolTip(tooltip(helps["ema"] + "; off: the model weights", TIPS["ema"]))
         self.device = compact(QComboBox())
         self.device.addItems(["auto", *available_devices()])
+        self.device.setToolTip(tooltip(TIPS["device"]))
         self.load_button = QPushButton("Load")
+        self.load_button.setToolTip(tooltip(TIPS["load"]))
         self.busy = QProgressBar()
         self.busy.setRange(0, 0)
         self.busy.hide()
@@ -57,13 +80,12 @@ class LoadWidget(QWidget):
         intro = QLabel("A bundle folder (from histodiff pretrain / finetune) or a diffusers LDM pipeline folder; "
                        "or a CompVis / HistoDiffusion .ckpt (used instead of the folder when given).")
         intro.setWordWrap(True)
-        form = QFormLayout()
-        form_row(form, "bundle folder", self.path, "bundle folder or diffusers LDM pipeline folder")
-        form_row(form, "checkpoint", self.ckpt, "CompVis / HistoDiffusion LatentDiffusion .ckpt")
-        form_row(form, "YAML config", self.config, helps["config"])
+        self.rows = form = QFormLayout()
+        form_row(form, "bundle folder", self.path)
+        form_row(form, "checkpoint", self.ckpt)
+        form_row(form, "YAML config (.ckpt)", self.config)  # CompVis checkpoints only: shown with one
         form.addRow(self.ema)
-        form_row(form, "device", self.device, "auto (cuda > mps > cpu), or a device found on this machine; "
-                 "fine-tuning and sampling run there")
+        form_row(form, "device", self.device)
         layout = scroll_page(self)
         layout.addWidget(intro)
         layout.addLayout(form)
@@ -72,6 +94,8 @@ class LoadWidget(QWidget):
         layout.addWidget(self.card)
         layout.addStretch()
         self.load_button.clicked.connect(self.load)
+        self.ckpt.changed.connect(self._source_changed)
+        self._source_changed()
         follow_model(self, self._show)
         if MODEL.bundle is not None:
             self._show(MODEL.bundle)
@@ -98,6 +122,24 @@ class LoadWidget(QWidget):
             return ckpt, {"config": config if config not in ("", ".") else None,
                           "ema": None if self.ema.isChecked() else False}
         return str(self.path.value), {}
+
+    @property
+    def checkpoint_given(self) -> bool:
+        """Whether a CompVis .ckpt is chosen (then the YAML config and EMA choice apply)."""
+        text = str(self.ckpt.value).strip()
+        return text not in ("", ".") and not Path(text).is_dir()
+
+    def _source_changed(self, *_):
+        """The checkpoint's options (YAML config, EMA weights) show only when a checkpoint is chosen."""
+        on = self.checkpoint_given
+        for widget in (self.config.native, self.ema):
+            if hasattr(self.rows, "setRowVisible"):  # Qt >= 6.4: no gap left by a hidden row
+                self.rows.setRowVisible(widget, on)
+            else:
+                label = self.rows.labelForField(widget)
+                if label is not None:
+                    label.setVisible(on)
+                widget.setVisible(on)
 
     def _idle(self):
         self.busy.hide()

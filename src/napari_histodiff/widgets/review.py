@@ -15,7 +15,6 @@ form is generated from ``ExportOptions``; the intent (new, append, overwrite) fo
 
 from __future__ import annotations
 
-import tempfile
 from collections import Counter
 from pathlib import Path
 
@@ -47,7 +46,7 @@ from ._common import (
     scroll_page,
     start_worker,
 )
-from ._forms import OptionsForm, field_edit
+from ._forms import OptionsForm, field_edit, output_folder
 from ._layers import LayerCombo
 from .sample import features_table
 
@@ -176,16 +175,20 @@ class ReviewWidget(QWidget):
         self.bulk_button = QPushButton("Reject all below")
         self.bulk_button.setToolTip("reject the tiles whose confidence is below the threshold (Undo takes it back)")
         self.grid_button = QPushButton("Grid view")
+        self.grid_button.setToolTip("show all tiles of the layer as one contact sheet in a new layer (rejected tiles "
+                                    "dimmed)")
         self.counts = QLabel()
         self.export_list = QListWidget()
         self.export_list.setToolTip("the layers whose accepted tiles go into one set; none checked: the layer "
                                     "under review")
         self.export_list.setMaximumHeight(90)
-        self.out = path_edit("d", Path(tempfile.gettempdir()) / "histodiff-export",
+        self.out = path_edit("d", output_folder("export"),
                              tip=ExportOptions.__dataclass_fields__["out"].metadata["help"])
         self.form = OptionsForm(ExportOptions)
         self.intent = field_edit(ExportOptions, "intent")
         self.export_button = QPushButton("Export accepted tiles")
+        self.export_button.setToolTip("write the accepted tiles of the checked layers (or the layer under review) to "
+                                      "the export folder: one sub-folder per class and manifest.csv")
 
         layout = scroll_page(self)
         layers = QFormLayout()
@@ -424,7 +427,7 @@ class ReviewWidget(QWidget):
     def open_folder(self, folder=None):
         """Show a sample folder (``histodiff sample``) as a layer to review, with its decisions; returns the layer."""
         if folder is None:
-            folder = QFileDialog.getExistingDirectory(self, "Open sample folder", str(Path(tempfile.gettempdir())))
+            folder = QFileDialog.getExistingDirectory(self, "Open sample folder", str(Path.home()))
             if not folder:
                 return None
         folder = Path(folder)

@@ -10,7 +10,6 @@ distance, kept) is ``layer.metadata["features"]``.
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +17,7 @@ from qtpy.QtWidgets import QComboBox, QHBoxLayout, QLabel, QProgressBar, QPushBu
 
 from ..core.generate.sampling import SampleOptions
 from ._common import State, compact, notify_error, notify_warning, path_edit, scroll_page, start_worker
-from ._forms import OptionsForm
+from ._forms import OptionsForm, explain_path, output_folder, source_path, tooltip
 from ._state import MODEL, follow_model
 
 UNGUIDED = "(unguided)"  # from noise: classes=[], no guidance
@@ -29,6 +28,23 @@ FEATURES = ["target_class", "predicted_class", "confidence", "centroid_distance"
 ADVANCED = ("eta", "batch_size")
 LABELS = {"out": "sample folder", "classes": "class", "sources": "start from", "per_class": "class",
           "model": "model (Load model widget)"}
+
+
+TIPS = {
+    "start_from": "noise: draw new tiles from random noise.\n"
+    "annotated tiles (variations): take the tiles last extracted in the Fine-tune widget, drown each partly "
+    "in noise (\"strength\") and redraw it: a variation with the source's tissue layout and new details.",
+    "target": "The class the tiles should show: a classifier trained on your annotations steers every tile "
+    "toward it (\"guidance\"). all classes: the number of tiles of every class. (unguided): no steering, "
+    "the model draws any tissue it has learnt (the only choice for a model that is not fine-tuned). "
+    "With annotated tiles: each variation keeps its source tile's class, or is steered toward the class "
+    "you pick.",
+    "out": "A new sub-folder per sampling is written here (<class>[-variations]-seed<seed>, then -2, -3, ...): "
+    "the tiles and their scores and decisions. Default: beside the opened image, else ~/histodiff/samples.",
+    "start": "Draw the tiles with the loaded model; they appear in a new layer as they are made and are "
+    "saved in the sample folder.",
+    "cancel": "Stop sampling; the tiles shown so far are not saved.",
+}
 
 
 def features_table(records):
@@ -53,18 +69,20 @@ class SampleWidget(QWidget):
         self.target = compact(QComboBox())
         self.start_from = compact(QComboBox())
         self.start_from.addItems([NOISE, ANNOTATED])
-        self.start_from.setToolTip("variations: the tiles last extracted in the Fine-tune widget, noised to "
-                                   "\"strength\" and denoised again (each keeps its class unless you pick one)")
+        self.start_from.setToolTip(tooltip(*TIPS["start_from"].split("\n")))
+        self.target.setToolTip(tooltip(TIPS["target"]))
         self.form = OptionsForm(SampleOptions, advanced=ADVANCED)
-        self.out = path_edit("d", Path(tempfile.gettempdir()) / "histodiff-samples",
-                             tip="a new sub-folder per sampling is written here "
-                             "(<class>[-variations]-seed<seed>, then -2, -3, ...)")
+        self._default_out = output_folder("samples", self._image_layer())
+        self.out = path_edit("d", self._default_out)
+        explain_path(self.out, tooltip(TIPS["out"]))
         self.start_button, self.cancel_button = QPushButton("Sample"), QPushButton("Cancel")
+        self.start_button.setToolTip(tooltip(TIPS["start"]))
+        self.cancel_button.setToolTip(tooltip(TIPS["cancel"]))
         self.progress = QProgressBar()
         self.status = QLabel("idle")
         self.status.setWordWrap(True)
         self.form.add_row("start from", self.start_from, at=0)
-        self.form.add_row(LABELS["classes"], self.target, "target class; unguided or all classes", at=1)
+        self.form.add_row(LABELS["classes"], self.target, at=1)
         self.form.add_row(LABELS["out"], self.out, wide=True)
         layout = scroll_page(self)
         layout.addWidget(self.form)
@@ -79,8 +97,49 @@ class SampleWidget(QWidget):
         self.start_button.clicked.connect(self.start)
         self.cancel_button.clicked.connect(self.cancel)
         self.start_from.currentTextChanged.connect(self._start_from_changed)
+        self.target.currentTextChanged.connect(self._applies)
+        for name in ("sampler", "select", "rule"):
+            self.form[name].connect(self._applies)
+        if napari_viewer is not None:
+            napari_viewer.layers.events.inserted.connect(self._layers_changed)
+            napari_viewer.layers.selection.events.active.connect(self._layers_changed)
         follow_model(self, self._model_changed)
-        self._model_changed(MODEL.bundle)
+        self._start_from_changed()
+
+    # -- defaults that follow the viewer and the model ----------------------------------------
+    def _image_layer(self):
+        """The image the sample folder goes beside: the active layer, else the first, opened from a file."""
+        from napari.layers import Image
+
+        if self.viewer is None:
+            return None
+        layers = [self.viewer.layers.selection.active, *self.viewer.layers]
+        return next((layer for layer in layers if isinstance(layer, Image) and source_path(layer)), None)
+
+    def _layers_changed(self, *_):
+        """A default folder follows the opened image (a folder the user chose stays)."""
+        if Path(str(self.out.value)) == self._default_out:
+            self._default_out = output_folder("samples", self._image_layer())
+            self.out.value = self._default_out
+
+    @property
+    def can_select(self) -> bool:
+        """Whether the loaded model has a selection classifier (a fine-tuned bundle)."""
+        return getattr(MODEL.bundle, "selection_classifier", None) is not None
+
+    def _applies(self, *_):
+        """Show only the controls that apply: the selection options with a selection classifier (a
+        fine-tuned model), strength for variations; enable eta for ddim, guidance when guided, threshold
+        for the rules that use it."""
+        form = self.form
+        form.set_shown("strength", self.variations)
+        form["strength"].enabled = self.variations
+        form.set_shown("select", self.can_select)
+        form.set_shown("selection", self.can_select)
+        form.groups["selection"].setEnabled(form["select"].value)
+        form["threshold"].enabled = form["rule"].value in ("confidence", "both")
+        form["eta"].enabled = form["sampler"].value == "ddim"
+        form["guidance"].enabled = self.target.currentText() != UNGUIDED
 
     def label_of(self, name: str) -> str:
         return LABELS.get(name) or self.form.label_of(name)
@@ -102,13 +161,12 @@ class SampleWidget(QWidget):
             self.target.addItems(self._targets(bundle))
             if current:
                 self.target.setCurrentText(current)
+        self._applies()
         self._update()
 
     def _start_from_changed(self, *_):
-        strength = self.form["strength"]
-        strength.enabled = self.variations  # from noise: always 1 (pure noise)
-        if not self.variations:
-            strength.value = None
+        if not self.variations:  # from noise: always 1 (pure noise)
+            self.form["strength"].value = None
         self._model_changed(MODEL.bundle)
 
     def _update(self):
@@ -117,7 +175,6 @@ class SampleWidget(QWidget):
         self.start_button.setEnabled(ready and not running)
         self.cancel_button.setEnabled(running and self.state != State.CANCELLING)
         self.status.setText(self.state.value if ready else "load a model first (Load model widget)")
-        self.form["strength"].enabled = self.variations
 
     def options(self, out=None) -> SampleOptions:
         """The job's options: the form, the class choice, the folder, the loaded model's device."""
@@ -191,8 +248,12 @@ class SampleWidget(QWidget):
         self.state = State.DONE
         records = result["records"]
         if self.layer is not None:
-            self.layer.metadata["features"] = features_table(records)
-            self.layer.metadata["histodiff"] = {"folder": str(self.folder), "records": records}
+            from ..core.formats.records import folder_fingerprint
+
+            self.layer.metadata = {**self.layer.metadata, "features": features_table(records),
+                                   "histodiff": {"folder": str(self.folder), "records": records,
+                                                 "fingerprint": folder_fingerprint(self.folder,
+                                                                                   [r.file for r in records])}}
             self.layer.refresh()
         show_info(result["message"])
 
