@@ -152,7 +152,7 @@ def test_cancel_leaves_a_resumable_checkpoint(make_napari_viewer, qtbot, trained
     viewer = make_napari_viewer()
     out = tmp_path / "ft"
     w = run_finetune(qtbot, viewer, trained_bundle, fresh_model, out, classifier_steps=100000, unet_steps=10)
-    qtbot.waitUntil(lambda: w.progress.format().startswith("latent_classifier") and w.progress.value() > 3,
+    qtbot.waitUntil(lambda: w.progress.format().startswith("latent_classifier") and w.overall.steps["latent_classifier"] > 3,
                     timeout=60_000)
     w.cancel()
     qtbot.waitUntil(lambda: w.state == State.STOPPED, timeout=60_000)

@@ -6,6 +6,7 @@ defaults; the "interactive" profile declared there shortens the runs); Start run
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +52,120 @@ def finetune_and_load(opts: FinetuneOptions, model, tiles):
 
     result = yield from finetune(opts, model=model, tiles=tiles)
     return result, load_bundle(opts.out, device=opts.device)
+
+
+def duration(seconds: float) -> str:
+    """``m:ss`` or ``h:mm:ss``."""
+    s = max(0, round(seconds))
+    h, m = divmod(s // 60, 60)
+    return f"{h}:{m:02d}:{s % 60:02d}" if h else f"{m}:{s % 60:02d}"
+
+
+class OverallProgress:
+    """How far a run is over all its stages: ``stages`` (name, steps) in run order; ``done``: the stages
+    already finished before the run (a resume). A stage counts as done once a later one reports; the
+    time left is estimated from the rate of the steps done in this run."""
+
+    def __init__(self, stages, done=(), clock=time.monotonic):
+        self.totals = dict(stages)
+        self.order = list(self.totals)
+        self.steps = {s: (n if s in done else 0) for s, n in self.totals.items()}
+        self.total = sum(self.totals.values())
+        self.clock = clock
+        self.started = clock()
+        self._base = None  # (steps done, time) at this run's first step
+
+    @property
+    def done(self) -> int:
+        return sum(self.steps.values())
+
+    @property
+    def fraction(self) -> float:
+        return self.done / self.total if self.total else 1.0
+
+    @property
+    def elapsed(self) -> float:
+        return self.clock() - self.started
+
+    @property
+    def remaining(self) -> float | None:
+        """Seconds left at the rate so far (None until there is a rate)."""
+        if self._base is None:
+            return None
+        steps, t = self.done - self._base[0], self.clock() - self._base[1]
+        if steps <= 0 or t <= 0:
+            return None
+        return (self.total - self.done) * t / steps
+
+    def update(self, stage: str, step: int) -> bool:
+        """``stage`` is at ``step``; False for a stage that is not one of the run's (nothing changes)."""
+        if stage not in self.totals:
+            return False
+        for earlier in self.order[: self.order.index(stage)]:
+            self.steps[earlier] = self.totals[earlier]
+        self.steps[stage] = max(self.steps[stage], min(int(step), self.totals[stage]))
+        if self._base is None:  # the rate counts from the first event (after loading, a resumed checkpoint)
+            self._base = (self.done, self.clock())
+        return True
+
+    def finish(self) -> None:
+        self.steps = dict(self.totals)
+
+    def text(self, stage: str | None = None, step: int | None = None, left: bool = True) -> str:
+        """The progress bar's text: the stage, overall percent, elapsed time and time left."""
+        head = f"{stage} {step}/{self.totals[stage]} · " if stage in self.totals and step is not None else ""
+        remaining = self.remaining if left else None
+        tail = "" if remaining is None or self.done >= self.total else f", ~{duration(remaining)} left"
+        return f"{head}{100 * self.fraction:.0f}% · {duration(self.elapsed)} elapsed{tail}"
+
+
+def _activity(desc: str, total: int, on_cancel):
+    """A progress object in napari's activity dock (created in the GUI thread); its Cancel button
+    cancels the job (a resumable checkpoint is kept)."""
+    from napari.utils.progress import cancelable_progress
+
+    class JobProgress(cancelable_progress):
+        def cancel(self):
+            super().cancel()
+            on_cancel()
+
+    return JobProgress(desc=desc, total=max(total, 1), leave=False)
+
+
+def classifier_summary(result: dict, n_classes: int) -> tuple[str, bool]:
+    """A summary of the classifiers' held-out accuracies from the job's result (or a bundle's
+    ``metrics``), and whether the guidance (latent) classifier is near chance."""
+    latent, selection = result.get("latent_classifier"), result.get("selection_classifier")
+    acc = {}
+    if isinstance(latent, dict) and latent.get("history"):
+        acc = latent["history"][-1][1]
+    elif isinstance(latent, dict):
+        acc = {k: v for k, v in latent.items() if k.startswith("acc_t")}
+    best = None
+    if isinstance(selection, dict):
+        best = selection.get("best_heldout_acc", selection.get("heldout_acc"))
+        if best is None and selection.get("history"):
+            best = max(m.get("heldout_acc", -1.0) for _, m in selection["history"])
+            best = best if best >= 0 else None
+    parts = []
+    if acc:
+        noisy = sorted((int(k[5:]), v) for k, v in acc.items() if k.startswith("acc_t") and k[5:].isdigit())
+        parts.append("guidance classifier " + ", ".join(f"{v:.0%} at t={t}" for t, v in noisy))
+    else:
+        parts.append("guidance classifier: no accuracy recorded")
+    parts.append(f"selection classifier {best:.0%} (best)" if best is not None
+                 else "selection classifier: no accuracy recorded")
+    chance = 1.0 / max(n_classes, 1)
+    clean = acc.get("acc_t0")
+    near_chance = clean is not None and n_classes > 1 and clean <= chance + 0.1
+    text = "held-out accuracy: " + "; ".join(parts) + f" (chance: {chance:.0%})"
+    return text, near_chance
+
+
+NEAR_CHANCE = ("The guidance classifier is barely better than chance, so guided sampling will barely steer "
+               "toward the chosen class. Train it longer (raise {opt:classifier_steps} and fine-tune again "
+               "with {opt:intent=overwrite}), label more tiles of each class, or check that the annotations "
+               "really separate the classes.")
 
 
 class FinetuneWidget(QWidget):
@@ -209,7 +324,7 @@ class FinetuneWidget(QWidget):
         self.counts.setText("Extracting tiles...")
         self.preview.clear()
         self._update()
-        self.extracting.start(run, on_yield=self._event, on_done=done, on_error=failed, on_finish=finished,
+        self.extracting.start(run, on_yield=self._extract_event, on_done=done, on_error=failed, on_finish=finished,
                               on_change=self._update)
 
     def _problem(self) -> str | None:
@@ -254,11 +369,28 @@ class FinetuneWidget(QWidget):
         except Exception as e:  # noqa: BLE001
             notify_error(e, self.label_of)
             return
+        from ..core.train.finetune import planned
+        from ..core.train.loop import stage_written
+
         MODEL.training, self.out_dir = True, opts.out
+        self.n_classes = len(self.tiles.class_names)
         self.plot.reset()
+        stages = planned(opts)
+        done = [s for s, n in stages if opts.intent == "resume" and stage_written(opts.out, s, n)]
+        self.overall = OverallProgress(stages, done)
+        self.progress.setRange(0, max(self.overall.total, 1))
+        self.progress.setValue(self.overall.done)
+        self.progress.setFormat(self.overall.text())
+        self.activity = activity = _activity("histodiff fine-tune", self.overall.total, self.job.cancel)
+        activity.update(self.overall.done)
+
+        def release():
+            self._release()
+            activity.close()  # also when the panel was closed meanwhile (no on_finish then)
+
         # the job checks the model (VQ, no UNet), the tiles and the output folder before it writes
         self.job.start(finetune_and_load, opts, MODEL.bundle, self.tiles, on_yield=self._event, on_done=self._done,
-                       on_finish=self._finished, on_release=self._release, on_change=self._update)
+                       on_finish=self._finished, on_release=release, on_change=self._update)
 
     def toggle_pause(self):
         """Pause (after the current step: "pausing" until then) or resume; any time, in any order."""
@@ -268,7 +400,7 @@ class FinetuneWidget(QWidget):
         """Stop at the next step, also when paused or pausing; the checkpoint is kept."""
         self.job.cancel()
 
-    def _event(self, event):
+    def _extract_event(self, event):
         if event.stage == "warning":
             notify_warning(event.message, self.label_of)
             return
@@ -276,21 +408,44 @@ class FinetuneWidget(QWidget):
             self.progress.setMaximum(event.total)
             self.progress.setValue(event.step)
             self.progress.setFormat(f"{event.stage}: %v / %m")
+
+    def _event(self, event):
+        """A training event: the overall progress (panel and activity dock) and the loss plot."""
+        if event.stage == "warning":
+            notify_warning(event.message, self.label_of)
+            return
+        overall = self.overall
+        if overall.update(event.stage, event.step):
+            self.progress.setValue(overall.done)
+            self.progress.setFormat(overall.text(event.stage, event.step))
+            if overall.done > self.activity.n:
+                self.activity.update(overall.done - self.activity.n)
+            self.activity.set_description(f"histodiff fine-tune: {event.stage}")
         if event.loss is not None:
-            if self.plot.title != event.stage:
-                self.plot.reset(event.stage)
-            self.plot.add(event.loss)
+            self.plot.add(event.loss, event.stage, event.step, overall.totals.get(event.stage))
 
     def _done(self, result_and_bundle):
         from napari.utils.notifications import show_info
 
         self.result, bundle = result_and_bundle
         MODEL.set(bundle)
+        self.overall.finish()
+        self.progress.setValue(self.progress.maximum())
+        self.progress.setFormat(f"done · 100% · {duration(self.overall.elapsed)}")
         counts = ", ".join(f"{c} {n}" for c, n in self.result.get("class_counts", {}).items())
+        # the classifiers' accuracies: from this run, or (nothing to do) as the bundle recorded them
+        source = self.result if "latent_classifier" in self.result else (getattr(bundle, "meta", None) or {}).get(
+            "metrics", {})
+        summary, near_chance = classifier_summary(source, self.n_classes)
         if self.result.get("nothing_to_do"):
-            show_info(render(self.result["message"], self.label_of) + " (the bundle is loaded)")
-            return
-        show_info(f"fine-tuned bundle written to {self.out_dir} and loaded (tiles per class: {counts})")
+            text = render(self.result["message"], self.label_of) + f" (the bundle is loaded). {summary}"
+        else:
+            text = f"fine-tuned bundle written to {self.out_dir} and loaded (tiles per class: {counts}). {summary}"
+        self.summary = text
+        if near_chance:
+            notify_warning(text + ". " + NEAR_CHANCE, self.label_of)
+        else:
+            show_info(text)
 
     @staticmethod
     def _release():
@@ -302,6 +457,9 @@ class FinetuneWidget(QWidget):
 
         from ..core.base.outdir import is_marked
 
+        self.activity.close()
+        if self.state != State.DONE:
+            self.progress.setFormat(f"{self.state.value} · {self.overall.text(left=False)}")
         if self.state == State.STOPPED:
             if is_marked(self.out_dir, "bundle"):
                 self.intent.value = "resume"

@@ -39,16 +39,17 @@ from qtpy.QtWidgets import (
 from ..core.base.errors import HistodiffError
 from ..core.generate.export import ExportOptions
 from ._common import (
+    Job,
+    cancel_on_close,
     form_row,
     notify_error,
     notify_warning,
     path_edit,
     scroll_page,
-    start_worker,
 )
 from ._forms import OptionsForm, field_edit, output_folder
 from ._layers import LayerCombo
-from .sample import features_table
+from .sample import add_beside, beside, features_table, show_layer
 
 LABELS = {"out": "export folder", "samples": "layers to export", "threshold": "threshold (Sample widget)",
           "rule": "rule (Sample widget)", "include_real": "real tiles"}
@@ -242,11 +243,17 @@ class ReviewWidget(QWidget):
             napari_viewer.layers.events.removed.connect(lambda *_: self._refresh_export_list())
             for layer in napari_viewer.layers:
                 layer.events.metadata.connect(self._metadata_changed)
-        self.worker = None
+        self.job = Job(self.label_of)
+        cancel_on_close(self, self.job)
         self._refresh_export_list()
         self._layer_changed()
 
     # -- state -----------------------------------------------------------------------------
+    @property
+    def worker(self):
+        """The running export's worker, or None."""
+        return self.job.worker
+
     @property
     def records(self):
         layer = self.layers.layer()
@@ -418,10 +425,16 @@ class ReviewWidget(QWidget):
                 tiles[k] = tiles[k] // 3  # rejected tiles are dimmed
         name = f"grid: {layer.name}"
         sheet = contact_sheet(tiles)
-        if name in self.viewer.layers:
-            self.viewer.layers[name].data = sheet
+        if name in self.viewer.layers:  # placed again: beside every other layer, never over the tissue
+            grid = self.viewer.layers[name]
+            grid.data = sheet
+            place = beside(self.viewer, exclude=(name,), scale=layer.scale)
+            grid.scale, grid.translate = place["scale"], place["translate"]
         else:
-            self.viewer.add_image(sheet, name=name, rgb=True)
+            place = beside(self.viewer, scale=layer.scale)
+            grid = self.viewer.add_image(sheet, name=name, rgb=True, **place)
+        show_layer(self.viewer, grid)
+        return grid
 
     # -- sample folders ----------------------------------------------------------------------
     def open_folder(self, folder=None):
@@ -436,12 +449,13 @@ class ReviewWidget(QWidget):
         except Exception as e:  # noqa: BLE001
             notify_error(e, self.label_of)
             return None
-        layer = self.viewer.add_image(tiles, name=f"review: {folder.name}", rgb=True, metadata={
+        layer = add_beside(self.viewer, tiles, name=f"review: {folder.name}", metadata={
             "features": features_table(records),
             "histodiff": {"folder": str(folder), "records": records, "fingerprint": fingerprint}})
         self.layers.refresh()
         self.layers.setCurrentText(layer.name)
         self.viewer.dims.set_current_step(0, 0)
+        show_layer(self.viewer, layer)
         self._show()
         return layer
 
@@ -468,6 +482,8 @@ class ReviewWidget(QWidget):
         return self.form.read(samples=folders, out=Path(str(self.out.value)), intent=self.intent.value)
 
     def export(self):
+        if self.job.busy:
+            return
         from ..core.base.outdir import is_marked
         from ..core.jobs.export import export
 
@@ -492,19 +508,15 @@ class ReviewWidget(QWidget):
             return
         self.export_button.setEnabled(False)
         # the job refuses a folder that is not our own export before it writes anything
-        self.worker = start_worker(export, opts, on_yield=self._event, on_done=self._exported,
-                                   on_error=self._failed, on_finish=self._export_finished)
+        self.job.start(export, opts, on_yield=self._event, on_done=self._exported,
+                       on_finish=self._export_finished)
 
     def _event(self, event):
         if event.stage == "warning":
             notify_warning(event.message, self.label_of)
 
-    def _failed(self, exc):
-        notify_error(exc, self.label_of)
-
     def _export_finished(self):
         self.export_button.setEnabled(True)
-        self.worker = None
         self._folder_changed()  # append from now on when the export was written
 
     def _exported(self, summary):

@@ -3,9 +3,10 @@ as variations of the tiles extracted in the Fine-tune widget (``variations: <cla
 
 The options form is generated from ``SampleOptions`` (the CLI's ``sample`` options, same defaults)
 and Sample runs the same job as ``histodiff sample`` (``core.jobs.sample``). Tiles appear as they are
-produced. The sample folder (the same format the CLI writes) backs the layer; napari Image layers
-have no ``features``, so the per-tile table (target class, predicted class, confidence, centroid
-distance, kept) is ``layer.metadata["features"]``.
+produced, in a layer placed beside the tissue (right of every other layer, at the tissue's scale: a tile
+pixel is a tissue pixel), and the view zooms to them when the first ones arrive. The sample folder (the
+same format the CLI writes) backs the layer; napari Image layers have no ``features``, so the per-tile
+table (target class, predicted class, confidence, centroid distance, kept) is ``layer.metadata["features"]``.
 """
 
 from __future__ import annotations
@@ -13,10 +14,26 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from qtpy.QtWidgets import QComboBox, QHBoxLayout, QLabel, QProgressBar, QPushButton, QWidget
+from qtpy.QtWidgets import (
+    QComboBox,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QWidget,
+)
 
 from ..core.generate.sampling import SampleOptions
-from ._common import State, compact, notify_error, notify_warning, path_edit, scroll_page, start_worker
+from ._common import (
+    Job,
+    State,
+    cancel_on_close,
+    compact,
+    notify_error,
+    notify_warning,
+    path_edit,
+    scroll_page,
+)
 from ._forms import OptionsForm, explain_path, output_folder, source_path, tooltip
 from ._state import MODEL, follow_model
 
@@ -62,6 +79,77 @@ def fresh_folder(parent: Path, stem: str) -> Path:
     return folder
 
 
+# -- where synthetic tiles are shown ---------------------------------------------------------------
+
+def _yx_box(layer) -> np.ndarray:
+    """``[[ymin, xmin], [ymax, xmax]]``: the world box a layer covers in the last two axes (pixel edges
+    included for images)."""
+    from napari.layers import Image
+
+    box = np.array(layer.extent.world, dtype=float)[:, -2:]  # image pixels: their centres
+    if isinstance(layer, Image):
+        half = np.abs(np.asarray(layer.scale, dtype=float)[-2:]) / 2
+        box[0] -= half
+        box[1] += half
+    return box
+
+
+def tissue_scale(viewer, exclude=()) -> np.ndarray:
+    """The (y, x) scale of the tissue: the first Image layer that is not synthetic tiles (else 1, 1).
+    Tiles are cut from the tissue pixel for pixel, so a synthetic tile is shown at this scale."""
+    from napari.layers import Image
+
+    layers = [layer for layer in viewer.layers if layer.name not in exclude and isinstance(layer, Image)]
+    tissue = [layer for layer in layers if "histodiff" not in layer.metadata and not layer.name.startswith("grid:")]
+    for layer in tissue or layers:
+        return np.asarray(layer.scale, dtype=float)[-2:]
+    return np.ones(2)
+
+
+def beside(viewer, exclude=(), scale=None) -> dict:
+    """``scale`` and ``translate`` (y, x) that place a new image right of every layer of the viewer but
+    ``exclude`` (layer names; the tissue, its annotations, earlier synthetic tiles), top-aligned, with a margin: the
+    synthetic tiles are never drawn over the tissue."""
+    scale = tissue_scale(viewer, exclude) if scale is None else np.asarray(scale, dtype=float)[-2:]
+    boxes = [_yx_box(layer) for layer in viewer.layers if layer.name not in exclude]
+    boxes = [box for box in boxes if np.all(np.isfinite(box))]
+    if not boxes:
+        return {"scale": tuple(scale), "translate": (0.0, 0.0)}
+    lo, hi = np.min([b[0] for b in boxes], axis=0), np.max([b[1] for b in boxes], axis=0)
+    margin = max(0.05 * (hi[1] - lo[1]), 8 * abs(scale[1]))
+    # an image's pixel 0 is centred on ``translate``: its edge lies half a pixel before
+    return {"scale": tuple(scale), "translate": (lo[0] + scale[0] / 2, hi[1] + margin + scale[1] / 2)}
+
+
+def add_beside(viewer, data, **kwargs):
+    """Add an RGB image (a tile stack (N, H, W, 3) or a sheet (H, W, 3)) beside the other layers."""
+    place = beside(viewer)
+    lead = data.ndim - 3  # the stack axis: not scaled or moved
+    return viewer.add_image(data, rgb=True, scale=(1.0,) * lead + place["scale"],
+                            translate=(0.0,) * lead + place["translate"], **kwargs)
+
+
+def _canvas_size(viewer) -> np.ndarray | None:
+    """The canvas's (height, width) in screen pixels, or None when napari does not say."""
+    try:
+        size = viewer.canvas.viewbox_size(viewer.layers)  # napari >= 0.6
+    except Exception:  # noqa: BLE001 - older napari
+        size = getattr(viewer, "_canvas_size", None)
+    return None if size is None else np.asarray(size, dtype=float)[-2:]
+
+
+def show_layer(viewer, layer, margin: float = 0.05) -> None:
+    """Centre and zoom the 2D view on ``layer`` (its last two axes). (``viewer.reset_view(layers=...)``
+    fails for a 2D layer among tile stacks, so this is done here.)"""
+    box = _yx_box(layer)
+    center = list(viewer.camera.center)
+    center[-2:] = (box[0] + box[1]) / 2
+    viewer.camera.center = tuple(center)
+    size, canvas = box[1] - box[0], _canvas_size(viewer)
+    if viewer.dims.ndisplay == 2 and canvas is not None and np.all(size > 0) and np.all(canvas > 0):
+        viewer.camera.zoom = (1 - margin) * float(np.min(canvas / size))
+
+
 class SampleWidget(QWidget):
     def __init__(self, napari_viewer=None):
         super().__init__()
@@ -93,7 +181,9 @@ class SampleWidget(QWidget):
         layout.addWidget(self.progress)
         layout.addWidget(self.status)
         layout.addStretch()
-        self.worker, self.layer, self.state = None, None, State.IDLE
+        self.layer = None
+        self.job = Job(self.label_of)
+        cancel_on_close(self, self.job)  # closing the panel cancels the sampling (the core leaves no folder)
         self.start_button.clicked.connect(self.start)
         self.cancel_button.clicked.connect(self.cancel)
         self.start_from.currentTextChanged.connect(self._start_from_changed)
@@ -169,11 +259,20 @@ class SampleWidget(QWidget):
             self.form["strength"].value = None
         self._model_changed(MODEL.bundle)
 
+    @property
+    def state(self) -> State:
+        """The sampling's state (``Job.state``)."""
+        return self.job.state
+
+    @property
+    def worker(self):
+        """The running worker, or None."""
+        return self.job.worker
+
     def _update(self):
-        running = self.state in (State.RUNNING, State.CANCELLING)
         ready = MODEL.bundle is not None
-        self.start_button.setEnabled(ready and not running)
-        self.cancel_button.setEnabled(running and self.state != State.CANCELLING)
+        self.start_button.setEnabled(ready and not self.job.busy)
+        self.cancel_button.setEnabled(self.job.can_cancel)
         self.status.setText(self.state.value if ready else "load a model first (Load model widget)")
 
     def options(self, out=None) -> SampleOptions:
@@ -193,6 +292,8 @@ class SampleWidget(QWidget):
         return what, f"{what.replace(' ', '-')}{tag}-seed{opts.seed}"
 
     def start(self):
+        if self.job.busy:
+            return
         try:
             bundle = MODEL.require()
             opts = self.options()
@@ -204,11 +305,10 @@ class SampleWidget(QWidget):
             return
         from ..core.jobs.sample import sample
 
-        self.layer, self.folder, self.state = None, opts.out, State.RUNNING
+        self.layer, self.folder = None, opts.out
         self.name = f"{'variations' if self.variations else 'synthetic'}: {what}"
-        self.worker = start_worker(sample, opts, bundle, sources, on_yield=self._event, on_done=self._done,
-                                   on_error=self._failed, on_finish=self._finished)
-        self._update()
+        self.job.start(sample, opts, bundle, sources, on_yield=self._event, on_done=self._done,
+                       on_finish=self._finished, on_change=self._update)
 
     def sources(self):
         """The annotated tiles for variations, or None when sampling from noise."""
@@ -222,10 +322,7 @@ class SampleWidget(QWidget):
         return MODEL.labeled
 
     def cancel(self):
-        if self.worker is not None:
-            self.state = State.CANCELLING
-            self.worker.request_stop()
-            self._update()
+        self.job.cancel()
 
     def _event(self, event):
         if event.stage == "warning":
@@ -238,14 +335,14 @@ class SampleWidget(QWidget):
             return
         tiles = event.data["tiles"]
         if self.layer is None or self.layer not in self.viewer.layers:
-            self.layer = self.viewer.add_image(tiles, name=self.name, rgb=True)
+            self.layer = add_beside(self.viewer, tiles, name=self.name)
+            show_layer(self.viewer, self.layer)  # the first tiles: zoom to them
         else:
             self.layer.data = np.concatenate([self.layer.data, tiles])
 
     def _done(self, result):
         from napari.utils.notifications import show_info
 
-        self.state = State.DONE
         records = result["records"]
         if self.layer is not None:
             from ..core.formats.records import folder_fingerprint
@@ -257,15 +354,9 @@ class SampleWidget(QWidget):
             self.layer.refresh()
         show_info(result["message"])
 
-    def _failed(self, exc):
-        self.state = State.FAILED
-        notify_error(exc, self.label_of)
-
     def _finished(self):
         from napari.utils.notifications import show_info
 
-        if self.state == State.CANCELLING:
-            self.state = State.STOPPED
+        if self.state == State.STOPPED:
             show_info("sampling cancelled; the tiles shown were not saved")
-        self.worker = None
         self._update()

@@ -1,0 +1,69 @@
+"""HistoDiffusion: the four panels in one dock, as tabs in workflow order (Load model, Fine-tune, Sample,
+Review & export).
+
+Four docks stacked in napari's side area need 1,700-2,070 px of height; as tabs, one panel shows at a
+time and each scrolls in its tab, so the window fits a 1280 x 800 screen. The panels are the same
+widgets as the separate dock widgets (which stay available)."""
+
+from __future__ import annotations
+
+from qtpy.QtWidgets import QTabWidget, QVBoxLayout, QWidget
+
+from ._common import _CloseWatch
+from .finetune import FinetuneWidget
+from .load import LoadWidget
+from .review import ReviewWidget
+from .sample import SampleWidget
+
+#: (attribute, tab title, panel class, what the tab's tooltip says), in workflow order; the titles are the
+#: separate widgets' names (messages name them), "&&" is a plain "&" in a tab title
+TABS = (
+    ("load", "Load model", LoadWidget, "Load model: a bundle, a diffusers pipeline or a CompVis checkpoint"),
+    ("finetune", "Fine-tune", FinetuneWidget, "Fine-tune the model on tiles cut from annotated regions"),
+    ("sample", "Sample", SampleWidget, "Draw synthetic tiles of a class (or variations of tiles)"),
+    ("review", "Review && export", ReviewWidget, "Accept or reject the drawn tiles and export a training set"),
+)
+
+
+class HistoDiffusionWidget(QWidget):
+    """One dock with the four panels as tabs; each panel scrolls within its tab (``panel.page`` is its
+    scrolling page). ``self.tabs`` is the QTabWidget; the panels are ``self.load``, ``self.finetune``,
+    ``self.sample`` and ``self.review``."""
+
+    def __init__(self, napari_viewer=None):
+        super().__init__()
+        self.viewer = napari_viewer
+        self.tabs = QTabWidget()
+        self.tabs.setDocumentMode(True)  # no frame around the page: the dock is narrow
+        self.tabs.setUsesScrollButtons(True)  # a narrow dock scrolls the tab bar instead of widening
+        self.panels = []
+        for attr, title, cls, tip in TABS:
+            panel = cls(napari_viewer)
+            setattr(self, attr, panel)
+            self.panels.append(panel)
+            index = self.tabs.addTab(panel, title)
+            self.tabs.setTabToolTip(index, tip)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.tabs)
+        # A panel cancels its jobs when it leaves its dock; here the panels stay in the tab widget, so
+        # this dock leaving napari (its close button, remove_dock_widget, the viewer closing) does it.
+        self._close_watch = _CloseWatch(self, self._close_panels)
+
+    def sizeHint(self):
+        """Wide enough for all four tab titles (a narrower dock scrolls the tab bar)."""
+        hint = super().sizeHint()
+        hint.setWidth(max(hint.width(), self.tabs.tabBar().sizeHint().width() + 4))
+        return hint
+
+    def _close_panels(self, *_):
+        for panel in self.panels:
+            watch = getattr(panel, "_close_watch", None)
+            if watch is not None:
+                watch._on_close()
+
+    def show_panel(self, attr: str) -> QWidget:
+        """Bring a panel's tab to the front ("load", "finetune", "sample" or "review"); returns the panel."""
+        panel = getattr(self, attr)
+        self.tabs.setCurrentWidget(panel)
+        return panel
