@@ -393,7 +393,7 @@ def test_finetune_widget_extracts_slide_tiles_off_the_gui_thread(make_napari_vie
     w.extract()
     assert w.tiles is None and not w.extract_button.isEnabled()  # running on the worker
     qtbot.waitUntil(lambda: w.tiles is not None, timeout=30_000)
-    qtbot.waitUntil(lambda: w.extract_worker is None, timeout=10_000)
+    qtbot.waitUntil(lambda: not w.extracting.busy, timeout=10_000)
     assert fake_model.labeled is w.tiles and w.tiles.level == 1 and len(w.tiles) == 32
     assert w.counts.text().startswith("Tiles per class: STR: 16, TUM: 16")
     assert w.extract_button.isEnabled() and not w.preview.pixmap().isNull()
@@ -401,8 +401,8 @@ def test_finetune_widget_extracts_slide_tiles_off_the_gui_thread(make_napari_vie
     far = viewer.add_shapes([rect(5000, 5000, 5600, 5600)], scale=image.scale, features={"class": ["TUM"]})
     w.annotations.setCurrentText(far.name)
     w.extract()
-    assert w.extract_worker is not None
-    qtbot.waitUntil(lambda: w.extract_worker is None, timeout=10_000)
+    assert w.extracting.busy
+    qtbot.waitUntil(lambda: not w.extracting.busy, timeout=10_000)
     assert w.tiles is None and w.extract_button.isEnabled() and fake_model.labeled is not None
 
 
