@@ -395,6 +395,19 @@ class _CloseWatch(QObject):
         return False
 
 
+class JobPanel:
+    """``state`` and ``worker`` of a panel whose running work is ``self.job`` (a :class:`Job`)."""
+
+    @property
+    def state(self) -> State:
+        return self.job.state
+
+    @property
+    def worker(self):
+        """The running worker, or None."""
+        return self.job.worker
+
+
 def cancel_on_close(widget: QWidget, *jobs: Job) -> None:
     """Closing ``widget``'s panel (its dock's close button, napari removing it, the viewer closing)
     cancels ``jobs``: their core generators run their clean-up (a resumable checkpoint), and their

@@ -15,8 +15,8 @@ from qtpy.QtWidgets import (QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout,
                             QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
 from ..core.train.finetune import FinetuneOptions
-from ._common import (Job, State, cancel_on_close, form_row, notify_error, notify_warning, path_edit, render,
-                      scroll_page)
+from ._common import (Job, JobPanel, State, cancel_on_close, form_row, notify_error, notify_warning, path_edit,
+                      render, scroll_page)
 from ._forms import OptionsForm, field_edit, output_folder
 from ._layers import LayerCombo, extraction
 from ._plot import LossPlot
@@ -168,7 +168,7 @@ NEAR_CHANCE = ("The guidance classifier is barely better than chance, so guided 
                "really separate the classes.")
 
 
-class FinetuneWidget(QWidget):
+class FinetuneWidget(JobPanel, QWidget):
     def __init__(self, napari_viewer=None):
         import napari.layers as L
 
@@ -241,16 +241,6 @@ class FinetuneWidget(QWidget):
             combo.currentTextChanged.connect(self._inputs_changed)
         follow_model(self, self._model_changed)
         self._update()
-
-    @property
-    def state(self) -> State:
-        """The training's state (``Job.state``)."""
-        return self.job.state
-
-    @property
-    def worker(self):
-        """The training's worker while it runs, else None."""
-        return self.job.worker
 
     def label_of(self, name: str) -> str:
         """How this widget names an option (for messages)."""

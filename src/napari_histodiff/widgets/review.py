@@ -40,6 +40,7 @@ from ..core.base.errors import HistodiffError
 from ..core.generate.export import ExportOptions
 from ._common import (
     Job,
+    JobPanel,
     cancel_on_close,
     form_row,
     notify_error,
@@ -146,7 +147,7 @@ def read_sample_folder(folder) -> tuple[np.ndarray, list, dict]:
     return np.stack(tiles), records, after
 
 
-class ReviewWidget(QWidget):
+class ReviewWidget(JobPanel, QWidget):
     def __init__(self, napari_viewer=None):
         import napari.layers as L
 
@@ -250,11 +251,6 @@ class ReviewWidget(QWidget):
 
     # -- state -----------------------------------------------------------------------------
     @property
-    def worker(self):
-        """The running export's worker, or None."""
-        return self.job.worker
-
-    @property
     def records(self):
         layer = self.layers.layer()
         return layer.metadata["histodiff"]["records"] if layer is not None else []
@@ -343,17 +339,23 @@ class ReviewWidget(QWidget):
         if [r.kept for r in records] == before:
             self._show()
             return True
-        try:
-            write_decisions(layer)
-        except Exception as e:  # noqa: BLE001
-            for r, kept in zip(records, before):
-                r.kept = kept
-            notify_error(e, self.label_of)
+        if not self._write(layer, records, before):
             return False
         stack = self._undo_stack(layer)
         stack.append({"what": what, "kept": before, "index": self.index()})
         del stack[:-UNDO_LEVELS]
         self._show()
+        return True
+
+    def _write(self, layer, records, restore) -> bool:
+        """Write the layer's decisions; if that is refused, put back ``restore`` and say why."""
+        try:
+            write_decisions(layer)
+        except Exception as e:  # noqa: BLE001
+            for r, kept in zip(records, restore):
+                r.kept = kept
+            notify_error(e, self.label_of)
+            return False
         return True
 
     def move(self, step: int):
@@ -402,12 +404,7 @@ class ReviewWidget(QWidget):
         now = [r.kept for r in records]
         for r, kept in zip(records, entry["kept"]):
             r.kept = kept
-        try:
-            write_decisions(layer)
-        except Exception as e:  # noqa: BLE001
-            for r, kept in zip(records, now):
-                r.kept = kept
-            notify_error(e, self.label_of)
+        if not self._write(layer, records, now):
             return
         stack.pop()
         self.viewer.dims.set_current_step(0, entry["index"])

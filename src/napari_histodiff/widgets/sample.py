@@ -26,6 +26,7 @@ from qtpy.QtWidgets import (
 from ..core.generate.sampling import SampleOptions
 from ._common import (
     Job,
+    JobPanel,
     State,
     cancel_on_close,
     compact,
@@ -150,7 +151,7 @@ def show_layer(viewer, layer, margin: float = 0.05) -> None:
         viewer.camera.zoom = (1 - margin) * float(np.min(canvas / size))
 
 
-class SampleWidget(QWidget):
+class SampleWidget(JobPanel, QWidget):
     def __init__(self, napari_viewer=None):
         super().__init__()
         self.viewer = napari_viewer
@@ -258,16 +259,6 @@ class SampleWidget(QWidget):
         if not self.variations:  # from noise: always 1 (pure noise)
             self.form["strength"].value = None
         self._model_changed(MODEL.bundle)
-
-    @property
-    def state(self) -> State:
-        """The sampling's state (``Job.state``)."""
-        return self.job.state
-
-    @property
-    def worker(self):
-        """The running worker, or None."""
-        return self.job.worker
 
     def _update(self):
         ready = MODEL.bundle is not None

@@ -67,6 +67,11 @@ def oom_message(exc: BaseException, stage: str, options=("batch_size", "device")
     return f"out of memory {where}{what}; try {', '.join(fixes + ['fewer tiles at once'])}"
 
 
+def disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` says the disk (or the user's quota) is full."""
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
 def disk_full_message(exc: OSError, stage: str, options=()) -> str:
     """One line for a full disk (``ENOSPC``) during ``stage``: what was being written and the fix."""
     what = f" while writing {exc.filename}" if exc.filename else ""
@@ -107,7 +112,7 @@ def guard_memory(gen, options=("batch_size", "device")):
             raise
         error = OutOfMemory(oom_message(e, stage, options))
     except OSError as e:
-        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+        if not disk_full(e):
             raise
         error = HistodiffError(disk_full_message(e, stage, options))
     finally:

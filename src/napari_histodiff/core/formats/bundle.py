@@ -368,3 +368,14 @@ def bundle_hash(path) -> str:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 h.update(chunk)
     return h.hexdigest()[:16]
+
+
+def require_intact(path, parts) -> None:
+    """Raise a ``BundleError`` naming every damaged file of ``parts`` of the bundle the user gave at ``path``
+    (before they are copied elsewhere)."""
+    path = Path(path)
+    problems = {part: verify_part(path / part, label=str(path / part)) for part in parts}
+    damaged = [part for part in parts if problems[part]]
+    if damaged:
+        listed = "; ".join(p for part in damaged for p in problems[part])
+        raise BundleError(f"the bundle {path} is damaged: {listed}; {repair_hint(damaged, read_meta(path))}")

@@ -181,17 +181,3 @@ def repair_hint(parts, meta: dict | None = None) -> str:
     redo = sorted({stages.get(p, "the stage that wrote it") for p in parts})
     folders = ", ".join(f"{p}/" for p in dict.fromkeys(parts))
     return f"restore the bundle from a backup, or re-run {' and '.join(redo)} to write {folders} again"
-
-
-def require_intact(path, parts) -> None:
-    """Raise a ``BundleError`` naming every damaged file of ``parts`` of the bundle the user gave at ``path``
-    (before they are copied elsewhere)."""
-    from ..base.errors import BundleError
-    from .bundle import read_meta
-
-    path = Path(path)
-    problems = {part: verify_part(path / part, label=str(path / part)) for part in parts}
-    damaged = [part for part in parts if problems[part]]
-    if damaged:
-        listed = "; ".join(p for part in damaged for p in problems[part])
-        raise BundleError(f"the bundle {path} is damaged: {listed}; {repair_hint(damaged, read_meta(path))}")

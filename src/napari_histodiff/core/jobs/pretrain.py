@@ -199,7 +199,7 @@ def _copy_autoencoder(source, out) -> None:
 
     if not is_main_process():
         return
-    from ..formats.integrity import require_intact
+    from ..formats.bundle import require_intact
 
     require_intact(source, ("vae",))
     shutil.copytree(Path(source) / "vae", Path(out) / "vae")

@@ -153,7 +153,7 @@ def start_bundle(source, out) -> None:
         origin = str(source.path.resolve()) if source.path else \
             ((meta.get("provenance") or {}).get("converted") or {}).get("source", "in-memory model")
     else:
-        from ..formats.integrity import require_intact
+        from ..formats.bundle import require_intact
 
         source = Path(source)
         meta = read_meta(source)

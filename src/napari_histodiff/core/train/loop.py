@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from ..base.errors import HistodiffError
+from ..base.memory import disk_full, disk_full_message
+from ..formats.integrity import sha256_file
 from ..models.pixels import to_model_input, to_uint8  # noqa: F401 (used by the loops)
 
 
@@ -142,25 +144,6 @@ def prepare_out_dir(out, intent: str = "new") -> Path:
 KEEP = 2
 
 
-def _digest(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _disk_full(e: OSError, what) -> HistodiffError | None:
-    import errno
-
-    if getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
-        return HistodiffError(f"no space left on the disk while writing {what}; free some space, then run the "
-                              "same command with {opt:intent=resume} (the last complete checkpoint is kept)")
-    return None
-
-
 def checkpoints(folder: Path) -> list[Path]:
     """A stage's checkpoint folders, newest first (a checkpoint of the old single-folder layout last)."""
     folder = Path(folder)
@@ -186,13 +169,16 @@ def save_checkpoint(folder: Path, models: dict, state: dict, info: dict) -> Path
         for name, model in models.items():
             save_model(model, str(tmp / f"{name}.safetensors"))
         torch.save(state, tmp / "state.pt")
-        files = {f.name: {"size": f.stat().st_size, "sha256": _digest(f)} for f in sorted(tmp.iterdir())}
+        files = {f.name: {"size": f.stat().st_size, "sha256": sha256_file(f)} for f in sorted(tmp.iterdir())}
         (tmp / "checkpoint.json").write_text(json.dumps({**info, "files": files}, indent=2))
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise (_disk_full(e, f"the checkpoint {final}") or e) from None
+        if disk_full(e):
+            named = OSError(e.errno, e.strerror, f"the checkpoint {final}")
+            raise HistodiffError(disk_full_message(named, "", ("intent",))) from None
+        raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -219,7 +205,7 @@ def check_checkpoint(folder: Path) -> dict:
             raise ValueError(f"{name} is missing")
         if f.stat().st_size != rec["size"]:
             raise ValueError(f"{name} is {f.stat().st_size} bytes, {rec['size']} were written")
-        if _digest(f) != rec["sha256"]:
+        if sha256_file(f) != rec["sha256"]:
             raise ValueError(f"{name} differs from what was written (checksum)")
     return info
 
