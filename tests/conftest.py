@@ -4,6 +4,15 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# the widgets' jobs on worker threads (tests monkeypatch them); tests/test_process_jobs.py runs them in
+# spawned processes, as napari users get them
+os.environ.setdefault("HISTODIFF_JOBS", "thread")
+
+
+@pytest.fixture(autouse=True)
+def _job_logs(tmp_path_factory, monkeypatch):
+    """Job logs of the tests' spawned jobs go to a temporary folder, not ~/histodiff/logs."""
+    monkeypatch.setenv("HISTODIFF_LOG_DIR", str(tmp_path_factory.getbasetemp() / "job-logs"))
 
 
 def pytest_collection_modifyitems(config, items):

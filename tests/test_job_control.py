@@ -122,7 +122,7 @@ def test_a_failing_job_shows_one_message(make_napari_viewer, qtbot, trained_bund
     """A RuntimeError (most torch errors): superqt ends such a worker without a signal."""
     from napari_histodiff import load_bundle
     from napari_histodiff.core.base.events import Progress
-    from napari_histodiff.widgets import finetune as F
+    from napari_histodiff.core.jobs import finetune as F
     from napari_histodiff.widgets._common import State
 
     def broken(opts, model, tiles):
@@ -130,7 +130,7 @@ def test_a_failing_job_shows_one_message(make_napari_viewer, qtbot, trained_bund
         raise RuntimeError("boom in a training step")
 
     shown = errors_shown(monkeypatch)
-    monkeypatch.setattr(F, "finetune_and_load", broken)
+    monkeypatch.setattr(F, "finetune", broken)
     viewer = make_napari_viewer()
     fresh_model.set(load_bundle(trained_bundle, device="cpu"))
     w = dock(viewer, "Fine-tune")

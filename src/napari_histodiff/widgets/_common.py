@@ -99,8 +99,14 @@ class _Control:
         self.detached = False  # GUI: the widget is gone; no more widget callbacks
         self.wake = threading.Event()  # GUI: a request changed
         self.worker = None  # set before the worker starts
+        self.child = None  # a ChildJob when the job runs in a spawned process
         self.outcome = None  # worker: ("done", value) | ("stopped", None) | ("failed", exc)
         self.callback_error = None  # GUI: a widget callback raised (shown, the run is cancelled)
+
+    def tell(self, message: str) -> None:
+        """Pass a request ("pause", "resume", "stop") on to a job in a child process."""
+        if self.child is not None:
+            self.child.send(message)
 
     def stopping(self) -> bool:
         """A cancel, or napari quitting the worker (the viewer closing)."""
@@ -153,18 +159,66 @@ def _stoppable(ctl, gen_func, *args):
         gen.close()
 
 
-def _run(ctl, gen_func, *args):
-    """The worker's generator. It never raises: superqt ends a worker whose generator raises a
-    RuntimeError (most torch errors) without any signal, which would leave its widget busy for good.
-    What happened is in ``ctl.outcome`` when the worker's ``finished`` arrives."""
+def _remote(ctl, child):
+    """Drive a job in a child process (:class:`~napari_histodiff.core.base.process.ChildJob`): its events
+    and pause reports come back here; the Job sends the requests. Closed (napari quitting the worker), it
+    stops the child and waits for its clean-up."""
+    child.start()
+    finished = False
     try:
-        value = yield from _stoppable(ctl, gen_func, *args)
+        for kind, value in child.reports(wait=0.1):
+            if kind == "event":
+                if not ctl.stopping():
+                    yield value  # no progress event after a cancel
+            elif kind in ("paused", "resumed"):
+                ctl._emit(kind)
+            elif kind == "idle":
+                if ctl.stopping():  # napari asked the worker to quit
+                    child.send("stop")
+            else:
+                finished = True
+                if kind == "failed":
+                    raise value
+                return value if kind == "done" else STOPPED
+    finally:
+        if not finished:
+            child.stop_and_wait()
+
+
+def _run(ctl, source, then=None):
+    """The worker's generator over ``source`` (:func:`_stoppable` or :func:`_remote`); ``then(result)`` runs
+    in the worker thread after a run that was not cancelled. It never raises: superqt ends a worker whose
+    generator raises a RuntimeError (most torch errors) without any signal, which would leave its widget
+    busy for good. What happened is in ``ctl.outcome`` when the worker's ``finished`` arrives."""
+    try:
+        value = yield from source
+        if value is not STOPPED and then is not None:
+            value = then(value)
         ctl.outcome = ("stopped", None) if value is STOPPED else ("done", value)
     except Exception as e:  # noqa: BLE001 - reported by the Job, once
         ctl.outcome = ("failed", e)
     finally:
         if ctl.outcome is None:  # closed: napari quit the worker
             ctl.outcome = ("stopped", None)
+
+
+def jobs_in_process() -> bool:
+    """Whether the long jobs (fine-tuning, sampling) run in a spawned process: yes, unless
+    ``HISTODIFF_JOBS=thread`` (tests, debugging)."""
+    import os
+
+    return os.environ.get("HISTODIFF_JOBS", "process").lower() != "thread"
+
+
+def portable_model(bundle):
+    """What a job in another process opens as the loaded model: its bundle folder when it was loaded from
+    an intact one (nothing to copy), else the bundle itself (pickled)."""
+    from pathlib import Path
+
+    path = getattr(bundle, "path", None)
+    if path is not None and (Path(path) / "histodiff.json").is_file():
+        return Path(path)
+    return bundle
 
 
 def _drive(gen):
@@ -186,8 +240,9 @@ class Job:
     the run (state FAILED). No exception leaves a signal handler (outside ``napari.run()`` that would abort
     the process)."""
 
-    def __init__(self, labels=None):
+    def __init__(self, labels=None, process: bool = False):
         self.labels = labels
+        self.process = process  # run in a spawned process (the generator function must be importable)
         self.state = State.IDLE
         self._ctl = None
         self._cb = {}
@@ -217,13 +272,15 @@ class Job:
 
     # -- requests --
     def start(self, gen_func, *args, on_yield=None, on_done=None, on_error=None, on_finish=None,
-              on_release=None, on_change=None):
-        """Run ``gen_func(*args)`` (a core generator) on a worker; returns the worker.
+              on_release=None, on_change=None, then=None):
+        """Run ``gen_func(*args)`` (a core generator) on a worker, or in a spawned process when the Job was
+        made with ``process=True`` (then ``gen_func`` and ``args`` must pickle); returns the worker.
 
         on_yield(event): each progress event. on_done(result): the result of a run that was not cancelled.
         on_error(exc): a failed run's error, to show (default: notify_error with ``labels``).
         on_finish(): after every run, once its state is final. on_change(): after each state change.
         on_release(): after every run, even once the widget is gone: free what the run held (no widgets).
+        then(result): in the worker thread, after a run that was not cancelled; its value goes to on_done.
         """
         import gc
 
@@ -236,7 +293,13 @@ class Job:
         # and model loading in the worker triggers one; frozen objects are not scanned again.
         gc.freeze()
         ctl = _Control()
-        gen = _run(ctl, gen_func, *args)
+        if self.process:
+            from ..core.base.process import ChildJob
+
+            ctl.child = ChildJob(gen_func, args)
+            gen = _run(ctl, _remote(ctl, ctl.child), then)
+        else:
+            gen = _run(ctl, _stoppable(ctl, gen_func, *args), then)
         # no error connection: _run never raises (create_worker would re-raise in the event loop)
         worker = create_worker(_drive, gen, _start_thread=False, _ignore_errors=True)
         ctl.worker, worker.job, worker.request_stop = worker, self, self.cancel
@@ -258,11 +321,13 @@ class Job:
     def pause(self) -> None:
         if self.can_pause and not self._ctl.pause:
             self._ctl.pause = True
+            self._ctl.tell("pause")
             self._set(self._derived())
 
     def resume(self) -> None:
         if self.can_pause and self._ctl.pause:
             self._ctl.pause = False
+            self._ctl.tell("resume")
             self._ctl.wake.set()
             self._set(self._derived())
 
@@ -274,6 +339,7 @@ class Job:
         worker has finished its clean-up, then STOPPED (or DONE when the run ended meanwhile)."""
         if self.busy and not self._ctl.stop:
             self._ctl.stop = True
+            self._ctl.tell("stop")
             self._ctl.wake.set()
             self._set(State.CANCELLING)
 
@@ -434,6 +500,31 @@ def compact(combo: QComboBox) -> QComboBox:
     combo.setMinimumContentsLength(6)
     combo.setMinimumWidth(80)
     return combo
+
+
+DEVICE_TIP = ("where this job runs: the loaded model's device unless you choose another; auto picks a GPU "
+              "(cuda, then Apple mps) when there is one. The job runs in a process of its own, so the memory "
+              "it used (a GPU's too) is freed when it ends.")
+
+
+class DeviceCombo(QComboBox):
+    """The device a job runs on: auto and this machine's devices; follows the loaded model's device."""
+
+    def __init__(self):
+        from ..core.base.devices import available_devices
+
+        super().__init__()
+        compact(self)
+        self.addItems(["auto", *available_devices()])
+        self.setToolTip(DEVICE_TIP)
+
+    def follow(self, bundle) -> None:
+        """Show the device of a newly loaded model."""
+        if bundle is not None:
+            name = str(bundle.device)
+            if self.findText(name) < 0:
+                self.addItem(name)
+            self.setCurrentText(name)
 
 
 def path_edit(mode: str = "d", value=None, filter: str | None = None, tip: str = ""):

@@ -15,8 +15,8 @@ from qtpy.QtWidgets import (QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout,
                             QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
 from ..core.train.finetune import FinetuneOptions
-from ._common import (Job, JobPanel, State, cancel_on_close, form_row, notify_error, notify_warning, path_edit,
-                      render, scroll_page)
+from ._common import (DeviceCombo, Job, JobPanel, State, cancel_on_close, form_row, jobs_in_process, notify_error,
+                      notify_warning, path_edit, portable_model, render, scroll_page)
 from ._forms import OptionsForm, field_edit, output_folder
 from ._layers import LayerCombo, extraction
 from ._plot import LossPlot
@@ -44,14 +44,11 @@ def warm_imports() -> None:
     from ..core.train import autoencoder, classifiers, diffusion, losses  # noqa: F401
 
 
-def finetune_and_load(opts: FinetuneOptions, model, tiles):
-    """The fine-tuning job (as ``histodiff finetune``), then the new bundle loaded in the worker
-    thread (not the GUI's)."""
+def with_bundle(out, device, result):
+    """The job's result and the fine-tuned bundle, loaded in the worker thread (not the GUI's)."""
     from ..core.formats.bundle import load_bundle
-    from ..core.jobs.finetune import finetune
 
-    result = yield from finetune(opts, model=model, tiles=tiles)
-    return result, load_bundle(opts.out, device=opts.device)
+    return result, load_bundle(out, device=device)
 
 
 def duration(seconds: float) -> str:
@@ -184,6 +181,8 @@ class FinetuneWidget(JobPanel, QWidget):
         self.out = path_edit("d", output_folder("finetuned", self.image.layer()),
                              tip=FinetuneOptions.__dataclass_fields__["out"].metadata["help"])
         self.intent = field_edit(FinetuneOptions, "intent")
+        self.device = DeviceCombo()
+        self.device.follow(MODEL.bundle)
         self.extract_button = QPushButton("Extract tiles")
         self.counts = QLabel("Extract tiles to see how many each class gets.")
         self.counts.setWordWrap(True)
@@ -214,6 +213,7 @@ class FinetuneWidget(JobPanel, QWidget):
         options = QGroupBox("fine-tuning")
         self.form.add_row(LABELS["out"], self.out, wide=True)
         self.form.add_row(self.intent.label, self.intent)
+        self.form.add_row("device", self.device)
         QVBoxLayout(options).addWidget(self.form)
         layout = scroll_page(self)
         layout.addWidget(tiles)
@@ -230,7 +230,8 @@ class FinetuneWidget(JobPanel, QWidget):
         self.tiles = None
         # the training and the tile extraction; closing the panel cancels them (a resumable checkpoint
         # is kept) and their results are then not used
-        self.job, self.extracting = Job(self.label_of), Job(self.label_of)
+        self.job = Job(self.label_of, process=jobs_in_process())  # a spawned process: the viewer never stalls
+        self.extracting = Job(self.label_of)
         cancel_on_close(self, self.job, self.extracting)
         warm_imports()
         self.extract_button.clicked.connect(self.extract)
@@ -250,6 +251,7 @@ class FinetuneWidget(JobPanel, QWidget):
 
     # -- inputs ---------------------------------------------------------------------------
     def _model_changed(self, bundle):
+        self.device.follow(bundle)
         if not self.job.busy:
             self.tiles = None  # the tile size may have changed
         self._update()
@@ -342,9 +344,10 @@ class FinetuneWidget(JobPanel, QWidget):
 
     # -- training ---------------------------------------------------------------------------
     def options(self) -> FinetuneOptions:
-        """The job's options: the form, the output folder and intent, the loaded model's device."""
-        bundle = MODEL.require()
-        return self.form.read(out=Path(str(self.out.value)), intent=self.intent.value, device=str(bundle.device))
+        """The job's options: the form, the output folder and intent, the device."""
+        MODEL.require()
+        return self.form.read(out=Path(str(self.out.value)), intent=self.intent.value,
+                              device=self.device.currentText())
 
     def start(self):
         from ..core.base.errors import HistodiffError
@@ -378,9 +381,16 @@ class FinetuneWidget(JobPanel, QWidget):
             self._release()
             activity.close()  # also when the panel was closed meanwhile (no on_finish then)
 
-        # the job checks the model (VQ, no UNet), the tiles and the output folder before it writes
-        self.job.start(finetune_and_load, opts, MODEL.bundle, self.tiles, on_yield=self._event, on_done=self._done,
-                       on_finish=self._finished, on_release=release, on_change=self._update)
+        from functools import partial
+
+        from ..core.jobs.finetune import finetune
+
+        # the job checks the model (VQ, no UNet), the tiles and the output folder before it writes; in a
+        # process it opens the loaded model from its folder
+        model = portable_model(MODEL.bundle) if self.job.process else MODEL.bundle
+        self.job.start(finetune, opts, model, self.tiles, then=partial(with_bundle, opts.out, opts.device),
+                       on_yield=self._event, on_done=self._done, on_finish=self._finished, on_release=release,
+                       on_change=self._update)
 
     def toggle_pause(self):
         """Pause (after the current step: "pausing" until then) or resume; any time, in any order."""

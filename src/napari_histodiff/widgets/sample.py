@@ -25,9 +25,12 @@ from qtpy.QtWidgets import (
 
 from ..core.generate.sampling import SampleOptions
 from ._common import (
+    DeviceCombo,
     Job,
     JobPanel,
     State,
+    jobs_in_process,
+    portable_model,
     cancel_on_close,
     compact,
     notify_error,
@@ -163,6 +166,8 @@ class SampleWidget(JobPanel, QWidget):
         self.form = OptionsForm(SampleOptions, advanced=ADVANCED)
         self._default_out = output_folder("samples", self._image_layer())
         self.out = path_edit("d", self._default_out)
+        self.device = DeviceCombo()
+        self.device.follow(MODEL.bundle)
         explain_path(self.out, tooltip(TIPS["out"]))
         self.start_button, self.cancel_button = QPushButton("Sample"), QPushButton("Cancel")
         self.start_button.setToolTip(tooltip(TIPS["start"]))
@@ -173,6 +178,7 @@ class SampleWidget(JobPanel, QWidget):
         self.form.add_row("start from", self.start_from, at=0)
         self.form.add_row(LABELS["classes"], self.target, at=1)
         self.form.add_row(LABELS["out"], self.out, wide=True)
+        self.form.add_row("device", self.device)
         layout = scroll_page(self)
         layout.addWidget(self.form)
         row = QHBoxLayout()
@@ -183,7 +189,7 @@ class SampleWidget(JobPanel, QWidget):
         layout.addWidget(self.status)
         layout.addStretch()
         self.layer = None
-        self.job = Job(self.label_of)
+        self.job = Job(self.label_of, process=jobs_in_process())  # a spawned process: the viewer never stalls
         cancel_on_close(self, self.job)  # closing the panel cancels the sampling (the core leaves no folder)
         self.start_button.clicked.connect(self.start)
         self.cancel_button.clicked.connect(self.cancel)
@@ -246,6 +252,7 @@ class SampleWidget(JobPanel, QWidget):
         return [*names, *([ALL_CLASSES] if len(names) > 1 else []), UNGUIDED]
 
     def _model_changed(self, bundle):
+        self.device.follow(bundle)
         current = self.target.currentText()
         self.target.clear()
         if bundle is not None:
@@ -267,13 +274,13 @@ class SampleWidget(JobPanel, QWidget):
         self.status.setText(self.state.value if ready else "load a model first (Load model widget)")
 
     def options(self, out=None) -> SampleOptions:
-        """The job's options: the form, the class choice, the folder, the loaded model's device."""
+        """The job's options: the form, the class choice, the folder, the device."""
         bundle = MODEL.require()
         target = self.target.currentText()
         classes = list(bundle.class_names) if target == ALL_CLASSES else \
             [] if target in (UNGUIDED, EACH_SOURCE, "") else [target]
         extra = {} if self.variations else {"strength": None}
-        return self.form.read(classes=classes, out=out, device=str(bundle.device), **extra)
+        return self.form.read(classes=classes, out=out, device=self.device.currentText(), **extra)
 
     def folder_stem(self, opts: SampleOptions) -> tuple[str, str]:
         """(what the layer shows, the sub-folder stem): ``DAB-rich-seed0``, ``all-classes-variations-seed0``."""
@@ -298,7 +305,11 @@ class SampleWidget(JobPanel, QWidget):
 
         self.layer, self.folder = None, opts.out
         self.name = f"{'variations' if self.variations else 'synthetic'}: {what}"
-        self.job.start(sample, opts, bundle, sources, on_yield=self._event, on_done=self._done,
+        moved = opts.device != str(bundle.device)
+        model = portable_model(bundle) if self.job.process or moved else bundle
+        if not isinstance(model, type(bundle)):  # a folder: the job's process opens it on the chosen device
+            opts.model, model = model, None
+        self.job.start(sample, opts, model, sources, on_yield=self._event, on_done=self._done,
                        on_finish=self._finished, on_change=self._update)
 
     def sources(self):
