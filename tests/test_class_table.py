@@ -173,6 +173,13 @@ def test_labels_value_names_reach_the_extracted_class_names(make_napari_viewer):
     assert np.allclose(labels.get_color(1), before)  # the other values keep their colours
     w.select(1)
     assert labels.selected_label == 1  # choosing a row picks the value to paint
+    # a value painted without a name joins the table and the tiles as "class <value>"
+    labels.data[32:64, 96:128] = 5
+    labels.refresh()
+    w.refresh()
+    assert table(w)[-1][0::2] == ("class 5", "5")
+    tiles, _ = extract(image, labels, 32, 32, 0.5)
+    assert dict(zip(tiles.class_names, np.bincount(tiles.labels))) == {"NEC": 1, "STR": 4, "TUM": 4, "class 5": 1}
 
 
 def test_geojson_classes_and_colours_show_in_the_table(make_napari_viewer, tmp_path):

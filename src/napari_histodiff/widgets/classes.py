@@ -263,8 +263,14 @@ def set_label_names(layer, names: dict[int, str]) -> None:
 
 def label_rows(layer) -> list[dict]:
     named = label_names(layer)
+    values = label_values(layer)
+    if named and set(values) - set(named):
+        # painted values the class feature does not name yet: name them ``class <value>``, else the
+        # extraction (which reads only the named values once there is a class feature) would skip them
+        set_label_names(layer, {v: named.get(v, "") for v in values})
+        named = label_names(layer)
     return [{"key": v, "name": named.get(v) or f"class {v}", "color": hex_of(layer.get_color(v)),
-             "count": None} for v in label_values(layer)]
+             "count": None} for v in values]
 
 
 def add_label(layer, name: str) -> int:
@@ -458,9 +464,9 @@ class ClassesWidget(QWidget):
     def refresh(self) -> None:
         """Show the layer's classes again (keeps the selected row)."""
         keep = self.current()
-        rows = self.rows()
         self._updating = True
         try:
+            rows = self.rows()
             self.table.blockSignals(True)
             self.table.setRowCount(len(rows))
             labels = is_labels(self._layer) if self._layer is not None else False
