@@ -1,4 +1,4 @@
-"""The HistoDiffusion dock (issue 15, item 1, "Fits a 1280 x 800 screen"): the four panels as tabs in one
+"""The HistoDiffusion dock (issue 15, item 1, "Fits a 1280 x 800 screen"): the panels as tabs in one
 dock, each scrolling in its tab, so that napari fits a 1280 x 800 screen (pytest-qt, xvfb)."""
 
 import pytest
@@ -11,7 +11,7 @@ from test_widgets import PLUGIN, fresh_model  # noqa: F401 (fresh_model: an auto
 SCREEN = (1280, 800)
 CHROME = 150  # menu bar, dock title bar, status bar and window frame
 CANVAS_MIN = 450  # what the canvas and napari's left-hand docks need at least
-TITLES = ("Load model", "Fine-tune", "Sample", "Review & export")
+TITLES = ("Load model", "Annotate", "Fine-tune", "Sample", "Review & export")
 
 
 def settle(qtbot, ms=50):
@@ -37,7 +37,8 @@ def shown_at_1280x800(make_napari_viewer, qtbot):
     return viewer, dock, widget, window
 
 
-def test_the_dock_holds_the_four_panels_as_tabs_in_workflow_order(make_napari_viewer):
+def test_the_dock_holds_the_panels_as_tabs_in_workflow_order(make_napari_viewer):
+    from napari_histodiff.widgets.classes import ClassesWidget
     from napari_histodiff.widgets.dock import HistoDiffusionWidget
     from napari_histodiff.widgets.finetune import FinetuneWidget
     from napari_histodiff.widgets.load import LoadWidget
@@ -50,8 +51,8 @@ def test_the_dock_holds_the_four_panels_as_tabs_in_workflow_order(make_napari_vi
     shown = [tabs.tabText(i).replace("&&", "&") for i in range(tabs.count())]  # "&&": a plain "&"
     assert shown == list(TITLES)
     kinds = [type(tabs.widget(i)) for i in range(tabs.count())]
-    assert kinds == [LoadWidget, FinetuneWidget, SampleWidget, ReviewWidget]
-    assert [w.load, w.finetune, w.sample, w.review] == [tabs.widget(i) for i in range(4)]
+    assert kinds == [LoadWidget, ClassesWidget, FinetuneWidget, SampleWidget, ReviewWidget]
+    assert [w.load, w.classes, w.finetune, w.sample, w.review] == [tabs.widget(i) for i in range(5)]
     assert all(tabs.tabToolTip(i) for i in range(tabs.count()))
     assert w.show_panel("sample") is w.sample and tabs.currentWidget() is w.sample
     # advanced options stay collapsed, as in the separate panels
@@ -84,7 +85,9 @@ def test_every_tab_scrolls_and_its_buttons_are_reachable(make_napari_viewer, qtb
     from qtpy.QtWidgets import QPushButton, QScrollArea
 
     _, _, w, window = shown_at_1280x800(make_napari_viewer, qtbot)
-    wanted = {"load": ["load_button"], "finetune": ["extract_button", "start_button", "pause_button",
+    wanted = {"load": ["load_button"],
+              "classes": ["add_button", "rename_button", "color_button", "remove_button", "assign_button"],
+              "finetune": ["extract_button", "start_button", "pause_button",
                                                      "cancel_button"],
               "sample": ["start_button", "cancel_button"], "review": ["open_button", "export_button"]}
     for attr, names in wanted.items():

@@ -13,7 +13,7 @@ pytest.importorskip("pytestqt")
 
 from test_widgets import dock, fresh_model  # noqa: E402,F401 (fresh_model: an autouse fixture)
 
-PANELS = ("Load model", "Fine-tune", "Sample", "Review & export")
+PANELS = ("Load model", "Annotate", "Fine-tune", "Sample", "Review & export")
 
 
 def controls(widget):

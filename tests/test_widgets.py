@@ -47,14 +47,15 @@ def open_annotated_sample(viewer):
 
 
 def test_every_widget_is_created_through_the_manifest(make_napari_viewer):
+    from napari_histodiff.widgets.classes import ClassesWidget
     from napari_histodiff.widgets.finetune import FinetuneWidget
     from napari_histodiff.widgets.load import LoadWidget
     from napari_histodiff.widgets.review import ReviewWidget
     from napari_histodiff.widgets.sample import SampleWidget
 
     viewer = make_napari_viewer()
-    for name, cls in (("Load model", LoadWidget), ("Fine-tune", FinetuneWidget), ("Sample", SampleWidget),
-                      ("Review & export", ReviewWidget)):
+    for name, cls in (("Load model", LoadWidget), ("Annotate", ClassesWidget), ("Fine-tune", FinetuneWidget),
+                      ("Sample", SampleWidget), ("Review & export", ReviewWidget)):
         assert isinstance(dock(viewer, name), cls)
 
 

@@ -11,7 +11,8 @@
   (a stack, a grayscale or multichannel fluorescence image) is left to napari's own reader.
 - QuPath GeoJSON (File > Export objects as GeoJSON; classified annotation objects) opens as a Shapes
   layer of polygons with ``class``, ``name``, ``object`` and ``object_type`` features and the QuPath
-  class colours. napari's Shapes layer cannot draw holes, so a polygon with holes is cut into
+  class colours (also in ``metadata["class_colors"]``, class -> ``#rrggbb``, which the Annotate panel's
+  class table shows and keeps). napari's Shapes layer cannot draw holes, so a polygon with holes is cut into
   hole-free pieces along vertical lines through its holes (the covered area is exact, the cuts show
   as edges); the pieces of one QuPath object share its ``object`` number, and the writer
   (``_writer.py``) joins them again. GeoJSON coordinates are level-0 pixels: the layer gets the scale
@@ -133,14 +134,24 @@ def _slide_mpp(path) -> float | None:
         return None
 
 
+def class_colors(annotations) -> dict[str, tuple]:
+    """Class name -> (r, g, b) 0-255: QuPath's class colour, else one of the palette's."""
+    classes = annotations.class_names
+    given = annotations.colors()
+    spare = iter(PALETTE * (1 + len(classes) // len(PALETTE)))
+    return {c: tuple(given[c]) if c in given else next(spare) for c in classes}
+
+
+def hex_color(rgb) -> str:
+    """(r, g, b) 0-255 -> ``#rrggbb``."""
+    return "#" + "".join(f"{int(round(v)):02x}" for v in list(rgb)[:3])
+
+
 def annotation_shapes(annotations) -> tuple[list, dict, np.ndarray, np.ndarray]:
     """(polygons as (N, 2) row, col arrays, features, face colours, edge colours) of an AnnotationSet."""
     from .core.data.annotations import hole_free_parts
 
-    classes = annotations.class_names
-    given = annotations.colors()
-    spare = iter(PALETTE * (1 + len(classes) // len(PALETTE)))
-    colors = {c: given[c] if c in given else next(spare) for c in classes}
+    colors = class_colors(annotations)
     data, feats, rgb = [], {"class": [], "name": [], "object": [], "object_type": []}, []
     for k, a in enumerate(annotations.annotations):
         color = a.color or colors.get(a.class_name) or (255, 255, 255)
@@ -177,7 +188,9 @@ def read_annotations(path):
               "feature_defaults": {"class": feats["class"][-1] if feats["class"] else "", "name": "",
                                    "object": -1, "object_type": "annotation"},
               "metadata": {"geojson_path": str(p), "slide_path": str(slide) if slide else None, "mpp": mpp,
-                           "skipped": dict(annotations.skipped)}}
+                           "skipped": dict(annotations.skipped),
+                           # the class table (Annotate panel) shows and keeps these colours
+                           "class_colors": {c: hex_color(rgb) for c, rgb in class_colors(annotations).items()}}}
     if mpp:
         kwargs["units"] = ("um", "um")
     return [(data, kwargs, "shapes")]

@@ -109,9 +109,22 @@ def _unique(data) -> np.ndarray:
     return np.unique(np.concatenate([np.unique(np.asarray(data[i : i + step])) for i in range(0, h, step)]))
 
 
+CLASS_COLUMNS = ("class", "name")  # the feature column of a shape's / point's class: the first present
+
+
+def class_column(layer) -> str | None:
+    """The feature column that holds the class of each shape or point (``class``, else ``name``), None
+    when the layer has neither (or its table does not have one row per item)."""
+    feats = layer.features
+    for column in CLASS_COLUMNS:
+        if column in feats and len(feats) == len(layer.data):
+            return column
+    return None
+
+
 def _names(layer, n: int) -> list[str]:
     feats = layer.features
-    for column in ("class", "name"):
+    for column in CLASS_COLUMNS:
         if column in feats and len(feats) == n:
             return [str(x) if x == x else "" for x in feats[column]]  # NaN -> ""
     raise HistodiffError(f"layer {layer.name!r} has no `class` feature; give every item a class "

@@ -1,5 +1,5 @@
-"""HistoDiffusion: the four panels in one dock, as tabs in workflow order (Load model, Fine-tune, Sample,
-Review & export).
+"""HistoDiffusion: the panels in one dock, as tabs in workflow order (Load model, Annotate, Fine-tune,
+Sample, Review & export).
 
 Four docks stacked in napari's side area need 1,700-2,070 px of height; as tabs, one panel shows at a
 time and each scrolls in its tab, so the window fits a 1280 x 800 screen. The panels are the same
@@ -10,6 +10,7 @@ from __future__ import annotations
 from qtpy.QtWidgets import QTabWidget, QVBoxLayout, QWidget
 
 from ._common import _CloseWatch
+from .classes import ClassesWidget
 from .finetune import FinetuneWidget
 from .load import LoadWidget
 from .review import ReviewWidget
@@ -19,6 +20,7 @@ from .sample import SampleWidget
 #: separate widgets' names (messages name them), "&&" is a plain "&" in a tab title
 TABS = (
     ("load", "Load model", LoadWidget, "Load model: a bundle, a diffusers pipeline or a CompVis checkpoint"),
+    ("classes", "Annotate", ClassesWidget, "Annotate: name the classes of an annotation layer and give them colours"),
     ("finetune", "Fine-tune", FinetuneWidget, "Fine-tune the model on tiles cut from annotated regions"),
     ("sample", "Sample", SampleWidget, "Draw synthetic tiles of a class (or variations of tiles)"),
     ("review", "Review && export", ReviewWidget, "Accept or reject the drawn tiles and export a training set"),
@@ -26,9 +28,9 @@ TABS = (
 
 
 class HistoDiffusionWidget(QWidget):
-    """One dock with the four panels as tabs; each panel scrolls within its tab (``panel.page`` is its
-    scrolling page). ``self.tabs`` is the QTabWidget; the panels are ``self.load``, ``self.finetune``,
-    ``self.sample`` and ``self.review``."""
+    """One dock with the panels as tabs; each panel scrolls within its tab (``panel.page`` is its
+    scrolling page). ``self.tabs`` is the QTabWidget; the panels are ``self.load``, ``self.classes``,
+    ``self.finetune``, ``self.sample`` and ``self.review``."""
 
     def __init__(self, napari_viewer=None):
         super().__init__()
@@ -51,7 +53,7 @@ class HistoDiffusionWidget(QWidget):
         self._close_watch = _CloseWatch(self, self._close_panels)
 
     def sizeHint(self):
-        """Wide enough for all four tab titles (a narrower dock scrolls the tab bar)."""
+        """Wide enough for all the tab titles (a narrower dock scrolls the tab bar)."""
         hint = super().sizeHint()
         hint.setWidth(max(hint.width(), self.tabs.tabBar().sizeHint().width() + 4))
         return hint
@@ -63,7 +65,7 @@ class HistoDiffusionWidget(QWidget):
                 watch._on_close()
 
     def show_panel(self, attr: str) -> QWidget:
-        """Bring a panel's tab to the front ("load", "finetune", "sample" or "review"); returns the panel."""
+        """Bring a panel's tab to the front ("load", "classes", "finetune", "sample" or "review"); returns the panel."""
         panel = getattr(self, attr)
         self.tabs.setCurrentWidget(panel)
         return panel
