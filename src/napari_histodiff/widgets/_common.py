@@ -520,8 +520,8 @@ class DeviceCombo(QComboBox):
 
     def follow(self, bundle) -> None:
         """Show the device of a newly loaded model."""
-        if bundle is not None:
-            name = str(bundle.device)
+        name = str(getattr(bundle, "device", "") or "")
+        if name:
             if self.findText(name) < 0:
                 self.addItem(name)
             self.setCurrentText(name)
