@@ -57,6 +57,22 @@ def test_the_child_imports_no_gui_and_uses_the_threads_given(tmp_path):
     assert child_threads() >= 1
 
 
+def test_the_child_does_not_import_the_parents_main_module(tmp_path):
+    """napari's entry script imports napari (and Qt) at the top; spawn would import it again in the child."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("napari")
+    script = tmp_path / "main_like_napari.py"
+    script.write_text(f"import sys\nsys.path.insert(0, {str(Path(__file__).parent)!r})\nimport napari\n"
+                      "from job_children import threads_seen\n"
+                      "from napari_histodiff.core.base.process import ChildJob\n"
+                      "if __name__ == '__main__':\n"
+                      "    job = ChildJob(threads_seen, ())\n    job.start()\n    print(list(job.reports())[-1])\n")
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert "'gui': []" in out.stdout, out.stdout + out.stderr
+
+
 def test_an_error_that_does_not_pickle_arrives_as_text_and_its_traceback_is_logged():
     from napari_histodiff.core.base.errors import HistodiffError
     from napari_histodiff.core.base.process import ChildJob

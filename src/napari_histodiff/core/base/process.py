@@ -72,7 +72,17 @@ class ChildJob:
         self.outcome = None
 
     def start(self) -> None:
-        self.process.start()
+        import sys
+        import types
+
+        # spawn re-imports the parent's main module in the child (napari's entry script imports napari
+        # and Qt); the job needs none of it, so the child is started with an empty one
+        main = sys.modules["__main__"]
+        sys.modules["__main__"] = types.ModuleType("__main__")
+        try:
+            self.process.start()
+        finally:
+            sys.modules["__main__"] = main
         self._child_conn.close()
         _LIVE.add(self)
 
