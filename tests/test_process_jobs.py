@@ -234,3 +234,26 @@ def test_finetune_in_a_process_cancels_to_a_checkpoint_then_resumes_and_loads(
     assert w.state == State.DONE, w.status.text()
     assert Path(fresh_model.bundle.path) == out and fresh_model.bundle.latent_classifier is not None
     assert "fine-tuned bundle written" in w.summary
+
+
+def test_guided_sampling_in_a_process_fills_the_layer_and_its_table(make_napari_viewer, qtbot, finetuned_bundle,
+                                                                    fresh_model, tmp_path, monkeypatch):
+    import numpy as np
+    from test_widgets import sample_with
+
+    from napari_histodiff import load_bundle
+    from napari_histodiff.core.formats.records import read_records
+
+    monkeypatch.setenv("HISTODIFF_JOBS", "process")
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((200, 200, 3), np.uint8), name="tissue", rgb=True)
+    fresh_model.set(load_bundle(finetuned_bundle[0], device="cpu"))
+    s = dock(viewer, "Sample")
+    assert s.job.process and s.device.currentText() == "cpu"
+    sample_with(s, qtbot, "DAB-rich", 3, 4, 2, tmp_path / "samples")
+    layer = viewer.layers["synthetic: DAB-rich"]
+    folder = Path(layer.metadata["histodiff"]["folder"])
+    records = read_records(folder)
+    assert layer.data.shape == (3, 32, 32, 3) and len(records) == 3
+    assert [r.target_class for r in records] == ["DAB-rich"] * 3
+    assert list(layer.metadata["features"]["target_class"]) == ["DAB-rich"] * 3
