@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 from qtpy.QtCore import Qt, QTimer
-from qtpy.QtGui import QColor
+from qtpy.QtGui import QColor, QIcon, QPixmap
 from qtpy.QtWidgets import (QAbstractButton, QAbstractItemView, QColorDialog, QHBoxLayout, QHeaderView,
                             QInputDialog, QLabel, QPushButton, QTableWidget, QTableWidgetItem, QWidget)
 
@@ -51,6 +51,14 @@ def hex_of(color) -> str:
 def rgba(hex_color: str, alpha: float = 1.0) -> np.ndarray:
     c = QColor(hex_color)
     return np.array([c.redF(), c.greenF(), c.blueF(), alpha])
+
+
+def _swatch(hex_color: str) -> QIcon:
+    """A square of the colour (shown on the colour cell, where the highlight of a selected row would hide
+    the cell's background)."""
+    pixmap = QPixmap(14, 14)
+    pixmap.fill(QColor(hex_color))
+    return QIcon(pixmap)
 
 
 def is_labels(layer) -> bool:
@@ -477,6 +485,7 @@ class ClassesWidget(QWidget):
                 name.setToolTip(tooltip("Double-click to rename this class."))
                 color = QTableWidgetItem("")
                 color.setBackground(QColor(row["color"]))
+                color.setIcon(_swatch(row["color"]))  # the selected row's highlight hides the background
                 color.setFlags(color.flags() & ~Qt.ItemFlag.ItemIsEditable)
                 color.setToolTip(tooltip(f"{row['color']}: double-click to change the colour."))
                 count = QTableWidgetItem(str(row["key"] if labels else row["count"]))
