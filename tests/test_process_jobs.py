@@ -155,8 +155,9 @@ def test_pause_resume_cancel_in_any_order_with_the_job_in_a_process(qtbot, tmp_p
     gates.step()
     qtbot.waitUntil(lambda: job.state == State.PAUSED, timeout=10_000)
     job.resume()
-    job.cancel()  # before the child has resumed
+    job.cancel()  # before the child has resumed (or just after: then it stops after that step)
     assert job.state == State.CANCELLING and not job.can_pause
+    gates.step()
     qtbot.waitUntil(lambda: job.state == State.STOPPED and job.worker is None, timeout=30_000)
     assert gates.cleaned and done == []
 
