@@ -20,6 +20,9 @@ from ..base.events import Progress, warning
 from ..models.presets import Preset
 
 STAGE = "diffusion"
+# speed settings of the UNet step, measured in benchmarks/train_speed.py (--try); kept only if faster
+FUSED_ADAMW = False  # torch.optim.AdamW(fused=True)
+CHANNELS_LAST = False  # UNet weights and inputs in channels_last memory format
 
 
 @dataclass
@@ -92,7 +95,10 @@ def train_diffusion(tiles, out_dir, preset: Preset, options: DiffusionOptions | 
     torch.manual_seed(opts.seed)
     unet = base.unet.train() if opts.init_weights else preset.build_unet()
     ema = EMAModel(unet.parameters(), decay=T.given(opts.ema_decay, cfg.ema_decay))
-    opt = torch.optim.AdamW(unet.parameters(), lr=T.given(opts.learning_rate, cfg.learning_rate))
+    if CHANNELS_LAST:
+        unet = unet.to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(unet.parameters(), lr=T.given(opts.learning_rate, cfg.learning_rate),
+                            **({"fused": True} if FUSED_ADAMW else {}))
     lr_sched = get_scheduler("constant_with_warmup", opt,
                              num_warmup_steps=T.given(opts.warmup_steps, cfg.warmup_steps))
 
@@ -148,6 +154,8 @@ def train_diffusion(tiles, out_dir, preset: Preset, options: DiffusionOptions | 
                     mean, std = raw[0].to(device), raw[1].to(device)
                 z = (mean + std * eps_z) * scale
             noisy = noise_sched.add_noise(z, noise, t)
+            if CHANNELS_LAST:
+                noisy = noisy.contiguous(memory_format=torch.channels_last)
             with acc.autocast():
                 pred = unet_p(noisy, t).sample
                 diff = pred.float() - noise
