@@ -1,7 +1,12 @@
 """The paper's experiment on real data: does class-guided synthetic augmentation help a downstream
 classifier when labels are scarce? (issue 6; results in docs/results.md)
 
-    python benchmarks/augmentation_experiment.py [--out experiment] [--quick] [--data ../shared/data]
+    python benchmarks/augmentation_experiment.py [--out experiment] [--quick | --profile gpu] [--data ../shared/data]
+                                                 [--dry-run]
+
+Profiles: ``cpu`` (the default; hours on a 2-core CPU), ``--quick`` (minutes, tiny step counts) and
+``--profile gpu`` (far more pre-training, sized to finish within 9 minutes on one H200; ``--dry-run``
+prints its plan and the arithmetic of the estimate).
 
 Stages (each caches its output under --out and is skipped when present, so a re-run resumes):
   data       crc5 tiles at 64 px: k labeled tiles per class (seeded; the k=20 set is inside the k=100
@@ -56,6 +61,8 @@ class Settings:
     ae_batch: int = 4
     ae_lr: float = 2e-4
     ldm_steps: int = 1000
+    ldm_batch: int | None = None  # None: the small preset's 16
+    ft_batch: int | None = None  # fine-tuning stages (UNet, classifiers); None: the preset's 16
     clf_steps: int = 400
     sel_steps: int = 300
     unet_steps: int = 300
@@ -81,6 +88,17 @@ class Settings:
 
 QUICK = dict(ks=[20], seeds=[0, 1], test_per_class=40, ae_steps=30, ldm_steps=40, clf_steps=20, sel_steps=20,
              unet_steps=10, pool=12, ablation_pool=12, pool_large_k=12, sample_steps=4, eval_steps=30)
+# One H200: the small preset is launch-bound there, so batches grow (same wall time per step) and
+# pre-training sees 24x (autoencoder) and 32x (diffusion) the tiles of the CPU default.
+GPU = dict(ae_steps=1800, ae_batch=32, ldm_steps=4000, ldm_batch=128, unet_steps=800, clf_steps=1000, sel_steps=500,
+           ft_batch=64, pool=200, ablation_pool=100, pool_large_k=200, sample_steps=20, eval_steps=300)
+PROFILES = {"cpu": {}, "quick": QUICK, "gpu": GPU}
+# Assumed seconds on one H200 (small preset, 64 px; not measured yet: the first run's timing.json replaces
+# them). Per training step at the batch above; sampling per tile and DDIM step (batch 32, guided x1.5);
+# evaluation per downstream step; fixed costs per stage.
+GPU_COST = {"ae_step": 0.045, "ldm_step": 0.030, "encode_once": 15, "unet_ft_step": 0.030, "clf_step": 0.012,
+            "sel_step": 0.008, "sample_tile_step": 0.00015, "eval_step": 0.006, "data": 30, "open_pretrain": 15,
+            "per_bundle": 5}
 
 
 class Timer:
@@ -166,7 +184,7 @@ def pretrain(data_root: Path, bundle: Path, s: Settings):
         steps=s.ae_steps, batch_size=s.ae_batch, learning_rate=s.ae_lr, device=s.device, checkpoint_every=200)),
         "autoencoder")
     ldm = drain(train_diffusion(tiles, bundle, small(), DiffusionOptions(
-        steps=s.ldm_steps, device=s.device, checkpoint_every=250)), "diffusion")
+        steps=s.ldm_steps, batch_size=s.ldm_batch, device=s.device, checkpoint_every=250)), "diffusion")
     return {"tiles": len(tiles), "ae_psnr": ae.get("psnr"), "scale_factor": ldm.get("latent_scale_factor")}
 
 
@@ -178,7 +196,7 @@ def finetune_all(pre: Path, kdir: Path, labeled: Path, s: Settings, ablations: b
     opts = FinetuneOptions(classifier_steps=s.clf_steps, selection_steps=s.sel_steps, unet_steps=s.unet_steps,
                            unet_learning_rate=s.unet_lr, decoder_steps=s.decoder_steps,
                            decoder_learning_rate=s.decoder_lr, device=s.device, checkpoint_every=100,
-                           min_tiles_per_class=2)
+                           min_tiles_per_class=2, batch_size=s.ft_batch)
     made = {"finetuned": kdir / "finetuned"}
     info = drain(finetune(pre, tiles, made["finetuned"], small(), opts), "finetune")
     if not ablations:
@@ -427,11 +445,57 @@ def merge(kdirs, arms, out: Path) -> dict:
     return results
 
 
+def plan(s: Settings, profile: str) -> list[str]:
+    """What a run with settings ``s`` trains, samples and evaluates; with the GPU profile, the time estimate."""
+    ks, k0 = s.ks, min(s.ks)
+    ablate = s.ablations
+    bundles = {k: 1 + (1 if ablate and k == k0 else 0) for k in ks}  # finetuned (+ clean-latent: classifiers only)
+    pool_tiles = {k: (s.pool if k == k0 else s.pool_large_k) * len(CLASSES) * (1 + len(s.variations)) +
+                  ((s.pool * len(CLASSES) + 2 * s.ablation_pool * len(CLASSES)) if ablate and k == k0 else 0)
+                  for k in ks}
+    arms = {k: 1 + 1 + 2 * len(s.variations) + ((4 + sum(a != 1.0 for a in s.amounts)) if ablate and k == k0 else 0)
+            for k in ks}  # real + main + variations (+ ablations and amounts)
+    lines = [f"profile {profile}; device {s.device}",
+             f"pre-training (small preset, 64 px): autoencoder {s.ae_steps} steps x batch {s.ae_batch} "
+             f"({s.ae_steps * s.ae_batch:,} tiles); diffusion {s.ldm_steps} steps x batch {s.ldm_batch or 16} "
+             f"({s.ldm_steps * (s.ldm_batch or 16):,} tiles)",
+             f"fine-tuning per k in {ks}: UNet {s.unet_steps}, latent classifier {s.clf_steps}, selection "
+             f"classifier {s.sel_steps} steps x batch {s.ft_batch or 16}; bundles {bundles}",
+             f"sampling: DDIM {s.sample_steps} steps; tiles per k {pool_tiles}",
+             f"evaluation: {s.eval_steps} steps x {len(s.seeds)} seeds x arms {arms}"]
+    if profile != "gpu":
+        return lines
+    c = GPU_COST
+    pre = s.ae_steps * c["ae_step"] + s.ldm_steps * c["ldm_step"] + c["encode_once"] + c["open_pretrain"]
+    ft = sum(n * (s.unet_steps * c["unet_ft_step"] + s.clf_steps * c["clf_step"] + s.sel_steps * c["sel_step"] +
+                  c["per_bundle"]) for n in bundles.values())
+    ft -= (s.unet_steps * c["unet_ft_step"]) * sum(n - 1 for n in bundles.values())  # clean-latent: no UNet
+    samp = sum(pool_tiles.values()) * s.sample_steps * c["sample_tile_step"] * 1.5
+    ev = sum(arms.values()) * len(s.seeds) * s.eval_steps * c["eval_step"]
+    total = c["data"] + pre + ft + samp + ev
+    lines += [
+        "estimate on one H200 (assumed per-step costs, not measured; GPU_COST in this script):",
+        f"  data {c['data']} s",
+        f"  pre-training {s.ae_steps} x {c['ae_step']} + {s.ldm_steps} x {c['ldm_step']} + encoding once "
+        f"{c['encode_once']} + opening tiles {c['open_pretrain']} = {pre:.0f} s",
+        f"  fine-tuning per bundle {s.unet_steps} x {c['unet_ft_step']} + {s.clf_steps} x {c['clf_step']} + "
+        f"{s.sel_steps} x {c['sel_step']} + {c['per_bundle']} (clean-latent bundle without the UNet) = {ft:.0f} s",
+        f"  sampling {sum(pool_tiles.values())} tiles x {s.sample_steps} steps x {c['sample_tile_step']} x 1.5 "
+        f"(guided) = {samp:.0f} s",
+        f"  evaluation {sum(arms.values())} arms x {len(s.seeds)} seeds x {s.eval_steps} x {c['eval_step']} = "
+        f"{ev:.0f} s",
+        f"  total about {total:.0f} s = {total / 60:.1f} min (limit 9 min)"]
+    return lines
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=Path("experiment"))
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     ap.add_argument("--quick", action="store_true", help="a few minutes: tiny step counts, k=20 only, 2 seeds")
+    ap.add_argument("--profile", choices=sorted(PROFILES), default=None,
+                    help="cpu (default), quick (as --quick) or gpu (one H200, about 9 minutes)")
+    ap.add_argument("--dry-run", action="store_true", help="print the plan (and the GPU profile's time estimate)")
     ap.add_argument("--pretrained", type=Path, default=None, help="reuse this pre-trained bundle (skip stage 2)")
     ap.add_argument("--set", nargs="+", default=[], metavar="NAME=VALUE",
                     help="change settings, e.g. --set guidance=5 ks=[20] ablations=false (JSON values)")
@@ -444,7 +508,8 @@ def main(argv=None):
     if args.merge:
         merge(args.merge, args.arms, args.out)
         return
-    s = Settings(**(QUICK if args.quick else {}), device=args.device)
+    profile = args.profile or ("quick" if args.quick else "cpu")
+    s = Settings(**PROFILES[profile], device=args.device)
     for item in args.set:
         name, _, value = item.partition("=")
         if name not in asdict(s):
@@ -453,6 +518,10 @@ def main(argv=None):
             setattr(s, name, json.loads(value))
         except json.JSONDecodeError:
             setattr(s, name, value)
+    if args.dry_run:
+        print("plan (dry run, nothing computed):")
+        print("\n".join("  " + line for line in plan(s, profile)))
+        return
     if not (args.data / "crc5").is_dir() or not (args.data / "pretrain").is_dir():
         sys.exit(f"error: {args.data} lacks crc5/ and pretrain/; pass --data PATH/TO/shared/data")
     out = args.out

@@ -1,21 +1,25 @@
 """Training speed of our diffusion loop against a plain diffusers loop (prints figures).
 
     python benchmarks/train_speed.py [--preset small] [--batch-size 8] [--steps 30] [--rounds 3]
+                                     [--try nocache fused channels_last]
 
 Both loops train the preset's ``UNet2DModel`` on latents of the same frozen autoencoder, with
-the same batch size, on the same tiles. Ours is ``core.train_diffusion.train_diffusion`` as
-the CLI runs it (augmentation, EMA, warm-up scheduler, progress events, checkpoint at the
-end); the plain loop is ``vae.encode`` + ``DDPMScheduler.add_noise`` + ``UNet2DModel`` + L1 +
-``AdamW``, nothing else. Each round runs each loop in a fresh process, alternating, so the
-peak RSS is per loop. Step time excludes the first 3 steps (warm-up).
+the same batch size, on the same tiles. Ours is ``core.train.diffusion.train_diffusion`` as
+the CLI runs it on a long run (augmentation, latents encoded once per tile and augmentation, EMA,
+warm-up scheduler, progress events, checkpoint at the end); the plain loop is ``vae.encode`` +
+``DDPMScheduler.add_noise`` + ``UNet2DModel`` + L1 + ``AdamW``, nothing else, encoding every batch.
+
+All loops run in one process and alternate in blocks of ``--steps`` steps, ``--rounds`` times
+(order reversed every round), so a machine shared with other work slows each of them alike. The
+first 3 steps of every loop are excluded (warm-up); ours' one-off encoding of the tiles is timed
+on its own. ``--try`` adds variants of ours: ``nocache`` (encode every batch, as before),
+``fused`` (``AdamW(fused=True)``), ``channels_last`` (UNet in channels_last memory format).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -23,7 +27,11 @@ from pathlib import Path
 
 import numpy as np
 
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
 WARMUP = 3
+TRIES = ("nocache", "fused", "channels_last")
 
 
 def make_data(preset_name: str):
@@ -45,20 +53,30 @@ def make_bundle(preset, folder: Path) -> None:
     write_meta(folder, new_meta(preset))
 
 
-def run_ours(preset, tiles, folder: Path, batch: int, steps: int) -> list[float]:
+def ours(preset, tiles, folder: Path, batch: int, steps: int, variant: str = ""):
+    """Steps of ``train_diffusion`` (a generator of step events); the encoding time goes to ``timing``."""
     import shutil
 
-    from napari_histodiff.core.train.diffusion import DiffusionOptions, train_diffusion
+    from napari_histodiff.core.train import diffusion as D
 
-    shutil.rmtree(folder / "training", ignore_errors=True)
-    stamps = []
-    opts = DiffusionOptions(steps=steps, batch_size=batch, device="cpu", checkpoint_every=10**9, scale_tiles=64)
-    for _ in train_diffusion(tiles, folder, preset, opts):
-        stamps.append(time.perf_counter())
-    return stamps
+    shutil.copytree(folder / "vae", folder.parent / f"b-{variant or 'ours'}" / "vae")
+    out = folder.parent / f"b-{variant or 'ours'}"
+    shutil.copy2(folder / "histodiff.json", out / "histodiff.json")
+    opts = D.DiffusionOptions(steps=steps, batch_size=batch, device="cpu", checkpoint_every=10**9, scale_tiles=64,
+                              latent_cache="off" if variant == "nocache" else "on")
+    D.FUSED_ADAMW, D.CHANNELS_LAST = variant == "fused", variant == "channels_last"
+    gen = D.train_diffusion(tiles, out, preset, opts)
+    t0 = time.perf_counter()
+    for event in gen:  # set-up and the one-off encoding, up to the first training step
+        if event.stage == "diffusion":
+            break
+    D.FUSED_ADAMW = D.CHANNELS_LAST = False  # read at set-up only
+    encode_s = time.perf_counter() - t0
+    yield encode_s
+    yield from gen
 
 
-def run_plain(preset, tiles, folder: Path, batch: int, steps: int) -> list[float]:
+def plain(preset, tiles, folder: Path, batch: int, steps: int):
     import torch
     from diffusers import AutoencoderKL
 
@@ -66,7 +84,7 @@ def run_plain(preset, tiles, folder: Path, batch: int, steps: int) -> list[float
     unet, sched = preset.build_unet(), preset.build_scheduler()
     opt = torch.optim.AdamW(unet.parameters(), lr=preset.diffusion.learning_rate)
     data = torch.from_numpy(np.stack([tiles[i] for i in range(len(tiles))])).permute(0, 3, 1, 2)
-    stamps = []
+    yield 0.0
     for _ in range(steps):
         x = data[torch.randint(0, len(data), (batch,))].float() / 127.5 - 1
         with torch.no_grad():
@@ -77,52 +95,77 @@ def run_plain(preset, tiles, folder: Path, batch: int, steps: int) -> list[float
         opt.zero_grad()
         loss.backward()
         opt.step()
-        stamps.append(time.perf_counter())
-    return stamps
-
-
-def worker(kind: str, preset_name: str, folder: Path, batch: int, steps: int) -> None:
-    preset, tiles = make_data(preset_name)
-    stamps = (run_ours if kind == "ours" else run_plain)(preset, tiles, folder, batch, steps)
-    per_step = (stamps[-1] - stamps[WARMUP - 1]) / (len(stamps) - WARMUP)
-    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"kind": kind, "steps_per_s": 1 / per_step, "peak_rss_mb": rss_mb}))
+        yield loss.item()
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="small")
     ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--steps", type=int, default=30, help="steps per loop per round")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--worker", choices=["ours", "plain"], help=argparse.SUPPRESS)
-    ap.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--tiles", type=int, default=None, help="use only this many demo tiles (shorter encoding)")
+    ap.add_argument("--try", dest="tries", nargs="*", default=[], choices=TRIES, help="variants of ours to add")
     args = ap.parse_args()
-    if args.worker:
-        return worker(args.worker, args.preset, args.folder, args.batch_size, args.steps)
 
     import torch
 
+    preset, tiles = make_data(args.preset)
+    if args.tiles:
+        from napari_histodiff.core.data.tiles import ArrayTiles
+
+        pick = np.linspace(0, len(tiles) - 1, min(args.tiles, len(tiles))).round().astype(int)
+        tiles = ArrayTiles(np.stack([tiles[int(i)] for i in pick]), description="demo subset")
+    total = args.steps * args.rounds + 1  # the first step of the first block is set-up
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "bundle"
-        make_bundle(make_data(args.preset)[0], folder)
-        results = {"ours": [], "plain": []}
+        make_bundle(preset, folder)
+        kinds = ["ours", "plain", *args.tries]
+        loops, encode_s, times = {}, {}, {k: [] for k in kinds}
+        for kind in kinds:
+            loops[kind] = plain(preset, tiles, folder, args.batch_size, total) if kind == "plain" else \
+                ours(preset, tiles, folder, args.batch_size, total, "" if kind == "ours" else kind)
+            encode_s[kind] = next(loops[kind])
+            print(f"{kind}: set up ({encode_s[kind]:.1f} s)", flush=True)
         for r in range(args.rounds):
-            for kind in ("ours", "plain") if r % 2 == 0 else ("plain", "ours"):
-                out = subprocess.run(
-                    [sys.executable, __file__, "--worker", kind, "--folder", str(folder), "--preset", args.preset,
-                     "--batch-size", str(args.batch_size), "--steps", str(args.steps)],
-                    capture_output=True, text=True, check=True).stdout
-                results[kind].append(json.loads(out.strip().splitlines()[-1]))
-    print(f"preset {args.preset}, batch {args.batch_size}, {args.steps} steps x {args.rounds} rounds, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    for kind, rows in results.items():
-        sps = [row["steps_per_s"] for row in rows]
-        rss = max(row["peak_rss_mb"] for row in rows)
-        print(f"{kind:>5}: {np.mean(sps):.3f} steps/s (rounds: {', '.join(f'{s:.3f}' for s in sps)}), "
-              f"peak RSS {rss:.0f} MB")
-    ratio = np.mean([o["steps_per_s"] / p["steps_per_s"] for o, p in zip(results["ours"], results["plain"])])
-    print(f"ratio ours/plain: {ratio:.3f} (goal >= 0.95)")
+            for kind in kinds if r % 2 == 0 else kinds[::-1]:
+                last = time.perf_counter()
+                block = []
+                for _ in range(args.steps):
+                    next(loops[kind])
+                    now = time.perf_counter()
+                    block.append(now - last)
+                    last = now
+                times[kind].append(block)
+                print(f"round {r} {kind}: {len(block) / sum(block):.3f} steps/s", flush=True)
+        for gen in loops.values():
+            gen.close()
+    print(f"preset {args.preset} ({len(tiles)} demo tiles), batch {args.batch_size}, {args.rounds} rounds x "
+          f"{args.steps} steps per loop, alternating in one process; torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads")
+
+    def rate(blocks):  # steps/s per round, the first WARMUP steps of the loop excluded
+        return [len(b[WARMUP if i == 0 else 0:]) / sum(b[WARMUP if i == 0 else 0:]) for i, b in enumerate(blocks)]
+
+    plain_rates = rate(times["plain"])
+    for kind in kinds:
+        rates = rate(times[kind])
+        ratio = np.mean([a / b for a, b in zip(rates, plain_rates)])
+        extra = f", one-off encoding {encode_s[kind]:.1f} s" if kind not in ("plain", "nocache") else ""
+        print(f"{kind:>13}: {np.mean(rates):.3f} steps/s (rounds: {', '.join(f'{s:.3f}' for s in rates)}); "
+              f"/ plain {ratio:.3f}{extra}")
+    ours_rates = rate(times["ours"])
+    for kind in args.tries:
+        ratio = np.mean([a / b for a, b in zip(rate(times[kind]), ours_rates)])
+        print(f"{kind} / ours: {ratio:.3f}")
+    ratio = np.mean([a / b for a, b in zip(ours_rates, plain_rates)])
+    print(f"ratio ours/plain: {ratio:.3f} (goal >= 1.3); peak RSS of the process "
+          f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
+    per_tile = encode_s["ours"] / (8 * len(tiles))
+    plain_step = 1 / np.mean(plain_rates)
+    print(f"encoding once costs {encode_s['ours']:.1f} s for {len(tiles)} tiles x 8 augmentations; it pays after "
+          f"about {encode_s['ours'] / max(plain_step - 1 / np.mean(ours_rates), 1e-9):.0f} steps of batch "
+          f"{args.batch_size} ({per_tile * 1e3:.1f} ms per encoded tile)")
 
 
 if __name__ == "__main__":

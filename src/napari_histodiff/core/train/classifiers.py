@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from . import latents as L
 from . import loop as T
 from ..formats.bundle import load_bundle, package_versions, read_meta, save_part, write_meta
 from ..base.errors import HistodiffError
@@ -31,6 +32,7 @@ class ClassifierOptions:
     device: str = "auto"
     mixed_precision: str = "no"
     num_workers: int = 0
+    latent_cache: str = "auto"  # latent classifier: encode each tile once per augmentation (auto, on, off)
 
     def validate(self) -> None:
         if self.steps < 1:
@@ -53,9 +55,12 @@ def _batches(tiles, idx, device, batch_size=64):
         yield T.to_model_input(torch.from_numpy(np.stack([tiles[int(j)] for j in idx[i : i + batch_size]])), device)
 
 
-def _loop(stage, model, loss_fn, eval_fn, tiles, labels, train_idx, out_dir, opts, acc, lr, wd, batch, best=None):
+def _loop(stage, model, loss_fn, eval_fn, tiles, labels, train_idx, out_dir, opts, acc, lr, wd, batch, best=None,
+          encode=None):
     """Shared training loop: yields Progress, checkpoints, returns the history of evaluations.
-    ``best``: ``{"acc": float, "model": module}`` kept by ``eval_fn``, saved with the checkpoints."""
+    ``best``: ``{"acc": float, "model": module}`` kept by ``eval_fn``, saved with the checkpoints.
+    ``encode``: a generator function ``(indices, folder) -> LatentCache`` (or None): the batches are
+    then the cached ``(mean, std)`` of the tiles, and ``loss_fn`` gets that pair instead of pixels."""
     import torch
 
     ckpt_dir = out_dir / "training" / stage
@@ -75,6 +80,10 @@ def _loop(stage, model, loss_fn, eval_fn, tiles, labels, train_idx, out_dir, opt
         return history, start
     model_p, opt = acc.prepare(model, opt)
     stream = T.BatchStream(tiles, train_idx, batch, opts.seed, acc.process_index, acc.num_processes, labels=labels)
+    cache = None
+    if encode is not None and L.wanted(opts.latent_cache, opts.steps, batch, len(stream.indices)):
+        cache = yield from encode(stream.indices, ckpt_dir / f"latents-rank{acc.process_index}")
+        stream.latents = cache
     eval_every = opts.eval_every or max(1, opts.steps // 10)
     step = start
     ckpt = T.Checkpointer(ckpt_dir, acc, start, lambda: (
@@ -87,8 +96,9 @@ def _loop(stage, model, loss_fn, eval_fn, tiles, labels, train_idx, out_dir, opt
             gen = T.torch_generator(opts.seed, step, acc.process_index)
             torch.manual_seed(T.step_seed(opts.seed, step, acc.process_index))  # dropout: the same on resume
             model_p.train()
+            x = T.to_model_input(raw, acc.device) if cache is None else tuple(a.to(acc.device) for a in raw)
             with acc.autocast():
-                loss = loss_fn(model_p, T.to_model_input(raw, acc.device), y.to(acc.device), gen)
+                loss = loss_fn(model_p, x, y.to(acc.device), gen)
             opt.zero_grad(set_to_none=True)
             acc.backward(loss)
             opt.step()
@@ -102,6 +112,8 @@ def _loop(stage, model, loss_fn, eval_fn, tiles, labels, train_idx, out_dir, opt
             if step % opts.checkpoint_every == 0:
                 ckpt.save(step)
     finally:
+        if cache is not None:
+            cache.close()
         ckpt.save(step)
     return history, step
 
@@ -125,8 +137,13 @@ def train_latent_classifier(tiles, out_dir, preset, options: ClassifierOptions |
     model = preset.build_latent_classifier(len(tiles.class_names))
 
     def latents(x, gen):
-        post = vae.encode(x).latent_dist
-        return (post.mean + post.std * torch.randn(post.mean.shape, generator=gen).to(x.device)) * scale
+        """A posterior sample of pixels ``x``, or of a cached posterior ``x = (mean, std)``."""
+        if isinstance(x, tuple):
+            mean, std = x
+        else:
+            post = vae.encode(x).latent_dist
+            mean, std = post.mean, post.std
+        return (mean + std * torch.randn(mean.shape, generator=gen).to(mean.device)) * scale
 
     def loss_fn(m, x, y, gen):
         with torch.no_grad():
@@ -154,10 +171,14 @@ def train_latent_classifier(tiles, out_dir, preset, options: ClassifierOptions |
                 out[f"acc_t{t}"] = float((pred == held_y).float().mean())
         return out
 
+    def encode(indices, folder):
+        return (yield from L.encode_all(vae, tiles, indices, acc.device, folder, f"{stage} latents"))
+
     c = preset.classifier
     history, step = yield from _loop(
         stage, model, loss_fn, eval_fn, tiles, labels, train_idx, out_dir, opts, acc,
-        T.given(opts.learning_rate, c.learning_rate), c.weight_decay, T.given(opts.batch_size, c.batch_size))
+        T.given(opts.learning_rate, c.learning_rate), c.weight_decay, T.given(opts.batch_size, c.batch_size),
+        encode=encode)
     return _save(out_dir, stage, model, history, step, opts, tiles, acc, {"clean_latents": opts.clean_latents})
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import latents as L
 from . import loop as T
 from ..formats.bundle import (load_bundle, package_versions, read_meta, save_part, set_vae_scaling_factor,
                      write_meta)
@@ -19,6 +20,9 @@ from ..base.events import Progress, warning
 from ..models.presets import Preset
 
 STAGE = "diffusion"
+# speed settings of the UNet step, measured in benchmarks/train_speed.py (--try); kept only if faster
+FUSED_ADAMW = False  # torch.optim.AdamW(fused=True)
+CHANNELS_LAST = False  # UNet weights and inputs in channels_last memory format
 
 
 @dataclass
@@ -36,6 +40,7 @@ class DiffusionOptions:
     num_workers: int = 0
     init_weights: bool = False  # fine-tuning: start from the bundle's UNet and keep its scale factor
     stage: str = STAGE
+    latent_cache: str = "auto"  # encode each tile once per augmentation: auto (when it pays), on, off
 
     def validate(self) -> None:
         if self.steps < 1:
@@ -90,7 +95,10 @@ def train_diffusion(tiles, out_dir, preset: Preset, options: DiffusionOptions | 
     torch.manual_seed(opts.seed)
     unet = base.unet.train() if opts.init_weights else preset.build_unet()
     ema = EMAModel(unet.parameters(), decay=T.given(opts.ema_decay, cfg.ema_decay))
-    opt = torch.optim.AdamW(unet.parameters(), lr=T.given(opts.learning_rate, cfg.learning_rate))
+    if CHANNELS_LAST:
+        unet = unet.to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(unet.parameters(), lr=T.given(opts.learning_rate, cfg.learning_rate),
+                            **({"fused": True} if FUSED_ADAMW else {}))
     lr_sched = get_scheduler("constant_with_warmup", opt,
                              num_warmup_steps=T.given(opts.warmup_steps, cfg.warmup_steps))
 
@@ -116,6 +124,11 @@ def train_diffusion(tiles, out_dir, preset: Preset, options: DiffusionOptions | 
     ema.to(device)
     batch = T.given(opts.batch_size, cfg.batch_size)
     stream = T.BatchStream(tiles, np.arange(len(tiles)), batch, opts.seed, acc.process_index, acc.num_processes)
+    cache = None
+    if L.wanted(opts.latent_cache, opts.steps, batch, len(stream.indices)):  # the frozen encoder, once per tile
+        cache = yield from L.encode_all(vae, tiles, stream.indices, device,
+                                        ckpt_dir / f"latents-rank{acc.process_index}", f"{stage} latents")
+        stream.latents = cache
     n_t = noise_sched.config.num_train_timesteps
     latent_shape = (preset.autoencoder.latent_channels, preset.latent_size, preset.latent_size)
     step = start
@@ -129,15 +142,20 @@ def train_diffusion(tiles, out_dir, preset: Preset, options: DiffusionOptions | 
         for raw in T.batch_loader(stream, start, opts.steps, opts.num_workers):
             gen = T.torch_generator(opts.seed, step, acc.process_index)
             torch.manual_seed(T.step_seed(opts.seed, step, acc.process_index))  # UNet dropout: the same on resume
-            x = T.to_model_input(raw, device)
-            b = x.shape[0]
+            b = len(raw[0]) if cache is not None else len(raw)
             eps_z = torch.randn((b, *latent_shape), generator=gen).to(device)
             noise = torch.randn((b, *latent_shape), generator=gen).to(device)
             t = torch.randint(0, n_t, (b,), generator=gen).to(device)
             with torch.no_grad():
-                post = vae.encode(x).latent_dist
-                z = (post.mean + post.std * eps_z) * scale
+                if cache is None:
+                    post = vae.encode(T.to_model_input(raw, device)).latent_dist
+                    mean, std = post.mean, post.std
+                else:  # the posterior of the same tiles in the same augmentations, encoded once
+                    mean, std = raw[0].to(device), raw[1].to(device)
+                z = (mean + std * eps_z) * scale
             noisy = noise_sched.add_noise(z, noise, t)
+            if CHANNELS_LAST:
+                noisy = noisy.contiguous(memory_format=torch.channels_last)
             with acc.autocast():
                 pred = unet_p(noisy, t).sample
                 diff = pred.float() - noise
@@ -153,6 +171,8 @@ def train_diffusion(tiles, out_dir, preset: Preset, options: DiffusionOptions | 
             if step % opts.checkpoint_every == 0:
                 ckpt.save(step)
     finally:
+        if cache is not None:
+            cache.close()
         ckpt.save(step)
     return _finish(out_dir, preset, unet, ema, noise_sched, scale, opts, tiles, step, acc, losses)
 

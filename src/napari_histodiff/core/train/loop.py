@@ -42,6 +42,8 @@ class BatchStream:
     Epochs are seeded permutations of ``indices``; processes take interleaved batches. Unlabelled
     tiles in several shards or slides (``tiles.groups()``, at least one per process) are split
     instead: each process reads only its own share (groups ``g`` with ``g % world == rank``).
+    With ``latents`` (a :class:`latents.LatentCache` of ``indices``) item ``k`` is the cached posterior
+    ``(mean, std)`` of the same tiles in the same augmentations instead of their pixels.
     """
 
     def __init__(self, tiles, indices, batch_size, seed, rank=0, world=1, augment=True, labels=None):
@@ -49,6 +51,7 @@ class BatchStream:
         self.labels = None if labels is None else np.asarray(labels)
         self.batch_size, self.seed, self.rank, self.world = batch_size, seed, rank, world
         self.augment = augment
+        self.latents = None
         self.own = False
         groups = tiles.groups() if world > 1 and labels is None and hasattr(tiles, "groups") else None
         if groups is not None and len(np.unique(groups[self.indices])) >= world:
@@ -77,11 +80,13 @@ class BatchStream:
         import torch
 
         pos = self.positions(step)
-        tiles = [self.tiles[int(i)] for i in pos]
-        if self.augment:
-            ks = np.random.default_rng(step_seed(self.seed, step, self.rank)).integers(0, 8, len(tiles))
-            tiles = [dihedral(t, int(k)) for t, k in zip(tiles, ks)]
-        batch = torch.from_numpy(np.ascontiguousarray(np.stack(tiles)))
+        ks = np.random.default_rng(step_seed(self.seed, step, self.rank)).integers(0, 8, len(pos)) \
+            if self.augment else np.zeros(len(pos), dtype=np.int64)
+        if self.latents is not None:
+            batch = self.latents.get(pos, ks)
+        else:
+            tiles = [dihedral(self.tiles[int(i)], int(k)) for i, k in zip(pos, ks)]
+            batch = torch.from_numpy(np.ascontiguousarray(np.stack(tiles)))
         return batch if self.labels is None else (batch, torch.from_numpy(self.labels[pos]))
 
 
