@@ -57,8 +57,18 @@ def one_run(w, app, out: Path, process: bool) -> dict:
     timer.timeout.connect(lambda: stamps.append(time.perf_counter()))
     timer.start(10)
     t0 = time.perf_counter()
-    w.start()
+    if os.environ.get("PROFILE_START"):  # where the Start handler's time goes
+        import cProfile
+        import pstats
+
+        with cProfile.Profile() as prof:
+            w.start()
+        pstats.Stats(prof).sort_stats("cumulative").print_stats(25)
+    else:
+        w.start()
     start_ms = (time.perf_counter() - t0) * 1000
+    if w.state == State.IDLE:
+        raise SystemExit(f"the run did not start: {w.status.text()}")
     while w.state not in (State.DONE, State.FAILED, State.STOPPED):
         app.processEvents()
         time.sleep(0.001)
@@ -103,13 +113,13 @@ def main() -> None:
           f"{os.cpu_count()} cores, GUI process {torch.get_num_threads()} threads")
     print("| job in | beside it | ticks | training | Start handler | median | 99th pct | longest (at) |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    modes = args.modes.split(",")
+    modes, tiles = args.modes.split(","), w.tiles
     for busy in (False, True):
         hog = subprocess.Popen([sys.executable, "-c", BUSY]) if busy else None
         try:
             for mode in modes:
+                w.tiles = tiles
                 r = one_run(w, app, tmp / f"ft-{mode}-{int(busy)}", mode == "process")
-                tiles = w.tiles
                 MODEL.set(load_bundle(folder, device="cpu"))  # the next run starts from the same model
                 w.tiles = tiles
                 print(f"| {mode} | {'a CPU-bound process' if busy else 'nothing'} | {r['ticks']} | "
