@@ -54,6 +54,5 @@ def test_fit_threads_sets_torch_and_every_job_calls_it(env, monkeypatch):
     for job in JOBS:
         if job.name in ("tiles", "export", "info"):  # no torch compute: reading, writing, describing
             continue
-        module, name = job.function.split(":")
         source = inspect.getsource(job._load(job.function))
         assert "fit_threads(" in source, job.name
