@@ -153,8 +153,10 @@ def classifier_grad(classifier, z, t, y, precision: str = "fp32"):
 
     from ..base.precision import autocast
 
-    wanted = [p.requires_grad for p in classifier.parameters()]
-    classifier.requires_grad_(False)
+    params = list(classifier.parameters()) if hasattr(classifier, "parameters") else []
+    wanted = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(False)
     try:
         with torch.enable_grad(), autocast(z.device, precision):
             z_in = z.detach().float().requires_grad_(True)
@@ -162,7 +164,7 @@ def classifier_grad(classifier, z, t, y, precision: str = "fp32"):
             picked = logp[torch.arange(len(y), device=z.device), y].sum()
             return torch.autograd.grad(picked, z_in)[0]
     finally:
-        for p, w in zip(classifier.parameters(), wanted):
+        for p, w in zip(params, wanted):
             p.requires_grad_(w)
 
 
