@@ -87,6 +87,8 @@ def _add_field(parser, f, tp) -> None:
         kw.update(type=base, nargs="+", action="extend")
     else:
         kw["type"] = base
+    if m.get("aliases"):
+        kw["type"] = lambda s, _a=m["aliases"]: _a.get(s, s)
     target = parser
     if m["consts"]:
         target = parser.add_mutually_exclusive_group(required=False)

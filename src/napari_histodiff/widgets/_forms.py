@@ -82,8 +82,10 @@ PLAIN = {
     "FinetuneOptions.seed": "The same seed with the same tiles and settings trains the same model again.",
     "FinetuneOptions.checkpoint_every": "A cancelled or crashed fine-tuning can resume from the last "
     "checkpoint (intent: resume).",
-    "FinetuneOptions.mixed_precision": "fp16 or bf16: faster training with less memory on a recent GPU, "
-    "slightly less exact arithmetic; no: full precision (use it on a CPU).",
+    "SampleOptions.precision": "auto picks what is faster at the same quality: bf16 on a CPU or GPU that "
+    "supports it (tiles within 30 dB PSNR of full precision), else full precision (fp32).",
+    "FinetuneOptions.precision": "auto picks what is faster without losing quality: bf16 on a recent GPU, "
+    "full precision (fp32) on a CPU; fp16 and bf16 use less memory with slightly less exact arithmetic.",
     "FinetuneOptions.num_workers": "Background processes that read tiles while the model trains; 0 is "
     "right for tiles already in memory.",
     "ExportOptions.fmt": "tif keeps the pixels exactly; png also keeps them exactly and opens everywhere.",

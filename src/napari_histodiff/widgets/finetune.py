@@ -24,7 +24,7 @@ from ._state import MODEL, follow_model
 
 PROFILE = "interactive"  # the form's initial profile (FinetuneOptions.PROFILES)
 ADVANCED = ("unet_learning_rate", "decoder_learning_rate", "clean_latents", "holdout", "batch_size",
-            "checkpoint_every", "mixed_precision", "num_workers")
+            "checkpoint_every", "precision", "num_workers")
 LABELS = {"out": "output bundle", "model": "model (Load model widget)", "labeled": "annotations"}
 
 

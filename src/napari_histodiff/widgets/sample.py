@@ -46,7 +46,7 @@ ALL_CLASSES = "all classes"  # from noise: every class of the model, n tiles eac
 EACH_SOURCE = "all classes (each keeps its source's)"  # variations: classes=[], guided toward the source's class
 NOISE, ANNOTATED = "noise", "annotated tiles (variations)"
 FEATURES = ["target_class", "predicted_class", "confidence", "centroid_distance", "kept"]
-ADVANCED = ("eta", "batch_size")
+ADVANCED = ("eta", "batch_size", "precision")
 LABELS = {"out": "sample folder", "classes": "class", "sources": "start from", "per_class": "class",
           "model": "model (Load model widget)"}
 

@@ -21,15 +21,17 @@ INTENTS = ("new", "resume", "overwrite", "append")
 
 def option(default: Any = dataclasses.MISSING, *, help: str, factory=None, choices=None, min=None, max=None,
            min_open=False, flags: tuple[str, ...] = (), consts: dict | None = None, positional=False,
-           required=False, metavar=None, cli=True, gui=True, label=None, group=None):
+           required=False, metavar=None, cli=True, gui=True, label=None, group=None, aliases=None):
     """A dataclass field with what the CLI, the forms and :func:`check` need.
 
     ``min``/``max``: inclusive limits (``min_open``: the minimum itself is refused); ``flags``:
     extra spellings kept working; ``consts``: extra flags that set a fixed value (``{"--png": "png"}``);
-    ``cli``/``gui``: shown there; ``required``: must be given (inputs such as folders)."""
+    ``cli``/``gui``: shown there; ``required``: must be given (inputs such as folders); ``aliases``: old
+    values still accepted for a choice (``{"no": "fp32"}``), read as the value they stand for."""
     meta = dict(help=help, choices=tuple(choices) if choices else None, min=min, max=max, min_open=min_open,
                 flags=tuple(flags), consts=dict(consts or {}), positional=positional, required=required,
-                metavar=metavar, cli=cli, gui=gui, label=label, group=group)
+                metavar=metavar, cli=cli, gui=gui, label=label, group=group,
+                aliases=dict(aliases or {}))
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -94,7 +96,7 @@ def check(obj) -> None:
                 raise OptionError(f.name, f"must be at most {m['max']} (got {v})")
         if m["choices"] is not None:
             for v in value if isinstance(value, (list, tuple)) else [value]:
-                if v not in m["choices"]:
+                if v not in m["choices"] and v not in m.get("aliases", {}):
                     raise OptionError(f.name, f"must be one of {', '.join(map(str, m['choices']))} (got {v!r})")
 
 
@@ -126,3 +128,10 @@ def device_option(**kw):
 
 def seed_option(**kw):
     return option(0, min=0, help="random seed", **kw)
+
+
+def precision_option(**kw):
+    """The ``precision`` field of the jobs that run models (``--mixed-precision no|bf16|fp16`` still works)."""
+    from .precision import ALIASES, HELP, PRECISIONS
+
+    return option("auto", choices=PRECISIONS, aliases=ALIASES, flags=("--mixed-precision",), help=HELP, **kw)

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ..base.errors import HistodiffError
-from ..base.options import OptionError, check, device_option, option
+from ..base.options import OptionError, check, device_option, option, precision_option
 from ..formats.convert import ModelSource
 from .selection import SelectionRule
 from ..base.events import Progress
@@ -65,6 +65,7 @@ class SampleOptions:
     seed: int = option(0, min=0, help="random seed; tile i of seed s is always the same tile")
     batch_size: int = option(16, min=1, help="tiles denoised at once")
     device: str = device_option()
+    precision: str = precision_option()
     select: bool = option(True, label="select tiles", help="score and select the tiles (needs a fine-tuned bundle)")
     selection: SelectionRule = option(factory=SelectionRule, help="selection rule")
     foreign: ModelSource = option(factory=ModelSource, gui=False, help="how to read a foreign model")
@@ -144,27 +145,42 @@ def ddpm_variance(sched, t):
     return (beta * (1 - a_prev) / (1 - a_t)).clamp(min=1e-20)
 
 
-def classifier_grad(classifier, z, t, y):
-    """grad_z log p(y | z_t, t), one class per sample."""
+def classifier_grad(classifier, z, t, y, precision: str = "fp32"):
+    """grad_z log p(y | z_t, t), one class per sample, in fp32; the classifier runs in ``precision``
+    (``fp32``, ``bf16``, ``fp16``: autocast) with its weights frozen for the call, so only the gradient
+    with respect to ``z`` is built (about 15% less work than with the weights' gradients)."""
     import torch
 
-    with torch.enable_grad():
-        z_in = z.detach().requires_grad_(True)
-        logp = classifier(z_in, t).log_softmax(-1)
-        picked = logp[torch.arange(len(y), device=z.device), y].sum()
-        return torch.autograd.grad(picked, z_in)[0]
+    from ..base.precision import autocast
+
+    params = list(classifier.parameters()) if hasattr(classifier, "parameters") else []
+    wanted = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        with torch.enable_grad(), autocast(z.device, precision):
+            z_in = z.detach().float().requires_grad_(True)
+            logp = classifier(z_in, t).float().log_softmax(-1)
+            picked = logp[torch.arange(len(y), device=z.device), y].sum()
+            return torch.autograd.grad(picked, z_in)[0]
+    finally:
+        for p, w in zip(params, wanted):
+            p.requires_grad_(w)
 
 
-def denoise(bundle, z, y, gens, opts: SampleOptions, sched):
+def denoise(bundle, z, y, gens, opts: SampleOptions, sched, precision: str = "fp32"):
     """Run the sampler from ``z`` (noise, or noised sources at ``opts.first_step()``); yields the
-    latents after each step, returns the final latents."""
+    latents after each step, returns the final latents. The UNet and the classifier run in
+    ``precision`` (resolved: ``fp32``, ``bf16``, ``fp16``); latents and the sampler's update stay fp32."""
     import torch
+
+    from ..base.precision import autocast
 
     guided = opts.guidance > 0 and y is not None
     for t in sched.timesteps[opts.first_step():]:
-        with torch.no_grad():
-            eps = bundle.unet(z, t).sample
-        grad = classifier_grad(bundle.latent_classifier, z, t, y) if guided else None
+        with torch.no_grad(), autocast(z.device, precision):
+            eps = bundle.unet(z, t).sample.float()
+        grad = classifier_grad(bundle.latent_classifier, z, t, y, precision) if guided else None
         if guided and opts.sampler != "ddpm":
             alpha_bar = sched.alphas_cumprod[int(t)].to(z.device)
             eps = eps - opts.guidance * (1 - alpha_bar).sqrt() * grad
@@ -201,16 +217,17 @@ def plan_variations(opts: SampleOptions, sources) -> tuple[list[str], list[int]]
     return plan, picks
 
 
-def source_latents(bundle, tiles, gens, sched, start: int):
+def source_latents(bundle, tiles, gens, sched, start: int, precision: str = "fp32"):
     """Encode source tiles (KL: posterior mean; VQ: latents before quantisation, as its decoder
     quantises) and noise them to the timestep at index ``start``."""
     import torch
 
+    from ..base.precision import autocast
     from ..models.pixels import to_model_input
 
-    with torch.no_grad():
+    with torch.no_grad(), autocast(bundle.device, precision):
         enc = bundle.vae.encode(to_model_input(torch.from_numpy(tiles), bundle.device))
-    z0 = (enc.latent_dist.mean if hasattr(enc, "latent_dist") else enc.latents) * bundle.scale_factor
+    z0 = (enc.latent_dist.mean if hasattr(enc, "latent_dist") else enc.latents).float() * bundle.scale_factor
     noise = torch.stack([torch.randn(z0.shape[1:], generator=g) for g in gens]).to(z0.device)
     if hasattr(sched, "set_begin_index"):
         sched.set_begin_index(start * getattr(sched, "order", 1))
@@ -225,6 +242,7 @@ def sample_tiles(bundle, options: SampleOptions | None = None, sources=None):
     are variations of the sources. Memory does not grow with the number of tiles. Returns the count."""
     import torch
 
+    from ..base.precision import autocast, resolve_precision
     from ..models.pixels import to_uint8
 
     opts = (options or SampleOptions()).resolved(sources is not None)
@@ -237,6 +255,7 @@ def sample_tiles(bundle, options: SampleOptions | None = None, sources=None):
     if guided and bundle.latent_classifier is None:
         raise HistodiffError("this bundle has no latent classifier for guidance; run `histodiff finetune` first")
     device = bundle.device
+    precision = resolve_precision(opts.precision, device, "sample")
     cfg = bundle.unet.config
     shape = (cfg.in_channels, cfg.sample_size, cfg.sample_size)
     if picks is not None and sources[0].shape[:2] != (bundle.tile_size, bundle.tile_size):
@@ -252,9 +271,10 @@ def sample_tiles(bundle, options: SampleOptions | None = None, sources=None):
         if picks is None:
             z = torch.stack([torch.randn(shape, generator=g) for g in gens]).to(device)
         else:
-            z = source_latents(bundle, np.stack([sources[picks[i]] for i in idx]), gens, sched, opts.first_step())
+            z = source_latents(bundle, np.stack([sources[picks[i]] for i in idx]), gens, sched, opts.first_step(),
+                               precision)
         y = torch.tensor([targets[i] for i in idx], device=device) if guided else None
-        steps = denoise(bundle, z, y, gens, opts, sched)
+        steps = denoise(bundle, z, y, gens, opts, sched, precision)
         while True:
             try:
                 next(steps)
@@ -263,8 +283,8 @@ def sample_tiles(bundle, options: SampleOptions | None = None, sources=None):
                 break
             done += 1
             yield Progress(STAGE, done, total)
-        with torch.no_grad():
-            tiles = to_uint8(bundle.vae.decode(z / bundle.scale_factor).sample)
+        with torch.no_grad(), autocast(device, precision):
+            tiles = to_uint8(bundle.vae.decode(z / bundle.scale_factor).sample.float())
         origins = [sources.origin(picks[i]) for i in idx] if picks is not None else [""] * len(idx)
         yield Progress(STAGE, done, total, data={"start": start, "tiles": tiles, "seeds": seeds,
                                                  "classes": [plan[i] for i in idx], "sources": origins})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..base.threads import fit_threads
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,7 @@ class ConvertOptions:
 
 def convert(opts: ConvertOptions):
     """Convert ``opts.source``; returns a summary with a ``message``."""
+    fit_threads()
     check(opts)
     require(opts, "source", "out")
     if False:

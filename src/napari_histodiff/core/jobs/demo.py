@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from ..base.threads import fit_threads
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -177,5 +178,6 @@ def _report(tiles, labeled, ae, diff, ft, records, unguided, export, times, opts
 
 def demo(opts: DemoOptions):
     """The demo job: :func:`run_demo`, with a ``message`` for the CLI."""
+    fit_threads()
     report = yield from run_demo(opts)
     return {"report": report, "message": f"demo finished: open {report}"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..base.threads import fit_threads
 from ..base.options import require
 from ..evaluate.evaluate import EvaluateOptions
 
@@ -13,6 +14,7 @@ def evaluate(opts: EvaluateOptions):
     from ..base.outdir import check_output, prepare_output
     from ..evaluate.evaluate import evaluate as run, open_labeled, write_results
 
+    fit_threads()
     opts.validate()
     require(opts, "train", "test", "out")
     check_output(opts.out, "evaluation", opts.intent)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..base.threads import fit_threads
 from pathlib import Path
 
 from ..base.errors import HistodiffError
@@ -48,6 +49,7 @@ def finetune(opts: FinetuneOptions, model=None, tiles=None):
     from ..train.finetune import check_labeled, check_source
     from ..train.finetune import finetune as run_stages
 
+    fit_threads(opts.num_workers)
     opts.validate()
     require(opts, "out", *(["model"] if model is None else []), *(["labeled"] if tiles is None else []))
     out = Path(opts.out)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from ..base.threads import fit_threads
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..base.errors import HistodiffError
-from ..base.options import check, device_option, option, require, seed_option
+from ..base.options import check, device_option, option, precision_option, require, seed_option
 from ..train.autoencoder import AutoencoderOptions as _AE
 from ..train.diffusion import DiffusionOptions as _DIFF
 
@@ -59,7 +60,7 @@ class Run:
                          "preset JSON file")
     seed: int = seed_option()
     device: str = device_option()
-    mixed_precision: str = option("no", choices=("no", "fp16", "bf16"), help="mixed precision of training")
+    precision: str = precision_option()
     num_workers: int = option(0, min=0, help="processes reading tiles (0: inline)")
     batch_size: int | None = option(None, min=1, help="tiles per step and process (default: the preset's)")
     learning_rate: float | None = option(None, min=0, min_open=True, flags=("--lr",),
@@ -120,7 +121,7 @@ def _ae_options(opts, steps: int) -> _AE:
     return _AE(steps=steps, batch_size=opts.batch_size, learning_rate=opts.learning_rate, seed=opts.seed,
                checkpoint_every=opts.ae_checkpoint_every, holdout=opts.holdout,
                perceptual_weights=str(opts.perceptual_weights) if opts.perceptual_weights else None,
-               device=opts.device, mixed_precision=opts.mixed_precision, num_workers=opts.num_workers)
+               device=opts.device, precision=opts.precision, num_workers=opts.num_workers)
 
 
 def _record_mpp(opts) -> None:
@@ -144,6 +145,7 @@ def pretrain_autoencoder(opts: PretrainAutoencoderOptions):
     from ..base.outdir import check_output
     from ..train.autoencoder import train_autoencoder
 
+    fit_threads(opts.num_workers)
     opts.validate()
     require(opts, "data", "out")
     check_output(opts.out, "bundle", opts.intent, allowed=("new", "resume", "overwrite"))
@@ -165,6 +167,7 @@ def pretrain(opts: PretrainOptions, tiles=None):
     from ..train.autoencoder import train_autoencoder
     from ..train.diffusion import train_diffusion
 
+    fit_threads(opts.num_workers)
     opts.validate()
     require(opts, "out", *(["data"] if tiles is None else []))
     check_output(opts.out, "bundle", opts.intent, allowed=("new", "resume", "overwrite"))
@@ -184,7 +187,7 @@ def pretrain(opts: PretrainOptions, tiles=None):
         result = yield from train_diffusion(tiles, opts.out, preset, _DIFF(
             steps=opts.steps, batch_size=opts.batch_size, learning_rate=opts.learning_rate,
             warmup_steps=opts.warmup_steps, ema_decay=opts.ema_decay, seed=opts.seed,
-            checkpoint_every=opts.checkpoint_every, device=opts.device, mixed_precision=opts.mixed_precision,
+            checkpoint_every=opts.checkpoint_every, device=opts.device, precision=opts.precision,
             num_workers=opts.num_workers))
         _record_mpp(opts)
     return {**result, "autoencoder": ae, "message": f"bundle written to {opts.out} (latent scale factor "

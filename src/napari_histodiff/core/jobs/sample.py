@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..base.threads import fit_threads
 from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -45,6 +46,7 @@ def sample(opts: SampleOptions, model=None, sources=None):
     from ..generate.selection import missing_selection
     from .finetune import open_labeled
 
+    fit_threads()
     check(opts)
     require(opts, "out", *(["model"] if model is None else []))
     check_output(opts.out, "samples", opts.intent)
@@ -84,6 +86,7 @@ def select(opts: SelectOptions, model=None):
     from ..formats.convert import open_model
     from ..generate.sample_set import select_folder
 
+    fit_threads()
     check(opts)
     require(opts, "samples", *(["model"] if model is None else []))
     if False:

@@ -31,7 +31,7 @@ class AutoencoderOptions:
     holdout: float = 0.05
     perceptual_weights: str | None = None
     device: str = "auto"
-    mixed_precision: str = "no"
+    precision: str = "auto"  # auto, fp32, bf16, fp16 (base.precision)
     num_workers: int = 0
     decoder_only: bool = False  # fine-tuning: start from the bundle's autoencoder, train the decoder only
     stage: str = STAGE
@@ -105,7 +105,7 @@ def train_autoencoder(tiles, out_dir, preset: Preset, options: AutoencoderOption
     if tiles.tile_size != preset.tile_size:
         raise HistodiffError(f"tiles are {tiles.tile_size} px but preset {preset.name} needs {preset.tile_size} px")
 
-    acc = T.make_accelerator(opts.device, opts.mixed_precision)
+    acc = T.make_accelerator(opts.device, opts.precision)
     device = acc.device
     torch.manual_seed(opts.seed)
     vae = preset.build_vae()

@@ -30,7 +30,7 @@ class ClassifierOptions:
     seed: int = 0
     checkpoint_every: int = 500
     device: str = "auto"
-    mixed_precision: str = "no"
+    precision: str = "auto"  # auto, fp32, bf16, fp16 (base.precision)
     num_workers: int = 0
     latent_cache: str = "auto"  # latent classifier: encode each tile once per augmentation (auto, on, off)
 
@@ -127,7 +127,7 @@ def train_latent_classifier(tiles, out_dir, preset, options: ClassifierOptions |
     opts.validate()
     labels = tile_labels(tiles)
     stage = "latent_classifier"
-    acc = T.make_accelerator(opts.device, opts.mixed_precision)
+    acc = T.make_accelerator(opts.device, opts.precision)
     base = load_bundle(out_dir, device="cpu")
     vae = base.vae.to(acc.device).requires_grad_(False)
     sched, scale = base.scheduler, base.scale_factor
@@ -194,7 +194,7 @@ def train_selection_classifier(tiles, out_dir, preset, options: ClassifierOption
     opts.validate()
     labels = tile_labels(tiles)
     stage = "selection_classifier"
-    acc = T.make_accelerator(opts.device, opts.mixed_precision)
+    acc = T.make_accelerator(opts.device, opts.precision)
     train_idx, held_idx = T.stratified_split(labels, opts.holdout, opts.seed)
     torch.manual_seed(opts.seed)
     model = preset.build_selection_classifier(len(tiles.class_names)).to(acc.device)

@@ -36,7 +36,7 @@ class DiffusionOptions:
     checkpoint_every: int = 1000
     scale_tiles: int = 256  # tiles encoded to estimate the latent scale factor
     device: str = "auto"
-    mixed_precision: str = "no"
+    precision: str = "auto"  # auto, fp32, bf16, fp16 (base.precision)
     num_workers: int = 0
     init_weights: bool = False  # fine-tuning: start from the bundle's UNet and keep its scale factor
     stage: str = STAGE
@@ -87,7 +87,7 @@ def train_diffusion(tiles, out_dir, preset: Preset, options: DiffusionOptions | 
     if tiles.tile_size != preset.tile_size:
         raise HistodiffError(f"tiles are {tiles.tile_size} px but preset {preset.name} needs {preset.tile_size} px")
 
-    acc = T.make_accelerator(opts.device, opts.mixed_precision)
+    acc = T.make_accelerator(opts.device, opts.precision)
     device = acc.device
     base = load_bundle(out_dir, device="cpu", require_unet=opts.init_weights)
     vae = base.vae.to(device).requires_grad_(False)

@@ -16,7 +16,7 @@ from typing import ClassVar
 from ..formats.bundle import read_meta, write_meta
 from ..base.errors import HistodiffError
 from ..base.events import Progress
-from ..base.options import check, device_option, option, seed_option, record
+from ..base.options import check, device_option, option, precision_option, seed_option, record
 from ..formats.convert import ModelSource
 
 
@@ -62,7 +62,7 @@ class FinetuneOptions:
     seed: int = seed_option()
     checkpoint_every: int = option(500, min=1, help="save a resumable checkpoint every N steps")
     device: str = device_option()
-    mixed_precision: str = option("no", choices=("no", "fp16", "bf16"), help="mixed precision of training")
+    precision: str = precision_option()
     num_workers: int = option(0, min=0, help="processes reading tiles (0: inline)")
     foreign: ModelSource = option(factory=ModelSource, gui=False, help="how to read a foreign model")
 
@@ -221,7 +221,7 @@ def finetune(source, tiles, out_dir, preset, options: FinetuneOptions | None = N
     write_meta(out_dir, meta)
     yield Progress("finetune", 0, 1, message="tiles per class: " + ", ".join(f"{c} {n}" for c, n in counts.items()))
 
-    common = dict(seed=opts.seed, device=opts.device, mixed_precision=opts.mixed_precision,
+    common = dict(seed=opts.seed, device=opts.device, precision=opts.precision,
                   num_workers=opts.num_workers, checkpoint_every=opts.checkpoint_every, batch_size=opts.batch_size)
     if opts.unet_steps:
         result["unet"] = yield from train_diffusion(tiles, out_dir, preset, DiffusionOptions(

@@ -100,8 +100,9 @@ def batch_loader(stream: BatchStream, start: int, stop: int, num_workers: int = 
     )
 
 
-def make_accelerator(device: str | None = "auto", mixed_precision: str = "no"):
-    """An ``Accelerator`` on the chosen device.
+def make_accelerator(device: str | None = "auto", precision: str = "auto"):
+    """An ``Accelerator`` on the chosen device, in the precision ``precision`` resolves to there
+    (``auto``, ``fp32``/``no``, ``bf16``, ``fp16``: :func:`..base.precision.resolve_precision`).
 
     Under a launcher (``accelerate launch --multi_gpu``, ``torchrun``) the launcher places the
     processes; with ``--device cpu`` or without CUDA they run on the CPU over gloo.
@@ -110,16 +111,19 @@ def make_accelerator(device: str | None = "auto", mixed_precision: str = "no"):
     from accelerate import Accelerator
 
     from ..base.devices import pick_device
+    from ..base.precision import accelerate_precision, resolve_precision
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         cpu = (device or "auto").startswith("cpu") or not torch.cuda.is_available() or \
             os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true")
-        return Accelerator(cpu=cpu, mixed_precision=mixed_precision)
+        mixed = accelerate_precision(resolve_precision(precision, "cpu" if cpu else "cuda", "train"))
+        return Accelerator(cpu=cpu, mixed_precision=mixed)
     reset_accelerate()
     dev = pick_device(device)
     if dev.type == "cuda" and dev.index is not None:
         torch.cuda.set_device(dev.index)
-    return Accelerator(cpu=dev.type == "cpu", mixed_precision=mixed_precision)
+    mixed = accelerate_precision(resolve_precision(precision, dev, "train"))
+    return Accelerator(cpu=dev.type == "cpu", mixed_precision=mixed)
 
 
 def reset_accelerate() -> None:
