@@ -251,3 +251,23 @@ def test_read_export_refuses_what_is_not_an_export(samples, tmp_path):
     (tmp_path / "set" / rows[1]["file"]).unlink()
     with pytest.raises(HistodiffError, match=f"names '{rows[1]['file']}', which is missing"):
         read_export(tmp_path / "set")
+
+
+def test_export_json_reports_kept_per_class_and_classes_without_tiles(tmp_path):
+    """A class whose tiles were all rejected is named in export.json with the reason, and warned about."""
+    from napari_histodiff.core.generate.sample_set import write_selection
+    from napari_histodiff.core.generate.selection import SelectionRule
+
+    folder = tmp_path / "samples"
+    records, _ = make_samples(folder, [("TUM", True, "TUM"), ("STR", False, "TUM"), ("STR", False, "TUM")])
+    write_selection(folder, records, SelectionRule(threshold=0.9))
+    events, summary = events_and_result(export_set(folder, tmp_path / "out"))
+    meta = json.loads((tmp_path / "out" / EXPORT_JSON).read_text())
+    assert meta["kept_per_class"] == {"TUM": 1, "STR": 0} == summary["kept_per_class"]
+    assert meta["classes_without_tiles"] == {"STR": "the selection classifier was never confident on it "
+                                             "(highest confidence 0.52 < threshold 0.90, over 2 tiles)"}
+    assert [e.message for e in events if e.stage == "warning"][0].startswith("class STR kept no synthetic tile")
+    from napari_histodiff.core.jobs.export import export
+
+    result = run_to_end(export(ExportOptions(samples=[folder], out=tmp_path / "o2")))
+    assert "WARNING: no synthetic tile of class STR" in result["message"]

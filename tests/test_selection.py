@@ -71,7 +71,8 @@ def test_inline_selection_and_reselection(finetuned_bundle, tmp_path):
         assert r.kept == (r.predicted_class == r.target_class and r.confidence >= 0.8
                           and r.nearest_centroid == r.target_class)
     assert {p.name for p in out.iterdir()} == {"samples.csv", "DAB-rich", "hematoxylin-rich",
-                                               "contact_DAB-rich.png", "contact_hematoxylin-rich.png"}
+                                               "contact_DAB-rich.png", "contact_hematoxylin-rich.png",
+                                               "selection.json"}
     again = select_folder(out, b, SelectionRule(rule="none", cap=2))
     assert sum(r.kept for r in again) == 4
     assert [r.confidence for r in again] == pytest.approx([r.confidence for r in records])
@@ -88,3 +89,46 @@ def test_interrupted_sampling_leaves_no_folder(finetuned_bundle, tmp_path):
         next(gen)
     gen.close()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_class_report_names_every_class_that_kept_nothing_and_why():
+    from napari_histodiff.core.generate.selection import class_report, report_lines
+
+    r = annotated() + [rec(5, "C")]
+    annotate(r[5:], np.array([[0.5, 0.3]]), np.array([[1.0, 2.0]]), ["C", "B"])
+    decide(r, SelectionRule(rule="both", threshold=0.99))
+    report = class_report(r, SelectionRule(rule="both", threshold=0.99), classes=["A", "B", "C", "D"])
+    assert report["kept_per_class"] == {"A": 0, "B": 0, "C": 0, "D": 0}
+    assert report["classes_without_tiles"]["A"].startswith(
+        "the selection classifier was never confident on it (highest confidence 0.95 < threshold 0.99")
+    assert "0.50 < threshold 0.99" in report["classes_without_tiles"]["C"]
+    assert report["classes_without_tiles"]["D"] == "no tile was made for it"
+    assert len(report_lines(report)) == 4
+    decide(r, SelectionRule(rule="both", threshold=0.8))
+    report = class_report(r, SelectionRule(rule="both", threshold=0.8))
+    assert report["kept_per_class"] == {"A": 1, "B": 2, "C": 0}  # the unguided tile counts for B, predicted
+    assert list(report["classes_without_tiles"]) == ["C"]
+
+
+def test_sample_job_says_which_class_kept_nothing(finetuned_bundle, tmp_path):
+    """A class that keeps nothing is named in a warning event, the result message and selection.json."""
+    import json
+
+    from napari_histodiff import load_bundle
+    from napari_histodiff.core.base.events import run_to_end
+    from napari_histodiff.core.jobs.sample import SampleOptions, sample, select
+
+    b = load_bundle(finetuned_bundle[0], device="cpu")
+    events = []
+    opts = SampleOptions(per_class=2, steps=5, out=tmp_path / "s", selection=SelectionRule(rule="confidence",
+                                                                                       threshold=1.0))
+    result = run_to_end(sample(opts, model=b), events.append)
+    assert result["kept_per_class"] == {c: 0 for c in b.class_names}
+    warnings = [e.message for e in events if e.stage == "warning"]
+    assert len(warnings) == 2 and all("never confident" in w and "< threshold 1.00" in w for w in warnings)
+    assert "WARNING: no tile kept for classes DAB-rich, hematoxylin-rich" in result["message"]
+    saved = json.loads((tmp_path / "s" / "selection.json").read_text())
+    assert saved["rule"]["threshold"] == 1.0 and saved["classes_without_tiles"].keys() == set(b.class_names)
+    again = run_to_end(select(__import__("napari_histodiff.core.jobs.sample", fromlist=["SelectOptions"])
+                              .SelectOptions(samples=tmp_path / "s", selection=SelectionRule(rule="none")), model=b))
+    assert again["classes_without_tiles"] == {} and "WARNING" not in again["message"]

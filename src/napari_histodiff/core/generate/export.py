@@ -79,6 +79,25 @@ def _unique(tile_id: str, prefix: str, seen: set) -> str:
     return new
 
 
+def selection_report(sample_dirs, earlier: dict | None = None) -> dict:
+    """Kept synthetic tiles per class over ``sample_dirs`` (plus ``earlier``, the report of an export
+    appended to) and, for each class that kept none, why (with the threshold each folder was selected with)."""
+    from .sample_set import read_selection_rule
+    from .selection import class_report
+
+    kept = dict((earlier or {}).get("kept_per_class") or {})
+    reasons: dict[str, list[str]] = {c: [why] for c, why in ((earlier or {}).get("classes_without_tiles") or {}).items()}
+    for folder in sample_dirs:
+        report = class_report(read_records(folder), read_selection_rule(folder))
+        for c, n in report["kept_per_class"].items():
+            kept[c] = kept.get(c, 0) + n
+        for c, why in report["classes_without_tiles"].items():
+            reasons.setdefault(c, []).append(why if len(sample_dirs) == 1 else f"{Path(folder).name}: {why}")
+    return {"kept_per_class": kept,
+            "classes_without_tiles": {c: "; ".join(reasons.get(c) or ["no tile was kept"])
+                                      for c, n in kept.items() if n == 0}}
+
+
 def _synthetic_rows(sample_dirs, only_kept, seen):
     """(loader, manifest row, TIFF description) of every synthetic tile to export, and the skipped count."""
     from ..data.tiles import read_rgb
@@ -207,6 +226,13 @@ def export_set(sample_dirs, out, options: ExportOptions | None = None, real_tile
         existing.check_new(dirs, real_root)
     seen: set = {row["id"] for row in existing.rows} if existing else set()
     rows, skipped = _synthetic_rows(dirs, opts.only_kept, seen)
+    report = selection_report(dirs, existing.meta if existing else None)
+    if not opts.only_kept:
+        report["classes_without_tiles"] = {}  # every tile is exported, kept or not
+    from .selection import report_lines
+
+    for line in report_lines(report):
+        yield Progress("warning", 0, 0, message=line.replace("the augmentation set will have", "the exported set has"))
     if real_tiles is None and opts.include_real is not None:
         size = existing.shape[0] if existing and existing.shape else _first_tile_size(dirs)
         real_tiles = TileFolder(opts.include_real, size)
@@ -257,12 +283,12 @@ def export_set(sample_dirs, out, options: ExportOptions | None = None, real_tile
         else:
             meta = {"format": "napari-histodiff-export", "version": 1, **run, "versions": package_versions(),
                     "real_sources": real_sources}
-        meta.update(counts=counts, total=len(manifest), skipped=skipped, tile_size=int(shape[0]))
+        meta.update(counts=counts, total=len(manifest), skipped=skipped, tile_size=int(shape[0]), **report)
         (tmp / EXPORT_JSON).write_text(json.dumps(meta, indent=2), encoding="utf-8")
         swap_in(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return {"out": str(out), "counts": counts, "total": len(manifest), "skipped": skipped}
+    return {"out": str(out), "counts": counts, "total": len(manifest), "skipped": skipped, **report}
 
 
 def _counts(manifest) -> dict:

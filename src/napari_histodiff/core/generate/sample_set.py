@@ -17,9 +17,34 @@ from ..base.outdir import check_output
 from ..formats.images import contact_sheet, write_png, write_tile
 from ..formats.records import RECORDS_FILE, TileRecord, read_records, write_records
 from .sampling import SampleOptions, sample_tiles
-from .selection import SelectionRule, annotate, decide, missing_selection, score
+from .selection import SelectionRule, annotate, class_report, decide, missing_selection, score
 
 SHEET_MAX = 64
+SELECTION_FILE = "selection.json"  # the rule a sample folder was selected with, and what it kept per class
+
+
+def write_selection(folder, records, rule: SelectionRule, classes=None) -> dict:
+    """Record ``rule`` and the per-class outcome beside ``samples.csv``; returns the report."""
+    import json
+    import os
+    from dataclasses import asdict
+
+    report = class_report(records, rule, classes)
+    tmp = Path(folder) / (SELECTION_FILE + ".tmp")
+    tmp.write_text(json.dumps({"rule": asdict(rule), **report}, indent=2), encoding="utf-8")
+    os.replace(tmp, Path(folder) / SELECTION_FILE)
+    return report
+
+
+def read_selection_rule(folder) -> SelectionRule | None:
+    """The rule a sample folder was last selected with (None: unknown, e.g. an older folder)."""
+    import json
+
+    try:
+        rule = json.loads((Path(folder) / SELECTION_FILE).read_text(encoding="utf-8"))["rule"]
+        return SelectionRule(**{k: rule[k] for k in ("rule", "threshold", "cap") if k in rule})
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def write_samples(bundle, options: SampleOptions, out, rule: SelectionRule | None = None, intent: str = "new",
@@ -54,6 +79,7 @@ def write_samples(bundle, options: SampleOptions, out, rule: SelectionRule | Non
             yield event
         if rule is not None:
             decide(records, rule)
+            write_selection(tmp, records, rule, options.classes or None)
         write_records(tmp / RECORDS_FILE, records)
         for name, tiles in sheets.items():
             write_png(tmp / f"contact_{name}.png", contact_sheet(np.stack(tiles)))
@@ -104,4 +130,5 @@ def select_folder(folder, bundle, rule: SelectionRule) -> list[TileRecord]:
         annotate(part, *score(bundle, tiles), bundle.class_names)
     decide(records, rule)
     write_records(folder / RECORDS_FILE, records)
+    write_selection(folder, records, rule)
     return records

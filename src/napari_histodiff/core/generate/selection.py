@@ -89,3 +89,50 @@ def decide(records, rule: SelectionRule) -> None:
         kept.sort(key=lambda r: (-(r.confidence or 0.0), r.centroid_distance or 0.0, r.index))
         for rec in kept[rule.cap:]:
             rec.kept = False
+
+
+def class_report(records, rule: SelectionRule | None = None, classes=None) -> dict:
+    """Kept tiles per target class and, for every class that kept none, why.
+
+    ``classes``: the classes to report (default: the target classes of ``records``). Returns
+    ``{"kept_per_class": {class: n}, "classes_without_tiles": {class: reason}}``; a class with no
+    tile at all is reported as "no tile was made for it"."""
+    made: dict[str, list] = {}
+    for rec in records:
+        made.setdefault(rec.target_class or rec.predicted_class or "unguided", []).append(rec)
+    names = list(classes) if classes is not None else list(made)
+    kept = {c: sum(bool(r.kept) for r in made.get(c, [])) for c in names}
+    missing = {c: _why_none(made.get(c, []), rule) for c in names if not kept[c]}
+    return {"kept_per_class": kept, "classes_without_tiles": missing}
+
+
+def _why_none(records, rule: SelectionRule | None) -> str:
+    if not records:
+        return "no tile was made for it"
+    scores = [r.confidence for r in records if r.confidence is not None]
+    if not scores:
+        return "its tiles were not scored by the selection classifier"
+    top = max(scores)
+    rule_name = rule.rule if rule is not None else None
+    threshold = rule.threshold if rule is not None else None
+    if rule is not None and rule.cap == 0:
+        return "the per-class cap is 0"
+    if rule_name in ("confidence", "both") and top < threshold:
+        return (f"the selection classifier was never confident on it (highest confidence {top:.2f} < "
+                f"threshold {threshold:.2f}, over {len(records)} tiles)")
+    predicted = sum(r.predicted_class == (r.target_class or r.predicted_class) for r in records)
+    nearest = sum(r.nearest_centroid == (r.target_class or r.predicted_class) for r in records)
+    if rule_name in ("centroid", "both") and not nearest:
+        return (f"its nearest class centroid was never the target class (over {len(records)} tiles; highest "
+                f"confidence {top:.2f})")
+    if rule_name is None:
+        return f"no tile was kept (highest confidence {top:.2f}, predicted as it {predicted} of {len(records)} times)"
+    return (f"no tile passed the {rule_name} rule (highest confidence {top:.2f}, threshold {threshold:.2f}; "
+            f"predicted as it {predicted} and nearest centroid {nearest} of {len(records)} times)")
+
+
+def report_lines(report: dict) -> list[str]:
+    """One warning per class that kept no tile."""
+    return [f"class {c} kept no synthetic tile: {why}; the augmentation set will have no {c} tile "
+            "(lower {opt:threshold}, choose another {opt:rule}, sample more tiles of it, or train the "
+            "classifiers on more labeled tiles)" for c, why in report["classes_without_tiles"].items()]

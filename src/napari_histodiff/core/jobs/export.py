@@ -16,4 +16,9 @@ def export(opts: ExportOptions, real_tiles=None):
     require(opts, "samples", "out")
     params = {"samples": [str(s) for s in opts.samples], "include_real": str(opts.include_real or "")}
     summary = yield from export_set(opts.samples, opts.out, opts, real_tiles=real_tiles, params=params)
-    return {**summary, "message": f"{summary['total']} tiles exported to {opts.out}"}
+    message = f"{summary['total']} tiles exported to {opts.out}"
+    missing = summary.get("classes_without_tiles") or {}
+    if missing:
+        message += (f"; WARNING: no synthetic tile of class{'es' * (len(missing) > 1)} {', '.join(missing)}: "
+                    + "; ".join(f"{c}: {why}" for c, why in missing.items()))
+    return {**summary, "message": message}

@@ -10,7 +10,7 @@ from pathlib import Path
 from ..base.errors import HistodiffError
 from ..base.options import check, device_option, option, require
 from ..generate.sampling import SampleOptions
-from ..generate.selection import SelectionRule
+from ..generate.selection import SelectionRule, class_report
 
 __all__ = ["SampleOptions", "SelectOptions", "sample", "select", "plan_classes", "kept_counts"]
 
@@ -65,8 +65,25 @@ def sample(opts: SampleOptions, model=None, sources=None):
     records = yield from write_samples(bundle, plan, opts.out, opts.selection if select else None, opts.intent,
                                        sources=sources)
     summary = kept_counts(records) if select else f"{len(records)} tiles (not selected)"
-    return {"records": records, "selected": select,
-            "message": f"{len(records)} tiles written to {opts.out} ({summary})"}
+    result = {"records": records, "selected": select,
+              "message": f"{len(records)} tiles written to {opts.out} ({summary})"}
+    if select:
+        result.update(class_report(records, opts.selection, plan.classes or None))
+        yield from _report_missing(result)
+    return result
+
+
+def _report_missing(result: dict):
+    """Warn about every class that kept no tile, and say so at the end of the result message."""
+    from ..base.events import warning
+    from ..generate.selection import report_lines
+
+    for line in report_lines(result):
+        yield warning(line)
+    missing = result["classes_without_tiles"]
+    if missing:
+        result["message"] += (f"; WARNING: no tile kept for class{'es' * (len(missing) > 1)} "
+                              f"{', '.join(missing)}: " + "; ".join(f"{c}: {why}" for c, why in missing.items()))
 
 
 @dataclass
@@ -93,4 +110,7 @@ def select(opts: SelectOptions, model=None):
         yield  # a generator, like every job
     bundle = model if model is not None else open_model(opts.model, device=opts.device)
     records = select_folder(opts.samples, bundle, opts.selection)
-    return {"records": records, "message": f"{opts.samples}/samples.csv updated: {kept_counts(records)}"}
+    result = {"records": records, "message": f"{opts.samples}/samples.csv updated: {kept_counts(records)}",
+              **class_report(records, opts.selection)}
+    yield from _report_missing(result)
+    return result

@@ -86,10 +86,14 @@ class _BasicBlock(nn.Module):
 
 
 class SelectionClassifier(ModelMixin, ConfigMixin):
-    """A small ResNet (one basic block per stage) on RGB tiles in [-1, 1]."""
+    """A small ResNet (one basic block per stage) on RGB tiles in [-1, 1].
+
+    ``temperature``: the calibration temperature fitted on held-out tiles after training (1: none;
+    older bundles have none); :meth:`score` divides the logits by it, :meth:`forward` does not."""
 
     @register_to_config
-    def __init__(self, num_classes: int = 2, channels: tuple[int, ...] = (32, 64, 128), dropout: float = 0.1):
+    def __init__(self, num_classes: int = 2, channels: tuple[int, ...] = (32, 64, 128), dropout: float = 0.1,
+                 temperature: float = 1.0):
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(3, channels[0], 3, 1, 1, bias=False), nn.BatchNorm2d(channels[0]), nn.ReLU())
         stages, prev = [], channels[0]
@@ -110,5 +114,6 @@ class SelectionClassifier(ModelMixin, ConfigMixin):
     def score(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Class probabilities, features and distance to every class centroid, for selection."""
         feats = self.features(x)
-        return {"probs": self.head(feats).softmax(-1), "features": feats,
+        t = float(getattr(self.config, "temperature", None) or 1.0)
+        return {"probs": (self.head(feats) / t).softmax(-1), "features": feats,
                 "distances": torch.cdist(feats, self.centroids)}
