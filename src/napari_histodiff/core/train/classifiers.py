@@ -12,11 +12,14 @@ import numpy as np
 
 from . import latents as L
 from . import loop as T
+from .augment import augment
 from ..formats.bundle import load_bundle, package_versions, read_meta, save_part, write_meta
 from ..base.errors import HistodiffError
 from ..base.events import Progress, warning
 
 EVAL_TIMESTEPS = (0, 250, 500, 750)
+TRUNKS = ("scratch", "unet")
+TRUNK_LEARNING_RATE = 1e-3  # the head on the frozen UNet trunk: a linear layer learns fast
 
 
 @dataclass
@@ -33,8 +36,12 @@ class ClassifierOptions:
     precision: str = "auto"  # auto, fp32, bf16, fp16 (base.precision)
     num_workers: int = 0
     latent_cache: str = "auto"  # latent classifier: encode each tile once per augmentation (auto, on, off)
+    trunk: str = "scratch"  # latent classifier: "scratch" (LatentClassifier) or "unet" (the pre-trained UNet's encoder)
+    augment: bool = False  # flips / rotations, HED stain jitter and mild blur of the labeled tiles (train/augment.py)
 
     def validate(self) -> None:
+        if self.trunk not in TRUNKS:
+            raise HistodiffError(f"classifier trunk must be one of {', '.join(TRUNKS)}, not {self.trunk!r}")
         if self.steps < 1:
             raise HistodiffError("classifier steps must be at least 1")
         if not 0 <= self.holdout < 0.9:
@@ -134,7 +141,15 @@ def train_latent_classifier(tiles, out_dir, preset, options: ClassifierOptions |
     n_t = sched.config.num_train_timesteps
     train_idx, held_idx = T.stratified_split(labels, opts.holdout, opts.seed)
     torch.manual_seed(opts.seed)
-    model = preset.build_latent_classifier(len(tiles.class_names))
+    if opts.trunk == "unet":
+        from ..models.trunk import UNetTrunkClassifier
+
+        if base.unet is None:
+            raise HistodiffError("classifier trunk unet needs the bundle's diffusion UNet; this bundle has none")
+        model = UNetTrunkClassifier.from_unet(base.unet, len(tiles.class_names)).to("cpu")
+    else:
+        model = preset.build_latent_classifier(len(tiles.class_names))
+    base.unet = None  # only the trunk's copy is needed
 
     def latents(x, gen):
         """A posterior sample of pixels ``x``, or of a cached posterior ``x = (mean, std)``."""
@@ -147,7 +162,7 @@ def train_latent_classifier(tiles, out_dir, preset, options: ClassifierOptions |
 
     def loss_fn(m, x, y, gen):
         with torch.no_grad():
-            z = latents(x, gen)
+            z = latents(augment(x, gen) if opts.augment else x, gen)
         if opts.clean_latents:  # the original code: clean latents, t = 0
             t = torch.zeros(len(z), dtype=torch.long, device=z.device)
             return F.cross_entropy(m(z, t), y)
@@ -175,11 +190,23 @@ def train_latent_classifier(tiles, out_dir, preset, options: ClassifierOptions |
         return (yield from L.encode_all(vae, tiles, indices, acc.device, folder, f"{stage} latents"))
 
     c = preset.classifier
+    lr = T.given(opts.learning_rate, TRUNK_LEARNING_RATE if opts.trunk == "unet" else c.learning_rate)
     history, step = yield from _loop(
         stage, model, loss_fn, eval_fn, tiles, labels, train_idx, out_dir, opts, acc,
-        T.given(opts.learning_rate, c.learning_rate), c.weight_decay, T.given(opts.batch_size, c.batch_size),
-        encode=encode)
-    return _save(out_dir, stage, model, history, step, opts, tiles, acc, {"clean_latents": opts.clean_latents})
+        lr, c.weight_decay, T.given(opts.batch_size, c.batch_size),
+        encode=None if opts.augment else encode)  # augmentation is in pixel space: nothing to cache
+    model.eval()
+    with torch.no_grad():  # calibration of the held-out logits over the evaluated timesteps (reported, not applied:
+        logits = []        # a temperature would only rescale the guidance gradient, which the guidance scale sets)
+        for t in EVAL_TIMESTEPS:
+            tt = torch.full((len(held_z),), t, device=acc.device)
+            logits.append(model(sched.add_noise(held_z, held_noise, tt), tt).double().cpu())
+        from .calibration import calibration_metrics, fit_temperature
+
+        logits, ys = torch.cat(logits), held_y.cpu().repeat(len(EVAL_TIMESTEPS))
+        calib = calibration_metrics(logits, ys, fit_temperature(logits, ys))
+    return _save(out_dir, stage, model, history, step, opts, tiles, acc, {"clean_latents": opts.clean_latents, "trunk": opts.trunk, "augment": opts.augment},
+                 calib)
 
 
 def train_selection_classifier(tiles, out_dir, preset, options: ClassifierOptions | None = None):
@@ -203,7 +230,7 @@ def train_selection_classifier(tiles, out_dir, preset, options: ClassifierOption
     held_y = torch.from_numpy(labels[held_idx if len(held_idx) else train_idx]).to(acc.device)
 
     def loss_fn(m, x, y, gen):
-        return F.cross_entropy(m(x), y)
+        return F.cross_entropy(m(augment(x, gen) if opts.augment else x), y)
 
     def eval_fn(m):
         with torch.no_grad():
@@ -224,19 +251,50 @@ def train_selection_classifier(tiles, out_dir, preset, options: ClassifierOption
         feats = torch.cat([model.features(x) for x in _batches(tiles, np.arange(len(tiles)), acc.device)])
         y = torch.from_numpy(labels).to(acc.device)
         model.centroids.copy_(torch.stack([feats[y == k].mean(0) for k in range(len(tiles.class_names))]))
-    extra = {"best_heldout_acc": best["acc"] if best["acc"] >= 0 else None}
-    return _save(out_dir, stage, model, history, step, opts, tiles, acc, extra)
+        calib = _calibrate(model, held_x, held_y)
+    model.register_to_config(temperature=calib["temperature"])
+    extra = {"best_heldout_acc": best["acc"] if best["acc"] >= 0 else None, **calib}
+    return _save(out_dir, stage, model, history, step, opts, tiles, acc, extra, calib)
 
 
-def _save(out_dir, stage, model, history, step, opts, tiles, acc, extra) -> dict:
+def _calibrate(model, held_x, held_y, prefix: str = "") -> dict:
+    """Temperature scaling fitted on the held-out tiles, with the ECE (15 bins) before and after.
+    The "after" ECE is measured on the tiles the temperature was fitted on (all there are)."""
+    from .calibration import calibration_metrics, fit_temperature
+
+    logits = model(held_x).double().cpu()
+    return calibration_metrics(logits, held_y.cpu(), fit_temperature(logits, held_y.cpu()), prefix)
+
+
+def _save(out_dir, stage, model, history, step, opts, tiles, acc, extra, metrics=None) -> dict:
     result = {"steps": step, "history": history, **extra}
     if acc.is_main_process and not T.stage_written(out_dir, stage, step):
         save_part(acc.unwrap_model(model).to("cpu"), out_dir, stage)
         meta = read_meta(out_dir)
         meta["provenance"][stage] = {"data": tiles.description, "tiles": len(tiles), "steps": step,
                                      "seed": opts.seed, "versions": package_versions(), **extra}
-        if history:
-            meta["metrics"][stage] = history[-1][1]
+        if history or metrics:
+            meta["metrics"][stage] = {**(history[-1][1] if history else {}), **(metrics or {})}
         write_meta(out_dir, meta)
     acc.wait_for_everyone()
     return result
+
+
+def latent_accuracy(bundle, tiles, timesteps=EVAL_TIMESTEPS, seed: int = 0, classifier=None) -> dict:
+    """Accuracy of the bundle's noisy latent classifier (or ``classifier``) on labeled ``tiles`` it has not
+    seen: latents (posterior mean) noised with the bundle's scheduler at each of ``timesteps``."""
+    import torch
+
+    clf = classifier if classifier is not None else bundle.latent_classifier
+    labels = torch.from_numpy(tile_labels(tiles))
+    gen = torch.Generator().manual_seed(seed)
+    out, device = {}, bundle.device
+    with torch.no_grad():
+        z = torch.cat([bundle.vae.encode(x).latent_dist.mean for x in _batches(tiles, np.arange(len(tiles)), device)])
+        z = z * bundle.scale_factor
+        noise = torch.randn(z.shape, generator=gen).to(device)
+        for t in timesteps:
+            tt = torch.full((len(z),), t, device=device)
+            pred = clf.to(device).eval()(bundle.scheduler.add_noise(z, noise, tt), tt).argmax(-1).cpu()
+            out[f"acc_t{t}"] = float((pred == labels).float().mean())
+    return out

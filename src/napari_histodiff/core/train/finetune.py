@@ -55,6 +55,12 @@ class FinetuneOptions:
     decoder_learning_rate: float = option(1e-5, min=0, min_open=True, help="learning rate of the decoder fine-tuning")
     clean_latents: bool = option(False, help="train the latent classifier on clean latents only, as the original "
                                  "code (for comparison)")
+    classifier_trunk: str = option("scratch", choices=("scratch", "unet"),
+                                   help="trunk of the noisy latent classifier: a small UNet encoder trained from "
+                                   "scratch, or the pre-trained diffusion UNet's encoder (frozen; only a pooling + "
+                                   "linear head learns, at learning rate 1e-3)")
+    classifier_augment: bool = option(False, help="augment the labeled tiles while training both classifiers: the "
+                                      "8 flips / rotations, HED stain jitter and mild blur")
     min_tiles_per_class: int = option(5, min=2, help="fewest labeled tiles a class may have (one to train, one "
                                       "to hold out)")
     holdout: float = option(0.2, min=0, max=0.89, help="fraction of each class held out to measure the classifiers")
@@ -120,7 +126,7 @@ def check_source(source) -> None:
 FINETUNE_STAGES = ("finetune", "finetune_unet", "finetune_decoder", "latent_classifier", "selection_classifier")
 # options that change what fine-tuning computes: a resume with other values would mix two runs
 SAME_ON_RESUME = ("scale", "unet_learning_rate", "decoder_learning_rate", "clean_latents", "holdout",
-                  "batch_size", "seed")
+                  "batch_size", "seed", "classifier_trunk", "classifier_augment")
 
 
 def lineage(provenance: dict, origin: str) -> dict:
@@ -231,9 +237,9 @@ def finetune(source, tiles, out_dir, preset, options: FinetuneOptions | None = N
         result["decoder"] = yield from train_autoencoder(tiles, out_dir, preset, AutoencoderOptions(
             steps=opts.decoder_steps, learning_rate=opts.decoder_learning_rate, decoder_only=True,
             stage="finetune_decoder", **common))
-    clf = dict(holdout=opts.holdout, **common)
+    clf = dict(holdout=opts.holdout, augment=opts.classifier_augment, **common)
     result["latent_classifier"] = yield from train_latent_classifier(tiles, out_dir, preset, ClassifierOptions(
-        steps=opts.classifier_steps, clean_latents=opts.clean_latents, **clf))
+        steps=opts.classifier_steps, clean_latents=opts.clean_latents, trunk=opts.classifier_trunk, **clf))
     result["selection_classifier"] = yield from train_selection_classifier(tiles, out_dir, preset, ClassifierOptions(
         steps=opts.selection_steps, **clf))
     return result
