@@ -119,16 +119,17 @@ def test_sample_job_says_which_class_kept_nothing(finetuned_bundle, tmp_path):
     from napari_histodiff.core.jobs.sample import SampleOptions, sample, select
 
     b = load_bundle(finetuned_bundle[0], device="cpu")
+    b.selection_classifier.register_to_config(temperature=1e6)  # no tile reaches the threshold (probs ~ 1/2)
     events = []
     opts = SampleOptions(per_class=2, steps=5, out=tmp_path / "s", selection=SelectionRule(rule="confidence",
-                                                                                       threshold=1.0))
+                                                                                       threshold=0.99))
     result = run_to_end(sample(opts, model=b), events.append)
     assert result["kept_per_class"] == {c: 0 for c in b.class_names}
     warnings = [e.message for e in events if e.stage == "warning"]
-    assert len(warnings) == 2 and all("never confident" in w and "< threshold 1.00" in w for w in warnings)
+    assert len(warnings) == 2 and all("never confident" in w and "< threshold 0.99" in w for w in warnings)
     assert "WARNING: no tile kept for classes DAB-rich, hematoxylin-rich" in result["message"]
     saved = json.loads((tmp_path / "s" / "selection.json").read_text())
-    assert saved["rule"]["threshold"] == 1.0 and saved["classes_without_tiles"].keys() == set(b.class_names)
+    assert saved["rule"]["threshold"] == 0.99 and saved["classes_without_tiles"].keys() == set(b.class_names)
     again = run_to_end(select(__import__("napari_histodiff.core.jobs.sample", fromlist=["SelectOptions"])
                               .SelectOptions(samples=tmp_path / "s", selection=SelectionRule(rule="none")), model=b))
     assert again["classes_without_tiles"] == {} and "WARNING" not in again["message"]

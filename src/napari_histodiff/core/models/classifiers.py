@@ -115,5 +115,5 @@ class SelectionClassifier(ModelMixin, ConfigMixin):
         """Class probabilities, features and distance to every class centroid, for selection."""
         feats = self.features(x)
         t = float(getattr(self.config, "temperature", None) or 1.0)
-        return {"probs": (self.head(feats) / t).softmax(-1), "features": feats,
+        return {"probs": (self.head(feats).float() / t).softmax(-1), "features": feats,
                 "distances": torch.cdist(feats, self.centroids)}
