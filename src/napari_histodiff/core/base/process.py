@@ -47,13 +47,9 @@ def new_log(name: str) -> Path:
 def child_threads() -> int:
     """Torch threads for a job beside a GUI: ``$OMP_NUM_THREADS`` when set, else the cores this process may
     use less one for the viewer."""
-    if os.environ.get("OMP_NUM_THREADS", "").isdigit():
-        return max(1, int(os.environ["OMP_NUM_THREADS"]))
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return max(1, cores - 1)
+    from .threads import cores_available, plan_threads
+
+    return plan_threads(cores=max(1, cores_available() - 1))
 
 
 class ChildJob:
