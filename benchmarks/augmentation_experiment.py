@@ -64,6 +64,9 @@ class Settings:
     ldm_batch: int | None = None  # None: the small preset's 16
     ft_batch: int | None = None  # fine-tuning stages (UNet, classifiers); None: the preset's 16
     clf_steps: int = 400
+    clf_trunk: str = "scratch"  # guidance classifier trunk (finetune --classifier-trunk)
+    clf_augment: bool = False  # flips, HED stain jitter and blur for both classifiers (--classifier-augment)
+    sel_trunk: str = "scratch"  # selection classifier trunk (finetune --selection-trunk)
     sel_steps: int = 300
     unet_steps: int = 300
     unet_lr: float = 5e-5
@@ -196,7 +199,8 @@ def finetune_all(pre: Path, kdir: Path, labeled: Path, s: Settings, ablations: b
     opts = FinetuneOptions(classifier_steps=s.clf_steps, selection_steps=s.sel_steps, unet_steps=s.unet_steps,
                            unet_learning_rate=s.unet_lr, decoder_steps=s.decoder_steps,
                            decoder_learning_rate=s.decoder_lr, device=s.device, checkpoint_every=100,
-                           min_tiles_per_class=2, batch_size=s.ft_batch)
+                           min_tiles_per_class=2, batch_size=s.ft_batch, classifier_trunk=s.clf_trunk,
+                           classifier_augment=s.clf_augment, selection_trunk=s.sel_trunk)
     made = {"finetuned": kdir / "finetuned"}
     info = drain(finetune(pre, tiles, made["finetuned"], small(), opts), "finetune")
     if not ablations:
@@ -340,6 +344,55 @@ def frechet(kdir: Path, train: Path, test: Path, arms: dict, s: Settings) -> dic
         out["classes"][c] = row
     cache.write_text(json.dumps(out, indent=1))
     return out
+
+
+def classifier_checks(kdir: Path, bundle_dir: Path, train: Path, test: Path, pool_dir: Path, records,
+                      s: Settings) -> dict:
+    """The two classifiers of the fine-tuned bundle on the test tiles (issue 17): the guidance classifier on
+    noised latents at t = 0, 250, 500, 750; the selection classifier's accuracy; and the guided pool's
+    class agreement with an independent classifier (a real-only downstream ResNet, seed 0)."""
+    cache = kdir / "classifiers.json"
+    if cache.is_file():
+        return json.loads(cache.read_text())
+    from napari_histodiff.core.formats.bundle import load_bundle
+    from napari_histodiff.core.generate.selection import score
+    from napari_histodiff.core.train.classifiers import latent_accuracy
+
+    bundle = load_bundle(bundle_dir, device=s.device)
+    te = TileFolder(test, 64)
+    x, y = E._load(te, "test", 64)
+    y = np.array([CLASSES.index(c) for c in y])
+    out = {"test_tiles": int(len(x)), "guidance_acc": latent_accuracy(bundle, te)}
+    probs, _ = score(bundle, x)
+    out["selection_acc"] = float((probs.argmax(1) == y).mean())
+    tr = TileFolder(train, 64)
+    tx, ty = E._load(tr, "training", 64)
+    ty = np.array([CLASSES.index(c) for c in ty])
+    model = drain(E.train_downstream(tx, ty, tx, ty, len(CLASSES), 0, eval_options(s, [0]), bundle.device,
+                                     "independent"), "independent classifier")
+    pred = E._predict(model, x, bundle.device).argmax(-1).numpy()
+    out["independent_test_acc"] = float((pred == y).mean())
+    pool = as_tiles(pool_dir, records, "pool")
+    ppred = E._predict(model, pool.tiles, bundle.device).argmax(-1).numpy()
+    target = np.array([pool.label(i) for i in range(len(pool))])
+    kept = np.array([bool(r.kept) for r in records])
+    out["guided_agreement"] = float((ppred == target).mean())
+    out["guided_agreement_per_class"] = {c: float((ppred[target == k] == k).mean()) for k, c in enumerate(CLASSES)
+                                         if (target == k).any()}
+    out["kept_agreement"] = float((ppred[kept] == target[kept]).mean()) if kept.any() else None
+    cache.write_text(json.dumps(out, indent=1))
+    return out
+
+
+def classifier_lines(c: dict) -> list[str]:
+    g = c["guidance_acc"]
+    per = ", ".join(f"{k} {100 * v:.0f}%" for k, v in c["guided_agreement_per_class"].items())
+    kept = "" if c["kept_agreement"] is None else f"; kept tiles {100 * c['kept_agreement']:.1f}%"
+    return [f"Classifiers on the {c['test_tiles']} test tiles: guidance classifier on noised latents " +
+            ", ".join(f"t={k[5:]} {100 * v:.1f}%" for k, v in g.items()) +
+            f"; selection classifier {100 * c['selection_acc']:.1f}%; an independent real-only classifier "
+            f"{100 * c['independent_test_acc']:.1f}%, which assigns {100 * c['guided_agreement']:.1f}% of the guided "
+            f"pool to its target class ({per}){kept}.", ""]
 
 
 # ---- report -------------------------------------------------------------------------------------
@@ -588,11 +641,13 @@ def main(argv=None):
         recon_of = made["finetuned"] if s.decoder_steps else pre  # the decoder that drew the samples
         recon = reconstruction(recon_of, train, test, kdir, s) if k == min(s.ks) else None
         kept = {c: sum(1 for r in recs["guided"] if r.kept and r.target_class == c) for c in CLASSES}
+        checks = timer.run(f"k{k} classifiers", lambda: classifier_checks(
+            kdir, made["finetuned"], train, test, kdir / "samples" / "guided", recs["guided"], s))
         summary["k"][k] = {"results": f"k{k}/results.json", "kept_of_pool": {"pool": pool, "kept": kept},
-                           "frechet": fr, **({"reconstruction": recon} if recon else {})}
+                           "classifiers": checks, "frechet": fr, **({"reconstruction": recon} if recon else {})}
         md += [f"## k = {k} labeled tiles per class", "", *table(results), "",
                f"Guided pool {pool} per class; kept by selection (confidence >= {s.threshold} and nearest "
-               "centroid): " + ", ".join(f"{c} {n}" for c, n in kept.items()), ""]
+               "centroid): " + ", ".join(f"{c} {n}" for c, n in kept.items()), "", *classifier_lines(checks)]
     done_before = out / "summary.json"
     earlier = json.loads(done_before.read_text()).get("wall_s", 0.0) if done_before.is_file() else 0.0
     summary["wall_s"] = round(time.perf_counter() - t0 + earlier, 1)  # summed over resumed invocations
@@ -619,7 +674,8 @@ def copy_to_docs(out: Path, docs: Path, s: Settings) -> None:
     for k in s.ks:
         extra = [out / f"k{k}" / n for n in ("variations.png", "reconstruction.png") if (out / f"k{k}" / n).is_file()]
         for f in [*(out / f"k{k}").glob("grid_*.png"), *extra, out / f"k{k}" / "results.json",
-                  out / f"k{k}" / "results.png", out / f"k{k}" / "frechet.json"]:
+                  out / f"k{k}" / "results.png", out / f"k{k}" / "frechet.json",
+                  *[out / f"k{k}" / "classifiers.json"] * (out / f"k{k}" / "classifiers.json").is_file()]:
             (docs / f"k{k}").mkdir(exist_ok=True)
             shutil.copy2(f, docs / f"k{k}" / f.name)
 

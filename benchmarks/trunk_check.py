@@ -1,4 +1,5 @@
-"""Guidance classifier trunks on a generated problem: from scratch vs the pre-trained UNet's encoder.
+"""Classifier trunks on a generated problem: from scratch vs the pre-trained UNet's encoder (guidance
+classifier) and vs the pre-trained autoencoder's encoder (selection classifier, ``--selection``).
 
 Classes differ in nuclear texture (number and size of hematoxylin blobs) and in stain (H and E
 amounts), with per-tile stain jitter as large as the class difference, so colour alone is unreliable.
@@ -6,6 +7,7 @@ A tiny bundle is pre-trained briefly on unlabeled generated tiles (or the demo i
 steps on `--per-class` tiles; accuracy is measured on 40 unseen tiles per class at t = 0/250/500/750.
 
     python benchmarks/trunk_check.py --steps 60 --per-class 20
+    python benchmarks/trunk_check.py --selection --steps 150 --seeds 2
 """
 
 from __future__ import annotations
@@ -87,6 +89,34 @@ def compare(bundle_dir: Path, work: Path, steps: int, per_class: int, seed: int 
     return out
 
 
+def compare_selection(bundle_dir: Path, work: Path, steps: int, per_class: int, seed: int = 0,
+                      augment: bool = False, trunk_lr: float | None = None):
+    """Test accuracy and calibration of the selection classifier per trunk after ``steps`` steps."""
+    from napari_histodiff.core.base.events import run_to_end
+    from napari_histodiff.core.formats.bundle import load_bundle, read_meta, write_meta
+    from napari_histodiff.core.generate.selection import score
+    from napari_histodiff.core.models.presets import tiny
+    from napari_histodiff.core.train.classifiers import ClassifierOptions, train_selection_classifier
+
+    train, test = textured_tiles(per_class, seed=seed), textured_tiles(40, seed=seed + 1000)
+    x, y = test.tiles, np.asarray(test.labels)
+    out = {}
+    for trunk in ("scratch", "autoencoder"):
+        d = work / f"sel-{trunk}-{seed}"
+        shutil.copytree(bundle_dir, d, ignore=shutil.ignore_patterns("training"))
+        meta = read_meta(d)
+        meta["class_names"] = train.class_names
+        write_meta(d, meta)
+        t0 = time.perf_counter()
+        result = run_to_end(train_selection_classifier(train, d, tiny(), ClassifierOptions(
+            steps=steps, device="cpu", seed=seed, trunk=trunk, augment=augment, checkpoint_every=10**6,
+            learning_rate=trunk_lr if trunk != "scratch" else None)))
+        probs, _ = score(load_bundle(d, device="cpu"), x)
+        out[trunk] = {"test_acc": float((probs.argmax(1) == y).mean()), "ece_before": result["ece_before"],
+                      "ece_after": result["ece_after"], "seconds": time.perf_counter() - t0}
+    return out
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=60)
@@ -96,12 +126,14 @@ def main():
     p.add_argument("--augment", action="store_true")
     p.add_argument("--trunk-lr", type=float, default=None, help="learning rate of the head on the UNet trunk")
     p.add_argument("--pretrain-on", choices=("textures", "demo"), default="textures")
+    p.add_argument("--selection", action="store_true", help="compare selection classifier trunks instead")
     a = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         pretrain(tmp / "pre", a.pretrain_steps, a.pretrain_on)
         for seed in range(a.seeds):
-            for trunk, r in compare(tmp / "pre", tmp, a.steps, a.per_class, seed, a.augment, a.trunk_lr).items():
+            fn = compare_selection if a.selection else compare
+            for trunk, r in fn(tmp / "pre", tmp, a.steps, a.per_class, seed, a.augment, a.trunk_lr).items():
                 print(f"seed {seed} {trunk:8s} " + " ".join(f"{k} {v:.3f}" for k, v in r.items()), flush=True)
 
 

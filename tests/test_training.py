@@ -101,3 +101,23 @@ def test_wrong_tile_size_is_refused(tmp_path, ihc_tiles):
 
     with pytest.raises(HistodiffError, match="32 px but preset small needs 64 px"):
         run_to_end(train_autoencoder(ihc_tiles, tmp_path, small(), AutoencoderOptions(steps=1, device="cpu")))
+
+
+def test_fused_adamw_gives_the_same_training(tmp_path, ihc_tiles, fast_preset, trained_bundle, monkeypatch):
+    """The fused optimizer step (on by default) is a speed setting: the same losses and weights as unfused."""
+    import shutil
+
+    import torch
+
+    from napari_histodiff.core.train import diffusion as D
+
+    runs = {}
+    for fused in (True, False):
+        out = tmp_path / f"fused-{fused}"
+        shutil.copytree(trained_bundle, out, ignore=shutil.ignore_patterns("unet", "training"))
+        monkeypatch.setattr(D, "FUSED_ADAMW", fused)
+        losses = losses_of(train_diffusion(ihc_tiles, out, fast_preset, DiffusionOptions(steps=8, device="cpu")))
+        runs[fused] = losses, load_bundle(out, device="cpu").unet.state_dict()
+    np.testing.assert_allclose(runs[True][0], runs[False][0], rtol=1e-4)
+    for k, v in runs[True][1].items():
+        torch.testing.assert_close(v, runs[False][1][k], rtol=1e-4, atol=1e-5, msg=k)

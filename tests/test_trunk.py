@@ -81,5 +81,44 @@ def test_finetune_option_reaches_the_classifier():
     from napari_histodiff.core.base.errors import HistodiffError
 
     assert FinetuneOptions().classifier_trunk == "scratch" and "classifier_trunk" in SAME_ON_RESUME
+    assert FinetuneOptions().selection_trunk == "scratch" and "selection_trunk" in SAME_ON_RESUME
     with pytest.raises(HistodiffError, match="trunk"):
         ClassifierOptions(trunk="resnet").validate()
+
+
+def test_autoencoder_trunk_selection_classifier_is_saved_loaded_and_scores(trained_bundle, tmp_path, labeled_tiles):
+    from napari_histodiff import load_bundle
+    from napari_histodiff.core.base.events import run_to_end
+    from napari_histodiff.core.formats.bundle import read_meta, write_meta
+    from napari_histodiff.core.generate.selection import score
+    from napari_histodiff.core.models.presets import tiny
+    from napari_histodiff.core.models.trunk import AutoencoderTrunkClassifier
+    from napari_histodiff.core.train.classifiers import ClassifierOptions, train_selection_classifier
+
+    out = tmp_path / "b"
+    shutil.copytree(trained_bundle, out, ignore=shutil.ignore_patterns("training", "latent_classifier"))
+    meta = read_meta(out)
+    meta["class_names"] = labeled_tiles.class_names
+    write_meta(out, meta)
+    result = run_to_end(train_selection_classifier(labeled_tiles, out, tiny(), ClassifierOptions(
+        steps=40, device="cpu", trunk="autoencoder")))
+    b = load_bundle(out, device="cpu", require_unet=False)
+    clf = b.selection_classifier
+    assert isinstance(clf, AutoencoderTrunkClassifier) and read_meta(out)["provenance"]["selection_classifier"][
+        "trunk"] == "autoencoder"
+    encoder = b.vae.encoder.state_dict()
+    for k, v in clf.trunk.state_dict().items():  # the autoencoder's encoder, unchanged (frozen)
+        torch.testing.assert_close(v, encoder[k], msg=k)
+    assert not any(p.requires_grad for p in clf.trunk.parameters())
+    # the head learns the two stain classes of the demo image in 40 steps; scores are probabilities
+    x = np.stack([labeled_tiles[i] for i in range(len(labeled_tiles))])
+    y = np.array([labeled_tiles.label(i) for i in range(len(labeled_tiles))])
+    probs, dists = score(b, x)
+    assert probs.shape == dists.shape == (len(x), 2)
+    np.testing.assert_allclose(probs.sum(1), 1, atol=1e-5)
+    assert (probs.argmax(1) == y).mean() >= 0.8 and result["best_heldout_acc"] >= 0.8  # chance: 0.5
+    assert float(clf.centroids.abs().sum()) > 0
+    from napari_histodiff.core.base.errors import HistodiffError
+
+    with pytest.raises(HistodiffError, match="selection classifier's trunk"):
+        run_to_end(train_selection_classifier(labeled_tiles, out, tiny(), ClassifierOptions(steps=1, trunk="unet")))

@@ -7,7 +7,7 @@ BUNDLE/
   unet/              UNet2DModel or HistodiffUNet2DModel (core/unet.py)  (EMA weights)
   scheduler/         DDPMScheduler   scheduler_config.json
   latent_classifier/ LatentClassifier or UNetTrunkClassifier (after fine-tuning)
-  selection_classifier/ SelectionClassifier (after fine-tuning)
+  selection_classifier/ SelectionClassifier or AutoencoderTrunkClassifier (after fine-tuning)
   training/          resumable checkpoints (optional)
 ```
 Each part folder also holds ``files.json``: size and sha256 of its files, recorded at save (integrity.py).
@@ -222,11 +222,10 @@ def _load_folder(path: Path, device, require_unet: bool) -> Bundle:
         unet = _load_part(unet_class(_class_name(path / "unet")), path / "unet", "diffusion UNet", meta)
     scheduler = _load_part(DDPMScheduler, path / "scheduler", "noise scheduler", meta) if unet else None
     bundle = Bundle(vae=vae, unet=unet, scheduler=scheduler, meta=meta, path=path)
-    from ..models.classifiers import SelectionClassifier
-    from ..models.trunk import latent_classifier_class
+    from ..models.trunk import latent_classifier_class, selection_classifier_class
 
     for name, cls in (("latent_classifier", latent_classifier_class(_class_name(path / "latent_classifier"))),
-                      ("selection_classifier", SelectionClassifier)):
+                      ("selection_classifier", selection_classifier_class(_class_name(path / "selection_classifier")))):
         if (path / name).is_dir():  # each stage's output loads on its own
             setattr(bundle, name, _load_part(cls, path / name, name.replace("_", " "), meta))
     check_consistent(bundle)

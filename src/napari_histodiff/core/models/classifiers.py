@@ -112,8 +112,13 @@ class SelectionClassifier(ModelMixin, ConfigMixin):
         return self.head(self.drop(self.features(x)))
 
     def score(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Class probabilities, features and distance to every class centroid, for selection."""
-        feats = self.features(x)
-        t = float(getattr(self.config, "temperature", None) or 1.0)
-        return {"probs": (self.head(feats).float() / t).softmax(-1), "features": feats,
-                "distances": torch.cdist(feats, self.centroids)}
+        return score_tiles(self, x)
+
+
+def score_tiles(model, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Class probabilities (logits divided by the model's temperature), features and distance to every
+    class centroid of a selection classifier (``features``, ``head``, ``centroids``), for selection."""
+    feats = model.features(x)
+    t = float(getattr(model.config, "temperature", None) or 1.0)
+    return {"probs": (model.head(feats).float() / t).softmax(-1), "features": feats,
+            "distances": torch.cdist(feats, model.centroids)}

@@ -1,4 +1,5 @@
-"""A noisy latent classifier on the pre-trained diffusion UNet's encoder (``classifier_trunk: unet``).
+"""Classifiers on the pre-trained models' encoders: the guidance classifier on the diffusion UNet's
+(``classifier_trunk: unet``) and the selection classifier on the autoencoder's (``selection_trunk: autoencoder``).
 
 The trunk is the UNet's ``time_proj``, ``time_embedding``, ``conv_in``, down blocks and mid block,
 with the pre-trained weights: timestep-aware by construction, and already trained to read noisy
@@ -81,3 +82,78 @@ def latent_classifier_class(name: str | None):
     from .classifiers import LatentClassifier
 
     return UNetTrunkClassifier if name == "UNetTrunkClassifier" else LatentClassifier
+
+
+class AutoencoderTrunkClassifier(ModelMixin, ConfigMixin):
+    """A selection classifier on the pre-trained autoencoder's encoder (``selection_trunk: autoencoder``).
+
+    The trunk is a frozen copy of the KL autoencoder's ``Encoder``; the features are the mean and standard
+    deviation over space of every channel of conv_in, each down block, the mid block and the posterior
+    moments, standardised with the mean and spread of the labeled tiles' features (:meth:`standardize`,
+    a linear probe's usual scaling); the head is dropout + one linear layer. Like
+    :class:`.classifiers.SelectionClassifier` it keeps class centroids of its features and a temperature."""
+
+    @register_to_config
+    def __init__(self, vae_config: dict | None = None, num_classes: int = 2, dropout: float = 0.1,
+                 temperature: float = 1.0):
+        super().__init__()
+        from diffusers import AutoencoderKL
+
+        self.trunk = AutoencoderKL.from_config(dict(vae_config or {})).encoder
+        e = self.trunk
+        widths = [e.conv_in.out_channels] + [b.resnets[-1].out_channels for b in e.down_blocks] \
+            + [e.mid_block.resnets[-1].out_channels, e.conv_out.out_channels]
+        n = 2 * sum(widths)
+        self.register_buffer("shift", torch.zeros(n))
+        self.register_buffer("scale", torch.ones(n))
+        self.drop = nn.Dropout(dropout)
+        self.head = nn.Linear(n, num_classes)
+        self.register_buffer("centroids", torch.zeros(num_classes, n))
+        self.trunk.requires_grad_(False)
+
+    @classmethod
+    def from_vae(cls, vae, num_classes: int) -> "AutoencoderTrunkClassifier":
+        """A classifier whose trunk holds a copy of ``vae``'s encoder weights (a KL autoencoder)."""
+        if type(vae).__name__ != "AutoencoderKL":
+            raise ValueError(f"selection trunk autoencoder needs a KL autoencoder, not {type(vae).__name__}")
+        config = {k: v for k, v in dict(vae.config).items() if not k.startswith("_")}
+        model = cls(vae_config=config, num_classes=num_classes)
+        model.trunk.load_state_dict(vae.encoder.state_dict())
+        return model.to(next(vae.parameters()).device)
+
+    @torch.no_grad()
+    def standardize(self, batches) -> None:
+        """Set the feature scaling from tiles (an iterable of (N, 3, H, W) batches in [-1, 1])."""
+        f = torch.cat([self.pooled(x) for x in batches])
+        self.shift.copy_(f.mean(0))
+        self.scale.copy_(f.std(0) + 1e-6 if len(f) > 1 else torch.ones_like(self.scale))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Standardised pooled features of RGB tiles in [-1, 1] (N, 3, H, W)."""
+        return (self.pooled(x) - self.shift) / self.scale
+
+    def pooled(self, x: torch.Tensor) -> torch.Tensor:
+        e = self.trunk
+        h = e.conv_in(x)
+        levels = [h]
+        for block in e.down_blocks:
+            h = block(h)
+            levels.append(h)
+        h = e.mid_block(h)
+        levels += [h, e.conv_out(e.conv_act(e.conv_norm_out(h)))]
+        return torch.cat([s for f in levels for s in (f.mean(dim=(2, 3)), f.std(dim=(2, 3)))], dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.drop(self.features(x)))
+
+    def score(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        from .classifiers import score_tiles
+
+        return score_tiles(self, x)
+
+
+def selection_classifier_class(name: str | None):
+    """The selection classifier class named by a config's ``_class_name``."""
+    from .classifiers import SelectionClassifier
+
+    return AutoencoderTrunkClassifier if name == "AutoencoderTrunkClassifier" else SelectionClassifier

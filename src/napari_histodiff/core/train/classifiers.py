@@ -18,8 +18,8 @@ from ..base.errors import HistodiffError
 from ..base.events import Progress, warning
 
 EVAL_TIMESTEPS = (0, 250, 500, 750)
-TRUNKS = ("scratch", "unet")
-TRUNK_LEARNING_RATE = 1e-3  # the head on the frozen UNet trunk: a linear layer learns fast
+TRUNKS = ("scratch", "unet", "autoencoder")  # unet: latent classifier only; autoencoder: selection only
+TRUNK_LEARNING_RATE = 1e-3  # a head on a frozen trunk: a linear layer learns fast
 
 
 @dataclass
@@ -36,7 +36,7 @@ class ClassifierOptions:
     precision: str = "auto"  # auto, fp32, bf16, fp16 (base.precision)
     num_workers: int = 0
     latent_cache: str = "auto"  # latent classifier: encode each tile once per augmentation (auto, on, off)
-    trunk: str = "scratch"  # latent classifier: "scratch" (LatentClassifier) or "unet" (the pre-trained UNet's encoder)
+    trunk: str = "scratch"  # "scratch", or a frozen pre-trained encoder: "unet" (latent), "autoencoder" (selection)
     augment: bool = False  # flips / rotations, HED stain jitter and mild blur of the labeled tiles (train/augment.py)
 
     def validate(self) -> None:
@@ -46,6 +46,11 @@ class ClassifierOptions:
             raise HistodiffError("classifier steps must be at least 1")
         if not 0 <= self.holdout < 0.9:
             raise HistodiffError("{opt:holdout} must be a fraction in [0, 0.9)")
+
+
+def _check_trunk(trunk: str, allowed: tuple, what: str) -> None:
+    if trunk not in allowed:
+        raise HistodiffError(f"the {what} classifier's trunk must be one of {', '.join(allowed)}, not {trunk!r}")
 
 
 def tile_labels(tiles) -> np.ndarray:
@@ -132,6 +137,7 @@ def train_latent_classifier(tiles, out_dir, preset, options: ClassifierOptions |
 
     opts = options or ClassifierOptions()
     opts.validate()
+    _check_trunk(opts.trunk, ("scratch", "unet"), "latent")
     labels = tile_labels(tiles)
     stage = "latent_classifier"
     acc = T.make_accelerator(opts.device, opts.precision)
@@ -219,12 +225,24 @@ def train_selection_classifier(tiles, out_dir, preset, options: ClassifierOption
 
     opts = options or ClassifierOptions()
     opts.validate()
+    _check_trunk(opts.trunk, ("scratch", "autoencoder"), "selection")
     labels = tile_labels(tiles)
     stage = "selection_classifier"
     acc = T.make_accelerator(opts.device, opts.precision)
     train_idx, held_idx = T.stratified_split(labels, opts.holdout, opts.seed)
     torch.manual_seed(opts.seed)
-    model = preset.build_selection_classifier(len(tiles.class_names)).to(acc.device)
+    if opts.trunk == "autoencoder":
+        from ..models.trunk import AutoencoderTrunkClassifier
+
+        try:
+            model = AutoencoderTrunkClassifier.from_vae(load_bundle(out_dir, device="cpu").vae, len(tiles.class_names))
+        except ValueError as e:
+            raise HistodiffError(f"{e}; use selection trunk scratch") from None
+    else:
+        model = preset.build_selection_classifier(len(tiles.class_names))
+    model = model.to(acc.device)
+    if opts.trunk == "autoencoder":
+        model.standardize(_batches(tiles, train_idx, acc.device))
     best = {"acc": -1.0, "model": copy.deepcopy(model)}  # the best held-out weights so far (acc -1: none yet)
     held_x = torch.cat(list(_batches(tiles, held_idx if len(held_idx) else train_idx, acc.device)))
     held_y = torch.from_numpy(labels[held_idx if len(held_idx) else train_idx]).to(acc.device)
@@ -243,7 +261,8 @@ def train_selection_classifier(tiles, out_dir, preset, options: ClassifierOption
     c = preset.classifier
     history, step = yield from _loop(
         stage, model, loss_fn, eval_fn, tiles, labels, train_idx, out_dir, opts, acc,
-        T.given(opts.learning_rate, c.selection_learning_rate), 1e-4, T.given(opts.batch_size, c.batch_size), best)
+        T.given(opts.learning_rate, TRUNK_LEARNING_RATE if opts.trunk != "scratch" else c.selection_learning_rate), 1e-4,
+        T.given(opts.batch_size, c.batch_size), best)
     if best["acc"] >= 0:
         model.load_state_dict(best["model"].state_dict())
     model.eval()
@@ -253,7 +272,7 @@ def train_selection_classifier(tiles, out_dir, preset, options: ClassifierOption
         model.centroids.copy_(torch.stack([feats[y == k].mean(0) for k in range(len(tiles.class_names))]))
         calib = _calibrate(model, held_x, held_y)
     model.register_to_config(temperature=calib["temperature"])
-    extra = {"best_heldout_acc": best["acc"] if best["acc"] >= 0 else None, **calib}
+    extra = {"best_heldout_acc": best["acc"] if best["acc"] >= 0 else None, "trunk": opts.trunk, **calib}
     return _save(out_dir, stage, model, history, step, opts, tiles, acc, extra, calib)
 
 

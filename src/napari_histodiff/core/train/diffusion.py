@@ -21,7 +21,7 @@ from ..models.presets import Preset
 
 STAGE = "diffusion"
 # speed settings of the UNet step, measured in benchmarks/train_speed.py (--try); kept only if faster
-FUSED_ADAMW = False  # torch.optim.AdamW(fused=True)
+FUSED_ADAMW = True  # torch.optim.AdamW(fused=True) on CPU and CUDA: the same update, 1.06x steps/s here
 CHANNELS_LAST = False  # UNet weights and inputs in channels_last memory format
 
 
@@ -98,7 +98,7 @@ def train_diffusion(tiles, out_dir, preset: Preset, options: DiffusionOptions | 
     if CHANNELS_LAST:
         unet = unet.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(unet.parameters(), lr=T.given(opts.learning_rate, cfg.learning_rate),
-                            **({"fused": True} if FUSED_ADAMW else {}))
+                            **({"fused": True} if FUSED_ADAMW and torch.device(device).type in ("cpu", "cuda") else {}))
     lr_sched = get_scheduler("constant_with_warmup", opt,
                              num_warmup_steps=T.given(opts.warmup_steps, cfg.warmup_steps))
 

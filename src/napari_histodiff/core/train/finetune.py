@@ -59,6 +59,10 @@ class FinetuneOptions:
                                    help="trunk of the noisy latent classifier: a small UNet encoder trained from "
                                    "scratch, or the pre-trained diffusion UNet's encoder (frozen; only a pooling + "
                                    "linear head learns, at learning rate 1e-3)")
+    selection_trunk: str = option("scratch", choices=("scratch", "autoencoder"),
+                                  help="trunk of the selection classifier: a small ResNet trained from scratch, or "
+                                  "the pre-trained autoencoder's encoder (frozen; only a pooling + linear head "
+                                  "learns, at learning rate 1e-3)")
     classifier_augment: bool = option(False, help="augment the labeled tiles while training both classifiers: the "
                                       "8 flips / rotations, HED stain jitter and mild blur")
     min_tiles_per_class: int = option(5, min=2, help="fewest labeled tiles a class may have (one to train, one "
@@ -126,7 +130,7 @@ def check_source(source) -> None:
 FINETUNE_STAGES = ("finetune", "finetune_unet", "finetune_decoder", "latent_classifier", "selection_classifier")
 # options that change what fine-tuning computes: a resume with other values would mix two runs
 SAME_ON_RESUME = ("scale", "unet_learning_rate", "decoder_learning_rate", "clean_latents", "holdout",
-                  "batch_size", "seed", "classifier_trunk", "classifier_augment")
+                  "batch_size", "seed", "classifier_trunk", "selection_trunk", "classifier_augment")
 
 
 def lineage(provenance: dict, origin: str) -> dict:
@@ -241,5 +245,5 @@ def finetune(source, tiles, out_dir, preset, options: FinetuneOptions | None = N
     result["latent_classifier"] = yield from train_latent_classifier(tiles, out_dir, preset, ClassifierOptions(
         steps=opts.classifier_steps, clean_latents=opts.clean_latents, trunk=opts.classifier_trunk, **clf))
     result["selection_classifier"] = yield from train_selection_classifier(tiles, out_dir, preset, ClassifierOptions(
-        steps=opts.selection_steps, **clf))
+        steps=opts.selection_steps, trunk=opts.selection_trunk, **clf))
     return result
