@@ -65,7 +65,7 @@ class Settings:
     ft_batch: int | None = None  # fine-tuning stages (UNet, classifiers); None: the preset's 16
     clf_steps: int = 400
     clf_trunk: str = "scratch"  # guidance classifier trunk (finetune --classifier-trunk)
-    clf_augment: bool = False  # flips, HED stain jitter and blur for both classifiers (--classifier-augment)
+    clf_augment: bool = False  # flips, HED stain jitter and blur for the guidance classifier (--classifier-augment)
     sel_trunk: str = "scratch"  # selection classifier trunk (finetune --selection-trunk)
     sel_steps: int = 300
     unet_steps: int = 300

@@ -82,6 +82,7 @@ def test_finetune_option_reaches_the_classifier():
 
     assert FinetuneOptions().classifier_trunk == "scratch" and "classifier_trunk" in SAME_ON_RESUME
     assert FinetuneOptions().selection_trunk == "scratch" and "selection_trunk" in SAME_ON_RESUME
+    assert not FinetuneOptions().selection_augment and "selection_augment" in SAME_ON_RESUME
     with pytest.raises(HistodiffError, match="trunk"):
         ClassifierOptions(trunk="resnet").validate()
 
