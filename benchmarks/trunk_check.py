@@ -64,22 +64,29 @@ def pretrain(out: Path, steps: int = 60, on: str = "textures"):
     run_to_end(train_diffusion(tiles, out, tiny(), DiffusionOptions(steps=steps, device="cpu")))
 
 
+def labelled_copy(bundle_dir: Path, d: Path, classes) -> Path:
+    """A copy of the pre-trained bundle naming the classes (without its training state)."""
+    from napari_histodiff.core.formats.bundle import read_meta, write_meta
+
+    shutil.copytree(bundle_dir, d, ignore=shutil.ignore_patterns("training"))
+    meta = read_meta(d)
+    meta["class_names"] = classes
+    write_meta(d, meta)
+    return d
+
+
 def compare(bundle_dir: Path, work: Path, steps: int, per_class: int, seed: int = 0, augment: bool = False,
             trunk_lr: float | None = None):
     """Held-out accuracy per timestep of each trunk after ``steps`` steps: {trunk: {acc_tT: ...}}."""
     from napari_histodiff.core.base.events import run_to_end
-    from napari_histodiff.core.formats.bundle import load_bundle, read_meta, write_meta
+    from napari_histodiff.core.formats.bundle import load_bundle
     from napari_histodiff.core.models.presets import tiny
     from napari_histodiff.core.train.classifiers import ClassifierOptions, latent_accuracy, train_latent_classifier
 
     train, test = textured_tiles(per_class, seed=seed), textured_tiles(40, seed=seed + 1000)
     out = {}
     for trunk in ("scratch", "unet"):
-        d = work / f"{trunk}-{seed}"
-        shutil.copytree(bundle_dir, d, ignore=shutil.ignore_patterns("training"))
-        meta = read_meta(d)
-        meta["class_names"] = train.class_names
-        write_meta(d, meta)
+        d = labelled_copy(bundle_dir, work / f"{trunk}-{seed}", train.class_names)
         t0 = time.perf_counter()
         run_to_end(train_latent_classifier(train, d, tiny(), ClassifierOptions(
             steps=steps, holdout=0.0, device="cpu", seed=seed, trunk=trunk, augment=augment, checkpoint_every=10**6,
@@ -93,7 +100,7 @@ def compare_selection(bundle_dir: Path, work: Path, steps: int, per_class: int, 
                       augment: bool = False, trunk_lr: float | None = None):
     """Test accuracy and calibration of the selection classifier per trunk after ``steps`` steps."""
     from napari_histodiff.core.base.events import run_to_end
-    from napari_histodiff.core.formats.bundle import load_bundle, read_meta, write_meta
+    from napari_histodiff.core.formats.bundle import load_bundle
     from napari_histodiff.core.generate.selection import score
     from napari_histodiff.core.models.presets import tiny
     from napari_histodiff.core.train.classifiers import ClassifierOptions, train_selection_classifier
@@ -102,11 +109,7 @@ def compare_selection(bundle_dir: Path, work: Path, steps: int, per_class: int, 
     x, y = test.tiles, np.asarray(test.labels)
     out = {}
     for trunk in ("scratch", "autoencoder"):
-        d = work / f"sel-{trunk}-{seed}"
-        shutil.copytree(bundle_dir, d, ignore=shutil.ignore_patterns("training"))
-        meta = read_meta(d)
-        meta["class_names"] = train.class_names
-        write_meta(d, meta)
+        d = labelled_copy(bundle_dir, work / f"sel-{trunk}-{seed}", train.class_names)
         t0 = time.perf_counter()
         result = run_to_end(train_selection_classifier(train, d, tiny(), ClassifierOptions(
             steps=steps, device="cpu", seed=seed, trunk=trunk, augment=augment, checkpoint_every=10**6,
