@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import tempfile
 import time
@@ -25,6 +24,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from trunk_check import labelled_copy  # noqa: E402
+
 LATENT = {  # name: (trunk, augment, classifier config changes)
     "scratch": ("scratch", False, {}),
     "scratch+augment": ("scratch", True, {}),
@@ -33,17 +34,6 @@ LATENT = {  # name: (trunk, augment, classifier config changes)
 }
 SELECTION = {"scratch": ("scratch", False), "scratch+augment": ("scratch", True),
              "autoencoder": ("autoencoder", False), "autoencoder+augment": ("autoencoder", True)}
-
-
-def bundle_copy(pre: Path, work: Path, name: str, classes) -> Path:
-    from napari_histodiff.core.formats.bundle import read_meta, write_meta
-
-    d = work / name
-    shutil.copytree(pre, d, ignore=shutil.ignore_patterns("training", "latent_classifier", "selection_classifier"))
-    meta = read_meta(d)
-    meta["class_names"] = classes
-    write_meta(d, meta)
-    return d
 
 
 def grad_cost(bundle, reps: int = 5) -> float:
@@ -94,7 +84,7 @@ def main(argv=None):
                 continue
             preset = small()
             preset.classifier = replace(preset.classifier, **change)
-            d = bundle_copy(args.run / "pretrained", Path(tmp), f"latent-{name}", labeled.class_names)
+            d = labelled_copy(args.run / "pretrained", Path(tmp) / f"latent-{name}", labeled.class_names)
             t0 = time.perf_counter()
             run_to_end(train_latent_classifier(labeled, d, preset, ClassifierOptions(
                 steps=args.steps, device="cpu", trunk=trunk, augment=aug, checkpoint_every=10**6)))
@@ -105,7 +95,7 @@ def main(argv=None):
         for name, (trunk, aug) in SELECTION.items():
             if args.only is not None and name not in args.only:
                 continue
-            d = bundle_copy(args.run / "pretrained", Path(tmp), f"sel-{name}", labeled.class_names)
+            d = labelled_copy(args.run / "pretrained", Path(tmp) / f"sel-{name}", labeled.class_names)
             t0 = time.perf_counter()
             r = run_to_end(train_selection_classifier(labeled, d, small(), ClassifierOptions(
                 steps=args.sel_steps, device="cpu", trunk=trunk, augment=aug, checkpoint_every=10**6)))

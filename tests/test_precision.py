@@ -8,8 +8,8 @@ from napari_histodiff import load_bundle
 from napari_histodiff.cli import build_options, build_parser
 from napari_histodiff.core.base import precision as P
 from napari_histodiff.core.base.errors import HistodiffError
-from napari_histodiff.core.generate.sampling import SampleOptions, sample_tiles
 from napari_histodiff.core.jobs import JOBS
+from test_sampling import collect
 
 
 def test_auto_is_bf16_for_sampling_on_cpus_with_bf16_and_fp32_for_cpu_training(monkeypatch):
@@ -75,15 +75,6 @@ def test_training_accelerator_gets_the_resolved_precision():
 def psnr(a, b):
     mse = ((a.astype(np.float64) - b.astype(np.float64)) ** 2).reshape(len(a), -1).mean(1)
     return 10 * np.log10(255.0**2 / np.maximum(mse, 1e-10))
-
-
-def collect(bundle, **kw):
-    out = {}
-    for event in sample_tiles(bundle, SampleOptions(**kw)):
-        if event.data is not None:
-            for k, tile in enumerate(event.data["tiles"]):
-                out[event.data["start"] + k] = tile
-    return np.stack([out[i] for i in sorted(out)])
 
 
 @pytest.mark.parametrize("guided", [False, True])
