@@ -68,6 +68,7 @@ class Settings:
     clf_augment: bool = False  # flips, HED stain jitter and blur for the guidance classifier (--classifier-augment)
     sel_trunk: str = "scratch"  # selection classifier trunk (finetune --selection-trunk)
     sel_steps: int = 300
+    sel_folds: int = 5  # selection classifier ensemble members (finetune --selection-folds; 1: one ResNet)
     unet_steps: int = 300
     unet_lr: float = 5e-5
     decoder_steps: int = 0  # decoder fine-tuning on the labeled tiles (finetune --finetune-decoder-steps)
@@ -200,7 +201,8 @@ def finetune_all(pre: Path, kdir: Path, labeled: Path, s: Settings, ablations: b
                            unet_learning_rate=s.unet_lr, decoder_steps=s.decoder_steps,
                            decoder_learning_rate=s.decoder_lr, device=s.device, checkpoint_every=100,
                            min_tiles_per_class=2, batch_size=s.ft_batch, classifier_trunk=s.clf_trunk,
-                           classifier_augment=s.clf_augment, selection_trunk=s.sel_trunk)
+                           classifier_augment=s.clf_augment, selection_trunk=s.sel_trunk,
+                           selection_folds=s.sel_folds)
     made = {"finetuned": kdir / "finetuned"}
     info = drain(finetune(pre, tiles, made["finetuned"], small(), opts), "finetune")
     if not ablations:
@@ -372,6 +374,12 @@ def classifier_checks(kdir: Path, bundle_dir: Path, train: Path, test: Path, poo
                                      "independent"), "independent classifier")
     pred = E._predict(model, x, bundle.device).argmax(-1).numpy()
     out["independent_test_acc"] = float((pred == y).mean())
+    # how much class the autoencoder keeps: both image classifiers on its reconstructions of the test tiles
+    from napari_histodiff.core.train.autoencoder import reconstruct
+
+    rx = reconstruct(bundle.vae, x, bundle.device)
+    out["selection_acc_reconstructed"] = float((score(bundle, rx)[0].argmax(1) == y).mean())
+    out["independent_acc_reconstructed"] = float((E._predict(model, rx, bundle.device).argmax(-1).numpy() == y).mean())
     pool = as_tiles(pool_dir, records, "pool")
     ppred = E._predict(model, pool.tiles, bundle.device).argmax(-1).numpy()
     target = np.array([pool.label(i) for i in range(len(pool))])
@@ -392,7 +400,11 @@ def classifier_lines(c: dict) -> list[str]:
             ", ".join(f"t={k[5:]} {100 * v:.1f}%" for k, v in g.items()) +
             f"; selection classifier {100 * c['selection_acc']:.1f}%; an independent real-only classifier "
             f"{100 * c['independent_test_acc']:.1f}%, which assigns {100 * c['guided_agreement']:.1f}% of the guided "
-            f"pool to its target class ({per}){kept}.", ""]
+            f"pool to its target class ({per}){kept}."
+            + ("" if "selection_acc_reconstructed" not in c else
+               f" On the autoencoder's reconstructions of the test tiles: selection classifier "
+               f"{100 * c['selection_acc_reconstructed']:.1f}%, independent classifier "
+               f"{100 * c['independent_acc_reconstructed']:.1f}%."), ""]
 
 
 # ---- report -------------------------------------------------------------------------------------
@@ -513,15 +525,15 @@ def plan(s: Settings, profile: str) -> list[str]:
              f"({s.ae_steps * s.ae_batch:,} tiles); diffusion {s.ldm_steps} steps x batch {s.ldm_batch or 16} "
              f"({s.ldm_steps * (s.ldm_batch or 16):,} tiles)",
              f"fine-tuning per k in {ks}: UNet {s.unet_steps}, latent classifier {s.clf_steps}, selection "
-             f"classifier {s.sel_steps} steps x batch {s.ft_batch or 16}; bundles {bundles}",
+             f"classifier {s.sel_steps} steps x {s.sel_folds} folds x batch {s.ft_batch or 16}; bundles {bundles}",
              f"sampling: DDIM {s.sample_steps} steps; tiles per k {pool_tiles}",
              f"evaluation: {s.eval_steps} steps x {len(s.seeds)} seeds x arms {arms}"]
     if profile != "gpu":
         return lines
     c = GPU_COST
     pre = s.ae_steps * c["ae_step"] + s.ldm_steps * c["ldm_step"] + c["encode_once"] + c["open_pretrain"]
-    ft = sum(n * (s.unet_steps * c["unet_ft_step"] + s.clf_steps * c["clf_step"] + s.sel_steps * c["sel_step"] +
-                  c["per_bundle"]) for n in bundles.values())
+    ft = sum(n * (s.unet_steps * c["unet_ft_step"] + s.clf_steps * c["clf_step"]
+                  + s.sel_steps * s.sel_folds * c["sel_step"] + c["per_bundle"]) for n in bundles.values())
     ft -= (s.unet_steps * c["unet_ft_step"]) * sum(n - 1 for n in bundles.values())  # clean-latent: no UNet
     samp = sum(pool_tiles.values()) * s.sample_steps * c["sample_tile_step"] * 1.5
     ev = sum(arms.values()) * len(s.seeds) * s.eval_steps * c["eval_step"]
@@ -532,7 +544,8 @@ def plan(s: Settings, profile: str) -> list[str]:
         f"  pre-training {s.ae_steps} x {c['ae_step']} + {s.ldm_steps} x {c['ldm_step']} + encoding once "
         f"{c['encode_once']} + opening tiles {c['open_pretrain']} = {pre:.0f} s",
         f"  fine-tuning per bundle {s.unet_steps} x {c['unet_ft_step']} + {s.clf_steps} x {c['clf_step']} + "
-        f"{s.sel_steps} x {c['sel_step']} + {c['per_bundle']} (clean-latent bundle without the UNet) = {ft:.0f} s",
+        f"{s.sel_steps} x {s.sel_folds} x {c['sel_step']} + {c['per_bundle']} (clean-latent bundle without the "
+        f"UNet) = {ft:.0f} s",
         f"  sampling {sum(pool_tiles.values())} tiles x {s.sample_steps} steps x {c['sample_tile_step']} x 1.5 "
         f"(guided) = {samp:.0f} s",
         f"  evaluation {sum(arms.values())} arms x {len(s.seeds)} seeds x {s.eval_steps} x {c['eval_step']} = "

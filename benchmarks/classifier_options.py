@@ -32,8 +32,9 @@ LATENT = {  # name: (trunk, augment, classifier config changes)
     "scratch-narrow+augment": ("scratch", True, {"block_out_channels": (32, 64, 64), "layers_per_block": 1}),
     "unet+augment": ("unet", True, {}),
 }
-SELECTION = {"scratch": ("scratch", False), "scratch+augment": ("scratch", True),
-             "autoencoder": ("autoencoder", False), "autoencoder+augment": ("autoencoder", True)}
+SELECTION = {"scratch": ("scratch", False, 1), "scratch+augment": ("scratch", True, 1),
+             "scratch-folds5": ("scratch", False, 5),
+             "autoencoder": ("autoencoder", False, 1), "autoencoder+augment": ("autoencoder", True, 1)}
 
 
 def grad_cost(bundle, reps: int = 5) -> float:
@@ -71,7 +72,8 @@ def main(argv=None):
     ap.add_argument("--k", type=int, default=20)
     ap.add_argument("--steps", type=int, default=400, help="latent classifier steps")
     ap.add_argument("--sel-steps", type=int, default=300, help="selection classifier steps")
-    ap.add_argument("--only", nargs="*", default=None, help="variant names to run")
+    ap.add_argument("--only", nargs="*", default=None, help="variants to run, e.g. 'latent scratch' "
+                    "'selection scratch-folds5'")
     args = ap.parse_args(argv)
     labeled = TileFolder(args.run / "data" / f"k{args.k}", 64)
     test = TileFolder(args.run / "data" / "test", 64)
@@ -80,7 +82,7 @@ def main(argv=None):
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, (trunk, aug, change) in LATENT.items():
-            if args.only is not None and name not in args.only:
+            if args.only is not None and f"latent {name}" not in args.only:
                 continue
             preset = small()
             preset.classifier = replace(preset.classifier, **change)
@@ -92,13 +94,14 @@ def main(argv=None):
             acc = latent_accuracy(b, test)
             results[f"latent {name}"] = {**acc, "seconds": time.perf_counter() - t0, "grad_cost": grad_cost(b)}
             print(f"latent {name}: " + json.dumps(results[f"latent {name}"]), flush=True)
-        for name, (trunk, aug) in SELECTION.items():
-            if args.only is not None and name not in args.only:
+        for name, (trunk, aug, folds) in SELECTION.items():
+            if args.only is not None and f"selection {name}" not in args.only:
                 continue
             d = labelled_copy(args.run / "pretrained", Path(tmp) / f"sel-{name}", labeled.class_names)
             t0 = time.perf_counter()
             r = run_to_end(train_selection_classifier(labeled, d, small(), ClassifierOptions(
-                steps=args.sel_steps, device="cpu", trunk=trunk, augment=aug, checkpoint_every=10**6)))
+                steps=args.sel_steps, device="cpu", trunk=trunk, augment=aug, folds=folds,
+                checkpoint_every=10**6)))
             probs, _ = score(load_bundle(d, device="cpu"), x)
             import torch
 

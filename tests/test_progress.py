@@ -82,7 +82,7 @@ def test_finetune_shows_overall_progress_activity_summary_and_every_stage(make_n
                      selection_steps=4)
     activity = w.activity
     assert activity in progress._all_instances  # in napari's activity dock while it runs
-    assert activity.total == w.progress.maximum() == 4 + 6 + 4
+    assert activity.total == w.progress.maximum() == 4 + 6 + 4 * 5  # the selection classifier: 5 folds
     seen = []
     w.progress.valueChanged.connect(
         lambda v: seen.append((v, activity.n, activity in progress._all_instances, w.progress.format())))
@@ -90,7 +90,7 @@ def test_finetune_shows_overall_progress_activity_summary_and_every_stage(make_n
     assert w.state == State.DONE
     values = [v for v, *_ in seen]
     assert values == sorted(values) and values[-1] == w.progress.maximum()
-    assert [n for _, n, *_ in seen][-2] == 14 or activity.n == 14  # the dock reached the end too
+    assert [n for _, n, *_ in seen][-2] == 30 or activity.n == 30  # the dock reached the end too
     assert all(open_ for _, _, open_, _ in seen[:-1])
     assert any("%" in text and "elapsed" in text for *_, text in seen)
     assert activity not in progress._all_instances  # closed at the end

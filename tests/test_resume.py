@@ -36,8 +36,8 @@ def test_refinetuning_a_finetuned_bundle_gives_fresh_classes_and_a_chain(tmp_pat
     shutil.copytree(finetuned_bundle[0], source)
     meta = json.loads((source / "histodiff.json").read_text())
     pretrained = meta["provenance"]["pretrained_from"]
-    # the source's stages were trained with the step counts this run asks for
-    for stage, steps in (("finetune_unet", 2), ("latent_classifier", 3), ("selection_classifier", 3)):
+    # the source's stages were trained with the step counts this run asks for (selection: 3 steps x 5 folds)
+    for stage, steps in (("finetune_unet", 2), ("latent_classifier", 3), ("selection_classifier", 15)):
         meta["provenance"][stage]["steps"] = steps
     (source / "histodiff.json").write_text(json.dumps(meta))
     tiles = renamed(labeled_tiles, ["brown", "blue"])
@@ -50,7 +50,7 @@ def test_refinetuning_a_finetuned_bundle_gives_fresh_classes_and_a_chain(tmp_pat
     prov = bundle.meta["provenance"]
     assert prov["pretrained_from"] == pretrained and prov["finetuned_from"] == str(source.resolve())
     assert prov["earlier_finetunes"][0]["bundle"] == str(source.resolve())
-    assert prov["latent_classifier"]["steps"] == 3 and prov["selection_classifier"]["steps"] == 3
+    assert prov["latent_classifier"]["steps"] == 3 and prov["selection_classifier"]["steps"] == 15
 
 
 def test_a_finished_folder_says_nothing_to_do_and_keeps_its_record(tmp_path, trained_bundle, labeled_tiles):

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..train import loop as T
+from ..train.augment import colour_jitter
 from ..base.devices import pick_device
 from ..models import DOWNSTREAM_ARCHS as ARCHS
 from ..base.errors import HistodiffError
@@ -85,16 +86,6 @@ def _indices(names, classes, what, fix):
     return np.array([classes.index(c) for c in names], dtype=np.int64)
 
 
-def _jitter(x, amount: float, gen):
-    """Per-tile contrast, then brightness scaling by factors in 1 +- ``amount``; x in [-1, 1]."""
-    import torch
-
-    c, b = (1 + amount * (2 * torch.rand(2, x.shape[0], 1, 1, 1, generator=gen) - 1)).to(x.device)
-    x01 = (x + 1) / 2
-    mean = x01.mean(dim=(1, 2, 3), keepdim=True)
-    return (((x01 - mean) * c + mean) * b).clamp(0, 1) * 2 - 1
-
-
 def _predict(model, x, device, batch=256, fn=None):
     import torch
 
@@ -142,7 +133,7 @@ def train_downstream(x, y, val_x, val_y, n_classes, seed, opts, device, stage):
     best, best_key, vy = None, None, torch.from_numpy(val_y)
     for step in range(opts.steps):
         raw, yy = stream[step]
-        inp = _jitter(T.to_model_input(raw, device), opts.colour_jitter, T.torch_generator(seed, step, 1))
+        inp = colour_jitter(T.to_model_input(raw, device), opts.colour_jitter, T.torch_generator(seed, step, 1))
         model.train()
         loss = F.cross_entropy(model(inp), yy.to(device))
         opt.zero_grad(set_to_none=True)

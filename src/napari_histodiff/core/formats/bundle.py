@@ -7,7 +7,7 @@ BUNDLE/
   unet/              UNet2DModel or HistodiffUNet2DModel (core/unet.py)  (EMA weights)
   scheduler/         DDPMScheduler   scheduler_config.json
   latent_classifier/ LatentClassifier or UNetTrunkClassifier (after fine-tuning)
-  selection_classifier/ SelectionClassifier or AutoencoderTrunkClassifier (after fine-tuning)
+  selection_classifier/ SelectionClassifier, SelectionEnsemble or AutoencoderTrunkClassifier (after fine-tuning)
   training/          resumable checkpoints (optional)
 ```
 Each part folder also holds ``files.json``: size and sha256 of its files, recorded at save (integrity.py).

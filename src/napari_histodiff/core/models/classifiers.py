@@ -5,6 +5,7 @@
   pooling head. Its gradient guides sampling.
 - :class:`SelectionClassifier`: a small image-space ResNet that scores synthetic tiles; it
   keeps class centroids of its features for the nearest-centroid rule.
+- :class:`SelectionEnsemble`: several of those, each trained on other folds of the labeled tiles.
 """
 
 from __future__ import annotations
@@ -110,6 +111,39 @@ class SelectionClassifier(ModelMixin, ConfigMixin):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.drop(self.features(x)))
+
+    def score(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return score_tiles(self, x)
+
+
+class SelectionEnsemble(ModelMixin, ConfigMixin):
+    """Selection classifiers trained on different folds of the labeled tiles (cross-fitting): the logits
+    are the members' mean; the features are the members' features side by side (for the centroids)."""
+
+    @register_to_config
+    def __init__(self, num_classes: int = 2, channels: tuple[int, ...] = (32, 64, 128), dropout: float = 0.1,
+                 temperature: float = 1.0, members: int = 5):
+        super().__init__()
+        self.nets = nn.ModuleList(SelectionClassifier(num_classes, tuple(channels), dropout) for _ in range(members))
+        self.register_buffer("centroids", torch.zeros(num_classes, channels[-1] * members))
+
+    @classmethod
+    def of(cls, members: list) -> "SelectionEnsemble":
+        c = members[0].config
+        ens = cls(c.num_classes, tuple(c.channels), c.dropout, members=len(members))
+        for mine, given in zip(ens.nets, members):
+            mine.load_state_dict(given.state_dict())
+        return ens
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([m.features(x) for m in self.nets], 1)
+
+    def head(self, feats: torch.Tensor) -> torch.Tensor:
+        parts = feats.chunk(len(self.nets), 1)
+        return torch.stack([m.head(m.drop(f)) for m, f in zip(self.nets, parts)]).mean(0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
 
     def score(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         return score_tiles(self, x)

@@ -154,6 +154,7 @@ class AutoencoderTrunkClassifier(ModelMixin, ConfigMixin):
 
 def selection_classifier_class(name: str | None):
     """The selection classifier class named by a config's ``_class_name``."""
-    from .classifiers import SelectionClassifier
+    from .classifiers import SelectionClassifier, SelectionEnsemble
 
-    return AutoencoderTrunkClassifier if name == "AutoencoderTrunkClassifier" else SelectionClassifier
+    return {"AutoencoderTrunkClassifier": AutoencoderTrunkClassifier,
+            "SelectionEnsemble": SelectionEnsemble}.get(name, SelectionClassifier)

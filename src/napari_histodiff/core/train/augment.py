@@ -75,6 +75,16 @@ def blur(x, gen, p: float = BLUR_P, sigma=BLUR_SIGMA):
     return torch.where(on.to(x.device)[:, None, None, None], out, x)
 
 
+def colour_jitter(x, amount: float, gen):
+    """Per-tile contrast, then brightness scaling by factors in 1 +- ``amount``; x in [-1, 1]."""
+    import torch
+
+    c, b = (1 + amount * (2 * torch.rand(2, x.shape[0], 1, 1, 1, generator=gen) - 1)).to(x.device)
+    x01 = (x + 1) / 2
+    mean = x01.mean(dim=(1, 2, 3), keepdim=True)
+    return (((x01 - mean) * c + mean) * b).clamp(0, 1) * 2 - 1
+
+
 def augment(x, gen):
     """Flips / rotations, HED stain jitter and mild blur of a batch in [-1, 1] (random draws from ``gen``)."""
     return blur(stain_jitter(dihedral(x, gen), gen), gen)

@@ -6,13 +6,13 @@ Both are resumable generators like the pre-training loops; each writes its model
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
 from . import latents as L
 from . import loop as T
-from .augment import augment
+from .augment import augment, colour_jitter
 from ..formats.bundle import load_bundle, package_versions, read_meta, save_part, write_meta
 from ..base.errors import HistodiffError
 from ..base.events import Progress, warning
@@ -20,6 +20,7 @@ from ..base.events import Progress, warning
 EVAL_TIMESTEPS = (0, 250, 500, 750)
 TRUNKS = ("scratch", "unet", "autoencoder")  # unet: latent classifier only; autoencoder: selection only
 TRUNK_LEARNING_RATE = 1e-3  # a head on a frozen trunk: a linear layer learns fast
+SELECTION_JITTER = 0.05  # the downstream classifier's mild contrast / brightness jitter (evaluate)
 
 
 @dataclass
@@ -38,12 +39,15 @@ class ClassifierOptions:
     latent_cache: str = "auto"  # latent classifier: encode each tile once per augmentation (auto, on, off)
     trunk: str = "scratch"  # "scratch", or a frozen pre-trained encoder: "unet" (latent), "autoencoder" (selection)
     augment: bool = False  # flips / rotations, HED stain jitter and mild blur of the labeled tiles (train/augment.py)
+    folds: int = 1  # selection: one ResNet per fold of the labeled tiles, kept as an ensemble (1: one ResNet)
 
     def validate(self) -> None:
         if self.trunk not in TRUNKS:
             raise HistodiffError(f"classifier trunk must be one of {', '.join(TRUNKS)}, not {self.trunk!r}")
         if self.steps < 1:
             raise HistodiffError("classifier steps must be at least 1")
+        if self.folds < 1:
+            raise HistodiffError("selection folds must be at least 1")
         if not 0 <= self.holdout < 0.9:
             raise HistodiffError("{opt:holdout} must be a fraction in [0, 0.9)")
 
@@ -68,11 +72,12 @@ def _batches(tiles, idx, device, batch_size=64):
 
 
 def _loop(stage, model, loss_fn, eval_fn, tiles, labels, train_idx, out_dir, opts, acc, lr, wd, batch, best=None,
-          encode=None):
+          encode=None, shown=None):
     """Shared training loop: yields Progress, checkpoints, returns the history of evaluations.
     ``best``: ``{"acc": float, "model": module}`` kept by ``eval_fn``, saved with the checkpoints.
     ``encode``: a generator function ``(indices, folder) -> LatentCache`` (or None): the batches are
-    then the cached ``(mean, std)`` of the tiles, and ``loss_fn`` gets that pair instead of pixels."""
+    then the cached ``(mean, std)`` of the tiles, and ``loss_fn`` gets that pair instead of pixels.
+    ``shown``: ``(stage, offset, total)`` for the progress of a run that is one part of a larger one."""
     import torch
 
     ckpt_dir = out_dir / "training" / stage
@@ -87,7 +92,7 @@ def _loop(stage, model, loss_fn, eval_fn, tiles, labels, train_idx, out_dir, opt
         opt.load_state_dict(state["opt"])
         start, history = info["step"], info["history"]
         if best:
-            best["acc"] = info["best_acc"]
+            best["acc"], best["loss"] = info["best_acc"], info.get("best_loss", float("inf"))
     if start >= opts.steps:
         return history, start
     model_p, opt = acc.prepare(model, opt)
@@ -101,7 +106,7 @@ def _loop(stage, model, loss_fn, eval_fn, tiles, labels, train_idx, out_dir, opt
     ckpt = T.Checkpointer(ckpt_dir, acc, start, lambda: (
         {"model": model, **kept}, {"opt": opt.state_dict()},
         {"stage": stage, "total": opts.steps, "history": history, "options": asdict(opts),
-         **({"best_acc": best["acc"]} if best else {})}))
+         **({"best_acc": best["acc"], "best_loss": best.get("loss", float("inf"))} if best else {})}))
 
     try:
         for raw, y in T.batch_loader(stream, start, opts.steps, opts.num_workers):
@@ -120,7 +125,8 @@ def _loop(stage, model, loss_fn, eval_fn, tiles, labels, train_idx, out_dir, opt
                 model.eval()
                 metrics = eval_fn(model)
                 history.append([step, metrics])
-            yield Progress(stage, step, opts.steps, loss.item(), metrics)
+            label, offset, total = shown or (stage, 0, opts.steps)
+            yield Progress(label, offset + step, total, loss.item(), metrics)
             if step % opts.checkpoint_every == 0:
                 ckpt.save(step)
     finally:
@@ -216,20 +222,67 @@ def train_latent_classifier(tiles, out_dir, preset, options: ClassifierOptions |
 
 
 def train_selection_classifier(tiles, out_dir, preset, options: ClassifierOptions | None = None):
-    """Small ResNet on the labeled tiles; the best held-out weights are kept (early stopping).
-    Class centroids of its features over all labeled tiles are stored with it."""
+    """Small ResNet on the labeled tiles; the best held-out weights are kept (early stopping). With
+    ``folds`` > 1 one ResNet per fold (trained on the others, stopped on its own), kept as a
+    :class:`SelectionEnsemble`; the temperature is then fitted on every tile's out-of-fold logits.
+    Class centroids of the features over all labeled tiles are stored with it."""
+    import torch
+
+    opts = options or ClassifierOptions()
+    opts.validate()
+    _check_trunk(opts.trunk, ("scratch", "autoencoder"), "selection")
+    if opts.folds > 1 and opts.trunk != "scratch":
+        raise HistodiffError("selection folds > 1 train an ensemble of from-scratch ResNets; use selection trunk "
+                             "scratch, or one fold")
+    labels = tile_labels(tiles)
+    stage = "selection_classifier"
+    acc = T.make_accelerator(opts.device, opts.precision)
+    splits = ([T.stratified_split(labels, opts.holdout, opts.seed)] if opts.folds <= 1
+              else T.stratified_folds(labels, opts.folds, opts.seed))
+    members, held_logits, held_ys, histories, bests, step = [], [], [], [], [], 0  # step: summed over folds
+    for k, (train_idx, held_idx) in enumerate(splits):
+        sub = stage if len(splits) == 1 else f"{stage}-fold{k}"
+        fold_opts = opts if len(splits) == 1 else replace(opts, seed=opts.seed + k)
+        model, history, done, best_acc, logits, y = yield from _fit_selection(
+            tiles, labels, train_idx, held_idx, out_dir, preset, fold_opts, acc, sub,
+            (stage, k * opts.steps, len(splits) * opts.steps))
+        step += done
+        members.append(model)
+        histories.append(history)
+        bests.append(best_acc)
+        held_logits.append(logits)
+        held_ys.append(y)
+    model, history = members[0], histories[0]
+    if len(members) > 1:
+        from ..models.classifiers import SelectionEnsemble
+
+        model = SelectionEnsemble.of(members).to(acc.device).eval()
+    from .calibration import calibration_metrics, fit_temperature
+
+    logits, ys = torch.cat(held_logits), torch.cat(held_ys)
+    calib = calibration_metrics(logits, ys, fit_temperature(logits, ys))
+    with torch.no_grad():
+        feats = torch.cat([model.features(x) for x in _batches(tiles, np.arange(len(tiles)), acc.device)])
+        y = torch.from_numpy(labels).to(acc.device)
+        model.centroids.copy_(torch.stack([feats[y == k].mean(0) for k in range(len(tiles.class_names))]))
+    model.register_to_config(temperature=calib["temperature"])
+    best = [b for b in bests if b >= 0]
+    extra = {"best_heldout_acc": float(np.mean(best)) if best else None, "trunk": opts.trunk, **calib}
+    if len(members) > 1:  # held-out accuracy: every labeled tile scored by the member that did not train on it
+        oof = float((logits.argmax(-1) == ys).double().mean())
+        extra.update(folds=len(members), fold_best_heldout_acc=bests, fold_histories=histories)
+        history = [[step, {"heldout_acc": oof}]]
+    return _save(out_dir, stage, model, history, step, opts, tiles, acc, extra, calib)
+
+
+def _fit_selection(tiles, labels, train_idx, held_idx, out_dir, preset, opts, acc, stage, shown):
+    """One selection classifier: returns the best held-out weights (eval mode), history, steps, best
+    accuracy (-1: no evaluation) and the held-out logits (fp64, CPU) and labels for calibration."""
     import copy
 
     import torch
     import torch.nn.functional as F
 
-    opts = options or ClassifierOptions()
-    opts.validate()
-    _check_trunk(opts.trunk, ("scratch", "autoencoder"), "selection")
-    labels = tile_labels(tiles)
-    stage = "selection_classifier"
-    acc = T.make_accelerator(opts.device, opts.precision)
-    train_idx, held_idx = T.stratified_split(labels, opts.holdout, opts.seed)
     torch.manual_seed(opts.seed)
     if opts.trunk == "autoencoder":
         from ..models.trunk import AutoencoderTrunkClassifier
@@ -243,46 +296,36 @@ def train_selection_classifier(tiles, out_dir, preset, options: ClassifierOption
     model = model.to(acc.device)
     if opts.trunk == "autoencoder":
         model.standardize(_batches(tiles, train_idx, acc.device))
-    best = {"acc": -1.0, "model": copy.deepcopy(model)}  # the best held-out weights so far (acc -1: none yet)
-    held_x = torch.cat(list(_batches(tiles, held_idx if len(held_idx) else train_idx, acc.device)))
-    held_y = torch.from_numpy(labels[held_idx if len(held_idx) else train_idx]).to(acc.device)
+    best = {"acc": -1.0, "loss": float("inf"), "model": copy.deepcopy(model)}  # best held-out weights (acc -1: none)
+    held = held_idx if len(held_idx) else train_idx
+    held_x = torch.cat(list(_batches(tiles, held, acc.device)))
+    held_y = torch.from_numpy(labels[held]).to(acc.device)
 
     def loss_fn(m, x, y, gen):
-        return F.cross_entropy(m(augment(x, gen) if opts.augment else x), y)
+        return F.cross_entropy(m(augment(x, gen) if opts.augment else colour_jitter(x, SELECTION_JITTER, gen)), y)
 
     def eval_fn(m):
+        """Keeps the best weights by held-out accuracy, ties broken by held-out loss (20 tiles give
+        accuracies 5 points apart: the first best alone often stopped at an undertrained step)."""
         with torch.no_grad():
-            accuracy = float((m(held_x).argmax(-1) == held_y).float().mean())
-        if accuracy > best["acc"]:
-            best["acc"] = accuracy
+            logits = m(held_x).float()
+        accuracy, loss = float((logits.argmax(-1) == held_y).float().mean()), float(F.cross_entropy(logits, held_y))
+        if (accuracy, -loss) > (best["acc"], -best["loss"]):
+            best.update(acc=accuracy, loss=loss)
             best["model"].load_state_dict(m.state_dict())
-        return {"heldout_acc": accuracy}
+        return {"heldout_acc": accuracy, "heldout_loss": loss}
 
     c = preset.classifier
     history, step = yield from _loop(
         stage, model, loss_fn, eval_fn, tiles, labels, train_idx, out_dir, opts, acc,
         T.given(opts.learning_rate, TRUNK_LEARNING_RATE if opts.trunk != "scratch" else c.selection_learning_rate), 1e-4,
-        T.given(opts.batch_size, c.batch_size), best)
+        T.given(opts.batch_size, c.batch_size), best, shown=shown)
     if best["acc"] >= 0:
         model.load_state_dict(best["model"].state_dict())
     model.eval()
     with torch.no_grad():
-        feats = torch.cat([model.features(x) for x in _batches(tiles, np.arange(len(tiles)), acc.device)])
-        y = torch.from_numpy(labels).to(acc.device)
-        model.centroids.copy_(torch.stack([feats[y == k].mean(0) for k in range(len(tiles.class_names))]))
-        calib = _calibrate(model, held_x, held_y)
-    model.register_to_config(temperature=calib["temperature"])
-    extra = {"best_heldout_acc": best["acc"] if best["acc"] >= 0 else None, "trunk": opts.trunk, **calib}
-    return _save(out_dir, stage, model, history, step, opts, tiles, acc, extra, calib)
-
-
-def _calibrate(model, held_x, held_y, prefix: str = "") -> dict:
-    """Temperature scaling fitted on the held-out tiles, with the ECE (15 bins) before and after.
-    The "after" ECE is measured on the tiles the temperature was fitted on (all there are)."""
-    from .calibration import calibration_metrics, fit_temperature
-
-    logits = model(held_x).double().cpu()
-    return calibration_metrics(logits, held_y.cpu(), fit_temperature(logits, held_y.cpu()), prefix)
+        logits = model(held_x).double().cpu()
+    return model, history, step, best["acc"], logits, held_y.cpu()
 
 
 def _save(out_dir, stage, model, history, step, opts, tiles, acc, extra, metrics=None) -> dict:

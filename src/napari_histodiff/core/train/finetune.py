@@ -67,6 +67,11 @@ class FinetuneOptions:
                                       "classifier: the 8 flips / rotations, HED stain jitter and mild blur")
     selection_augment: bool = option(False, help="the same augmentation for the selection classifier (on crc5 it "
                                      "lowered its test accuracy from 75.6% to 67.9%: colour is part of the class)")
+    selection_folds: int = option(5, min=1, max=10, help="selection classifier: one ResNet per fold of the labeled "
+                                  "tiles, each trained on the other folds and stopped on its own, used together "
+                                  "(an ensemble, calibrated on every tile's out-of-fold score; the holdout "
+                                  "fraction then applies to the latent classifier only). 1: one ResNet. Scratch "
+                                  "trunk only")
     min_tiles_per_class: int = option(5, min=2, help="fewest labeled tiles a class may have (one to train, one "
                                       "to hold out)")
     holdout: float = option(0.2, min=0, max=0.89, help="fraction of each class held out to measure the classifiers")
@@ -133,7 +138,7 @@ FINETUNE_STAGES = ("finetune", "finetune_unet", "finetune_decoder", "latent_clas
 # options that change what fine-tuning computes: a resume with other values would mix two runs
 SAME_ON_RESUME = ("scale", "unet_learning_rate", "decoder_learning_rate", "clean_latents", "holdout",
                   "batch_size", "seed", "classifier_trunk", "selection_trunk", "classifier_augment",
-                  "selection_augment")
+                  "selection_augment", "selection_folds")
 
 
 def lineage(provenance: dict, origin: str) -> dict:
@@ -182,10 +187,16 @@ def start_bundle(source, out) -> None:
     write_meta(out, meta)
 
 
+def selection_folds(opts: FinetuneOptions) -> int:
+    """Ensemble members of the selection classifier (one for a pre-trained trunk)."""
+    return opts.selection_folds if opts.selection_trunk == "scratch" else 1
+
+
 def planned(opts: FinetuneOptions) -> list[tuple[str, int]]:
-    """The stages this run trains, with their step counts."""
+    """The stages this run trains, with their step counts (the selection classifier's over all its folds)."""
     stages = [("finetune_unet", opts.unet_steps), ("finetune_decoder", opts.decoder_steps),
-              ("latent_classifier", opts.classifier_steps), ("selection_classifier", opts.selection_steps)]
+              ("latent_classifier", opts.classifier_steps),
+              ("selection_classifier", opts.selection_steps * selection_folds(opts))]
     return [(stage, steps) for stage, steps in stages if steps]
 
 
@@ -249,5 +260,6 @@ def finetune(source, tiles, out_dir, preset, options: FinetuneOptions | None = N
         steps=opts.classifier_steps, clean_latents=opts.clean_latents, trunk=opts.classifier_trunk,
         augment=opts.classifier_augment, **clf))
     result["selection_classifier"] = yield from train_selection_classifier(tiles, out_dir, preset, ClassifierOptions(
-        steps=opts.selection_steps, trunk=opts.selection_trunk, augment=opts.selection_augment, **clf))
+        steps=opts.selection_steps, trunk=opts.selection_trunk, augment=opts.selection_augment,
+        folds=selection_folds(opts), **clf))
     return result

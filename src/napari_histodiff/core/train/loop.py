@@ -297,6 +297,20 @@ def stratified_split(labels, holdout: float, seed: int) -> tuple[np.ndarray, np.
     return np.sort(np.array(train, dtype=np.int64)), np.sort(np.array(held, dtype=np.int64))
 
 
+def stratified_folds(labels, k: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``k`` (train, held-out) index pairs; every tile is held out in exactly one fold, and every class
+    is spread evenly over the folds."""
+    labels = np.asarray(labels)
+    rng = np.random.default_rng([seed, 13])
+    fold = np.empty(len(labels), dtype=np.int64)
+    start = 0
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        fold[idx] = (start + np.arange(len(idx))) % k  # a class smaller than k continues where the last ended
+        start += len(idx)
+    return [(np.flatnonzero(fold != f), np.flatnonzero(fold == f)) for f in range(k)]
+
+
 def given(value, default):
     """``value`` unless it is None (0 is a valid choice)."""
     return default if value is None else value

@@ -1,0 +1,84 @@
+"""The selection classifier as an ensemble of ResNets trained on folds of the labeled tiles (selection_folds)."""
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+
+def test_every_tile_is_held_out_in_exactly_one_fold():
+    from napari_histodiff.core.train.loop import stratified_folds
+
+    labels = np.array([0] * 5 + [1] * 7 + [2] * 3)
+    folds = stratified_folds(labels, 5, seed=0)
+    held = np.concatenate([h for _, h in folds])
+    assert sorted(held.tolist()) == list(range(len(labels)))
+    for train, h in folds:
+        assert not set(train) & set(h) and len(train) + len(h) == len(labels)
+        assert (labels[h] == 0).sum() == 1  # a class of 5 gives each of 5 folds one tile
+    assert [len(h) for _, h in folds] == [3] * 5  # the small class continues where the others ended
+    assert all((a[1] == b[1]).all() for a, b in zip(folds, stratified_folds(labels, 5, seed=0)))
+
+
+def _labelled_bundle(trained_bundle, tmp_path, labeled_tiles):
+    from napari_histodiff.core.formats.bundle import read_meta, write_meta
+
+    out = tmp_path / "b"
+    shutil.copytree(trained_bundle, out, ignore=shutil.ignore_patterns("training", "latent_classifier"))
+    meta = read_meta(out)
+    meta["class_names"] = labeled_tiles.class_names
+    write_meta(out, meta)
+    return out
+
+
+def test_folds_train_an_ensemble_that_is_saved_loaded_and_calibrated_out_of_fold(trained_bundle, tmp_path,
+                                                                                  labeled_tiles):
+    from napari_histodiff import load_bundle
+    from napari_histodiff.core.base.events import run_to_end
+    from napari_histodiff.core.formats.bundle import read_meta
+    from napari_histodiff.core.generate.selection import score
+    from napari_histodiff.core.models.classifiers import SelectionEnsemble
+    from napari_histodiff.core.models.presets import tiny
+    from napari_histodiff.core.train.classifiers import ClassifierOptions, train_selection_classifier
+
+    out = _labelled_bundle(trained_bundle, tmp_path, labeled_tiles)
+    events = []
+    result = run_to_end(train_selection_classifier(labeled_tiles, out, tiny(), ClassifierOptions(
+        steps=30, device="cpu", folds=3, eval_every=10)), events.append)
+    # progress: one stage counting through all folds
+    steps = [(e.step, e.total) for e in events if e.stage == "selection_classifier"]
+    assert steps == [(s, 90) for s in range(1, 91)]
+    clf = load_bundle(out, device="cpu", require_unet=False).selection_classifier
+    assert isinstance(clf, SelectionEnsemble) and len(clf.nets) == 3
+    # members trained on other folds differ; the ensemble's logits are their mean
+    w = [m.head.weight for m in clf.nets]
+    assert not torch.equal(w[0], w[1]) and not torch.equal(w[1], w[2])
+    x = np.stack([labeled_tiles[i] for i in range(len(labeled_tiles))])
+    y = np.array([labeled_tiles.label(i) for i in range(len(labeled_tiles))])
+    xt = torch.from_numpy(x).permute(0, 3, 1, 2).float() / 127.5 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(clf(xt), torch.stack([m(xt) for m in clf.nets]).mean(0))
+    probs, dists = score(load_bundle(out, device="cpu", require_unet=False), x)
+    assert probs.shape == dists.shape == (len(x), 2)
+    assert (probs.argmax(1) == y).mean() >= 0.8  # the two stain classes of the demo image; chance 0.5
+    meta = read_meta(out)
+    rec = meta["provenance"]["selection_classifier"]
+    assert rec["folds"] == 3 and len(rec["fold_best_heldout_acc"]) == 3
+    # the temperature is fitted on every labeled tile's out-of-fold logits
+    assert clf.config.temperature == result["temperature"] > 0 and {"ece_before", "ece_after"} <= set(result)
+    assert 0.5 <= meta["metrics"]["selection_classifier"]["heldout_acc"] <= 1
+    assert clf.centroids.shape == (2, 3 * clf.nets[0].config.channels[-1])
+
+
+def test_folds_need_the_scratch_trunk_and_are_kept_on_resume():
+    from napari_histodiff.core.base.errors import HistodiffError
+    from napari_histodiff.core.train.classifiers import ClassifierOptions, train_selection_classifier
+    from napari_histodiff.core.train.finetune import SAME_ON_RESUME, FinetuneOptions
+    from napari_histodiff.core.models.presets import tiny
+
+    assert FinetuneOptions().selection_folds == 5 and "selection_folds" in SAME_ON_RESUME
+    with pytest.raises(HistodiffError, match="folds"):
+        ClassifierOptions(folds=0).validate()
+    with pytest.raises(HistodiffError, match="scratch"):
+        next(train_selection_classifier(None, None, tiny(), ClassifierOptions(folds=3, trunk="autoencoder")))
