@@ -67,7 +67,9 @@ def test_folds_train_an_ensemble_that_is_saved_loaded_and_calibrated_out_of_fold
     assert rec["folds"] == 3 and len(rec["fold_best_heldout_acc"]) == 3
     # the temperature is fitted on every labeled tile's out-of-fold logits
     assert clf.config.temperature == result["temperature"] > 0 and {"ece_before", "ece_after"} <= set(result)
-    assert 0.5 <= meta["metrics"]["selection_classifier"]["heldout_acc"] <= 1
+    oof = meta["metrics"]["selection_classifier"]["heldout_acc"]  # out of fold: every labeled tile once
+    assert 0.5 <= oof <= 1 and result["best_heldout_acc"] == oof
+    assert oof * len(y) == pytest.approx(round(oof * len(y)))  # a fraction of all the labeled tiles
     assert clf.centroids.shape == (2, 3 * clf.nets[0].config.channels[-1])
 
 

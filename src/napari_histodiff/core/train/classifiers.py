@@ -270,7 +270,8 @@ def train_selection_classifier(tiles, out_dir, preset, options: ClassifierOption
     extra = {"best_heldout_acc": float(np.mean(best)) if best else None, "trunk": opts.trunk, **calib}
     if len(members) > 1:  # held-out accuracy: every labeled tile scored by the member that did not train on it
         oof = float((logits.argmax(-1) == ys).double().mean())
-        extra.update(folds=len(members), fold_best_heldout_acc=bests, fold_histories=histories)
+        extra.update(best_heldout_acc=oof, folds=len(members), fold_best_heldout_acc=bests,
+                     fold_histories=histories)
         history = [[step, {"heldout_acc": oof}]]
     return _save(out_dir, stage, model, history, step, opts, tiles, acc, extra, calib)
 
