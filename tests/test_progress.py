@@ -141,6 +141,9 @@ def test_near_chance_guidance_classifier_warns(make_napari_viewer, fresh_model, 
     good = {**result, "latent_classifier": {"history": [[10, {"acc_t0": 0.95, "acc_t750": 0.6}]]}}
     assert not classifier_summary(good, 2)[1]
     assert classifier_summary(result, 4)[1] is False  # 55% is well above chance (25%) for 4 classes
+    assert "90% (best)" in text
+    ensemble = {**result, "selection_classifier": {"history": [], "best_heldout_acc": 0.9, "folds": 5}}
+    assert "90% (out of fold)" in classifier_summary(ensemble, 2)[0]
 
     shown = notifications(monkeypatch)
     viewer = make_napari_viewer()

@@ -150,7 +150,8 @@ def classifier_summary(result: dict, n_classes: int) -> tuple[str, bool]:
         parts.append("guidance classifier " + ", ".join(f"{v:.0%} at t={t}" for t, v in noisy))
     else:
         parts.append("guidance classifier: no accuracy recorded")
-    parts.append(f"selection classifier {best:.0%} (best)" if best is not None
+    how = "out of fold" if isinstance(selection, dict) and (selection.get("folds") or 1) > 1 else "best"
+    parts.append(f"selection classifier {best:.0%} ({how})" if best is not None
                  else "selection classifier: no accuracy recorded")
     chance = 1.0 / max(n_classes, 1)
     clean = acc.get("acc_t0")

@@ -273,6 +273,7 @@ def train_selection_classifier(tiles, out_dir, preset, options: ClassifierOption
         extra.update(best_heldout_acc=oof, folds=len(members), fold_best_heldout_acc=bests,
                      fold_histories=histories)
         history = [[step, {"heldout_acc": oof}]]
+        calib = {**calib, "folds": len(members)}
     return _save(out_dir, stage, model, history, step, opts, tiles, acc, extra, calib)
 
 
