@@ -21,7 +21,8 @@ def test_every_tile_is_held_out_in_exactly_one_fold():
     assert all((a[1] == b[1]).all() for a, b in zip(folds, stratified_folds(labels, 5, seed=0)))
 
 
-def _labelled_bundle(trained_bundle, tmp_path, labeled_tiles):
+def labelled_bundle(trained_bundle, tmp_path, labeled_tiles):
+    """A copy of a pre-trained bundle named with the tiles' classes, ready for a selection classifier."""
     from napari_histodiff.core.formats.bundle import read_meta, write_meta
 
     out = tmp_path / "b"
@@ -42,7 +43,7 @@ def test_folds_train_an_ensemble_that_is_saved_loaded_and_calibrated_out_of_fold
     from napari_histodiff.core.models.presets import tiny
     from napari_histodiff.core.train.classifiers import ClassifierOptions, train_selection_classifier
 
-    out = _labelled_bundle(trained_bundle, tmp_path, labeled_tiles)
+    out = labelled_bundle(trained_bundle, tmp_path, labeled_tiles)
     events = []
     result = run_to_end(train_selection_classifier(labeled_tiles, out, tiny(), ClassifierOptions(
         steps=30, device="cpu", folds=3, eval_every=10)), events.append)
@@ -84,3 +85,13 @@ def test_folds_need_the_scratch_trunk_and_are_kept_on_resume():
         ClassifierOptions(folds=0).validate()
     with pytest.raises(HistodiffError, match="scratch"):
         next(train_selection_classifier(None, None, tiny(), ClassifierOptions(folds=3, trunk="autoencoder")))
+
+    class FourTiles:
+        def __len__(self):
+            return 4
+
+        def label(self, i):
+            return i % 2
+
+    with pytest.raises(HistodiffError, match="5 selection folds need at least 5 labeled tiles, there are 4; choose fewer"):
+        next(train_selection_classifier(FourTiles(), None, tiny(), ClassifierOptions(folds=5)))

@@ -90,17 +90,15 @@ def test_finetune_option_reaches_the_classifier():
 def test_autoencoder_trunk_selection_classifier_is_saved_loaded_and_scores(trained_bundle, tmp_path, labeled_tiles):
     from napari_histodiff import load_bundle
     from napari_histodiff.core.base.events import run_to_end
-    from napari_histodiff.core.formats.bundle import read_meta, write_meta
+    from napari_histodiff.core.formats.bundle import read_meta
     from napari_histodiff.core.generate.selection import score
     from napari_histodiff.core.models.presets import tiny
     from napari_histodiff.core.models.trunk import AutoencoderTrunkClassifier
     from napari_histodiff.core.train.classifiers import ClassifierOptions, train_selection_classifier
 
-    out = tmp_path / "b"
-    shutil.copytree(trained_bundle, out, ignore=shutil.ignore_patterns("training", "latent_classifier"))
-    meta = read_meta(out)
-    meta["class_names"] = labeled_tiles.class_names
-    write_meta(out, meta)
+    from test_selection_folds import labelled_bundle
+
+    out = labelled_bundle(trained_bundle, tmp_path, labeled_tiles)
     result = run_to_end(train_selection_classifier(labeled_tiles, out, tiny(), ClassifierOptions(
         steps=40, device="cpu", trunk="autoencoder")))
     b = load_bundle(out, device="cpu", require_unet=False)

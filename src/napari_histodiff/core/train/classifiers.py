@@ -235,6 +235,9 @@ def train_selection_classifier(tiles, out_dir, preset, options: ClassifierOption
         raise HistodiffError("selection folds > 1 train an ensemble of from-scratch ResNets; use selection trunk "
                              "scratch, or one fold")
     labels = tile_labels(tiles)
+    if opts.folds > len(labels):
+        raise HistodiffError(f"{opts.folds} selection folds need at least {opts.folds} labeled tiles, there are "
+                             f"{len(labels)}; choose fewer {{opt:selection_folds}}")
     stage = "selection_classifier"
     acc = T.make_accelerator(opts.device, opts.precision)
     splits = ([T.stratified_split(labels, opts.holdout, opts.seed)] if opts.folds <= 1
