@@ -108,7 +108,7 @@ def run_demo(options: DemoOptions | None = None):
     times["pre-training"], t = time.perf_counter() - t, time.perf_counter()
     ft = yield from finetune(FinetuneOptions(
         model=out / "bundle", out=out / "finetuned", intent="resume", classifier_steps=30 if q else 1000,
-        selection_steps=10 if q else 100, unet_steps=10 if q else 500, checkpoint_every=250, **run), tiles=labeled)
+        selection_steps=30 if q else 100, unet_steps=10 if q else 500, checkpoint_every=250, **run), tiles=labeled)
     times["fine-tuning"], t = time.perf_counter() - t, time.perf_counter()
     bundle = load_bundle(out / "finetuned", device=opts.device)
     records = (yield from sample(SampleOptions(out=out / "samples", intent="overwrite", n=opts.per_class,
