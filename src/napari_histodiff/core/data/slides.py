@@ -341,6 +341,7 @@ def _open_tifffile(path, mpp) -> _ArraySlide:
     import zarr
 
     tif = tifffile.TiffFile(path)
+    tif.filehandle.set_lock(True)  # tifffile's lock is a no-op by default: napari reads tiles from several threads
     try:
         series = tif.series[0]
         axes, shape = series.axes, series.shape
