@@ -21,7 +21,8 @@ from napari_histodiff.core.data.tiles import TileFolder, open_tiles
 from napari_histodiff.core.formats.bundle import load_bundle
 from napari_histodiff.core.generate.selection import score
 from napari_histodiff.core.models.presets import small
-from napari_histodiff.core.train.autoencoder import AutoencoderOptions, reconstruct, train_autoencoder
+from napari_histodiff.core.train.autoencoder import AutoencoderOptions, psnr, reconstruct, train_autoencoder
+
 ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
 ap.add_argument("--base", type=Path, default=Path("/work/exp/base/pretrained"), help="pre-trained bundle")
 ap.add_argument("--selection", type=Path, default=Path("/work/exp/ens/k20/finetuned"), help="fine-tuned bundle")
@@ -39,14 +40,18 @@ if not out.exists():
 sel = load_bundle(args.selection, device="cpu")
 te = TileFolder(args.test, 64)
 idx = np.random.default_rng(0).permutation(len(te))[:1000]
-x = np.stack([te[int(i)] for i in idx]); y = np.array([te.label(int(i)) for i in idx])
+x = np.stack([te[int(i)] for i in idx])
+y = np.array([te.label(int(i)) for i in idx])
 direct = float((score(sel, x)[0].argmax(1) == y).mean())
+
+
 def measure(vae, steps):
     r = reconstruct(vae, x, "cpu")
-    mse = ((r.astype(float) - x.astype(float)) ** 2).mean()
     res = {"ae_steps": steps, "selection_on_reconstructions": float((score(sel, r)[0].argmax(1) == y).mean()),
-           "selection_on_tiles": direct, "crc5_psnr": float(10 * np.log10(255 ** 2 / mse))}
+           "selection_on_tiles": direct, "crc5_psnr": float(psnr(x, r))}
     print(json.dumps(res), flush=True)
+
+
 measure(load_bundle(base, device="cpu", require_unet=False).vae, 600)
 tiles = open_tiles([args.pretrain_data], 64, large_images=True, stride=12, scale=0.1)  # the experiment's
 for steps in args.steps:

@@ -74,7 +74,7 @@ def _batches(tiles, idx, device, batch_size=64):
 def _loop(stage, model, loss_fn, eval_fn, tiles, labels, train_idx, out_dir, opts, acc, lr, wd, batch, best=None,
           encode=None, shown=None):
     """Shared training loop: yields Progress, checkpoints, returns the history of evaluations.
-    ``best``: ``{"acc": float, "model": module}`` kept by ``eval_fn``, saved with the checkpoints.
+    ``best``: ``{"acc": float, "loss": float, "model": module}`` kept by ``eval_fn``, saved with the checkpoints.
     ``encode``: a generator function ``(indices, folder) -> LatentCache`` (or None): the batches are
     then the cached ``(mean, std)`` of the tiles, and ``loss_fn`` gets that pair instead of pixels.
     ``shown``: ``(stage, offset, total)`` for the progress of a run that is one part of a larger one."""
@@ -106,7 +106,7 @@ def _loop(stage, model, loss_fn, eval_fn, tiles, labels, train_idx, out_dir, opt
     ckpt = T.Checkpointer(ckpt_dir, acc, start, lambda: (
         {"model": model, **kept}, {"opt": opt.state_dict()},
         {"stage": stage, "total": opts.steps, "history": history, "options": asdict(opts),
-         **({"best_acc": best["acc"], "best_loss": best.get("loss", float("inf"))} if best else {})}))
+         **({"best_acc": best["acc"], "best_loss": best["loss"]} if best else {})}))
 
     try:
         for raw, y in T.batch_loader(stream, start, opts.steps, opts.num_workers):
@@ -255,28 +255,27 @@ def train_selection_classifier(tiles, out_dir, preset, options: ClassifierOption
         bests.append(best_acc)
         held_logits.append(logits)
         held_ys.append(y)
-    model, history = members[0], histories[0]
-    if len(members) > 1:
-        from ..models.classifiers import SelectionEnsemble
-
-        model = SelectionEnsemble.of(members).to(acc.device).eval()
     from .calibration import calibration_metrics, fit_temperature
 
     logits, ys = torch.cat(held_logits), torch.cat(held_ys)
     calib = calibration_metrics(logits, ys, fit_temperature(logits, ys))
+    if len(members) == 1:
+        model, history, extra = members[0], histories[0], {"best_heldout_acc": bests[0] if bests[0] >= 0 else None}
+    else:  # held-out accuracy: every labeled tile scored by the member that did not train on it
+        from ..models.classifiers import SelectionEnsemble
+
+        model = SelectionEnsemble.of(members).to(acc.device).eval()
+        oof = float((logits.argmax(-1) == ys).double().mean())
+        history = [[step, {"heldout_acc": oof}]]
+        extra = {"best_heldout_acc": oof, "folds": len(members), "fold_best_heldout_acc": bests,
+                 "fold_histories": histories}
+        calib["folds"] = len(members)
     with torch.no_grad():
         feats = torch.cat([model.features(x) for x in _batches(tiles, np.arange(len(tiles)), acc.device)])
         y = torch.from_numpy(labels).to(acc.device)
         model.centroids.copy_(torch.stack([feats[y == k].mean(0) for k in range(len(tiles.class_names))]))
     model.register_to_config(temperature=calib["temperature"])
-    best = [b for b in bests if b >= 0]
-    extra = {"best_heldout_acc": float(np.mean(best)) if best else None, "trunk": opts.trunk, **calib}
-    if len(members) > 1:  # held-out accuracy: every labeled tile scored by the member that did not train on it
-        oof = float((logits.argmax(-1) == ys).double().mean())
-        extra.update(best_heldout_acc=oof, folds=len(members), fold_best_heldout_acc=bests,
-                     fold_histories=histories)
-        history = [[step, {"heldout_acc": oof}]]
-        calib = {**calib, "folds": len(members)}
+    extra = {**extra, "trunk": opts.trunk, **calib}
     return _save(out_dir, stage, model, history, step, opts, tiles, acc, extra, calib)
 
 
