@@ -140,17 +140,18 @@ def _bundle_out(opts):
     return output_folder(opts.out, "bundle", opts.intent, allowed=("new", "resume", "overwrite"))
 
 
-def pretrain_autoencoder(opts: PretrainAutoencoderOptions):
-    """Train (or resume) the autoencoder into ``opts.out``; yields progress, returns a summary."""
+def pretrain_autoencoder(opts: PretrainAutoencoderOptions, tiles=None):
+    """Train (or resume) the autoencoder into ``opts.out`` on ``tiles`` (default: opened from ``opts.data``);
+    yields progress, returns a summary."""
     from ..base.outdir import check_output
     from ..train.autoencoder import train_autoencoder
 
     fit_threads(opts.num_workers)
     opts.validate()
-    require(opts, "data", "out")
+    require(opts, "out", *(["data"] if tiles is None else []))
     check_output(opts.out, "bundle", opts.intent, allowed=("new", "resume", "overwrite"))
     preset = _preset(opts)
-    tiles = TrainingData.open(opts, preset.tile_size)
+    tiles = TrainingData.open(opts, preset.tile_size) if tiles is None else tiles
     with _bundle_out(opts):
         result = yield from train_autoencoder(tiles, opts.out, preset, _ae_options(opts, opts.steps))
         _record_mpp(opts)

@@ -116,8 +116,9 @@ def train_autoencoder(tiles, out_dir, preset: Preset, options: AutoencoderOption
     disc = PatchDiscriminator(in_channels=3, ndf=cfg.disc_channels, n_layers=None, tile_size=preset.tile_size)
     lr = T.given(opts.learning_rate, cfg.learning_rate)
     batch = T.given(opts.batch_size, cfg.batch_size)
-    opt_g = torch.optim.Adam([p for p in vae.parameters() if p.requires_grad], lr=lr, betas=(0.5, 0.9))
-    opt_d = torch.optim.Adam(disc.parameters(), lr=lr, betas=(0.5, 0.9))
+    opt_g = torch.optim.Adam([p for p in vae.parameters() if p.requires_grad], lr=lr, betas=(0.5, 0.9),
+                             **T.fused(device))
+    opt_d = torch.optim.Adam(disc.parameters(), lr=lr, betas=(0.5, 0.9), **T.fused(device))
     lpips = load_lpips(opts.perceptual_weights, device) if opts.perceptual_weights else None
 
     from ..data.tiles import split_indices

@@ -81,7 +81,8 @@ def _loop(stage, model, loss_fn, eval_fn, tiles, labels, train_idx, out_dir, opt
     import torch
 
     ckpt_dir = out_dir / "training" / stage
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=wd)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=wd,
+                            **T.fused(acc.device))
     start, history = 0, []
     kept = {"best": best["model"]} if best else {}
     if T.has_checkpoint(ckpt_dir):

@@ -98,7 +98,7 @@ def train_diffusion(tiles, out_dir, preset: Preset, options: DiffusionOptions | 
     if CHANNELS_LAST:
         unet = unet.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(unet.parameters(), lr=T.given(opts.learning_rate, cfg.learning_rate),
-                            **({"fused": True} if FUSED_ADAMW and torch.device(device).type in ("cpu", "cuda") else {}))
+                            **(T.fused(device) if FUSED_ADAMW else {}))
     lr_sched = get_scheduler("constant_with_warmup", opt,
                              num_warmup_steps=T.given(opts.warmup_steps, cfg.warmup_steps))
 

@@ -311,6 +311,14 @@ def stratified_folds(labels, k: int, seed: int) -> list[tuple[np.ndarray, np.nda
     return [(np.flatnonzero(fold != f), np.flatnonzero(fold == f)) for f in range(k)]
 
 
+def fused(device) -> dict:
+    """``fused=True`` for torch's Adam / AdamW on CPU and CUDA: the same update in fewer kernels
+    (benchmarks/train_speed.py; 1.06x a diffusion step, 1.08x an autoencoder step here)."""
+    import torch
+
+    return {"fused": True} if torch.device(device).type in ("cpu", "cuda") else {}
+
+
 def given(value, default):
     """``value`` unless it is None (0 is a valid choice)."""
     return default if value is None else value
