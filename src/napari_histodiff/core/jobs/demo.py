@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import json
 import time
-from ..base.threads import fit_threads
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..base.events import Progress
-from ..base.options import check, device_option, option, seed_option, record
+from ..base.options import check, device_option, option, record, seed_option
+from ..base.threads import fit_threads
 
 
 @dataclass
@@ -94,7 +94,12 @@ def run_demo(options: DemoOptions | None = None):
     from ..models.presets import tiny
     from .export import export
     from .finetune import FinetuneOptions, finetune
-    from .pretrain import PretrainAutoencoderOptions, PretrainOptions, pretrain, pretrain_autoencoder
+    from .pretrain import (
+        PretrainAutoencoderOptions,
+        PretrainOptions,
+        pretrain,
+        pretrain_autoencoder,
+    )
     from .sample import SampleOptions, sample
 
     opts = options or DemoOptions()
