@@ -4,6 +4,8 @@ ensemble scores the autoencoder's reconstructions of 1,000 crc5 test tiles (and 
 
     OMP_NUM_THREADS=1 python benchmarks/autoencoder_class_check.py --base RUN/pretrained --selection RUN2/k20/finetuned \
         --test RUN2/data/test --out AE_OUT 900 1200 1800
+    OMP_NUM_THREADS=1 python benchmarks/autoencoder_class_check.py --latent    # the guidance classifier too, on
+                                                                                 # the autoencoder in --out now
 
 The paths default to the runs of docs/results.md (/work/exp/...)."""
 import argparse
@@ -29,6 +31,10 @@ ap.add_argument("--selection", type=Path, default=Path("/work/exp/ens/k20/finetu
 ap.add_argument("--test", type=Path, default=Path("/work/exp/ens/data/test"), help="labelled test tiles")
 ap.add_argument("--pretrain-data", type=Path, default=Path("/work/shared/data/pretrain"))
 ap.add_argument("--out", type=Path, default=Path("/work/exp/aemore"), help="the continued autoencoder")
+ap.add_argument("--latent", action="store_true", help="also train the guidance classifier (the small preset's, "
+                "400 steps, augmented) on the k = 20 tiles' latents of each autoencoder and score it on the "
+                "noised latents of every test tile; with no steps, measure the autoencoder in --out as it is")
+ap.add_argument("--labelled", type=Path, default=Path("/work/exp/ens/data/k20"), help="labelled tiles (k = 20)")
 ap.add_argument("steps", type=int, nargs="*", help="autoencoder steps to continue to, in order")
 args = ap.parse_args()
 base, out = args.base, args.out
@@ -45,18 +51,48 @@ y = np.array([te.label(int(i)) for i in idx])
 direct = float((score(sel, x)[0].argmax(1) == y).mean())
 
 
-def measure(vae, steps):
-    r = reconstruct(vae, x, "cpu")
+def latent_check(vae_dir: Path) -> dict:
+    """The guidance classifier trained on latents of the autoencoder in ``vae_dir`` (with its own scale
+    factor), scored on noised latents of every test tile (``latent_accuracy``)."""
+    import tempfile
+
+    from napari_histodiff.core.formats.bundle import read_meta, set_vae_scaling_factor, write_meta
+    from napari_histodiff.core.train.classifiers import ClassifierOptions, latent_accuracy, train_latent_classifier
+    from napari_histodiff.core.train.diffusion import latent_scale_factor
+    from trunk_check import labelled_copy
+
+    labelled = TileFolder(args.labelled, 64)
+    with tempfile.TemporaryDirectory() as tmp:
+        d = labelled_copy(base, Path(tmp) / "b", labelled.class_names)
+        shutil.rmtree(d / "vae")
+        shutil.copytree(vae_dir / "vae", d / "vae")
+        scale = latent_scale_factor(load_bundle(d, device="cpu").vae, tiles, 512, 0, "cpu")
+        set_vae_scaling_factor(d, scale)
+        meta = read_meta(d)
+        meta["latent_scale_factor"] = scale
+        write_meta(d, meta)
+        run_to_end(train_latent_classifier(labelled, d, small(), ClassifierOptions(
+            steps=400, device="cpu", augment=True, checkpoint_every=10**6)))
+        return latent_accuracy(load_bundle(d, device="cpu"), te)
+
+
+def measure(vae_dir: Path, steps):
+    r = reconstruct(load_bundle(vae_dir, device="cpu", require_unet=False).vae, x, "cpu")
     res = {"ae_steps": steps, "selection_on_reconstructions": float((score(sel, r)[0].argmax(1) == y).mean()),
            "selection_on_tiles": direct, "crc5_psnr": float(psnr(x, r))}
+    if args.latent:
+        res["guidance_classifier"] = latent_check(vae_dir)
     print(json.dumps(res), flush=True)
 
 
-measure(load_bundle(base, device="cpu", require_unet=False).vae, 600)
 tiles = open_tiles([args.pretrain_data], 64, large_images=True, stride=12, scale=0.1)  # the experiment's
+if not args.steps and args.latent:
+    measure(out, json.loads((out / "histodiff.json").read_text())["provenance"]["autoencoder"]["steps"])
+    sys.exit()
+measure(base, 600)
 for steps in args.steps:
     t0 = time.time()
     run_to_end(train_autoencoder(tiles, out, small(), AutoencoderOptions(
         steps=steps, batch_size=4, learning_rate=2e-4, device="cpu", checkpoint_every=200)))
     print("trained to", steps, "in", round(time.time() - t0), "s", flush=True)
-    measure(load_bundle(out, device="cpu", require_unet=False).vae, steps)
+    measure(out, steps)

@@ -21,11 +21,35 @@ def test_auto_is_bf16_for_sampling_on_cpus_with_bf16_and_fp32_for_cpu_training(m
     assert P.resolve_precision("auto", "mps", "sample") == "fp32"
 
 
+def test_auto_guides_in_fp32_on_cpus_while_the_unet_runs_bf16(monkeypatch, finetuned_bundle):
+    # on CPUs the classifier's bf16 backward is slower than fp32 (docs/benchmarks.md); an explicit bf16 is kept
+    from napari_histodiff.core.generate import sampling as S
+
+    monkeypatch.setattr(P, "cpu_has_bf16", lambda: True)
+    assert P.resolve_precision("auto", "cpu", "guidance") == "fp32"
+    assert P.resolve_precision("bf16", "cpu", "guidance") == "bf16"
+    seen, unet_dtypes = [], []
+    grad = S.classifier_grad
+    monkeypatch.setattr(S, "classifier_grad", lambda *a: seen.append(a[4]) or grad(*a))
+    bundle = load_bundle(finetuned_bundle[0], device="cpu")
+    hook = bundle.unet.conv_in.register_forward_hook(lambda m, i, o: unet_dtypes.append(o.dtype))
+    try:
+        tiles = collect(bundle, n=2, steps=3, seed=1, classes=["DAB-rich"], guidance=10.0)
+    finally:
+        hook.remove()
+    assert tiles.shape[0] == 2
+    assert seen == ["fp32"] * 3 and set(unet_dtypes) == {torch.bfloat16}
+    seen.clear()
+    collect(bundle, n=2, steps=3, seed=1, classes=["DAB-rich"], guidance=10.0, precision="bf16")
+    assert seen == ["bf16"] * 3
+
+
 def test_auto_on_cuda_follows_bf16_support(monkeypatch):
     for supported, want in ((True, "bf16"), (False, "fp32")):
         monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: supported)
         assert P.resolve_precision("auto", "cuda:0", "train") == want
         assert P.resolve_precision(None, torch.device("cuda", 0), "sample") == want
+        assert P.resolve_precision("auto", "cuda", "guidance") == want
 
 
 def test_explicit_choices_old_spelling_and_refusals():

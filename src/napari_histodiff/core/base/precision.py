@@ -4,6 +4,8 @@
   that support bf16; fp32 elsewhere (MPS, older CPUs and GPUs);
 - training: bf16 on CUDA GPUs that support it; fp32 on CPUs (a whole bf16 training step measured no
   faster there, 0.87x) and elsewhere.
+- the guidance gradient (the latent classifier's backward pass while sampling): as sampling on CUDA, fp32
+  on CPUs (there its bf16 backward costs 1.3-2x the fp32 one: docs/benchmarks.md).
 
 ``fp16`` needs a CUDA GPU. The old spelling ``no`` (``--mixed-precision no``) means ``fp32``.
 """
@@ -46,7 +48,7 @@ def _cpu_flags() -> set[str]:
 
 def resolve_precision(precision: str | None, device, purpose: str = "sample") -> str:
     """``fp32``, ``bf16`` or ``fp16`` for ``precision`` (``auto``, ``fp32``, ``bf16``, ``fp16`` or ``no``)
-    on ``device`` (a ``torch.device`` or its name); ``purpose``: ``sample`` or ``train``."""
+    on ``device`` (a ``torch.device`` or its name); ``purpose``: ``sample``, ``guidance`` or ``train``."""
     name = ALIASES.get(precision or "auto", precision or "auto")
     if name not in PRECISIONS:
         raise HistodiffError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")

@@ -168,19 +168,21 @@ def classifier_grad(classifier, z, t, y, precision: str = "fp32"):
             p.requires_grad_(w)
 
 
-def denoise(bundle, z, y, gens, opts: SampleOptions, sched, precision: str = "fp32"):
+def denoise(bundle, z, y, gens, opts: SampleOptions, sched, precision: str = "fp32", guide_precision=None):
     """Run the sampler from ``z`` (noise, or noised sources at ``opts.first_step()``); yields the
-    latents after each step, returns the final latents. The UNet and the classifier run in
-    ``precision`` (resolved: ``fp32``, ``bf16``, ``fp16``); latents and the sampler's update stay fp32."""
+    latents after each step, returns the final latents. The UNet runs in ``precision`` (resolved: ``fp32``,
+    ``bf16``, ``fp16``), the classifier in ``guide_precision`` (default: the same); latents and the
+    sampler's update stay fp32."""
     import torch
 
     from ..base.precision import autocast
 
     guided = opts.guidance > 0 and y is not None
+    guide_precision = guide_precision or precision
     for t in sched.timesteps[opts.first_step():]:
         with torch.no_grad(), autocast(z.device, precision):
             eps = bundle.unet(z, t).sample.float()
-        grad = classifier_grad(bundle.latent_classifier, z, t, y, precision) if guided else None
+        grad = classifier_grad(bundle.latent_classifier, z, t, y, guide_precision) if guided else None
         if guided and opts.sampler != "ddpm":
             alpha_bar = sched.alphas_cumprod[int(t)].to(z.device)
             eps = eps - opts.guidance * (1 - alpha_bar).sqrt() * grad
@@ -256,6 +258,7 @@ def sample_tiles(bundle, options: SampleOptions | None = None, sources=None):
         raise HistodiffError("this bundle has no latent classifier for guidance; run `histodiff finetune` first")
     device = bundle.device
     precision = resolve_precision(opts.precision, device, "sample")
+    guide_precision = resolve_precision(opts.precision, device, "guidance")
     cfg = bundle.unet.config
     shape = (cfg.in_channels, cfg.sample_size, cfg.sample_size)
     if picks is not None and sources[0].shape[:2] != (bundle.tile_size, bundle.tile_size):
@@ -274,7 +277,7 @@ def sample_tiles(bundle, options: SampleOptions | None = None, sources=None):
             z = source_latents(bundle, np.stack([sources[picks[i]] for i in idx]), gens, sched, opts.first_step(),
                                precision)
         y = torch.tensor([targets[i] for i in idx], device=device) if guided else None
-        steps = denoise(bundle, z, y, gens, opts, sched, precision)
+        steps = denoise(bundle, z, y, gens, opts, sched, precision, guide_precision)
         while True:
             try:
                 next(steps)
