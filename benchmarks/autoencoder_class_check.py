@@ -87,7 +87,9 @@ def measure(vae_dir: Path, steps):
 
 tiles = open_tiles([args.pretrain_data], 64, large_images=True, stride=12, scale=0.1)  # the experiment's
 if not args.steps and args.latent:
-    measure(out, json.loads((out / "histodiff.json").read_text())["provenance"]["autoencoder"]["steps"])
+    from napari_histodiff.core.formats.bundle import read_meta
+
+    measure(out, read_meta(out)["provenance"]["autoencoder"]["steps"])
     sys.exit()
 measure(base, 600)
 for steps in args.steps:
