@@ -23,7 +23,12 @@ from napari_histodiff.core.data.tiles import TileFolder, open_tiles
 from napari_histodiff.core.formats.bundle import load_bundle
 from napari_histodiff.core.generate.selection import score
 from napari_histodiff.core.models.presets import small
-from napari_histodiff.core.train.autoencoder import AutoencoderOptions, psnr, reconstruct, train_autoencoder
+from napari_histodiff.core.train.autoencoder import (
+    AutoencoderOptions,
+    psnr,
+    reconstruct,
+    train_autoencoder,
+)
 
 ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
 ap.add_argument("--base", type=Path, default=Path("/work/exp/base/pretrained"), help="pre-trained bundle")
@@ -56,10 +61,19 @@ def latent_check(vae_dir: Path) -> dict:
     factor), scored on noised latents of every test tile (``latent_accuracy``)."""
     import tempfile
 
-    from napari_histodiff.core.formats.bundle import read_meta, set_vae_scaling_factor, write_meta
-    from napari_histodiff.core.train.classifiers import ClassifierOptions, latent_accuracy, train_latent_classifier
-    from napari_histodiff.core.train.diffusion import latent_scale_factor
     from trunk_check import labelled_copy
+
+    from napari_histodiff.core.formats.bundle import (
+        read_meta,
+        set_vae_scaling_factor,
+        write_meta,
+    )
+    from napari_histodiff.core.train.classifiers import (
+        ClassifierOptions,
+        latent_accuracy,
+        train_latent_classifier,
+    )
+    from napari_histodiff.core.train.diffusion import latent_scale_factor
 
     labelled = TileFolder(args.labelled, 64)
     with tempfile.TemporaryDirectory() as tmp:
