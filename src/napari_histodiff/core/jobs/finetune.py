@@ -10,7 +10,7 @@ from ..base.events import warning
 from ..base.options import require
 from ..train.finetune import FinetuneOptions
 
-__all__ = ["FinetuneOptions", "finetune", "open_labeled"]
+__all__ = ["FinetuneOptions", "finetune", "open_labeled", "open_unlabeled"]
 
 
 def open_labeled(paths, tile_size: int, scale=None, mpp=None, opts: FinetuneOptions | None = None):
@@ -22,6 +22,17 @@ def open_labeled(paths, tile_size: int, scale=None, mpp=None, opts: FinetuneOpti
     opts = opts or FinetuneOptions()
     tiles = open_tiles(paths, tile_size, scale=scale, mpp=mpp, slide_mpp=opts.slide_mpp,
                        annotations=opts.annotations, min_fraction=opts.min_fraction)
+    return tiles, survey_warnings(tiles)
+
+
+def open_unlabeled(paths, tile_size: int, scale=None, mpp=None, opts: FinetuneOptions | None = None):
+    """Unlabelled tiles (folders, slides: their tissue, annotations ignored) at the model's tile size;
+    returns ``(tiles, warnings)``."""
+    from ..data.survey import survey_warnings
+    from ..data.tiles import open_tiles
+
+    opts = opts or FinetuneOptions()
+    tiles = open_tiles(paths, tile_size, scale=scale, mpp=mpp, slide_mpp=opts.slide_mpp)
     return tiles, survey_warnings(tiles)
 
 
@@ -61,9 +72,9 @@ def finetune(opts: FinetuneOptions, model=None, tiles=None):
         raise HistodiffError("{opt:out} must be a new folder, not the pre-trained bundle itself")
     check_source(source)
     preset = source.preset if isinstance(source, Bundle) else Preset.from_dict(read_meta(source)["preset"])
+    mpp = source.meta.get("microns_per_pixel") if isinstance(source, Bundle) else \
+        read_meta(source).get("microns_per_pixel")
     if tiles is None:
-        mpp = source.meta.get("microns_per_pixel") if isinstance(source, Bundle) else \
-            read_meta(source).get("microns_per_pixel")
         tiles, notes = open_labeled(opts.labeled, preset.tile_size, opts.scale, mpp if opts.scale is None else None,
                                     opts)
         for note in notes:
@@ -71,13 +82,22 @@ def finetune(opts: FinetuneOptions, model=None, tiles=None):
     if tiles.tile_size != preset.tile_size:
         raise HistodiffError(f"labeled tiles are {tiles.tile_size} px; the model needs {preset.tile_size} px")
     check_labeled(tiles, opts.min_tiles_per_class)
+    unlabeled = None
+    if opts.unlabeled:
+        unlabeled, notes = open_unlabeled(opts.unlabeled, preset.tile_size, opts.scale,
+                                          mpp if opts.scale is None else None, opts)
+        for note in notes:
+            yield warning(note)
     with output_folder(out, "bundle", opts.intent, allowed=intents):
-        result = yield from run_stages(source, tiles, out, preset, opts)
+        result = yield from run_stages(source, tiles, out, preset, opts, unlabeled)
     counts = ", ".join(f"{c} {n}" for c, n in result["class_counts"].items())
     if result.get("nothing_to_do"):
         result["message"] = (f"nothing to do: {out} is already fine-tuned with these options and tiles "
                              f"({counts}); choose {{opt:intent=overwrite}} to train it again")
         return result
+    pseudo = (result.get("pseudo_labels") or {}).get("per_class")
+    if pseudo:
+        counts += "; pseudo-labelled: " + ", ".join(f"{c} {n}" for c, n in pseudo.items())
     result["message"] = (f"fine-tuned bundle written to {out} (tiles per class: {counts}); "
                          f"try: histodiff sample {out} --per-class 16 --out samples")
     return result

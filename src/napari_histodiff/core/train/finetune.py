@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from ..formats.bundle import read_meta, write_meta
+from ..formats.bundle import load_bundle, read_meta, write_meta
 from ..base.errors import HistodiffError
 from ..base.events import Progress
 from ..base.options import check, device_option, option, precision_option, seed_option, record
@@ -72,6 +72,15 @@ class FinetuneOptions:
                                   "(an ensemble, calibrated on every tile's out-of-fold score; the holdout "
                                   "fraction then applies to the latent classifier only). 1: one ResNet. Scratch "
                                   "trunk only")
+    unlabeled: list[Path] = option(factory=list, gui=False, metavar="DIR",
+                                   help="unlabelled tiles of the same tissue (folders, slides): the selection "
+                                   "classifier labels those it is confident on, and the noisy latent classifier "
+                                   "trains on them beside the labeled tiles (crc5, 20 labeled tiles per class: "
+                                   "36.9 -> 45.6% at t = 0)")
+    pseudo_label_threshold: float = option(0.9, min=0, max=1, help="calibrated selection confidence an "
+                                           "unlabelled tile needs to be pseudo-labelled")
+    unlabeled_max_tiles: int = option(5000, min=1, help="unlabelled tiles scored at most (a seeded random "
+                                      "choice), which bounds the time a large slide takes")
     min_tiles_per_class: int = option(5, min=2, help="fewest labeled tiles a class may have (one to train, one "
                                       "to hold out)")
     holdout: float = option(0.2, min=0, max=0.89, help="fraction of each class held out to measure the classifiers")
@@ -138,7 +147,8 @@ FINETUNE_STAGES = ("finetune", "finetune_unet", "finetune_decoder", "latent_clas
 # options that change what fine-tuning computes: a resume with other values would mix two runs
 SAME_ON_RESUME = ("scale", "unet_learning_rate", "decoder_learning_rate", "clean_latents", "holdout",
                   "batch_size", "seed", "classifier_trunk", "selection_trunk", "classifier_augment",
-                  "selection_augment", "selection_folds")
+                  "selection_augment", "selection_folds", "unlabeled", "pseudo_label_threshold",
+                  "unlabeled_max_tiles")
 
 
 def lineage(provenance: dict, origin: str) -> dict:
@@ -194,9 +204,11 @@ def selection_folds(opts: FinetuneOptions) -> int:
 
 def planned(opts: FinetuneOptions) -> list[tuple[str, int]]:
     """The stages this run trains, with their step counts (the selection classifier's over all its folds)."""
-    stages = [("finetune_unet", opts.unet_steps), ("finetune_decoder", opts.decoder_steps),
-              ("latent_classifier", opts.classifier_steps),
-              ("selection_classifier", opts.selection_steps * selection_folds(opts))]
+    classifiers = [("latent_classifier", opts.classifier_steps),
+                   ("selection_classifier", opts.selection_steps * selection_folds(opts))]
+    if opts.unlabeled:  # the selection classifier pseudo-labels the unlabelled tiles first
+        classifiers.reverse()
+    stages = [("finetune_unet", opts.unet_steps), ("finetune_decoder", opts.decoder_steps), *classifiers]
     return [(stage, steps) for stage, steps in stages if steps]
 
 
@@ -217,9 +229,10 @@ def check_resumable(meta: dict, out_dir: Path, tiles, counts: dict, opts: Finetu
                              "again with the new ones")
 
 
-def finetune(source, tiles, out_dir, preset, options: FinetuneOptions | None = None):
+def finetune(source, tiles, out_dir, preset, options: FinetuneOptions | None = None, unlabeled=None):
     """Fine-tune ``source`` (a bundle folder or an in-memory bundle) into ``out_dir``, or continue the
-    fine-tuning saved there. Yield progress of every stage; return a summary with class counts and
+    fine-tuning saved there. ``unlabeled``: a tile set of the same tissue, pseudo-labelled for the latent
+    classifier (:mod:`.pseudo`). Yield progress of every stage; return a summary with class counts and
     metrics (``nothing_to_do`` when every stage was already trained with these options)."""
     from . import loop as T
     from .autoencoder import AutoencoderOptions, train_autoencoder
@@ -256,10 +269,33 @@ def finetune(source, tiles, out_dir, preset, options: FinetuneOptions | None = N
             steps=opts.decoder_steps, learning_rate=opts.decoder_learning_rate, decoder_only=True,
             stage="finetune_decoder", **common))
     clf = dict(holdout=opts.holdout, **common)
-    result["latent_classifier"] = yield from train_latent_classifier(tiles, out_dir, preset, ClassifierOptions(
-        steps=opts.classifier_steps, clean_latents=opts.clean_latents, trunk=opts.classifier_trunk,
-        augment=opts.classifier_augment, **clf))
-    result["selection_classifier"] = yield from train_selection_classifier(tiles, out_dir, preset, ClassifierOptions(
-        steps=opts.selection_steps, trunk=opts.selection_trunk, augment=opts.selection_augment,
-        folds=selection_folds(opts), **clf))
+
+    def latent(tiles):
+        return (yield from train_latent_classifier(tiles, out_dir, preset, ClassifierOptions(
+            steps=opts.classifier_steps, clean_latents=opts.clean_latents, trunk=opts.classifier_trunk,
+            augment=opts.classifier_augment, **clf)))
+
+    def selection():
+        return (yield from train_selection_classifier(tiles, out_dir, preset, ClassifierOptions(
+            steps=opts.selection_steps, trunk=opts.selection_trunk, augment=opts.selection_augment,
+            folds=selection_folds(opts), **clf)))
+
+    if unlabeled is None:
+        result["latent_classifier"] = yield from latent(tiles)
+        result["selection_classifier"] = yield from selection()
+        return result
+    from ..data.tiles import ConcatTiles
+    from .pseudo import pseudo_label
+
+    result["selection_classifier"] = yield from selection()
+    if not T.stage_written(out_dir, "latent_classifier", opts.classifier_steps):
+        bundle = load_bundle(out_dir, device=opts.device, require_unet=False)
+        pseudo, result["pseudo_labels"] = yield from pseudo_label(
+            bundle, unlabeled, opts.pseudo_label_threshold, opts.unlabeled_max_tiles, opts.seed)
+        del bundle
+        meta = read_meta(out_dir)
+        meta["provenance"]["finetune"]["pseudo_labels"] = result["pseudo_labels"]
+        write_meta(out_dir, meta)
+        tiles = ConcatTiles([tiles, pseudo]) if len(pseudo) else tiles
+    result["latent_classifier"] = yield from latent(tiles)
     return result

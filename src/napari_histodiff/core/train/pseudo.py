@@ -1,0 +1,69 @@
+"""Pseudo-labels: unlabelled tiles of the same tissue, labelled by the fine-tuned bundle's calibrated
+selection classifier where it is confident, join the labeled tiles to train the noisy latent classifier.
+
+On crc5 with 20 labeled tiles per class (``benchmarks/pseudo_label_check.py``) the guidance classifier
+rose from 36.9 / 35.6% to 45.6 / 42.1% at t = 0 / 500 with 547 pseudo-labelled tiles (96.5% correct)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..base.errors import HistodiffError
+from ..base.events import Progress, warning
+from ..data.tiles import TileSet
+
+STAGE = "pseudo_labels"
+
+
+class PseudoLabelled(TileSet):
+    """Tiles ``indices`` of ``tiles`` with ``labels`` (indices into ``class_names``); holds indices only."""
+
+    def __init__(self, tiles: TileSet, indices, labels, class_names):
+        self.tiles, self.tile_size = tiles, tiles.tile_size
+        self.indices = np.asarray(indices, dtype=np.int64)
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.class_names = list(class_names)
+        self.description = f"pseudo-labelled: {tiles.description}"
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.tiles[int(self.indices[self._index(i)])]
+
+    def label(self, i: int) -> int:
+        return int(self.labels[self._index(i)])
+
+    def origin(self, i: int) -> str:
+        return self.tiles.origin(int(self.indices[self._index(i)]))
+
+
+def pseudo_label(bundle, unlabeled: TileSet, threshold: float, max_tiles: int, seed: int = 0, batch_size: int = 64):
+    """Score at most ``max_tiles`` of ``unlabeled`` (a seeded random choice) with ``bundle``'s selection
+    classifier; yield progress, return ``(PseudoLabelled, report)`` with the tiles whose calibrated
+    confidence is at least ``threshold`` and the count kept per class."""
+    from ..generate.selection import score
+
+    if unlabeled.tile_size != bundle.tile_size:
+        raise HistodiffError(f"unlabelled tiles are {unlabeled.tile_size} px; the bundle needs {bundle.tile_size} px")
+    n = len(unlabeled)
+    if n == 0:
+        raise HistodiffError("the unlabelled folders or slides hold no tiles; check {opt:unlabeled}")
+    idx = np.sort(np.random.default_rng(seed).permutation(n)[:max_tiles]) if n > max_tiles else np.arange(n)
+    probs = []
+    for i in range(0, len(idx), batch_size):
+        part = idx[i : i + batch_size]
+        probs.append(score(bundle, np.stack([unlabeled[int(j)] for j in part]), batch_size)[0])
+        yield Progress(STAGE, i + len(part), len(idx))
+    probs = np.concatenate(probs)
+    pred, keep = probs.argmax(1), probs.max(1) >= threshold
+    names = bundle.class_names
+    per_class = {c: int((pred[keep] == k).sum()) for k, c in enumerate(names)}
+    report = {"scored": int(len(idx)), "of": int(n), "threshold": threshold, "per_class": per_class}
+    yield Progress(STAGE, len(idx), len(idx), message="pseudo-labelled tiles per class: " +
+                   ", ".join(f"{c} {k}" for c, k in per_class.items()))
+    empty = [c for c, k in per_class.items() if k == 0]
+    if empty:
+        yield warning(f"no unlabelled tile reached confidence {threshold} for class {', '.join(empty)}; the latent "
+                      "classifier learns those from the labeled tiles only")
+    return PseudoLabelled(unlabeled, idx[keep], pred[keep], names), report

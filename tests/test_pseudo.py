@@ -1,0 +1,81 @@
+"""Pseudo-labels: unlabelled tiles labelled by the calibrated selection classifier for the latent classifier."""
+
+import json
+
+import numpy as np
+import pytest
+
+from test_cli import run
+from test_cli_method import write_labeled
+
+
+@pytest.fixture(scope="module")
+def other_tiles():
+    """Tiles of the demo image at other positions than the labeled ones, with their colour-deconvolution class."""
+    from napari_histodiff.core.jobs.demo import demo_labeled_tiles
+
+    return demo_labeled_tiles(32, stride=24)
+
+
+def test_confident_tiles_get_their_class_within_the_limit(finetuned_bundle, other_tiles):
+    from napari_histodiff import load_bundle
+    from napari_histodiff.core.base.events import run_to_end
+    from napari_histodiff.core.data.tiles import ArrayTiles
+    from napari_histodiff.core.train.pseudo import pseudo_label
+
+    bundle = load_bundle(finetuned_bundle[0], device="cpu")
+    unlabeled = ArrayTiles(other_tiles.tiles)
+    events = []
+    pseudo, report = run_to_end(pseudo_label(bundle, unlabeled, 0.9, 10**6), events.append)
+    assert report["scored"] == len(unlabeled) and events[-1].step == events[-1].total == len(unlabeled)
+    assert sum(report["per_class"].values()) == len(pseudo) > len(unlabeled) // 3
+    assert min(report["per_class"].values()) > 0
+    truth = other_tiles.labels[pseudo.indices]
+    assert np.mean([pseudo.label(i) for i in range(len(pseudo))] == truth) >= 0.9
+    assert np.array_equal(pseudo[0], unlabeled[int(pseudo.indices[0])]) and pseudo.class_names == bundle.class_names
+    # a seeded random choice of at most max_tiles, the same each time
+    a, ra = run_to_end(pseudo_label(bundle, unlabeled, 0.9, 10, seed=3))
+    b, _ = run_to_end(pseudo_label(bundle, unlabeled, 0.9, 10, seed=3))
+    assert ra["scored"] == 10 and ra["of"] == len(unlabeled) and np.array_equal(a.indices, b.indices)
+
+
+def test_a_class_no_unlabelled_tile_reaches_is_reported(finetuned_bundle, other_tiles):
+    from napari_histodiff import load_bundle
+    from napari_histodiff.core.base.events import run_to_end
+    from napari_histodiff.core.data.tiles import ArrayTiles
+    from napari_histodiff.core.train.pseudo import pseudo_label
+
+    bundle = load_bundle(finetuned_bundle[0], device="cpu")
+    only_dab = ArrayTiles(other_tiles.tiles[other_tiles.labels == 0])
+    events = []
+    _, report = run_to_end(pseudo_label(bundle, only_dab, 0.9, 10**6), events.append)
+    assert report["per_class"]["hematoxylin-rich"] == 0 < report["per_class"]["DAB-rich"]
+    warned = [e.message for e in events if e.stage == "warning"]
+    assert len(warned) == 1 and "hematoxylin-rich" in warned[0] and "DAB-rich" not in warned[0]
+
+
+def test_finetune_with_unlabeled_tiles_through_the_cli(tmp_path, trained_bundle, labeled_tiles, other_tiles,
+                                                        capsys):
+    import imageio.v3 as iio
+
+    data = write_labeled(tmp_path / "labeled", labeled_tiles)
+    unl = tmp_path / "unlabeled"
+    unl.mkdir()
+    for i, tile in enumerate(other_tiles.tiles[:40]):
+        iio.imwrite(unl / f"u{i}.png", tile)
+    out = tmp_path / "ft"
+    code, text, err = run(capsys, "finetune", trained_bundle, "--labeled", data, "--unlabeled", unl, "--out", out,
+                          "--classifier-steps", 4, "--selection-steps", 30, "--finetune-unet-steps", 0,
+                          "--pseudo-label-threshold", 0.6, "--device", "cpu")
+    assert code == 0, err
+    meta = json.loads((out / "histodiff.json").read_text())
+    pseudo = meta["provenance"]["finetune"]["pseudo_labels"]
+    assert pseudo["scored"] == 40 and pseudo["threshold"] == 0.6
+    kept = sum(pseudo["per_class"].values())
+    assert f"pseudo-labelled: DAB-rich {pseudo['per_class']['DAB-rich']}" in text + err
+    # the latent classifier trained on the labeled tiles and the pseudo-labelled ones
+    assert meta["provenance"]["latent_classifier"]["tiles"] == 12 + kept > 12
+    # a missing unlabelled folder is refused before anything is written
+    code, _, err = run(capsys, "finetune", trained_bundle, "--labeled", data, "--unlabeled", tmp_path / "nope",
+                       "--out", tmp_path / "ft2", "--device", "cpu")
+    assert code == 2 and "nope" in err and not (tmp_path / "ft2").exists()
