@@ -24,7 +24,30 @@ from napari_histodiff.core.data.tiles import ArrayTiles, ConcatTiles, TileFolder
 from napari_histodiff.core.formats.bundle import load_bundle
 from napari_histodiff.core.generate.selection import score
 from napari_histodiff.core.models.presets import small
-from napari_histodiff.core.train.classifiers import ClassifierOptions, latent_accuracy, train_latent_classifier
+from napari_histodiff.core.train.classifiers import (
+    ClassifierOptions,
+    latent_accuracy,
+    train_latent_classifier,
+)
+
+
+
+def swap_vae(d: Path, vae_dir: Path) -> None:
+    import shutil
+
+    from napari_histodiff.core.data.tiles import open_tiles
+    from napari_histodiff.core.formats.bundle import read_meta, set_vae_scaling_factor, write_meta
+    from napari_histodiff.core.train.diffusion import latent_scale_factor
+
+    shutil.rmtree(d / "vae")
+    shutil.copytree(vae_dir / "vae", d / "vae")
+    tiles = open_tiles([Path("/work/shared/data/pretrain")], 64, large_images=True, stride=12, scale=0.1)
+    scale = latent_scale_factor(load_bundle(d, device="cpu").vae, tiles, 512, 0, "cpu")
+    set_vae_scaling_factor(d, scale)
+    meta = read_meta(d)
+    meta["latent_scale_factor"] = scale
+    write_meta(d, meta)
+
 
 ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
 ap.add_argument("--base", type=Path, default=Path("/work/exp/base/pretrained"), help="pre-trained bundle")
@@ -34,6 +57,8 @@ ap.add_argument("--labelled", type=Path, default=Path("/work/exp/ens/data/k20"))
 ap.add_argument("--threshold", type=float, default=0.9)
 ap.add_argument("--steps", type=int, nargs="+", default=[400])
 ap.add_argument("--no-augment", action="store_true", help="train without classifier_augment")
+ap.add_argument("--vae", type=Path, help="another autoencoder (a bundle folder, e.g. /work/exp/aemore: 4200 steps) "
+                "in place of the base bundle's, with its own latent scale factor")
 ap.add_argument("--arms", nargs="+", default=["labelled", "labelled+pseudo"])
 args = ap.parse_args()
 
@@ -61,6 +86,8 @@ with tempfile.TemporaryDirectory() as tmp:
         for name in args.arms:
             tiles = arms[name]
             d = labelled_copy(args.base, Path(tmp) / f"{name}-{steps}", classes)
+            if args.vae:
+                swap_vae(d, args.vae)
             t0 = time.time()
             run_to_end(train_latent_classifier(tiles, d, small(), ClassifierOptions(
                 steps=steps, device="cpu", augment=not args.no_augment, checkpoint_every=10**6)))

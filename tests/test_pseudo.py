@@ -4,7 +4,6 @@ import json
 
 import numpy as np
 import pytest
-
 from test_cli import run
 from test_cli_method import write_labeled
 

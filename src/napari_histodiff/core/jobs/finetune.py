@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from ..base.threads import fit_threads
 from pathlib import Path
 
 from ..base.errors import HistodiffError
 from ..base.events import warning
 from ..base.options import require
+from ..base.threads import fit_threads
 from ..train.finetune import FinetuneOptions
 
 __all__ = ["FinetuneOptions", "finetune", "open_labeled", "open_unlabeled"]
