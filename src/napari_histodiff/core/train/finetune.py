@@ -77,9 +77,9 @@ class FinetuneOptions:
                                    "classifier labels those it is confident on, and the noisy latent classifier "
                                    "trains on them beside the labeled tiles (crc5, 20 labeled tiles per class: "
                                    "36.9 -> 45.6% at t = 0)")
-    pseudo_label_threshold: float = option(0.9, min=0, max=1, help="calibrated selection confidence an "
+    pseudo_label_threshold: float = option(0.9, min=0, max=1, gui=False, help="calibrated selection confidence an "
                                            "unlabelled tile needs to be pseudo-labelled")
-    unlabeled_max_tiles: int = option(5000, min=1, help="unlabelled tiles scored at most (a seeded random "
+    unlabeled_max_tiles: int = option(5000, min=1, gui=False, help="unlabelled tiles scored at most (a seeded random "
                                       "choice), which bounds the time a large slide takes")
     min_tiles_per_class: int = option(5, min=2, help="fewest labeled tiles a class may have (one to train, one "
                                       "to hold out)")
