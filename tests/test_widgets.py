@@ -146,6 +146,36 @@ def test_finetune_worker_runs_to_completion_and_loop_stays_responsive(make_napar
     assert len(stamps) > 20  # the loop kept ticking while training ran
 
 
+def test_finetune_with_a_folder_of_unlabelled_tiles_reports_pseudo_labels(make_napari_viewer, qtbot, trained_bundle,
+                                                                          fresh_model, labeled_tiles, tmp_path):
+    import imageio.v3 as iio
+
+    from napari_histodiff import load_bundle
+    from napari_histodiff.widgets._common import State
+
+    unl = tmp_path / "unlabelled"
+    unl.mkdir()
+    for i in range(0, len(labeled_tiles), 3):
+        iio.imwrite(unl / f"u{i}.png", labeled_tiles.tiles[i])
+    viewer = make_napari_viewer()
+    fresh_model.set(load_bundle(trained_bundle, device="cpu"))
+    open_annotated_sample(viewer)
+    w = dock(viewer, "Fine-tune")
+    assert w.options().unlabeled == []  # empty: off
+    w.out.value = str(tmp_path / "ft")
+    w.unlabeled.value = str(unl)
+    for name, value in dict(classifier_steps=5, selection_steps=20, unet_steps=0).items():
+        w.form[name].value = value
+    assert w.options().unlabeled == [unl]
+    w.extract()
+    qtbot.waitUntil(lambda: w.tiles is not None, timeout=30_000)
+    w.start()
+    qtbot.waitUntil(lambda: w.state == State.DONE, timeout=120_000)
+    per_class = w.result["pseudo_labels"]["per_class"]
+    assert w.result["pseudo_labels"]["scored"] == len(list(unl.iterdir()))
+    assert "pseudo-labelled: " + ", ".join(f"{c} {n}" for c, n in per_class.items()) in w.summary
+
+
 def test_cancel_leaves_a_resumable_checkpoint(make_napari_viewer, qtbot, trained_bundle, fresh_model, tmp_path):
     from napari_histodiff import load_bundle
     from napari_histodiff.widgets._common import State

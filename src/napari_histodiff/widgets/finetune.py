@@ -182,6 +182,10 @@ class FinetuneWidget(JobPanel, QWidget):
         self.out = path_edit("d", output_folder("finetuned", self.image.layer()),
                              tip=FinetuneOptions.__dataclass_fields__["out"].metadata["help"])
         self.intent = field_edit(FinetuneOptions, "intent")
+        self.unlabeled = path_edit("d", tip="optional: a folder of unlabelled tiles of the same tissue; the selection "
+                                   "classifier labels those it is confident on and the noisy latent classifier "
+                                   "trains on them too (empty: off)")
+        self.unlabeled.line_edit.native.setText("")  # FileEdit shows "." for no path
         self.device = DeviceCombo()
         self.device.follow(MODEL.bundle)
         self.extract_button = QPushButton("Extract tiles")
@@ -214,6 +218,7 @@ class FinetuneWidget(JobPanel, QWidget):
         options = QGroupBox("fine-tuning")
         self.form.add_row(LABELS["out"], self.out, wide=True)
         self.form.add_row(self.intent.label, self.intent)
+        self.form.add_row("unlabelled tiles", self.unlabeled, wide=True)
         self.form.add_row("device", self.device)
         QVBoxLayout(options).addWidget(self.form)
         layout = scroll_page(self)
@@ -347,8 +352,9 @@ class FinetuneWidget(JobPanel, QWidget):
     def options(self) -> FinetuneOptions:
         """The job's options: the form, the output folder and intent, the device."""
         MODEL.require()
+        unlabeled = self.unlabeled.line_edit.native.text().strip()
         return self.form.read(out=Path(str(self.out.value)), intent=self.intent.value,
-                              device=self.device.currentText())
+                              device=self.device.currentText(), unlabeled=[Path(unlabeled)] if unlabeled else [])
 
     def start(self):
         from ..core.base.errors import HistodiffError
@@ -441,6 +447,9 @@ class FinetuneWidget(JobPanel, QWidget):
         if self.result.get("nothing_to_do"):
             text = render(self.result["message"], self.label_of) + f" (the bundle is loaded). {summary}"
         else:
+            pseudo = (self.result.get("pseudo_labels") or {}).get("per_class")
+            if pseudo:
+                counts += "; pseudo-labelled: " + ", ".join(f"{c} {n}" for c, n in pseudo.items())
             text = f"fine-tuned bundle written to {self.out_dir} and loaded (tiles per class: {counts}). {summary}"
         self.summary = text
         if near_chance:
