@@ -54,6 +54,7 @@ class Settings:
     ks: list[int] = field(default_factory=lambda: [20, 100])
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     test_per_class: int | None = None  # None: every crc5 tile not in a labeled set
+    unlabeled_per_class: int = 0  # crc5 tiles per class set aside without labels (not tested): finetune --unlabeled
     pretrain_scale: float = 0.1
     pretrain_stride: int = 12
     pretrain_extra: list = field(default_factory=list)  # more pre-training folders: [[subdir, scale, stride]]
@@ -142,15 +143,18 @@ def make_data(data_root: Path, out: Path, s: Settings) -> None:
     if (out / "split.json").is_file():
         return
     rng = np.random.default_rng(2023)
-    split = {"labeled": {}, "test": {}}
-    kmax = max(s.ks)
+    split = {"labeled": {}, "test": {}, "unlabeled": {}}
+    kmax, u = max(s.ks), s.unlabeled_per_class
     for c in CLASSES:
         files = sorted(p.name for p in (data_root / "crc5" / c).glob("*.jpg"))
         order = rng.permutation(len(files))
         split["labeled"][c] = [files[i] for i in order[:kmax]]
-        rest = [files[i] for i in order[kmax:]]
+        split["unlabeled"][c] = [files[i] for i in order[kmax : kmax + u]]
+        rest = [files[i] for i in order[kmax + u :]]
         split["test"][c] = rest[: s.test_per_class] if s.test_per_class else rest
     for c in CLASSES:
+        for name in split["unlabeled"][c]:  # one folder, no class: only the labels of split.json say it
+            _png(iio, out / "unlabeled" / name, _fit_square(read_rgb(data_root / "crc5" / c / name), 64))
         for name in split["labeled"][c] + split["test"][c]:
             tile = _fit_square(read_rgb(data_root / "crc5" / c / name), 64)
             if name in split["test"][c]:
@@ -204,7 +208,11 @@ def finetune_all(pre: Path, kdir: Path, labeled: Path, s: Settings, ablations: b
                            classifier_augment=s.clf_augment, selection_trunk=s.sel_trunk,
                            selection_folds=s.sel_folds)
     made = {"finetuned": kdir / "finetuned"}
-    info = drain(finetune(pre, tiles, made["finetuned"], small(), opts), "finetune")
+    unlabeled = None
+    if s.unlabeled_per_class:
+        opts.unlabeled = [labeled.parent / "unlabeled"]
+        unlabeled = TileFolder(opts.unlabeled[0], 64)
+    info = drain(finetune(pre, tiles, made["finetuned"], small(), opts, unlabeled), "finetune")
     if not ablations:
         return made
     made["no-unet-ft"] = kdir / "no-unet-ft"  # fine-tuned classifiers, pre-trained UNet
