@@ -270,8 +270,8 @@ def finetune(source, tiles, out_dir, preset, options: FinetuneOptions | None = N
             stage="finetune_decoder", **common))
     clf = dict(holdout=opts.holdout, **common)
 
-    def latent(tiles):
-        return (yield from train_latent_classifier(tiles, out_dir, preset, ClassifierOptions(
+    def latent(train_tiles):
+        return (yield from train_latent_classifier(train_tiles, out_dir, preset, ClassifierOptions(
             steps=opts.classifier_steps, clean_latents=opts.clean_latents, trunk=opts.classifier_trunk,
             augment=opts.classifier_augment, **clf)))
 
@@ -288,6 +288,7 @@ def finetune(source, tiles, out_dir, preset, options: FinetuneOptions | None = N
     from .pseudo import pseudo_label
 
     result["selection_classifier"] = yield from selection()
+    with_pseudo = tiles
     if not T.stage_written(out_dir, "latent_classifier", opts.classifier_steps):
         bundle = load_bundle(out_dir, device=opts.device, require_unet=False)
         pseudo, result["pseudo_labels"] = yield from pseudo_label(
@@ -296,6 +297,6 @@ def finetune(source, tiles, out_dir, preset, options: FinetuneOptions | None = N
         meta = read_meta(out_dir)
         meta["provenance"]["finetune"]["pseudo_labels"] = result["pseudo_labels"]
         write_meta(out_dir, meta)
-        tiles = ConcatTiles([tiles, pseudo]) if len(pseudo) else tiles
-    result["latent_classifier"] = yield from latent(tiles)
+        with_pseudo = ConcatTiles([tiles, pseudo]) if len(pseudo) else tiles
+    result["latent_classifier"] = yield from latent(with_pseudo)
     return result
