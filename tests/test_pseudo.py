@@ -38,6 +38,19 @@ def test_confident_tiles_get_their_class_within_the_limit(finetuned_bundle, othe
     assert ra["scored"] == 10 and ra["of"] == len(unlabeled) and np.array_equal(a.indices, b.indices)
 
 
+def test_the_joined_set_keeps_the_labeled_class_order():
+    from napari_histodiff.core.data.tiles import ArrayTiles
+    from napari_histodiff.core.train.pseudo import PseudoLabelled, WithPseudoLabels
+
+    tiles = np.arange(5 * 4 * 4 * 3, dtype=np.uint8).reshape(5, 4, 4, 3)
+    labeled = ArrayTiles(tiles[:2], [0, 1], ["tumour", "stroma"])  # not in sorted order
+    pseudo = PseudoLabelled(ArrayTiles(tiles[2:]), [2, 0], [1, 0], ["tumour", "stroma"])
+    joined = WithPseudoLabels(labeled, pseudo)
+    assert joined.class_names == ["tumour", "stroma"] and len(joined) == 4
+    assert [joined.label(i) for i in range(4)] == [0, 1, 1, 0]
+    assert np.array_equal(joined[2], tiles[4]) and np.array_equal(joined[3], tiles[2])
+
+
 def test_a_class_no_unlabelled_tile_reaches_is_reported(finetuned_bundle, other_tiles):
     from napari_histodiff import load_bundle
     from napari_histodiff.core.base.events import run_to_end

@@ -284,8 +284,7 @@ def finetune(source, tiles, out_dir, preset, options: FinetuneOptions | None = N
         result["latent_classifier"] = yield from latent(tiles)
         result["selection_classifier"] = yield from selection()
         return result
-    from ..data.tiles import ConcatTiles
-    from .pseudo import pseudo_label
+    from .pseudo import WithPseudoLabels, pseudo_label
 
     result["selection_classifier"] = yield from selection()
     with_pseudo = tiles
@@ -297,6 +296,6 @@ def finetune(source, tiles, out_dir, preset, options: FinetuneOptions | None = N
         meta = read_meta(out_dir)
         meta["provenance"]["finetune"]["pseudo_labels"] = result["pseudo_labels"]
         write_meta(out_dir, meta)
-        with_pseudo = ConcatTiles([tiles, pseudo]) if len(pseudo) else tiles
+        with_pseudo = WithPseudoLabels(tiles, pseudo) if len(pseudo) else tiles
     result["latent_classifier"] = yield from latent(with_pseudo)
     return result

@@ -38,6 +38,39 @@ class PseudoLabelled(TileSet):
         return self.tiles.origin(int(self.indices[self._index(i)]))
 
 
+class WithPseudoLabels(TileSet):
+    """The labeled tiles followed by the pseudo-labelled ones, in the labeled tiles' class order (which
+    the bundle's class names follow; ``ConcatTiles`` would sort the names)."""
+
+    def __init__(self, labeled: TileSet, pseudo: PseudoLabelled):
+        if pseudo.class_names != list(labeled.class_names):
+            raise HistodiffError(f"pseudo-labels name classes {pseudo.class_names}, the labeled tiles "
+                                 f"{labeled.class_names}")
+        self.labeled, self.pseudo, self.tile_size = labeled, pseudo, labeled.tile_size
+        self.class_names = list(labeled.class_names)
+        self.description = f"{labeled.description}; {pseudo.description}"
+
+    def __len__(self) -> int:
+        return len(self.labeled) + len(self.pseudo)
+
+    def _part(self, i: int):
+        j = self._index(i)
+        n = len(self.labeled)
+        return (self.labeled, j) if j < n else (self.pseudo, j - n)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        part, j = self._part(i)
+        return part[j]
+
+    def label(self, i: int) -> int | None:
+        part, j = self._part(i)
+        return part.label(j)
+
+    def origin(self, i: int) -> str:
+        part, j = self._part(i)
+        return part.origin(j)
+
+
 def pseudo_label(bundle, unlabeled: TileSet, threshold: float, max_tiles: int, seed: int = 0, batch_size: int = 64):
     """Score at most ``max_tiles`` of ``unlabeled`` (a seeded random choice) with ``bundle``'s selection
     classifier; yield progress, return ``(PseudoLabelled, report)`` with the tiles whose calibrated
