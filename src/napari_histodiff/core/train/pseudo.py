@@ -75,8 +75,13 @@ def pseudo_label(bundle, unlabeled: TileSet, threshold: float, max_tiles: int, s
     """Score at most ``max_tiles`` of ``unlabeled`` (a seeded random choice) with ``bundle``'s selection
     classifier; yield progress, return ``(PseudoLabelled, report)`` with the tiles whose calibrated
     confidence is at least ``threshold`` and the count kept per class."""
-    from ..generate.selection import score
+    import torch
 
+    from ..models.pixels import to_model_input
+
+    clf = bundle.selection_classifier
+    if clf is None:
+        raise HistodiffError("the bundle has no selection classifier to pseudo-label with")
     if unlabeled.tile_size != bundle.tile_size:
         raise HistodiffError(f"unlabelled tiles are {unlabeled.tile_size} px; the bundle needs {bundle.tile_size} px")
     n = len(unlabeled)
@@ -86,7 +91,9 @@ def pseudo_label(bundle, unlabeled: TileSet, threshold: float, max_tiles: int, s
     probs = []
     for i in range(0, len(idx), batch_size):
         part = idx[i : i + batch_size]
-        probs.append(score(bundle, np.stack([unlabeled[int(j)] for j in part]), batch_size)[0])
+        x = torch.from_numpy(np.stack([unlabeled[int(j)] for j in part]))
+        with torch.no_grad():
+            probs.append(clf.score(to_model_input(x, bundle.device))["probs"].cpu().numpy())
         yield Progress(STAGE, i + len(part), len(idx))
     probs = np.concatenate(probs)
     pred, keep = probs.argmax(1), probs.max(1) >= threshold
