@@ -61,30 +61,18 @@ def latent_check(vae_dir: Path) -> dict:
     factor), scored on noised latents of every test tile (``latent_accuracy``)."""
     import tempfile
 
-    from trunk_check import labelled_copy
+    from trunk_check import labelled_copy, swap_vae
 
-    from napari_histodiff.core.formats.bundle import (
-        read_meta,
-        set_vae_scaling_factor,
-        write_meta,
-    )
     from napari_histodiff.core.train.classifiers import (
         ClassifierOptions,
         latent_accuracy,
         train_latent_classifier,
     )
-    from napari_histodiff.core.train.diffusion import latent_scale_factor
 
     labelled = TileFolder(args.labelled, 64)
     with tempfile.TemporaryDirectory() as tmp:
         d = labelled_copy(base, Path(tmp) / "b", labelled.class_names)
-        shutil.rmtree(d / "vae")
-        shutil.copytree(vae_dir / "vae", d / "vae")
-        scale = latent_scale_factor(load_bundle(d, device="cpu").vae, tiles, 512, 0, "cpu")
-        set_vae_scaling_factor(d, scale)
-        meta = read_meta(d)
-        meta["latent_scale_factor"] = scale
-        write_meta(d, meta)
+        swap_vae(d, vae_dir, tiles)
         run_to_end(train_latent_classifier(labelled, d, small(), ClassifierOptions(
             steps=400, device="cpu", augment=True, checkpoint_every=10**6)))
         return latent_accuracy(load_bundle(d, device="cpu"), te)

@@ -17,10 +17,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from trunk_check import labelled_copy
+from trunk_check import labelled_copy, swap_vae
 
 from napari_histodiff.core.base.events import run_to_end
-from napari_histodiff.core.data.tiles import ArrayTiles, ConcatTiles, TileFolder
+from napari_histodiff.core.data.tiles import ArrayTiles, ConcatTiles, TileFolder, open_tiles
 from napari_histodiff.core.formats.bundle import load_bundle
 from napari_histodiff.core.generate.selection import score
 from napari_histodiff.core.models.presets import small
@@ -29,25 +29,6 @@ from napari_histodiff.core.train.classifiers import (
     latent_accuracy,
     train_latent_classifier,
 )
-
-
-
-def swap_vae(d: Path, vae_dir: Path) -> None:
-    import shutil
-
-    from napari_histodiff.core.data.tiles import open_tiles
-    from napari_histodiff.core.formats.bundle import read_meta, set_vae_scaling_factor, write_meta
-    from napari_histodiff.core.train.diffusion import latent_scale_factor
-
-    shutil.rmtree(d / "vae")
-    shutil.copytree(vae_dir / "vae", d / "vae")
-    tiles = open_tiles([Path("/work/shared/data/pretrain")], 64, large_images=True, stride=12, scale=0.1)
-    scale = latent_scale_factor(load_bundle(d, device="cpu").vae, tiles, 512, 0, "cpu")
-    set_vae_scaling_factor(d, scale)
-    meta = read_meta(d)
-    meta["latent_scale_factor"] = scale
-    write_meta(d, meta)
-
 
 ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
 ap.add_argument("--base", type=Path, default=Path("/work/exp/base/pretrained"), help="pre-trained bundle")
@@ -59,6 +40,8 @@ ap.add_argument("--steps", type=int, nargs="+", default=[400])
 ap.add_argument("--no-augment", action="store_true", help="train without classifier_augment")
 ap.add_argument("--vae", type=Path, help="another autoencoder (a bundle folder, e.g. /work/exp/aemore: 4200 steps) "
                 "in place of the base bundle's, with its own latent scale factor")
+ap.add_argument("--pretrain-data", type=Path, default=Path("/work/shared/data/pretrain"),
+                help="tiles that measure a swapped autoencoder's scale factor (the experiment's)")
 ap.add_argument("--arms", nargs="+", default=["labelled", "labelled+pseudo"])
 args = ap.parse_args()
 
@@ -80,6 +63,7 @@ report = {"threshold": args.threshold, "pool": len(pool), "kept": int(keep.sum()
                                   else None for k, c in enumerate(classes)}}
 print(json.dumps(report), flush=True)
 pseudo = ArrayTiles(pool[keep], pred[keep], classes)
+pretrain_tiles = open_tiles([args.pretrain_data], 64, large_images=True, stride=12, scale=0.1) if args.vae else None
 with tempfile.TemporaryDirectory() as tmp:
     for steps in args.steps:
         arms = {"labelled": labelled, "labelled+pseudo": ConcatTiles([labelled, pseudo])}
@@ -87,7 +71,7 @@ with tempfile.TemporaryDirectory() as tmp:
             tiles = arms[name]
             d = labelled_copy(args.base, Path(tmp) / f"{name}-{steps}", classes)
             if args.vae:
-                swap_vae(d, args.vae)
+                swap_vae(d, args.vae, pretrain_tiles)
             t0 = time.time()
             run_to_end(train_latent_classifier(tiles, d, small(), ClassifierOptions(
                 steps=steps, device="cpu", augment=not args.no_augment, checkpoint_every=10**6)))

@@ -75,6 +75,21 @@ def labelled_copy(bundle_dir: Path, d: Path, classes) -> Path:
     return d
 
 
+def swap_vae(d: Path, vae_dir: Path, tiles) -> None:
+    """Put the autoencoder of bundle ``vae_dir`` into bundle ``d``, with its own latent scale factor
+    (measured on ``tiles``)."""
+    from napari_histodiff.core.formats.bundle import load_bundle, read_meta, set_vae_scaling_factor, write_meta
+    from napari_histodiff.core.train.diffusion import latent_scale_factor
+
+    shutil.rmtree(d / "vae")
+    shutil.copytree(vae_dir / "vae", d / "vae")
+    scale = latent_scale_factor(load_bundle(d, device="cpu").vae, tiles, 512, 0, "cpu")
+    set_vae_scaling_factor(d, scale)
+    meta = read_meta(d)
+    meta["latent_scale_factor"] = scale
+    write_meta(d, meta)
+
+
 def compare(bundle_dir: Path, work: Path, steps: int, per_class: int, seed: int = 0, augment: bool = False,
             trunk_lr: float | None = None):
     """Held-out accuracy per timestep of each trunk after ``steps`` steps: {trunk: {acc_tT: ...}}."""

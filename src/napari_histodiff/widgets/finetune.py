@@ -447,9 +447,9 @@ class FinetuneWidget(JobPanel, QWidget):
         if self.result.get("nothing_to_do"):
             text = render(self.result["message"], self.label_of) + f" (the bundle is loaded). {summary}"
         else:
-            pseudo = (self.result.get("pseudo_labels") or {}).get("per_class")
-            if pseudo:
-                counts += "; pseudo-labelled: " + ", ".join(f"{c} {n}" for c, n in pseudo.items())
+            from ..core.train.pseudo import pseudo_summary
+
+            counts += pseudo_summary(self.result)
             text = f"fine-tuned bundle written to {self.out_dir} and loaded (tiles per class: {counts}). {summary}"
         self.summary = text
         if near_chance:

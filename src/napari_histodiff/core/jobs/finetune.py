@@ -10,29 +10,20 @@ from ..base.options import require
 from ..base.threads import fit_threads
 from ..train.finetune import FinetuneOptions
 
-__all__ = ["FinetuneOptions", "finetune", "open_labeled", "open_unlabeled"]
+__all__ = ["FinetuneOptions", "finetune", "open_labeled"]
 
 
-def open_labeled(paths, tile_size: int, scale=None, mpp=None, opts: FinetuneOptions | None = None):
+def open_labeled(paths, tile_size: int, scale=None, mpp=None, opts: FinetuneOptions | None = None,
+                 labeled: bool = True):
     """Labeled tile folders or annotated slides (at ``mpp``) at the model's tile size; returns
-    ``(tiles, warnings)`` (odd sizes, grey tiles)."""
+    ``(tiles, warnings)`` (odd sizes, grey tiles). ``labeled=False``: unlabelled tiles (folders, slides:
+    their tissue, annotations ignored)."""
     from ..data.survey import survey_warnings
     from ..data.tiles import open_tiles
 
     opts = opts or FinetuneOptions()
-    tiles = open_tiles(paths, tile_size, scale=scale, mpp=mpp, slide_mpp=opts.slide_mpp,
-                       annotations=opts.annotations, min_fraction=opts.min_fraction)
-    return tiles, survey_warnings(tiles)
-
-
-def open_unlabeled(paths, tile_size: int, scale=None, mpp=None, opts: FinetuneOptions | None = None):
-    """Unlabelled tiles (folders, slides: their tissue, annotations ignored) at the model's tile size;
-    returns ``(tiles, warnings)``."""
-    from ..data.survey import survey_warnings
-    from ..data.tiles import open_tiles
-
-    opts = opts or FinetuneOptions()
-    tiles = open_tiles(paths, tile_size, scale=scale, mpp=mpp, slide_mpp=opts.slide_mpp)
+    labels = {"annotations": opts.annotations, "min_fraction": opts.min_fraction} if labeled else {}
+    tiles = open_tiles(paths, tile_size, scale=scale, mpp=mpp, slide_mpp=opts.slide_mpp, **labels)
     return tiles, survey_warnings(tiles)
 
 
@@ -84,8 +75,8 @@ def finetune(opts: FinetuneOptions, model=None, tiles=None):
     check_labeled(tiles, opts.min_tiles_per_class)
     unlabeled = None
     if opts.unlabeled:
-        unlabeled, notes = open_unlabeled(opts.unlabeled, preset.tile_size, opts.scale,
-                                          mpp if opts.scale is None else None, opts)
+        unlabeled, notes = open_labeled(opts.unlabeled, preset.tile_size, opts.scale,
+                                        mpp if opts.scale is None else None, opts, labeled=False)
         for note in notes:
             yield warning(note)
     with output_folder(out, "bundle", opts.intent, allowed=intents):
@@ -95,9 +86,9 @@ def finetune(opts: FinetuneOptions, model=None, tiles=None):
         result["message"] = (f"nothing to do: {out} is already fine-tuned with these options and tiles "
                              f"({counts}); choose {{opt:intent=overwrite}} to train it again")
         return result
-    pseudo = (result.get("pseudo_labels") or {}).get("per_class")
-    if pseudo:
-        counts += "; pseudo-labelled: " + ", ".join(f"{c} {n}" for c, n in pseudo.items())
+    from ..train.pseudo import pseudo_summary
+
+    counts += pseudo_summary(result)
     result["message"] = (f"fine-tuned bundle written to {out} (tiles per class: {counts}); "
                          f"try: histodiff sample {out} --per-class 16 --out samples")
     return result

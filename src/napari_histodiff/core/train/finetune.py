@@ -280,7 +280,10 @@ def finetune(source, tiles, out_dir, preset, options: FinetuneOptions | None = N
             steps=opts.selection_steps, trunk=opts.selection_trunk, augment=opts.selection_augment,
             folds=selection_folds(opts), **clf)))
 
-    if unlabeled is None:
+    if bool(opts.unlabeled) != (unlabeled is not None):  # planned() orders the stages by opts.unlabeled
+        raise HistodiffError("give the unlabelled tiles both as {opt:unlabeled} and as the opened tile set "
+                             "(jobs.finetune.open_labeled(..., labeled=False)), or neither")
+    if not opts.unlabeled:
         result["latent_classifier"] = yield from latent(tiles)
         result["selection_classifier"] = yield from selection()
         return result

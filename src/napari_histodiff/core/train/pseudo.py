@@ -99,11 +99,20 @@ def pseudo_label(bundle, unlabeled: TileSet, threshold: float, max_tiles: int, s
     pred, keep = probs.argmax(1), probs.max(1) >= threshold
     names = bundle.class_names
     per_class = {c: int((pred[keep] == k).sum()) for k, c in enumerate(names)}
-    report = {"scored": int(len(idx)), "of": int(n), "threshold": threshold, "per_class": per_class}
-    yield Progress(STAGE, len(idx), len(idx), message="pseudo-labelled tiles per class: " +
-                   ", ".join(f"{c} {k}" for c, k in per_class.items()))
+    report = {"scored": len(idx), "of": n, "threshold": threshold, "per_class": per_class}
+    yield Progress(STAGE, len(idx), len(idx), message=_per_class_text(per_class))
     empty = [c for c, k in per_class.items() if k == 0]
     if empty:
         yield warning(f"no unlabelled tile reached confidence {threshold} for class {', '.join(empty)}; the latent "
                       "classifier learns those from the labeled tiles only")
     return PseudoLabelled(unlabeled, idx[keep], pred[keep], names), report
+
+
+def _per_class_text(per_class: dict) -> str:
+    return "pseudo-labelled: " + ", ".join(f"{c} {n}" for c, n in per_class.items())
+
+
+def pseudo_summary(result: dict) -> str:
+    """``"; pseudo-labelled: A 3, B 5"`` for a fine-tuning result that pseudo-labelled tiles, else ``""``."""
+    per_class = (result.get("pseudo_labels") or {}).get("per_class")
+    return "; " + _per_class_text(per_class) if per_class else ""
