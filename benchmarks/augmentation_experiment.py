@@ -44,7 +44,8 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from napari_histodiff.core.evaluate import evaluate as E
 from napari_histodiff.core.base.events import run_to_end  # noqa: E402
-from napari_histodiff.core.data.tiles import ArrayTiles, ConcatTiles, TileFolder, _fit_square, open_tiles, read_rgb  # noqa: E402
+from napari_histodiff.core.data.opening import open_tiles  # noqa: E402
+from napari_histodiff.core.data.tiles import ArrayTiles, ConcatTiles, TileFolder, _fit_square, read_rgb  # noqa: E402
 
 CLASSES = ["AC", "H", "S", "T", "V"]
 

@@ -19,7 +19,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from napari_histodiff.core.base.events import run_to_end
-from napari_histodiff.core.data.tiles import TileFolder, open_tiles
+from napari_histodiff.core.data.opening import open_tiles
+from napari_histodiff.core.data.tiles import TileFolder
 from napari_histodiff.core.formats.bundle import load_bundle
 from napari_histodiff.core.generate.selection import score
 from napari_histodiff.core.models.presets import small

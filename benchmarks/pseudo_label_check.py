@@ -20,7 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from trunk_check import labelled_copy, swap_vae
 
 from napari_histodiff.core.base.events import run_to_end
-from napari_histodiff.core.data.tiles import ArrayTiles, ConcatTiles, TileFolder, open_tiles
+from napari_histodiff.core.data.opening import open_tiles
+from napari_histodiff.core.data.tiles import ArrayTiles, ConcatTiles, TileFolder
 from napari_histodiff.core.formats.bundle import load_bundle
 from napari_histodiff.core.generate.selection import score
 from napari_histodiff.core.models.presets import small

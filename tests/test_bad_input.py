@@ -8,7 +8,8 @@ from PIL import Image
 from napari_histodiff.core.base.errors import HistodiffError, TileReadError
 from napari_histodiff.core.data.annotations import tiles_from_labels
 from napari_histodiff.core.data.survey import image_header, survey_warnings
-from napari_histodiff.core.data.tiles import ImageTiles, TileFolder, open_tiles, read_rgb
+from napari_histodiff.core.data.opening import open_tiles
+from napari_histodiff.core.data.tiles import ImageTiles, TileFolder, read_rgb
 
 
 def _write(folder, n, size, mode="RGB", suffix=".png", seed=0):

@@ -63,7 +63,7 @@ def write_shards(folder: Path, shards: int = 4, per_shard: int = 6, size: int = 
 def test_each_process_reads_its_own_shards(tmp_path):
     import numpy as np
 
-    from napari_histodiff.core.data.tiles import open_tiles
+    from napari_histodiff.core.data.opening import open_tiles
     from napari_histodiff.core.train.loop import BatchStream
 
     tiles = open_tiles([write_shards(tmp_path / "shards")], 32)

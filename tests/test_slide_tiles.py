@@ -12,7 +12,7 @@ import tifffile
 from napari_histodiff.core.base.errors import HistodiffError
 from napari_histodiff.core.data.geojson import Annotation, write_geojson
 from napari_histodiff.core.data.slide_tiles import SlideTiles
-from napari_histodiff.core.data.tiles import open_tiles
+from napari_histodiff.core.data.opening import open_tiles
 
 SLIDES = Path(__file__).resolve().parents[2] / "shared" / "data" / "slides"
 PINK, PURPLE = (230, 150, 190), (120, 60, 150)

@@ -10,8 +10,9 @@ import tifffile
 
 from napari_histodiff.core.data import tiles
 from napari_histodiff.core.base.errors import HistodiffError, TileReadError
+from napari_histodiff.core.data.opening import open_tiles
 from napari_histodiff.core.data.tiles import (
-    ConcatTiles, ImageTiles, TileFolder, open_tiles, read_rgb, split_indices, tissue_mask, to_rgb_uint8,
+    ConcatTiles, ImageTiles, TileFolder, read_rgb, split_indices, tissue_mask, to_rgb_uint8,
 )
 
 SHARED_DATA = Path(os.environ.get("HISTODIFF_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))

@@ -43,7 +43,7 @@ def _unreadable(path, reason) -> TileReadError:
 
 
 def _rgb(a, name) -> np.ndarray:
-    from .tiles import to_rgb_uint8  # lazy: tiles may import this module
+    from .tiles import to_rgb_uint8  # lazy: tiles loads scikit-image and scipy
 
     return to_rgb_uint8(a, name=name)
 

@@ -11,13 +11,10 @@ from pathlib import Path
 import numpy as np
 
 from ..base.errors import TileReadError
+from .opening import _per_path
+from .tiles import ConcatTiles, TileFolder, TileSet, planar_rgb
 
 GRAY_MODES = ("1", "L", "LA", "La", "I", "F")  # PIL modes without colour (plus "I;16" variants)
-
-
-def planar_rgb(shape) -> bool:
-    """True for a TIFF array stored as 3-4 colour planes (C, H, W) rather than (H, W, C)."""
-    return len(shape) == 3 and shape[0] in (3, 4) and shape[-1] > 4
 
 
 def image_header(path) -> tuple[int, int, bool]:
@@ -45,8 +42,6 @@ def image_header(path) -> tuple[int, int, bool]:
 
 def _folders(source, tile_size, scale) -> list:
     """The tile folders in a TileSet, or folder paths opened as in open_tiles."""
-    from .tiles import ConcatTiles, TileFolder, TileSet, _per_path
-
     if isinstance(source, ConcatTiles):
         return [f for p in source.parts for f in _folders(p, tile_size, scale)]
     if isinstance(source, TileSet):

@@ -19,7 +19,7 @@ def open_labeled(paths, tile_size: int, scale=None, mpp=None, opts: FinetuneOpti
     ``(tiles, warnings)`` (odd sizes, grey tiles). ``labeled=False``: unlabelled tiles (folders, slides:
     their tissue, annotations ignored)."""
     from ..data.survey import survey_warnings
-    from ..data.tiles import open_tiles
+    from ..data.opening import open_tiles
 
     opts = opts or FinetuneOptions()
     labels = {"annotations": opts.annotations, "min_fraction": opts.min_fraction} if labeled else {}

@@ -41,7 +41,7 @@ class TrainingData:
                                      "when their files do not say it")
 
     def open(self, tile_size: int):
-        from ..data.tiles import open_tiles
+        from ..data.opening import open_tiles
 
         return open_tiles(self.data, tile_size, large_images=self.large_images, stride=self.stride,
                           scale=self.scale, min_tissue=self.min_tissue, tissue_filter=self.tissue_filter,

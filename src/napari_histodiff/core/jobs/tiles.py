@@ -60,7 +60,7 @@ class TilesOptions:
 
 def open_slide_tiles(opts: TilesOptions):
     """The tile set the options describe (labelled when annotations are given)."""
-    from ..data.tiles import open_tiles
+    from ..data.opening import open_tiles
 
     kinds = ("annotation", "detection", "cell") if opts.detections else ("annotation",)
     annotations = opts.annotations or None
