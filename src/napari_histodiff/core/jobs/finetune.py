@@ -89,7 +89,11 @@ def finetune(opts: FinetuneOptions, model=None, tiles=None):
     from ..train.pseudo import pseudo_summary
 
     counts += pseudo_summary(result)
-    result["message"] = (f"fine-tuned bundle written to {out} (tiles per class: {counts}); "
+    from ..evaluate.verdict import from_result
+
+    result["verdict"] = from_result(result, tiles.class_names)
+    result["message"] = (f"fine-tuned bundle written to {out} (tiles per class: {counts})\n"
+                         f"{result['verdict'].text(details=True)}\n"
                          f"try: histodiff sample {out} --per-class 16 --out samples")
     return result
 

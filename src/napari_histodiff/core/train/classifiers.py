@@ -276,7 +276,9 @@ def train_selection_classifier(tiles, out_dir, preset, options: ClassifierOption
         y = torch.from_numpy(labels).to(acc.device)
         model.centroids.copy_(torch.stack([feats[y == k].mean(0) for k in range(len(tiles.class_names))]))
     model.register_to_config(temperature=calib["temperature"])
-    extra = {**extra, "trunk": opts.trunk, **calib}
+    n = len(tiles.class_names)  # held-out (or out-of-fold) confusion: rows true class, columns predicted
+    confusion = np.bincount(ys.numpy() * n + logits.argmax(-1).numpy(), minlength=n * n).reshape(n, n)
+    extra = {**extra, "trunk": opts.trunk, **calib, "confusion": confusion.tolist()}
     return _save(out_dir, stage, model, history, step, opts, tiles, acc, extra, calib)
 
 
