@@ -162,3 +162,60 @@ def test_sample_folder_defaults_beside_the_opened_image(make_napari_viewer, tmp_
     slide = SimpleNamespace(metadata={"slide_path": "/slides/S1.svs"})  # as our slide reader's layers
     assert output_folder("finetuned", slide) == Path("/slides/S1-finetuned")
     assert output_folder("export") == Path("/home/pathologist/histodiff/export")
+
+
+def _gui_fields():
+    """(declaring class, field, default) of every field shown in a form of a job's options (nested groups
+    included), and the classes that declare them."""
+    import dataclasses
+
+    from napari_histodiff.core.base.options import default_of, fields
+    from napari_histodiff.core.jobs import JOBS
+
+    out = []
+
+    def walk(cls):
+        for f in fields(cls):
+            d = default_of(f)
+            if dataclasses.is_dataclass(d):
+                walk(type(d))
+            elif f.metadata["gui"] and (cls, f) not in [(c, g) for c, g, _ in out]:
+                out.append((cls, f, d))
+    for job in JOBS:
+        walk(job.options_class())
+    return out
+
+
+def test_every_option_field_tooltip_renders():
+    """The tooltip text of every form field of every job: its help, the default, the plain words, wrapped."""
+    from napari_histodiff.widgets._forms import PLAIN, field_tooltip
+
+    found = _gui_fields()
+    assert len(found) > 40
+    for cls, f, default in found:
+        tip = field_tooltip(f, default, cls)
+        flat = "".join(tip.split())
+        assert "".join(f.metadata["help"].split()) in flat, (cls.__name__, f.name)
+        assert "".join(PLAIN.get(f"{cls.__name__}.{f.name}", "").split()) in flat
+        assert all(len(line) <= 72 for line in tip.splitlines()), (cls.__name__, f.name)
+    declared = {f"{cls.__name__}.{f.name}" for cls, f, _ in found}
+    assert not set(PLAIN) - declared, f"plain words for no form field: {sorted(set(PLAIN) - declared)}"
+
+
+def test_every_field_of_the_widgets_forms_shows_its_tooltip(qapp):
+    from napari_histodiff.core.base.options import fields
+    from napari_histodiff.core.generate.export import ExportOptions
+    from napari_histodiff.core.jobs.sample import SampleOptions
+    from napari_histodiff.core.train.finetune import FinetuneOptions
+    from napari_histodiff.widgets._forms import OptionsForm, field_edit, field_tooltip, unwrapped
+
+    for cls in (FinetuneOptions, SampleOptions, ExportOptions):
+        form = OptionsForm(cls)
+        declaring = {f.name: c for c in (cls, *form.nested.values()) for f in fields(c)}
+        assert len(form.edits) >= 2
+        for name, edit in form.edits.items():
+            owner = declaring[name]
+            f = next(f for f in fields(owner) if f.name == name)
+            assert edit.native.toolTip() == field_tooltip(f, edit.default, owner), (cls.__name__, name)
+    intent = field_edit(FinetuneOptions, "intent")  # a field shown outside the form
+    assert unwrapped(intent.native.toolTip()).startswith("new folder, resume the fine-tuning saved in it")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import sys
 import typing
 
@@ -46,6 +47,24 @@ def _default_text(f) -> str:
     return f" (default: {d})"
 
 
+def escaped(text: str) -> str:
+    """Help text as argparse wants it: argparse %-formats help strings, so a literal ``%`` is ``%%``."""
+    return text.replace("%", "%%")
+
+
+ROLE = re.compile(r":[a-z]+:`(~?)([^`]+)`")  # :func:`name`, :class:`~pkg.Name` (shown as Name)
+LITERAL = re.compile(r"``([^`]+)``")
+
+
+def plain_doc(text: str, cls=None) -> str:
+    """A docstring as plain text for ``--help``: one paragraph, reST roles and literals unwrapped, a
+    literal that names a field of ``cls`` shown as its flag (``autoencoder`` -> ``--autoencoder``)."""
+    by_name = {f.name: f for f, _ in option_fields(cls)} if cls is not None else {}
+    text = ROLE.sub(lambda m: m.group(2).rsplit(".", 1)[-1] if m.group(1) else m.group(2), text)
+    text = LITERAL.sub(lambda m: flag_of(by_name[m.group(1)]) if m.group(1) in by_name else m.group(1), text)
+    return " ".join(text.split())
+
+
 def flag_of(f) -> str:
     """``--field-name`` (``-n`` for a one-letter field)."""
     return "-" + f.name if len(f.name) == 1 else "--" + f.name.replace("_", "-")
@@ -72,7 +91,7 @@ def _add_field(parser, f, tp) -> None:
 
     m = f.metadata
     base, _, many = field_type(tp)
-    kw = dict(help=m["help"] + _default_text(f))
+    kw = dict(help=escaped(m["help"] + _default_text(f)))
     if m["choices"]:
         kw["choices"] = list(m["choices"])
     if m["metavar"]:
@@ -96,7 +115,8 @@ def _add_field(parser, f, tp) -> None:
     for flag, value in m["consts"].items():
         same = (flag_of(f) if value else "--no-" + f.name.replace("_", "-")) if isinstance(value, bool) \
             else f"{flag_of(f)} {value}"
-        target.add_argument(flag, dest=f.name, action="store_const", const=value, help=f"same as {same}")
+        target.add_argument(flag, dest=f.name, action="store_const", const=value,
+                            help=escaped(f"same as {same}"))
 
 
 def add_options(parser, cls) -> None:
@@ -139,19 +159,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="histodiff", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=WORKFLOW,
                     description="Class-guided latent diffusion for histopathology tile augmentation "
                     "(HistoDiffusion).")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("-V", "--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for job in JOBS:
         cls = job.options_class()
-        p = sub.add_parser(job.name, help=job.help, description=_description(cls, job))
+        p = sub.add_parser(job.name, help=escaped(job.help), description=_description(cls, job))
         add_options(p, cls)
         p.set_defaults(job=job)
     return parser
 
 
 def _description(cls, job) -> str:
+    """The command's description: its options class's docstring (less its ``histodiff NAME:`` lead) as
+    plain text; argparse %-formats a description only where it holds ``%(prog)``."""
     text = " ".join((cls.__doc__ or job.help).split())
-    return text.split(": ", 1)[1] if text.startswith("``histodiff") else text
+    text = text.split(": ", 1)[1] if text.startswith("``histodiff") else text
+    return plain_doc(text, cls).replace("%(", "%%(")
 
 
 # -- running a job --------------------------------------------------------------------------------

@@ -83,7 +83,7 @@ PLAIN = {
     "FinetuneOptions.checkpoint_every": "A cancelled or crashed fine-tuning can resume from the last "
     "checkpoint (intent: resume).",
     "SampleOptions.precision": "auto picks what is faster at the same quality: bf16 on a CPU or GPU that "
-    "supports it (tiles within 30 dB PSNR of full precision), else full precision (fp32).",
+    "supports it, else full precision (fp32).",
     "FinetuneOptions.precision": "auto picks what is faster without losing quality: bf16 on a recent GPU, "
     "full precision (fp32) on a CPU; fp16 and bf16 use less memory with slightly less exact arithmetic.",
     "FinetuneOptions.num_workers": "Background processes that read tiles while the model trains; 0 is "
@@ -97,6 +97,14 @@ PLAIN = {
 def tooltip(*parts: str, width: int = 72) -> str:
     """A plain-text tooltip of paragraphs wrapped to ``width`` (Qt does not wrap plain-text tooltips)."""
     return "\n\n".join(textwrap.fill(p, width) for p in parts if p)
+
+
+def field_tooltip(f: dataclasses.Field, default, owner=None) -> str:
+    """The tooltip of an option field's editor: its help (the CLI's text) with its default, then its
+    plain-words explanation from :data:`PLAIN` (``owner``: the options class that declares the field)."""
+    help_text = f.metadata["help"]
+    tip = help_text if "default" in help_text or default is None else f"{help_text} (default: {default})"
+    return tooltip(tip, PLAIN.get(f"{getattr(owner, '__name__', '')}.{f.name}", ""))
 
 
 def unwrapped(tip: str) -> str:
@@ -229,8 +237,7 @@ class FieldEdit:
             self._changed = w.textChanged
         self.native = w
         self._exact = None  # (shown, given): a float given exactly, read back exactly while not edited
-        tip = m["help"] if "default" in m["help"] or default is None else f"{m['help']} (default: {default})"
-        w.setToolTip(tooltip(tip, PLAIN.get(f"{getattr(owner, '__name__', '')}.{f.name}", "")))
+        w.setToolTip(field_tooltip(f, default, owner))
         w.setObjectName(f.name)
         w.setMinimumWidth(80)
         self.value = default

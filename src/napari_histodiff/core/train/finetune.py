@@ -65,8 +65,9 @@ class FinetuneOptions:
                                   "learns, at learning rate 1e-3)")
     classifier_augment: bool = option(False, help="augment the labeled tiles while training the noisy latent "
                                       "classifier: the 8 flips / rotations, HED stain jitter and mild blur")
-    selection_augment: bool = option(False, help="the same augmentation for the selection classifier (on crc5 it "
-                                     "lowered its test accuracy from 75.6% to 67.9%: colour is part of the class)")
+    selection_augment: bool = option(False, help="the same augmentation for the selection classifier: the 8 flips / "
+                                     "rotations, HED stain jitter and mild blur (off by default: stain colour can "
+                                     "be part of a class)")
     selection_folds: int = option(5, min=1, max=10, help="selection classifier: one ResNet per fold of the labeled "
                                   "tiles, each trained on the other folds and stopped on its own, used together "
                                   "(an ensemble, calibrated on every tile's out-of-fold score; the holdout "
@@ -75,8 +76,7 @@ class FinetuneOptions:
     unlabeled: list[Path] = option(factory=list, gui=False, metavar="DIR",
                                    help="unlabelled tiles of the same tissue (folders, slides): the selection "
                                    "classifier labels those it is confident on, and the noisy latent classifier "
-                                   "trains on them beside the labeled tiles (crc5, 20 labeled tiles per class: "
-                                   "36.9 -> 45.6% at t = 0)")
+                                   "trains on them beside the labeled tiles")
     pseudo_label_threshold: float = option(0.9, min=0, max=1, gui=False, help="calibrated selection confidence an "
                                            "unlabelled tile needs to be pseudo-labelled")
     unlabeled_max_tiles: int = option(5000, min=1, gui=False, help="unlabelled tiles scored at most (a seeded random "
