@@ -6,6 +6,8 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
+from napari_histodiff.core.base.owner import MARKER, read_owner
+
 from napari_histodiff.core.generate import export as export_mod
 from napari_histodiff.core.base.errors import HistodiffError
 from napari_histodiff.core.base.events import run_to_end
@@ -93,7 +95,10 @@ def test_round_trip_copies_exactly_the_kept_tiles(samples, tmp_path, fmt):
             assert desc["id"] == rec.id and desc["target_class"] == rec.target_class
             assert desc["confidence"] == rec.confidence and desc["sample_seed"] == rec.sample_seed
             assert desc["class"] == rec.target_class and desc["file"] == row["file"]
-    assert sorted(p.name for p in out.iterdir()) == sorted(["STR", "TUM", MANIFEST, EXPORT_JSON])
+    assert sorted(p.name for p in out.iterdir()) == sorted(["STR", "TUM", MANIFEST, EXPORT_JSON, MARKER])
+    listed = read_owner(out)["files"]  # the ownership record lists exactly the files written
+    assert sorted(listed) == sorted(p.relative_to(out).as_posix() for p in out.rglob("*")
+                                    if p.is_file() and p.name != MARKER)
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())
 
     meta = json.loads((out / EXPORT_JSON).read_text())

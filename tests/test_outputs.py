@@ -8,6 +8,8 @@ import os
 import imageio.v3 as iio
 import numpy as np
 import pytest
+
+from napari_histodiff.core.base.owner import MARKER
 import torch
 
 from napari_histodiff.core.base.errors import HistodiffError
@@ -316,7 +318,11 @@ def test_save_bundle_overwrites_only_our_bundle(bundle, tmp_path, monkeypatch):
     save_bundle(bundle, out)
     with pytest.raises(HistodiffError, match=f"{out} already holds a model bundle.*intent=overwrite"):
         save_bundle(bundle, out)
-    (out / "stale.txt").write_text("from the old bundle")
+    (out / "stale.txt").write_text("the user's notes")
+    with pytest.raises(HistodiffError, match=r"holds files napari-histodiff did not write.*stale\.txt"):
+        save_bundle(bundle, out, intent="overwrite")
+    assert (out / "stale.txt").read_text() == "the user's notes"
+    (out / "stale.txt").unlink()
     before = snapshot(out)
 
     def failing(model, folder, name):
@@ -332,12 +338,14 @@ def test_save_bundle_overwrites_only_our_bundle(bundle, tmp_path, monkeypatch):
     assert hidden(tmp_path) == []
 
 
-def test_a_training_checkpoint_marks_a_bundle_folder(bundle, tmp_path):
+def test_a_checkpoint_file_alone_does_not_make_a_folder_ours(bundle, tmp_path):
     out = tmp_path / "b"
     (out / "training" / "diffusion").mkdir(parents=True)
     (out / "training" / "diffusion" / "checkpoint.json").write_text("{}")
-    save_bundle(bundle, out, intent="overwrite")
-    assert (out / META_FILE).is_file() and not (out / "training").exists()
+    before = snapshot(out)
+    with pytest.raises(HistodiffError, match="is not a folder napari-histodiff wrote"):
+        save_bundle(bundle, out, intent="overwrite")
+    assert snapshot(out) == before
 
 
 def test_save_bundle_that_fails_early_leaves_no_folder(bundle, tmp_path):
@@ -406,7 +414,7 @@ def test_prepare_out_dir_on_our_bundle(bundle, tmp_path):
     with pytest.raises(HistodiffError, match=f"{out} already holds a model bundle.*intent=resume.*intent=overwrite"):
         prepare_out_dir(out)
     assert prepare_out_dir(out, "resume") == out and (out / META_FILE).is_file()
-    assert prepare_out_dir(out, "overwrite") == out and list(out.iterdir()) == []
+    assert prepare_out_dir(out, "overwrite") == out and [p.name for p in out.iterdir()] == [MARKER]
     with pytest.raises(HistodiffError, match="intent must be one of"):
         prepare_out_dir(tmp_path / "new", "append")
     assert not (tmp_path / "new").exists()

@@ -7,6 +7,7 @@ replaced at all is decided before, by :mod:`.outdir`.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 from pathlib import Path
@@ -40,17 +41,48 @@ def remove_dead_partials(out) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
-def swap_in(tmp, out) -> None:
-    """Rename ``tmp`` onto ``out``; an old ``out`` is moved aside first and removed only after."""
+def swap_in(tmp, out, kind: str) -> None:
+    """List what ``tmp`` holds as ours (:func:`.owner.seal`), then put it in place of ``out``: renamed onto
+    it, the old ``out`` moved aside first and removed only after. ``out`` must hold nothing but what our
+    record lists (checked again here, just before). A mount point (a drive mounted there) cannot be
+    renamed: its contents are replaced instead."""
+    from .outdir import check_foreign
+    from .owner import seal
+
     tmp, out = Path(tmp), Path(out)
+    seal(tmp, kind)
     if not out.exists():
         return os.replace(tmp, out)
+    if any(out.iterdir()):
+        check_foreign(out, kind)
+    if os.path.ismount(out):
+        return _replace_contents(tmp, out)
     old = out.with_name(f".{out.name}.old-{os.getpid()}")
     shutil.rmtree(old, ignore_errors=True)
-    os.replace(out, old)
+    try:
+        os.replace(out, old)
+    except OSError as e:
+        if e.errno in (errno.EBUSY, errno.EXDEV, errno.EPERM, errno.EACCES):
+            return _replace_contents(tmp, out)
+        raise
     try:
         os.replace(tmp, out)
     except BaseException:
         os.replace(old, out)
         raise
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _replace_contents(tmp: Path, out: Path) -> None:
+    """Replace what we wrote in ``out`` by the contents of ``tmp``, the ownership record last."""
+    from .owner import MARKER, remove_owned
+
+    remove_owned(out)
+    for path in sorted(tmp.iterdir()):
+        if path.name != MARKER:
+            shutil.move(str(path), str(out / path.name))
+    os.replace(tmp / MARKER, out / MARKER) if _same_device(tmp, out) else shutil.copy2(tmp / MARKER, out / MARKER)
+
+
+def _same_device(a: Path, b: Path) -> bool:
+    return a.stat().st_dev == b.stat().st_dev

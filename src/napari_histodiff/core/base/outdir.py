@@ -2,9 +2,10 @@
 
 A job states its intent: ``new`` (the folder must not exist or be empty), ``resume`` (continue the
 project's own output of that kind), ``overwrite`` (replace it) or ``append`` (add to it). A folder
-is replaced or added to only if it carries the project's marker for that kind of output; any
-other non-empty folder is refused, whatever the intent. A run that fails before it wrote a marker
-removes the folder it created, so the same command can simply be run again.
+is replaced, resumed or added to only if its ownership record (:mod:`.owner`) is of that kind and
+covers everything in it; then only what the record lists is removed or replaced. Anything else is
+refused, naming what is not ours. A run that fails before it wrote its output removes the folder it
+created, so the same command can simply be run again.
 """
 
 from __future__ import annotations
@@ -14,33 +15,45 @@ from pathlib import Path
 
 from .devices import is_main_process
 from .errors import HistodiffError
+from .owner import MARKER, claim, foreign, owned, read_owner, remove_owned, seal
 
-MARKERS = {  # kind -> files (globs) that mark a folder as the project's own output of that kind
-    "bundle": ("histodiff.json", "training/*/step-*/checkpoint.json", "training/*/checkpoint.json"),  # or a run to resume
+OUTPUT_FILES = {  # kind -> files (globs) a finished or resumable output of that kind holds
+    "bundle": ("histodiff.json", "training/*/step-*/checkpoint.json", "training/*/checkpoint.json"),
     "samples": ("samples.csv",),
     "export": ("export.json",),
     "evaluation": ("results.json",),
     "demo": ("histodiff-demo.json",),
     "tiles": ("tiles.csv",),
 }
+MARKERS = OUTPUT_FILES  # older name
 WHAT = {"bundle": "model bundle", "samples": "sample folder", "export": "exported set",
         "evaluation": "evaluation folder", "demo": "demo folder", "tiles": "tile folder"}
 A = {"bundle": "a", "samples": "a", "export": "an", "evaluation": "an", "demo": "a", "tiles": "a"}
 
 
-def is_marked(folder, kind: str) -> bool:
-    """Whether ``folder`` carries the project's marker for ``kind``."""
+def has_output(folder, kind: str) -> bool:
+    """Whether ``folder`` holds the files of a ``kind`` output (what it is, not whose it is)."""
     folder = Path(folder)
-    return folder.is_dir() and any(p.is_file() for m in MARKERS[kind] for p in folder.glob(m))
+    return folder.is_dir() and any(p.is_file() for m in OUTPUT_FILES[kind] for p in folder.glob(m))
+
+
+def is_marked(folder, kind: str) -> bool:
+    """Whether ``folder`` is our output of ``kind``: our ownership record of that kind is there."""
+    return owned(folder, kind)
 
 
 def kind_of(folder) -> str | None:
-    """Which kind of our output ``folder`` is (by its marker), or None."""
-    return next((kind for kind in MARKERS if is_marked(folder, kind)), None)
+    """Which kind of output ``folder`` looks like (by its files), or None."""
+    return next((kind for kind in OUTPUT_FILES if has_output(folder, kind)), None)
 
 
 def _is_empty(folder: Path) -> bool:
     return folder.is_dir() and not any(folder.iterdir())
+
+
+def _named(paths, n: int = 5) -> str:
+    shown = ", ".join(paths[:n])
+    return shown + (f" and {len(paths) - n} more" if len(paths) > n else "")
 
 
 def check_output(out, kind: str, intent: str = "new", allowed=("new", "overwrite")) -> None:
@@ -56,31 +69,49 @@ def check_output(out, kind: str, intent: str = "new", allowed=("new", "overwrite
         if intent == "append":
             raise HistodiffError(f"there is no {WHAT[kind]} in {out} to append to; leave out {{opt:intent=append}}")
         return
-    mine = is_marked(out, kind)
-    if not mine:
-        other = kind_of(out)
-        what = f"{A[other]} {WHAT[other]}" if other else "not a folder napari-histodiff wrote"
-        raise HistodiffError(f"output folder {out} holds files and is {what}; it is never replaced or changed: "
+    rec = read_owner(out)
+    if rec is None:
+        raise HistodiffError(f"output folder {out} holds files and is not a folder napari-histodiff wrote (it has "
+                             f"no {MARKER}; a file name such as {OUTPUT_FILES[kind][0]} proves nothing); it is never "
+                             f"replaced or changed: choose a new or empty folder for the {WHAT[kind]}")
+    if rec.get("kind") != kind:
+        other = rec.get("kind")
+        what = f"{A[other]} {WHAT[other]}" if other in WHAT else f"another kind of output ({other})"
+        raise HistodiffError(f"output folder {out} holds {what}, not {A[kind]} {WHAT[kind]}; it is not replaced: "
                              f"choose a new or empty folder for the {WHAT[kind]}")
     if intent == "new":
         fixes = [f"{{opt:intent={i}}}" for i in ("resume", "overwrite", "append") if i in allowed]
         raise HistodiffError(f"output folder {out} already holds {A[kind]} {WHAT[kind]}; choose another folder"
                              + (f", or choose {' or '.join(fixes)}" if fixes else ""))
+    check_foreign(out, kind)
+
+
+def check_foreign(out, kind: str) -> None:
+    """Refuse, naming them, when ``out`` holds anything our record does not list."""
+    extra = foreign(out)
+    if extra:
+        raise HistodiffError(f"{WHAT[kind]} {out} holds files napari-histodiff did not write (or that changed since): "
+                             f"{_named(extra)}; nothing was changed: move them elsewhere, or choose a new folder")
 
 
 def prepare_output(out, kind: str, intent: str = "new", allowed=("new", "overwrite")) -> Path:
-    """:func:`check_output`, then remove our own folder when overwriting; creates the folder."""
+    """:func:`check_output`, then remove what we wrote there when overwriting; creates the folder and
+    records (claims) what a job of this kind will write in it."""
     out = Path(out)
     check_output(out, kind, intent, allowed)
-    if intent == "overwrite" and is_marked(out, kind) and is_main_process():
-        shutil.rmtree(out)
+    if not is_main_process():
+        return out
+    if intent == "overwrite" and is_marked(out, kind):
+        remove_owned(out)
     out.mkdir(parents=True, exist_ok=True)
+    claim(out, kind)
     return out
 
 
 class output_folder:
-    """``with output_folder(out, kind, intent):`` prepares ``out``; if the body fails before the
-    kind's marker exists, removes the folder when this run created it (empties nothing else)."""
+    """``with output_folder(out, kind, intent):`` prepares ``out``; on success lists what was written
+    (:func:`.owner.seal`); if the body fails before the kind's output exists, removes the folder when
+    this run created it (empties nothing else)."""
 
     def __init__(self, out, kind: str, intent: str = "new", allowed=("new", "overwrite")):
         self.out, self.kind, self.intent, self.allowed = Path(out), kind, intent, allowed
@@ -90,6 +121,10 @@ class output_folder:
         return prepare_output(self.out, self.kind, self.intent, self.allowed)
 
     def __exit__(self, exc_type, exc, tb):
-        if exc_type is not None and self.created and not is_marked(self.out, self.kind):
+        if not is_main_process():
+            return False
+        if exc_type is None:
+            seal(self.out, self.kind)
+        elif self.created and not has_output(self.out, self.kind):
             shutil.rmtree(self.out, ignore_errors=True)
         return False

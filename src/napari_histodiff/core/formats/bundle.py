@@ -155,11 +155,20 @@ def save_part(model, path: Path, name: str) -> None:
     path = Path(path)
     tmp, old = path / f".{name}.tmp", path / f".{name}.old"
     shutil.rmtree(tmp, ignore_errors=True)
-    if hasattr(model, "parameters"):
-        model.save_pretrained(tmp, safe_serialization=True)
-    else:  # a scheduler: config only
-        model.save_pretrained(tmp)
-    write_manifest(tmp)
+    try:
+        if hasattr(model, "parameters"):
+            model.save_pretrained(tmp, safe_serialization=True)
+        else:  # a scheduler: config only
+            model.save_pretrained(tmp)
+        write_manifest(tmp)
+    except Exception as e:  # noqa: BLE001 - safetensors reports a full disk as its own error
+        from ..base.disk import DiskFull, is_disk_full
+
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not is_disk_full(e):
+            raise
+        size = sum(p.numel() * p.element_size() for p in model.parameters()) if hasattr(model, "parameters") else 0
+        raise DiskFull.build(path / name, size or None, what=str(path / name)) from None
     shutil.rmtree(old, ignore_errors=True)
     if (path / name).exists():
         os.replace(path / name, old)
@@ -257,7 +266,7 @@ def save_bundle(bundle: Bundle, out, intent: str = "new") -> Path:
             if model is not None:
                 save_part(model, tmp, name)
         write_meta(tmp, bundle.meta)
-        swap_in(tmp, out)
+        swap_in(tmp, out, "bundle")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     bundle.path = out

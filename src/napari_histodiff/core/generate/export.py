@@ -285,7 +285,7 @@ def export_set(sample_dirs, out, options: ExportOptions | None = None, real_tile
                     "real_sources": real_sources}
         meta.update(counts=counts, total=len(manifest), skipped=skipped, tile_size=int(shape[0]), **report)
         (tmp / EXPORT_JSON).write_text(json.dumps(meta, indent=2), encoding="utf-8")
-        swap_in(tmp, out)
+        swap_in(tmp, out, "export")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return {"out": str(out), "counts": counts, "total": len(manifest), "skipped": skipped, **report}

@@ -14,6 +14,7 @@ import numpy as np
 from ..base.atomic import partial_path, remove_dead_partials, swap_in
 from ..base.errors import HistodiffError
 from ..base.outdir import check_output
+from ..base.owner import refresh
 from ..formats.images import contact_sheet, write_png, write_tile
 from ..formats.records import RECORDS_FILE, TileRecord, read_records, write_records
 from .sampling import SampleOptions, sample_tiles
@@ -33,6 +34,7 @@ def write_selection(folder, records, rule: SelectionRule, classes=None) -> dict:
     tmp = Path(folder) / (SELECTION_FILE + ".tmp")
     tmp.write_text(json.dumps({"rule": asdict(rule), **report}, indent=2), encoding="utf-8")
     os.replace(tmp, Path(folder) / SELECTION_FILE)
+    refresh(folder, SELECTION_FILE)
     return report
 
 
@@ -83,7 +85,7 @@ def write_samples(bundle, options: SampleOptions, out, rule: SelectionRule | Non
         write_records(tmp / RECORDS_FILE, records)
         for name, tiles in sheets.items():
             write_png(tmp / f"contact_{name}.png", contact_sheet(np.stack(tiles)))
-        swap_in(tmp, out)
+        swap_in(tmp, out, "samples")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return records

@@ -86,7 +86,8 @@ def demo_labeled_tiles(tile_size: int, stride: int | None = None):
 def run_demo(options: DemoOptions | None = None):
     """The jobs one after another on the demo image: pretrain, finetune, sample (guided and unguided),
     export; then the report. Yields progress; returns the path of the report."""
-    from ..base.outdir import MARKERS, prepare_output
+    from ..base.outdir import OUTPUT_FILES, prepare_output
+    from ..base.owner import seal
     from ..formats.bundle import load_bundle
     from ..formats.images import contact_sheet, write_png
     from ..generate.export import ExportOptions
@@ -105,7 +106,7 @@ def run_demo(options: DemoOptions | None = None):
     opts = options or DemoOptions()
     check(opts)
     out = prepare_output(opts.out, "demo", opts.intent, allowed=("resume", "overwrite"))
-    (out / MARKERS["demo"][0]).write_text(json.dumps({"format": "napari-histodiff-demo", "options": record(opts)}))
+    (out / OUTPUT_FILES["demo"][0]).write_text(json.dumps({"format": "napari-histodiff-demo", "options": record(opts)}))
     tiles = demo_tiles(tiny().tile_size)
     labeled = demo_labeled_tiles(tiny().tile_size)
     (ae_steps, diff_steps), q = opts.steps, opts.quick
@@ -140,6 +141,7 @@ def run_demo(options: DemoOptions | None = None):
     report = out / "report.md"
     report.write_text(_report(tiles, labeled, ae, diff, ft, records, unguided, summary,
                               times, opts))
+    seal(out, "demo")
     return report
 
 

@@ -84,6 +84,7 @@ def _record(tiles, i: int) -> dict:
 def tiles(opts: TilesOptions):
     """Cut the slides into tiles in ``opts.out``; yields progress; returns counts per class and a ``message``."""
     from ..base.atomic import partial_path, remove_dead_partials, swap_in
+    from ..base.disk import check_free_space, tile_bytes
     from ..base.outdir import check_output
 
     opts.validate()
@@ -99,6 +100,7 @@ def tiles(opts: TilesOptions):
         for c in [c for c, v in counts.items() if v == 0]:
             yield warning(f"class {c} yields no tile (its annotations cover less than {opts.min_fraction:.0%} of "
                           "every tile); use a smaller {opt:tile_size} or a lower {opt:min_fraction}")
+    check_free_space(out, len(ts) * tile_bytes(opts.tile_size, opts.fmt), f"{len(ts)} tiles of {opts.tile_size} px")
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_dead_partials(out)
     tmp = partial_path(out)
@@ -133,7 +135,7 @@ def tiles(opts: TilesOptions):
             shard = None
         (tmp / "tiles.json").write_text(json.dumps({"format": "napari-histodiff-tiles", "options": record(opts),
                                                     "total": len(ts), "counts": counts}, indent=2))
-        swap_in(tmp, out)
+        swap_in(tmp, out, "tiles")
     finally:
         if shard is not None:
             shard.close()
