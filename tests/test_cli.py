@@ -141,3 +141,27 @@ def test_resume_below_checkpoint_step_is_refused(tmp_path, capsys):
     code, out, err = run(capsys, "pretrain-autoencoder", data, "--out", b, "--steps", 6, "--resume", "--device", "cpu")
     assert code == 2 and "would invalidate it" in err
     assert json.loads((b / "vae" / "config.json").read_text())["scaling_factor"] == scale
+
+
+def test_suggested_commands_quote_paths_with_spaces(tmp_path, capsys, monkeypatch):
+    """The next command a message suggests runs as shown, also for a folder name with spaces and quotes."""
+    import shlex
+    from types import SimpleNamespace
+
+    from napari_histodiff.core.generate.selection import missing_selection
+
+    monkeypatch.chdir(tmp_path)
+    data = write_tiles(tmp_path / "my tiles", n=8)
+    b = tmp_path / "Tom's bundle"
+    code, out, err = run(capsys, "pretrain", data, "--out", b, "--preset", "tiny", "--autoencoder-steps", 2,
+                         "--steps", 2, "--device", "cpu")
+    assert code == 0, err
+    suggested = out.strip().rsplit("try: ", 1)[1]
+    words = shlex.split(suggested)
+    assert words == ["histodiff", "sample", str(b), "-n", "16", "--out", "samples"]
+    code, out, err = run(capsys, *words[1:], "--steps", 2, "--device", "cpu")
+    assert code == 0 and "16 tiles written to samples" in out, err
+    half = SimpleNamespace(latent_classifier=object(), path=tmp_path / "a b")  # fine-tuning cut short
+    text = missing_selection(half)
+    words = shlex.split(text.split("`")[1])
+    assert words[words.index("--out") + 1] == str(tmp_path / "a b") and words[-1] == "--resume"

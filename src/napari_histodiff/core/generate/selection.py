@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..base.errors import HistodiffError
+from ..base.shell import command
 from ..base.options import check, option
 
 RULES = ("confidence", "centroid", "both", "none")
@@ -36,7 +37,8 @@ def missing_selection(bundle, what: str = "") -> str:
         return f"this bundle has no selection classifier{what}; run `histodiff finetune` first"
     out = bundle.path or "FOLDER"
     return (f"this bundle has no selection classifier yet (fine-tuning was interrupted before that stage){what}: "
-            f"resume the fine-tuning with `histodiff finetune PRETRAINED --labeled TILES --out {out} --resume` "
+            f"resume the fine-tuning with "
+            f"`{command('finetune', 'PRETRAINED', '--labeled', 'TILES', '--out', out, '--resume')}` "
             "(napari: Fine-tune into that folder with intent resume)")
 
 

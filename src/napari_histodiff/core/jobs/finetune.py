@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..base.errors import HistodiffError
+from ..base.shell import command
 from ..base.events import warning
 from ..base.options import require
 from ..base.threads import fit_threads
@@ -94,6 +95,6 @@ def finetune(opts: FinetuneOptions, model=None, tiles=None):
     result["verdict"] = from_result(result, tiles.class_names)
     result["message"] = (f"fine-tuned bundle written to {out} (tiles per class: {counts})\n"
                          f"{result['verdict'].text(details=True)}\n"
-                         f"try: histodiff sample {out} --per-class 16 --out samples")
+                         f"try: {command('sample', out, '--per-class', 16, '--out', 'samples')}")
     return result
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..base.errors import HistodiffError
+from ..base.shell import command
 from ..base.options import check, device_option, option, precision_option, require, seed_option
 from ..train.autoencoder import AutoencoderOptions as _AE
 from ..train.diffusion import DiffusionOptions as _DIFF
@@ -191,8 +192,9 @@ def pretrain(opts: PretrainOptions, tiles=None):
             checkpoint_every=opts.checkpoint_every, device=opts.device, precision=opts.precision,
             num_workers=opts.num_workers))
         _record_mpp(opts)
+    try_next = command("sample", opts.out, "-n", 16, "--out", "samples")
     return {**result, "autoencoder": ae, "message": f"bundle written to {opts.out} (latent scale factor "
-            f"{result['latent_scale_factor']:.4f}); try: histodiff sample {opts.out} -n 16 --out samples"}
+            f"{result['latent_scale_factor']:.4f}); try: {try_next}"}
 
 
 def _copy_autoencoder(source, out) -> None:
