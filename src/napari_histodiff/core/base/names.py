@@ -58,6 +58,12 @@ def safe_name(name: str, taken=None) -> str:
     return s
 
 
+def folder_names(names) -> dict:
+    """``{name: safe_name}`` for names that share one folder, in the given order (unique there)."""
+    taken: set = set()
+    return {n: safe_name(n, taken) for n in dict.fromkeys(names)}
+
+
 def inside(folder, relative, what: str = "a path") -> Path:
     """``folder / relative`` after checking that it stays inside ``folder`` (no ``..``, no absolute path,
     no symbolic link out of it); raises :class:`HistodiffError` naming ``what`` (e.g. the file it was read from)."""
@@ -69,3 +75,20 @@ def inside(folder, relative, what: str = "a path") -> Path:
         raise HistodiffError(f"{what} names {rel!r}, which is outside {folder}; the file was edited or is not "
                              "ours: restore it, or write the folder again")
     return target
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def check_class_name(name, where: str) -> str:
+    """``name`` as a class name, or a :class:`HistodiffError` naming ``where`` it came from (a class folder,
+    a shard, a napari layer, an option): a class name must show at least one visible character and no
+    control character (line break, tab), else it cannot be shown, typed or told apart from another."""
+    text = str(name)
+    if not text.strip():
+        raise HistodiffError(f"{where}: the class name {text!r} is empty or only white space; give the class a "
+                             "name with visible characters (e.g. TUM, STR)")
+    if _CONTROL.search(text):
+        raise HistodiffError(f"{where}: the class name {text!r} holds a control character (a line break or tab); "
+                             "rename the class")
+    return text

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..base.errors import HistodiffError
+from ..base.names import inside
 
 RECORDS_FILE = "samples.csv"
 
@@ -165,7 +166,10 @@ def read_records(path) -> list[TileRecord]:
         missing = set(COLUMNS) - set(_OPTIONAL) - set(rows[0]) if rows else set()
         if missing:
             raise ValueError(f"missing columns {sorted(missing)}")
-        return [_parse(r, str(path)) for r in rows]
+        records = [_parse(r, str(path)) for r in rows]
+        for r in records:  # a file named in the CSV stays inside its folder
+            inside(path.parent, r.file, f"{path} (tile {r.id!r})")
+        return records
     except HistodiffError:
         raise
     except (OSError, ValueError, TypeError) as e:

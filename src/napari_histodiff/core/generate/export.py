@@ -21,6 +21,7 @@ import numpy as np
 from ..formats.bundle import package_versions
 from ..formats.images import write_png, write_tile
 from ..base.errors import HistodiffError
+from ..base.names import inside, safe_name
 from ..base.options import check, option, record
 from ..base.atomic import partial_path, remove_dead_partials, swap_in
 from ..base.outdir import check_output, is_marked
@@ -62,12 +63,6 @@ def _write(path: Path, tile: np.ndarray, description: dict, fmt: str) -> None:
         write_tile(path, tile, description)
     else:
         write_png(path, tile)
-
-
-def _folder_name(cls: str) -> str:
-    if cls in (".", "..") or "/" in cls or "\\" in cls:
-        raise HistodiffError(f"class name {cls!r} cannot be a folder name; rename the class (no slashes, not . or ..)")
-    return cls
 
 
 def _unique(tile_id: str, prefix: str, seen: set) -> str:
@@ -115,10 +110,10 @@ def _synthetic_rows(sample_dirs, only_kept, seen):
             if not cls:
                 skipped += 1
                 continue
-            path = folder / r.file
+            path = inside(folder, r.file, str(folder / RECORDS_FILE))
             if not path.is_file():
                 raise HistodiffError(f"{folder / RECORDS_FILE} names {r.file}, which is missing; sample again")
-            row = {**r.as_row(), "class": _folder_name(cls), "id": _unique(r.id, folder.name, seen)}
+            row = {**r.as_row(), "class": cls, "id": _unique(r.id, folder.name, seen)}
             rows.append((lambda p=path: read_rgb(p), row, {**r.as_row(), "class": cls, "export_id": row["id"]}))
     return rows, skipped
 
@@ -129,7 +124,7 @@ def _real_rows(real_tiles, seen, first: int = 0):
         label = real_tiles.label(k)
         if label is None:
             raise HistodiffError(f"real tile {real_tiles.origin(k)} has no class; use one sub-folder per class")
-        cls = _folder_name(real_tiles.class_names[label])
+        cls = real_tiles.class_names[label]
         row = {"class": cls, "source": "real", "kept": True, "id": _unique(f"real_{first + k:05d}", "real", seen)}
         rows.append((lambda k=k: real_tiles[k], row, {**row, "origin": real_tiles.origin(k)}))
     return rows
@@ -164,7 +159,7 @@ class _Existing:
             raise HistodiffError(f"cannot append to the exported set {out}: its {EXPORT_JSON} or {MANIFEST} is "
                                  f"not readable ({e}); export to a new folder") from None
         for row in self.rows:
-            if not row["file"] or not (out / row["file"]).is_file():
+            if not row["file"] or not inside(out, row["file"], str(out / MANIFEST)).is_file():
                 raise HistodiffError(f"cannot append to the exported set {out}: {MANIFEST} names "
                                      f"{row['file']!r}, which is missing; export to a new folder")
         self.shape = None
@@ -253,8 +248,10 @@ def export_set(sample_dirs, out, options: ExportOptions | None = None, real_tile
         tmp.mkdir(parents=True)
         if existing:
             existing.copy_into(tmp)
+        folders = _Folders(manifest)
         for i, (load, row, description) in enumerate(rows):
-            row = {**{c: row.get(c, "") for c in MANIFEST_COLUMNS}, "file": f"{row['class']}/{row['id']}.{opts.fmt}"}
+            row = {**{c: row.get(c, "") for c in MANIFEST_COLUMNS}}
+            row["file"] = folders.file(row["class"], row["id"], opts.fmt)
             tile = np.asarray(load())
             if shape is None:
                 shape, others = tuple(tile.shape), "the others"
@@ -262,7 +259,7 @@ def export_set(sample_dirs, out, options: ExportOptions | None = None, real_tile
                 raise HistodiffError(f"tile {row['id']} is {tile.shape[1]}x{tile.shape[0]} px, {others} "
                                      f"{shape[1]}x{shape[0]} px; one set holds tiles of one size (export these "
                                      "to a new folder, or open the real tiles at the sample tile size)")
-            (tmp / row["class"]).mkdir(parents=True, exist_ok=True)
+            (tmp / row["file"]).parent.mkdir(parents=True, exist_ok=True)
             _write(tmp / row["file"], tile, {**description, "file": row["file"]}, opts.fmt)
             manifest.append(row)
             yield Progress("export", i + 1, len(rows), message=row["file"])
@@ -289,6 +286,25 @@ def export_set(sample_dirs, out, options: ExportOptions | None = None, real_tile
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return {"out": str(out), "counts": counts, "total": len(manifest), "skipped": skipped, **report}
+
+
+class _Folders:
+    """One safe, unique folder per class name (those of an appended-to set kept as they are)."""
+
+    def __init__(self, manifest):
+        self.map = {row["class"]: row["file"].split("/")[0] for row in manifest if "/" in row["file"]}
+        self.taken = set(self.map.values())
+        self.files: dict[str, set] = {}
+        for row in manifest:
+            folder, _, name = row["file"].rpartition("/")
+            self.files.setdefault(folder, set()).add(name.rsplit(".", 1)[0])
+
+    def file(self, cls: str, tile_id: str, fmt: str) -> str:
+        """``<class folder>/<tile file>``, both safe and unique."""
+        if cls not in self.map:
+            self.map[cls] = safe_name(cls, self.taken)
+        folder = self.map[cls]
+        return f"{folder}/{safe_name(tile_id, self.files.setdefault(folder, set()))}.{fmt}"
 
 
 def _counts(manifest) -> dict:
@@ -319,7 +335,7 @@ def read_export(folder) -> tuple[np.ndarray, list[dict]]:
         raise HistodiffError(f"{folder / MANIFEST} is not a readable export manifest ({e}); export the set again")
     tiles = []
     for row in rows:
-        if not row.get("file") or not (folder / row["file"]).is_file():
+        if not row.get("file") or not inside(folder, row["file"], str(folder / MANIFEST)).is_file():
             raise HistodiffError(f"{folder / MANIFEST} names {row.get('file')!r}, which is missing; export again")
         tiles.append(read_rgb(folder / row["file"]))
     if len({t.shape for t in tiles}) > 1:

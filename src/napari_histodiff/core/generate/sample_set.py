@@ -14,6 +14,7 @@ import numpy as np
 from ..base.atomic import partial_path, remove_dead_partials, swap_in
 from ..base.errors import HistodiffError
 from ..base.outdir import check_output
+from ..base.names import folder_names, safe_name
 from ..base.owner import refresh
 from ..formats.images import contact_sheet, write_png, write_tile
 from ..formats.records import RECORDS_FILE, TileRecord, read_records, write_records
@@ -93,9 +94,11 @@ def write_samples(bundle, options: SampleOptions, out, rule: SelectionRule | Non
 
 def _write_batch(folder, data, opts, digest, bundle, rule, sheets) -> list[TileRecord]:
     batch = []
+    folders = folder_names(bundle.class_names or [])
+    folders[None] = safe_name("unguided", set(folders.values()))
     for k, tile in enumerate(data["tiles"]):
         i, cls = data["start"] + k, data["classes"][k]
-        name = cls or "unguided"
+        name = folders[cls] if cls in folders else safe_name(cls)  # the class name itself stays in the record
         rec = TileRecord(
             id=f"{name}_{i:05d}", file=f"{name}/{name}_{i:05d}.tif", target_class=cls, index=i,
             seed=opts.seed, sample_seed=data["seeds"][k], sampler=opts.sampler, steps=opts.steps,
