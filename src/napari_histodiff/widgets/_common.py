@@ -137,13 +137,16 @@ def _stoppable(ctl, gen_func, *args):
     ``ctl``: a :class:`_Control` (or ``{"stop": bool}``, read once)."""
     import dataclasses
 
+    from ..core.base.lock import locked
     from ..core.base.memory import guard_memory
 
     if isinstance(ctl, dict):
         ctl, ctl.stop = _Control(), bool(ctl.get("stop"))
     opts = args[0] if args and dataclasses.is_dataclass(args[0]) else None
-    names = [f.name for f in dataclasses.fields(opts)] if opts is not None else ()
-    gen = guard_memory(gen_func(*args), names)
+    gen = gen_func(*args)
+    if opts is not None:  # one writer per output folder, napari and CLI alike
+        gen = locked(gen, opts, f"napari ({getattr(gen_func, '__name__', 'job')})")
+    gen = guard_memory(gen, opts if opts is not None else ())
     try:
         while True:
             if ctl.hold():

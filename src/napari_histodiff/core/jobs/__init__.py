@@ -29,10 +29,13 @@ class Job:
 
     def run(self, opts, **inputs):
         """The job's progress generator; out of memory becomes one plain error (``base.memory``)."""
+        from ..base.lock import locked
         from ..base.memory import guard_memory
 
-        names = [f.name for f in dataclasses.fields(opts)] if dataclasses.is_dataclass(opts) else ()
-        return guard_memory(self._load(self.function)(opts, **inputs), names)
+        gen = self._load(self.function)(opts, **inputs)
+        if dataclasses.is_dataclass(opts):  # one writer per output folder
+            gen = locked(gen, opts, f"histodiff {self.name}")
+        return guard_memory(gen, opts if dataclasses.is_dataclass(opts) else ())
 
 
 RESUME = "a checkpoint was saved; continue with --resume"

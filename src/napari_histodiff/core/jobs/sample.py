@@ -6,6 +6,7 @@ from ..base.threads import fit_threads
 from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import ClassVar
 
 from ..base.errors import HistodiffError
 from ..base.options import check, device_option, option, require
@@ -57,6 +58,7 @@ def sample(opts: SampleOptions, model=None, sources=None):
             yield warning(note)
     plan = plan_classes(opts, bundle, sources is not None)
     plan.validate(bundle.scheduler.config.num_train_timesteps)
+    check_disk(plan, bundle, sources, opts.out)
     select = opts.select and bundle.selection_classifier is not None
     if opts.select and not select and bundle.latent_classifier is not None:
         guided = plan.guidance > 0 and (plan.classes or getattr(sources, "class_names", None))
@@ -71,6 +73,16 @@ def sample(opts: SampleOptions, model=None, sources=None):
         result.update(class_report(records, opts.selection, plan.classes or None))
         yield from _report_missing(result)
     return result
+
+
+def check_disk(plan: SampleOptions, bundle, sources, out) -> None:
+    """Refuse a run whose tiles (uncompressed TIFF) cannot fit on the disk of ``out``, before anything is written."""
+    from ..base.disk import check_free_space, tile_bytes
+    from ..generate.sampling import plan_variations
+
+    count = len(plan_variations(plan, sources)[0] if sources is not None else plan.plan())
+    check_free_space(out, count * tile_bytes(bundle.tile_size, "tif"), f"{count} tiles of {bundle.tile_size} px",
+                     fix="free some space, write to another disk ({opt:out}) or ask for fewer tiles ({opt:n})")
 
 
 def _report_missing(result: dict):
@@ -89,6 +101,8 @@ def _report_missing(result: dict):
 @dataclass
 class SelectOptions:
     """``histodiff select``: score a sample folder again and rewrite its keep / reject decisions."""
+
+    WRITES: ClassVar[str] = "samples"  # the folder this job writes (its lock)
 
     samples: Path | None = option(None, positional=True, required=True, gui=False, metavar="SAMPLES",
                                   help="sample folder (from `histodiff sample`)")
