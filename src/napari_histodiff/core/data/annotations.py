@@ -18,13 +18,16 @@ works on arrays of one image's pixels.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 
 from ..base.errors import HistodiffError
 from ..base.events import Progress, run_to_end, warning
+from .slide_tiles import SlideSource, TileGrid, best_level, resized
 from .tiles import ArrayTiles, TileSet, to_rgb_uint8
+
+__all__ = ["ArraySource", "SlideSource", "TileGrid", "RegionTiles", "label_cells", "shape_tiles", "label_tiles",
+           "point_tiles", "shapes_annotations"]
 
 STAGE = "extracting tiles"
 BLOCK = 2048  # label-image pixels per side read at once
@@ -55,11 +58,6 @@ def read_window(image, y, x, size) -> np.ndarray:
 
 # -- where tiles are read from --------------------------------------------------------------------
 
-def _best_level(downsamples, downsample: float) -> int:
-    ok = [k for k, d in enumerate(downsamples) if d <= downsample * 1.01]
-    return max(ok, key=lambda k: downsamples[k]) if ok else 0
-
-
 class ArraySource:
     """An image as pyramid levels of numpy-like (h, w, 3|4) arrays (numpy, dask, zarr), level 0 first.
 
@@ -79,7 +77,7 @@ class ArraySource:
         self.downsamples = [(w0 / w + h0 / h) / 2 for w, h in self.dimensions]
 
     def best_level(self, downsample: float) -> int:
-        return _best_level(self.downsamples, downsample)
+        return best_level(self.downsamples, downsample)
 
     def read_region(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
         """(h, w) px of ``level`` whose top-left corner is level-0 pixel (x, y); white outside the image."""
@@ -92,72 +90,6 @@ class ArraySource:
             part = _compute(self.levels[level][y0:y1, x0:x1])
             out[y0 - ly : y1 - ly, x0 - lx : x1 - lx] = to_rgb_uint8(part, name=f"{self.name} at x={x},y={y}")
         return out
-
-
-class SlideSource:
-    """A slide file, opened per process from a small cache (so tile sets of it can go to data-loader
-    worker processes); ``slide_mpp`` overrides the file's microns per pixel."""
-
-    lazy = True
-
-    def __init__(self, path, slide_mpp: float | None = None):
-        self.path, self.slide_mpp = Path(path), slide_mpp
-        slide = self.slide
-        self.dimensions, self.downsamples, self.mpp = list(slide.dimensions), list(slide.downsamples), slide.mpp
-        self.name = self.path.name
-
-    @property
-    def slide(self):
-        from .slide_tiles import opened
-
-        return opened(self.path, self.slide_mpp)
-
-    def best_level(self, downsample: float) -> int:
-        return _best_level(self.downsamples, downsample)
-
-    def read_region(self, level, x, y, w, h) -> np.ndarray:
-        return self.slide.read_region(level, x, y, w, h)
-
-
-class TileGrid:
-    """The tiling of a source: ``tile_size`` px tiles at ``mpp`` (None: level 0's resolution), every
-    ``stride`` tile px, aligned to the top-left corner. A tile covers ``size0`` level-0 px and is read
-    from ``level`` as ``read_size`` px (then resized), like :class:`SlideTiles` does."""
-
-    def __init__(self, source, tile_size: int, stride: int | None = None, mpp: float | None = None):
-        t = int(tile_size)
-        s = t if stride is None else int(stride)
-        if t < 1 or s < 1:
-            raise HistodiffError(f"tile size ({tile_size}) and stride ({stride}) must be at least 1 px.")
-        self.tile_size, self.stride = t, s
-        self.factor = float(mpp) / source.mpp if mpp and source.mpp else 1.0
-        self.mpp = source.mpp * self.factor if source.mpp else None
-        self.size0, self.step0 = t * self.factor, s * self.factor
-        self.width, self.height = source.dimensions[0]
-        if self.size0 > min(self.width, self.height) + 1e-6:
-            if self.factor == 1:
-                raise HistodiffError(f"tile size {t} px is larger than the image ({self.width}x{self.height} px). "
-                                     f"Use a tile size of at most {min(self.width, self.height)} px.")
-            raise HistodiffError(f"a {t} px tile at {mpp:g} um/px covers {self.size0:.0f} px of {source.name}, "
-                                 f"which is only {self.width}x{self.height} px: use a smaller tile size.")
-        self.level = source.best_level(self.factor)
-        self.read_size = max(1, round(t * self.factor / source.downsamples[self.level]))
-        self.nx = math.floor((self.width - self.size0) / self.step0 + 1e-6) + 1
-        self.ny = math.floor((self.height - self.size0) / self.step0 + 1e-6) + 1
-
-    def pos(self, i) -> np.ndarray:
-        """Level-0 start of grid column (or row) ``i``, as SlideTiles places it."""
-        return np.round(np.asarray(i) * self.step0).astype(np.int64)
-
-    def span(self, lo, hi, n) -> tuple[np.ndarray, np.ndarray]:
-        """Grid indices [first, last) whose tiles may overlap [lo, hi) (a little generous; clipped to n)."""
-        first = np.floor((np.asarray(lo, float) - self.size0) / self.step0) - 1
-        last = np.floor(np.asarray(hi, float) / self.step0) + 2
-        return np.clip(first, 0, n).astype(np.int64), np.clip(last, 0, n).astype(np.int64)
-
-    def describe(self) -> str:
-        res = f"{self.mpp:.3g} um/px" if self.mpp else "full resolution" if self.factor == 1 else f"1/{self.factor:g}"
-        return f"{self.tile_size} px tiles at {res}, stride {self.stride}"
 
 
 class RegionTiles(TileSet):
@@ -177,8 +109,6 @@ class RegionTiles(TileSet):
         return len(self.xy)
 
     def __getitem__(self, i: int) -> np.ndarray:
-        from .slide_tiles import resized
-
         x, y = (int(v) for v in self.xy[self._index(i)])
         return resized(self.source.read_region(self.level, x, y, self.read_size, self.read_size), self.tile_size)
 
@@ -223,13 +153,6 @@ def _no_tiles(t, min_fraction, what) -> HistodiffError:
 def _check_fraction(min_fraction) -> None:
     if not 0 < min_fraction <= 1:
         raise HistodiffError(f"the minimum annotated fraction must be in (0, 1] (got {min_fraction}), e.g. 0.5.")
-
-
-def _mpp_note(source, mpp):
-    if mpp and not source.mpp:
-        yield warning(f"{source.name} does not say its microns per pixel, so its tiles are cut at full "
-                      f"resolution; the model works at {mpp:g} um/px. Open the slide with this plugin's reader "
-                      "(it reads the resolution), or check that the image has the model's resolution.")
 
 
 # -- shapes ---------------------------------------------------------------------------------------
@@ -282,8 +205,20 @@ def shapes_annotations(polygons, classes, names=None, paint_over: bool = True):
 
     from .geojson import Annotation, AnnotationSet
 
-    geoms = np.array([shapely.make_valid(g) if not g.is_valid else g for g in polygons], dtype=object)
-    classes = check_classes(classes, len(geoms), "shape")
+    classes = check_classes(classes, len(polygons), "shape")
+    names = names or [None] * len(polygons)
+    geoms, notes = np.empty(len(polygons), dtype=object), []
+    for k, g in enumerate(polygons):
+        if not np.isfinite(shapely.get_coordinates(g)).all():
+            raise HistodiffError(f"shape {k} ({classes[k]}) has a coordinate that is not a number; delete it and "
+                                 "draw it again.")
+        geoms[k] = g
+        if not g.is_valid:  # e.g. a bow-tie: keep what it encloses, and say so
+            why = shapely.is_valid_reason(g)
+            geoms[k] = shapely.make_valid(g)
+            who = f"shape {k} {names[k]!r}" if names[k] else f"shape {k}"
+            notes.append(f"{who} ({classes[k]}) crosses itself ({why}); it was repaired (shapely make_valid) "
+                         f"into {geoms[k].area:.0f} px\u00b2: redraw it if that is not what you meant")
     if paint_over and len(geoms) > 1:
         tree = shapely.STRtree(geoms)
         later, near = tree.query(geoms, predicate="intersects")
@@ -293,9 +228,8 @@ def shapes_annotations(polygons, classes, names=None, paint_over: bool = True):
             if over.size:
                 out[k] = shapely.difference(geoms[k], shapely.union_all(geoms[over]))
         geoms = out
-    names = names or [None] * len(geoms)
     return AnnotationSet([Annotation(g, c, "annotation", None, n) for g, c, n in zip(geoms, classes, names)],
-                         "the shapes layer")
+                         "the shapes layer", notes=notes)
 
 
 def _band_cells(grid: TileGrid, bounds: np.ndarray, iy0: int, iy1: int) -> tuple[np.ndarray, np.ndarray]:
@@ -315,44 +249,56 @@ def _band_cells(grid: TileGrid, bounds: np.ndarray, iy0: int, iy1: int) -> tuple
     return iy + iy0, ix
 
 
-def shape_tiles(source, annotations, tile_size: int, stride: int | None = None, min_fraction: float = 0.5,
-                mpp: float | None = None, lazy: bool | None = None):
-    """Generator: grid tiles where one class of ``annotations`` (an AnnotationSet in level-0 px) covers
-    at least ``min_fraction`` (the largest class wins; ties: first in class_names). Only tiles near a
-    shape are tested. Yields progress; returns a :class:`RegionTiles` (lazy slides) or ArrayTiles."""
+def label_cells(grid: TileGrid, annotations, min_fraction: float = 0.5):
+    """Generator: the cells of ``grid`` where one class of ``annotations`` (an AnnotationSet in level-0
+    px) covers at least ``min_fraction`` (the largest class wins; ties: first in class_names); only
+    tiles near a shape are tested. Yields progress; returns (xy: level-0 top-left corners, row by row,
+    labels: indices of class_names, covered: the winner's fraction). Used by napari's layers and by
+    :class:`.slide_tiles.SlideTiles` alike."""
     import shapely
 
     _check_fraction(min_fraction)
-    grid = TileGrid(source, tile_size, stride, mpp)
-    yield from _mpp_note(source, mpp)
     geoms = [a.geometry for a in annotations.annotations if not a.geometry.is_empty]
-    if not geoms:
+    xy, labels, covered = [np.zeros((0, 2), np.int64)], [np.zeros(0, np.int64)], [np.zeros(0)]
+    if geoms:
+        bounds = shapely.bounds(np.array(geoms, dtype=object))
+        rows = max(1, min(grid.ny, 4_000_000 // max(grid.nx, 1) // 4))
+        for iy0 in range(0, grid.ny, rows):
+            iy1 = min(grid.ny, iy0 + rows)
+            iy, ix = _band_cells(grid, bounds, iy0, iy1)
+            for k in range(0, len(iy), BOXES):
+                x, y = grid.pos(ix[k : k + BOXES]), grid.pos(iy[k : k + BOXES])
+                boxes = np.stack([x, y, x + grid.size0, y + grid.size0], 1).astype(np.float64)
+                lab, frac = annotations.label_boxes(boxes, min_fraction)
+                keep = lab >= 0
+                xy.append(np.stack([x[keep], y[keep]], 1))
+                labels.append(lab[keep])
+                covered.append(frac[keep])
+            yield Progress(STAGE, iy1, grid.ny)
+    xy, labels, covered = np.concatenate(xy), np.concatenate(labels), np.concatenate(covered)
+    order = np.lexsort((xy[:, 0], xy[:, 1]))  # row by row, as the image is read
+    return xy[order], labels[order], covered[order]
+
+
+def shape_tiles(source, annotations, tile_size: int, stride: int | None = None, min_fraction: float = 0.5,
+                mpp: float | None = None, lazy: bool | None = None, scale: float | None = None):
+    """Generator: grid tiles where one class of ``annotations`` (an AnnotationSet in level-0 px) covers
+    at least ``min_fraction`` (:func:`label_cells`). Yields progress and a warning per repaired shape;
+    returns a :class:`RegionTiles` (lazy slides) or ArrayTiles."""
+    _check_fraction(min_fraction)
+    grid = TileGrid(source, tile_size, stride, mpp, scale)
+    if not any(not a.geometry.is_empty for a in annotations.annotations):
         raise HistodiffError("the shapes have no area (all painted over, or lines); draw regions around each class.")
-    bounds = shapely.bounds(np.array(geoms, dtype=object))
-    rows = max(1, min(grid.ny, 4_000_000 // max(grid.nx, 1) // 4))
-    xy, labels, covered = [], [], []
-    for iy0 in range(0, grid.ny, rows):
-        iy1 = min(grid.ny, iy0 + rows)
-        iy, ix = _band_cells(grid, bounds, iy0, iy1)
-        for k in range(0, len(iy), BOXES):
-            x, y = grid.pos(ix[k : k + BOXES]), grid.pos(iy[k : k + BOXES])
-            boxes = np.stack([x, y, x + grid.size0, y + grid.size0], 1).astype(np.float64)
-            lab, frac = annotations.label_boxes(boxes, min_fraction)
-            keep = lab >= 0
-            xy.append(np.stack([x[keep], y[keep]], 1))
-            labels.append(lab[keep])
-            covered.append(frac[keep])
-        yield Progress(STAGE, iy1, grid.ny)
-    xy = np.concatenate(xy) if xy else np.zeros((0, 2), np.int64)
+    for note in getattr(annotations, "notes", []):
+        yield warning(note)
+    xy, labels, covered = yield from label_cells(grid, annotations, min_fraction)
     if not len(xy):
         (x0, y0, x1, y1) = annotations.bounds() or (0, 0, 0, 0)
         if x0 >= grid.width or y0 >= grid.height or x1 <= 0 or y1 <= 0:
             raise HistodiffError(f"the shapes lie outside {source.name} ({grid.width}x{grid.height} px); draw them "
                                  "on this image (or check the layers' scale and translate).")
         raise _no_tiles(tile_size, min_fraction, ", ".join(annotations.class_names))
-    order = np.lexsort((xy[:, 0], xy[:, 1]))  # row by row, as the image is read
-    tiles = RegionTiles(source, grid, xy[order], np.concatenate(labels)[order], annotations.class_names,
-                        np.concatenate(covered)[order])
+    tiles = RegionTiles(source, grid, xy, labels, annotations.class_names, covered)
     return (yield from _finish(tiles, lazy))
 
 
@@ -374,7 +320,7 @@ def _class_lookup(class_map):
 
 def label_tiles(source, labels, class_map: dict[int, str], tile_size: int, stride: int | None = None,
                 min_fraction: float = 0.5, mpp: float | None = None, to_labels=((1.0, 1.0), (0.0, 0.0)),
-                lazy: bool | None = None):
+                lazy: bool | None = None, scale: float | None = None):
     """Generator: grid tiles whose main class in the label image covers at least ``min_fraction``.
 
     ``labels``: a 2-D integer array-like (numpy, dask, zarr), read block by block. ``class_map``: label
@@ -382,8 +328,7 @@ def label_tiles(source, labels, class_map: dict[int, str], tile_size: int, strid
     ``to_labels`` = ((sy, sx), (oy, ox)): a level-0 position (continuous, see the module doc) u maps to
     the label image's v = s * u + o; a tile counts the label pixels whose centres fall in its box."""
     _check_fraction(min_fraction)
-    grid = TileGrid(source, tile_size, stride, mpp)
-    yield from _mpp_note(source, mpp)
+    grid = TileGrid(source, tile_size, stride, mpp, scale)
     if len(labels.shape) != 2:
         raise HistodiffError(f"the label image must be 2-D (got shape {tuple(labels.shape)}); use a 2-D Labels layer.")
     if np.dtype(labels.dtype).kind not in "iub":
@@ -450,11 +395,11 @@ def label_tiles(source, labels, class_map: dict[int, str], tile_size: int, strid
 
 # -- points ---------------------------------------------------------------------------------------
 
-def point_tiles(source, points, classes, tile_size: int, mpp: float | None = None, lazy: bool | None = None):
+def point_tiles(source, points, classes, tile_size: int, mpp: float | None = None, lazy: bool | None = None,
+                scale: float | None = None):
     """Generator: one tile centred on each point (level-0 (y, x), continuous: see the module doc);
     returns (tiles, number of points whose tile would leave the image)."""
-    grid = TileGrid(source, tile_size, None, mpp)
-    yield from _mpp_note(source, mpp)
+    grid = TileGrid(source, tile_size, None, mpp, scale)
     points = np.asarray(points, dtype=float)
     if points.ndim != 2 or points.shape[1] != 2 or len(points) == 0:
         raise HistodiffError(f"points must be an (N, 2) array of (row, col) with N >= 1; got shape {points.shape}. "

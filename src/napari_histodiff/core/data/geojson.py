@@ -3,7 +3,9 @@
 Reads what QuPath 0.2-0.6 exports (File > Export objects as GeoJSON): a FeatureCollection, a bare
 list of features or one Feature; Polygon / MultiPolygon (holes kept) and GeometryCollections of
 them; coordinates in level-0 pixels. Unclassified objects, other object types and non-area
-geometries (points, lines) are left out and counted in ``AnnotationSet.skipped``.
+geometries (points, lines) are left out: counted in ``AnnotationSet.skipped``, kept as they were in
+``AnnotationSet.left_out`` (and written back), and named in one message. Polygons that cross
+themselves are repaired and named; a NaN coordinate is an error naming the object.
 """
 
 from __future__ import annotations
@@ -35,11 +37,40 @@ class Annotation:
 
 
 @dataclass
+class LeftOut:
+    """A QuPath object that was not loaded, kept as it was in the file."""
+
+    feature: object  # the GeoJSON feature
+    reason: str  # "unclassified", "object type detection", "unsupported geometry (Point)", ...
+    label: str  # how messages name it: "annotation 'Region 1' (unclassified)", "detection 4 (Tumor)"
+
+
+@dataclass
 class AnnotationSet:
     annotations: list[Annotation]
     source: str = ""  # file name, for messages
     skipped: dict[str, int] = field(default_factory=dict)  # what was left out -> how many
+    left_out: list[LeftOut] = field(default_factory=list)  # the objects not loaded, as they were
+    notes: list[str] = field(default_factory=list)  # per annotation: what was repaired
     _index: tuple | None = field(default=None, init=False, repr=False, compare=False)
+
+    def left_out_message(self, most: int = 5) -> str | None:
+        """One message naming every QuPath object that was not loaded (by reason; the first ``most`` of
+        each by name), or None when every object was."""
+        if not self.left_out:
+            return None
+        by: dict[str, list[str]] = {}
+        for x in self.left_out:
+            by.setdefault(x.reason, []).append(x.label)
+        parts = []
+        for why, labels in by.items():
+            shown = ", ".join(labels[:most]) + (f" and {len(labels) - most} more" if len(labels) > most else "")
+            what = f"{why.removeprefix('object type ')} object{'s' * (len(labels) > 1)}" \
+                if why.startswith("object type ") else why
+            parts.append(f"{len(labels)} {what} ({shown})")
+        n = len(self.left_out)
+        return (f"{self.source}: {n} of {n + len(self.annotations)} QuPath objects are not used: "
+                f"{'; '.join(parts)}")
 
     @property
     def class_names(self) -> list[str]:
@@ -164,19 +195,46 @@ def _classification(props: dict) -> tuple[str | None, tuple[int, int, int] | Non
 
 
 def _polygonal(g):
-    """The polygonal parts of g, 2-D and valid (empty if repair left nothing), or None without any."""
+    """(the polygonal parts of g, 2-D and valid, or None without any; why it was repaired, or None)."""
     import shapely
 
     g = shapely.force_2d(g)
     if g.geom_type not in ("Polygon", "MultiPolygon"):
         polys = [p for p in shapely.get_parts(g) if p.geom_type in ("Polygon", "MultiPolygon")]
         if not polys:
-            return None
+            return None, None
         g = shapely.union_all(polys)
-    if not g.is_valid:  # self-intersections: keep the polygonal parts of the repair
-        polys = [p for p in shapely.get_parts(shapely.make_valid(g)) if p.geom_type in ("Polygon", "MultiPolygon")]
-        g = shapely.union_all(polys) if polys else shapely.Polygon()
-    return g
+    if g.is_valid:
+        return g, None
+    why = shapely.is_valid_reason(g)  # e.g. "Self-intersection[5 5]": a bow-tie, a ring crossing a hole
+    polys = [p for p in shapely.get_parts(shapely.make_valid(g)) if p.geom_type in ("Polygon", "MultiPolygon")]
+    return (shapely.union_all(polys) if polys else shapely.Polygon()), why
+
+
+def _finite(coords) -> bool:
+    """False when a GeoJSON coordinate array holds NaN or infinity (JSON NaN / Infinity)."""
+    if isinstance(coords, (list, tuple)):
+        return all(_finite(c) for c in coords)
+    return not isinstance(coords, float) or np.isfinite(coords)
+
+
+def _geometry_finite(geom) -> bool:
+    if not isinstance(geom, dict):
+        return True
+    if isinstance(geom.get("geometries"), list):
+        return all(_geometry_finite(g) for g in geom["geometries"])
+    return _finite(geom.get("coordinates"))
+
+
+def describe(k: int, feature, props: dict | None = None) -> str:
+    """How a message names object ``k`` (0-based) of a file: its type, name or number, and class."""
+    props = props if props is not None else (feature.get("properties") if isinstance(feature, dict) else None)
+    props = props if isinstance(props, dict) else {}
+    otype = _object_type(feature, props) if isinstance(feature, dict) else "object"
+    name = props.get("name")
+    cls, _ = _classification(props)
+    who = f"{otype} {name!r}" if name not in (None, "") else f"{otype} {k + 1}"
+    return f"{who} ({cls})" if cls else who
 
 
 def _features(data, name: str) -> list:
@@ -211,7 +269,11 @@ def _nothing_usable(name: str, skipped: Counter, object_types) -> HistodiffError
 
 
 def read_geojson(path, object_types=("annotation",)) -> AnnotationSet:
-    """Classified Polygon/MultiPolygon objects of the given QuPath object types from a GeoJSON file."""
+    """Classified Polygon/MultiPolygon objects of the given QuPath object types from a GeoJSON file.
+
+    Every other object is kept as it was in ``left_out`` (named by :meth:`AnnotationSet.left_out_message`,
+    written back by :func:`write_geojson`); a polygon that crosses itself is repaired (shapely
+    ``make_valid``) and named in ``notes``; a NaN or infinite coordinate of a used object is an error."""
     import shapely.geometry
     from shapely.errors import ShapelyError
 
@@ -225,45 +287,83 @@ def read_geojson(path, object_types=("annotation",)) -> AnnotationSet:
         raise HistodiffError(f"{name} is not a JSON file ({type(e).__name__}: {e}): {EXPORT_HINT} "
                              "and try again.") from None
     wanted = {str(t).lower() for t in object_types}
-    anns, skipped = [], Counter()
-    for f in _features(data, name):
+    anns, skipped, left_out, notes = [], Counter(), [], []
+
+    def leave(k, f, why):
+        skipped[why] += 1
+        left_out.append(LeftOut(f, why, describe(k, f) if isinstance(f, dict) else f"object {k + 1}"))
+
+    for k, f in enumerate(_features(data, name)):
         if not isinstance(f, dict):
-            skipped["not a feature"] += 1
+            leave(k, f, "not a feature")
             continue
         props = f.get("properties") if isinstance(f.get("properties"), dict) else {}
         otype = _object_type(f, props)
         if otype not in wanted:
-            skipped[f"object type {otype}"] += 1
+            leave(k, f, f"object type {otype}")
             continue
         geom = f.get("geometry")
         gtype = geom.get("type") if isinstance(geom, dict) else None
         if isinstance(gtype, str) and gtype not in GEOMETRY_TYPES:
-            skipped[f"unsupported geometry ({gtype})"] += 1
+            leave(k, f, f"unsupported geometry ({gtype})")
             continue
+        cls, color = _classification(props)
+        if not _geometry_finite(geom):
+            if cls is None:
+                leave(k, f, "unclassified")
+                continue
+            raise HistodiffError(f"{name}: {describe(k, f, props)} has a coordinate that is not a number (NaN or "
+                                 "infinity); fix or delete that object in QuPath and export the file again.")
         try:
             g = shapely.geometry.shape(geom)
         except (ValueError, TypeError, KeyError, AttributeError, IndexError, ShapelyError):  # null, malformed
             g = None
-        poly = None if g is None or g.is_empty else _polygonal(g)
+        try:
+            poly, repaired = (None, None) if g is None or g.is_empty else _polygonal(g)
+        except ShapelyError as e:  # GEOS refuses the geometry: name the object, not the library
+            raise HistodiffError(f"{name}: the outline of {describe(k, f, props)} cannot be read ({e}); fix or "
+                                 "delete that object in QuPath and export the file again.") from None
         if poly is None and g is not None and not g.is_empty:
-            skipped[f"unsupported geometry ({g.geom_type})"] += 1
+            leave(k, f, f"unsupported geometry ({g.geom_type})")
             continue
         if poly is None or poly.is_empty or poly.area <= 0:
-            skipped["empty or invalid geometry"] += 1
+            leave(k, f, "empty or invalid geometry")
             continue
-        cls, color = _classification(props)
         if cls is None:
-            skipped["unclassified"] += 1
+            leave(k, f, "unclassified")
             continue
+        if repaired:
+            notes.append(f"{name}: {describe(k, f, props)} crosses itself ({repaired}); it was repaired "
+                         f"(shapely make_valid) into {len(shapely.get_parts(poly))} polygon(s) of "
+                         f"{poly.area:.0f} px\u00b2 in all: check it in QuPath")
         label = props.get("name")
         anns.append(Annotation(poly, cls, otype, color, str(label) if label not in (None, "") else None))
     if not anns:
         raise _nothing_usable(name, skipped, object_types)
-    return AnnotationSet(anns, name, dict(skipped))
+    return AnnotationSet(anns, name, dict(skipped), left_out, notes)
 
 
-def write_geojson(path, annotations: list[Annotation]) -> None:
-    """A QuPath-importable FeatureCollection (File > Import objects, or drag onto the image)."""
+def count_objects(classes, objects) -> dict[str, int]:
+    """QuPath objects per class of a napari layer's ``class`` and ``object`` features: the pieces of one
+    object (same ``object`` number, e.g. the parts of a MultiPolygon or a polygon cut around its holes)
+    count once; shapes with object -1 or none (drawn in napari) count one each. Unclassified: key ""."""
+    seen, out = set(), Counter()
+    for k, (c, o) in enumerate(zip(classes, objects)):
+        c = "" if c is None or c != c else str(c).strip()  # NaN -> ""
+        try:
+            o = int(float(o))
+        except (TypeError, ValueError):
+            o = -1
+        key = ("object", o) if o >= 0 else ("shape", k)
+        if key not in seen:
+            seen.add(key)
+            out[c] += 1
+    return dict(out)
+
+
+def write_geojson(path, annotations: list[Annotation], kept=()) -> None:
+    """A QuPath-importable FeatureCollection (File > Import objects, or drag onto the image); ``kept``:
+    GeoJSON features written as they are after the annotations (the objects a reader left out)."""
     import shapely.geometry
 
     features = []
@@ -280,6 +380,7 @@ def write_geojson(path, annotations: list[Annotation]) -> None:
             props["classification"] = cls
         features.append({"type": "Feature", "id": str(uuid.uuid4()),
                          "geometry": shapely.geometry.mapping(a.geometry), "properties": props})
+    features += [f for f in kept if isinstance(f, dict)]
     path = Path(path)
     tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
     tmp.write_text(json.dumps({"type": "FeatureCollection", "features": features}), encoding="utf-8")

@@ -9,6 +9,7 @@ or slide count. Annotations (QuPath GeoJSON) label a tile when a class covers en
 
 from __future__ import annotations
 
+import math
 import os
 from collections import OrderedDict
 from pathlib import Path
@@ -41,14 +42,99 @@ def opened(path, slide_mpp=None):
     return slide
 
 
-def source_factor(slide, mpp=None, scale=None) -> float:
-    """Level-0 pixels per tile pixel: from the target ``mpp`` (needs the slide's), or 1 / ``scale``."""
-    if mpp is not None:
-        if not slide.mpp:
-            raise HistodiffError(f"{slide.path} does not say its microns per pixel; give it with {{opt:slide_mpp}}, "
-                                 "or tile it by magnification with {opt:scale} instead of {opt:mpp}")
-        return float(mpp) / float(slide.mpp)
-    return 1.0 / float(scale) if scale is not None else 1.0
+def tile_factor(name, image_mpp=None, mpp=None, scale=None) -> float:
+    """Level-0 pixels of an image per tile pixel: the one rule of the CLI, the jobs and napari.
+
+    ``mpp``: the tiles' microns per pixel (e.g. the model's), which needs the image's ``image_mpp``;
+    else ``scale``: a magnification factor (0.5: half resolution); neither: level 0 as it is. An
+    image that does not say its microns per pixel is never tiled at an ``mpp`` (silently at full
+    resolution it would give the model tiles of the wrong magnification): that is an error naming the fix."""
+    if mpp is None:
+        return 1.0 / float(scale) if scale is not None else 1.0
+    if not image_mpp:
+        raise HistodiffError(f"{name} does not say its microns per pixel, so tiles at {float(mpp):g} um/px cannot "
+                             "be cut from it: give its resolution with {opt:slide_mpp} (in napari: open the slide "
+                             "with this plugin's reader, which reads it), or cut tiles by magnification with "
+                             "{opt:scale} (1: as stored)")
+    return float(mpp) / float(image_mpp)
+
+
+def best_level(downsamples, downsample: float) -> int:
+    """The coarsest pyramid level at least as fine as ``downsample`` (level 0 when none is)."""
+    ok = [k for k, d in enumerate(downsamples) if d <= downsample * 1.01]
+    return max(ok, key=lambda k: downsamples[k]) if ok else 0
+
+
+class SlideSource:
+    """A slide file, opened per process from a small cache (so tile sets of it can go to data-loader
+    worker processes); ``slide_mpp`` overrides the file's microns per pixel."""
+
+    lazy = True
+
+    def __init__(self, path, slide_mpp: float | None = None):
+        self.path, self.slide_mpp = Path(path), slide_mpp
+        slide = self.slide
+        self.dimensions, self.downsamples, self.mpp = list(slide.dimensions), list(slide.downsamples), slide.mpp
+        self.name = self.path.name
+
+    @property
+    def slide(self):
+        return opened(self.path, self.slide_mpp)
+
+    def best_level(self, downsample: float) -> int:
+        return best_level(self.downsamples, downsample)
+
+    def read_region(self, level, x, y, w, h) -> np.ndarray:
+        return self.slide.read_region(level, x, y, w, h)
+
+
+class TileGrid:
+    """The tiling of a source (a slide, or an image's levels): ``tile_size`` px tiles at ``mpp`` or
+    ``scale`` (:func:`tile_factor`), every ``stride`` tile px, aligned to the top-left corner. A tile
+    covers ``size0`` level-0 px and is read from ``level`` as ``read_size`` px (then resized)."""
+
+    def __init__(self, source, tile_size: int, stride: int | None = None, mpp: float | None = None,
+                 scale: float | None = None):
+        t = int(tile_size)
+        s = t if stride is None else int(stride)
+        if t < 1 or s < 1:
+            raise HistodiffError(f"tile size ({tile_size}) and stride ({stride}) must be at least 1 px.")
+        self.tile_size, self.stride, self.name = t, s, source.name
+        self.factor = tile_factor(source.name, source.mpp, mpp, scale)
+        self.mpp = source.mpp * self.factor if source.mpp else None
+        self.size0, self.step0 = t * self.factor, s * self.factor
+        self.width, self.height = source.dimensions[0]
+        if self.size0 > min(self.width, self.height) + 1e-6:
+            if self.factor == 1:
+                raise HistodiffError(f"tile size {t} px is larger than the image ({self.width}x{self.height} px). "
+                                     f"Use a tile size of at most {min(self.width, self.height)} px.")
+            at = f"{float(mpp):g} um/px" if mpp is not None else f"scale {float(scale):g}"
+            raise HistodiffError(f"a {t} px tile at {at} covers {self.size0:.0f} px of {source.name}, which is only "
+                                 f"{self.width}x{self.height} px: use a smaller {{opt:tile_size}}")
+        self.level = source.best_level(self.factor)
+        self.read_size = max(1, round(t * self.factor / source.downsamples[self.level]))
+        self.nx = math.floor((self.width - self.size0) / self.step0 + 1e-6) + 1
+        self.ny = math.floor((self.height - self.size0) / self.step0 + 1e-6) + 1
+
+    def pos(self, i) -> np.ndarray:
+        """Level-0 start of grid column (or row) ``i``."""
+        return np.round(np.asarray(i) * self.step0).astype(np.int64)
+
+    def xs(self) -> np.ndarray:
+        return self.pos(np.arange(self.nx)).astype(np.int32)
+
+    def ys(self) -> np.ndarray:
+        return self.pos(np.arange(self.ny)).astype(np.int32)
+
+    def span(self, lo, hi, n) -> tuple[np.ndarray, np.ndarray]:
+        """Grid indices [first, last) whose tiles may overlap [lo, hi) (a little generous; clipped to n)."""
+        first = np.floor((np.asarray(lo, float) - self.size0) / self.step0) - 1
+        last = np.floor(np.asarray(hi, float) / self.step0) + 2
+        return np.clip(first, 0, n).astype(np.int64), np.clip(last, 0, n).astype(np.int64)
+
+    def describe(self) -> str:
+        res = f"{self.mpp:.3g} um/px" if self.mpp else "full resolution" if self.factor == 1 else f"1/{self.factor:g}"
+        return f"{self.tile_size} px tiles at {res}, stride {self.stride}"
 
 
 class SlideTiles(TileSet):
@@ -57,34 +143,24 @@ class SlideTiles(TileSet):
     ``mpp``: microns per pixel of the tiles (or ``scale``: magnification factor, for files without
     one); ``stride`` in tile pixels; ``min_tissue``: fraction of tissue a kept tile needs;
     ``annotations`` (an ``AnnotationSet``): a tile gets the class covering the largest fraction of it,
-    if at least ``min_fraction``; unlabelled tiles are then left out.
+    if at least ``min_fraction`` (the grid and the labelling are those of napari's annotation layers,
+    :class:`TileGrid` and :func:`.annotations.label_cells`); unlabelled tiles are then left out.
+    ``notes``: what the annotations' reader repaired or left out, for the job to show.
     """
 
     def __init__(self, path, tile_size: int, *, mpp=None, scale=None, slide_mpp=None, stride=None,
                  min_tissue: float = 0.5, tissue_filter: bool = True, annotations=None, min_fraction: float = 0.5):
         self.path, self.tile_size, self.slide_mpp = Path(path), int(tile_size), slide_mpp
-        if self.tile_size < 1 or (stride is not None and int(stride) < 1):
-            raise HistodiffError(f"tile size ({tile_size}) and stride ({stride}) must be at least 1 px")
-        slide = opened(self.path, slide_mpp)
-        self.factor = source_factor(slide, mpp, scale)
-        self.mpp = slide.mpp * self.factor if slide.mpp else None
-        self.level = slide.best_level(self.factor)
-        self.read_size = max(1, round(self.tile_size * self.factor / slide.downsamples[self.level]))
-        size0 = self.tile_size * self.factor
-        w0, h0 = slide.dimensions[0]
-        if size0 > min(w0, h0):
-            raise HistodiffError(f"a {self.tile_size} px tile covers {size0:.0f} px of {self.path.name}, which is only "
-                                 f"{w0}x{h0} px: use a smaller {{opt:tile_size}} or a finer {{opt:mpp}}")
-        step = (int(stride) if stride else self.tile_size) * self.factor
-        xs = np.arange(0, w0 - size0 + 1e-6, step).round().astype(np.int32)
-        ys = np.arange(0, h0 - size0 + 1e-6, step).round().astype(np.int32)
-        self.class_names, self.labels, self.covered = [], None, None
+        self.source = SlideSource(self.path, slide_mpp)
+        grid = TileGrid(self.source, tile_size, stride, mpp=mpp, scale=scale)
+        self.factor, self.mpp, self.level, self.read_size = grid.factor, grid.mpp, grid.level, grid.read_size
+        self.class_names, self.labels, self.covered, self.notes = [], None, None, []
         if annotations is not None:
-            self._label(xs, ys, size0, annotations, min_fraction)
+            self._label(grid, annotations, min_fraction)
         elif tissue_filter:
-            tissue, kept, best = TissueMask(slide), [], 0.0
-            for xy in grid_rows(xs, ys):  # a few rows at a time: memory does not grow with the slide
-                frac = tissue.fraction(xy, size0)
+            tissue, kept, best = TissueMask(self.source.slide), [], 0.0
+            for xy in grid_rows(grid.xs(), grid.ys()):  # a few rows at a time: memory does not grow with the slide
+                frac = tissue.fraction(xy, grid.size0)
                 best = max(best, float(frac.max()))
                 kept.append(xy[frac >= min_tissue])
             self.xy = np.concatenate(kept)
@@ -93,22 +169,18 @@ class SlideTiles(TileSet):
                                      f"{best:.0%}); lower {{opt:min_tissue}} or turn the tissue filter off "
                                      "({opt:tissue_filter=false})")
         else:
-            self.xy = np.concatenate(list(grid_rows(xs, ys)))
+            self.xy = np.concatenate(list(grid_rows(grid.xs(), grid.ys())))
         self.description = (f"slide {self.path} at {f'{self.mpp:.3g} um/px' if self.mpp else f'1/{self.factor:g}'}"
                             f" (level {self.level})")
 
-    def _label(self, xs, ys, size0, annotations, min_fraction):
-        parts = []
-        for xy in grid_rows(xs, ys):
-            labels, covered = annotations.label_boxes(np.concatenate([xy, xy + size0], 1).astype(np.float64),
-                                                      min_fraction)
-            keep = labels >= 0
-            parts.append((xy[keep], labels[keep], covered[keep]))
-        xy, labels, covered = (np.concatenate(a) for a in zip(*parts))
-        keep = labels >= 0
-        if not keep.any():
+    def _label(self, grid, annotations, min_fraction):
+        from ..base.events import run_to_end
+        from .annotations import label_cells
+
+        xy, labels, covered = run_to_end(label_cells(grid, annotations, min_fraction))
+        if not len(xy):
             bounds = annotations.bounds()
-            w0, h0 = opened(self.path, self.slide_mpp).dimensions[0]
+            w0, h0 = grid.width, grid.height
             if bounds is None or bounds[0] >= w0 or bounds[1] >= h0 or bounds[2] <= 0 or bounds[3] <= 0:
                 raise HistodiffError(f"the annotations of {annotations.source} lie outside {self.path.name} "
                                      f"({w0}x{h0} px); check that they belong to this slide")
@@ -116,14 +188,17 @@ class SlideTiles(TileSet):
                                  f"{min_fraction:.0%} by one class of {annotations.source}; use a smaller "
                                  "{opt:tile_size} or a lower {opt:min_fraction}")
         self.class_names = list(annotations.class_names)
-        self.xy, self.labels, self.covered = xy[keep], labels[keep], covered[keep]
+        self.xy = xy.astype(np.int32)
+        self.labels, self.covered = labels, covered.astype(np.float32)
+        message = annotations.left_out_message() if hasattr(annotations, "left_out_message") else None
+        self.notes = list(getattr(annotations, "notes", [])) + ([message] if message else [])
 
     def __len__(self) -> int:
         return len(self.xy)
 
     def __getitem__(self, i: int) -> np.ndarray:
         x, y = (int(v) for v in self.xy[self._index(i)])
-        region = opened(self.path, self.slide_mpp).read_region(self.level, x, y, self.read_size, self.read_size)
+        region = self.source.read_region(self.level, x, y, self.read_size, self.read_size)
         return resized(region, self.tile_size)
 
     def label(self, i: int) -> int | None:

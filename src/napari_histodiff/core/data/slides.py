@@ -7,9 +7,11 @@ level. Every read returns uint8 RGB (h, w, 3); outside the slide and transparent
 
 from __future__ import annotations
 
+import html
 import math
 import operator
 import re
+import unicodedata
 from collections import OrderedDict
 from pathlib import Path
 from typing import Self
@@ -22,7 +24,9 @@ SLIDE_SUFFIXES = (".svs", ".ndpi", ".mrxs", ".scn", ".bif", ".vms", ".vmu", ".ti
                   ".ome.tiff", ".dcm", ".svslide", ".png", ".jpg", ".jpeg")
 _OPENSLIDE_ONLY = (".svs", ".ndpi", ".mrxs", ".scn", ".bif", ".vms", ".vmu", ".dcm", ".svslide")
 _PLAIN = (".png", ".jpg", ".jpeg")
-_UM = {"µm": 1.0, "um": 1.0, "micron": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6}
+# OME length units, after NFKC (which turns the micro sign U+00B5 into the Greek mu U+03BC)
+_UM = {"\u03bcm": 1.0, "um": 1.0, "micron": 1.0, "microns": 1.0, "micrometer": 1.0, "micrometre": 1.0,
+       "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6}
 _BLOCK = 4096  # thumbnails are made block by block, so memory stays bounded
 
 
@@ -253,13 +257,20 @@ def _float(v) -> float | None:
     return f if math.isfinite(f) and f > 0 else None
 
 
+def _unit(name) -> float | None:
+    """Microns per OME length unit; ``µm`` is spelled with U+00B5 or U+03BC (OME's default when absent)."""
+    if name is None:
+        return 1.0
+    return _UM.get(unicodedata.normalize("NFKC", html.unescape(str(name))).strip().lower())
+
+
 def _tiff_mpp(tif, notes) -> float | None:
     """Microns per pixel from OME PhysicalSizeX/Y, else from the TIFF resolution tags."""
     if tif.is_ome and tif.ome_metadata:
         m = re.search(r"<(?:\w+:)?Pixels\b[^>]*>", tif.ome_metadata)
         attrs = dict(re.findall(r'(\w+)="([^"]*)"', m.group(0))) if m else {}
         sizes = [_float(attrs.get(f"PhysicalSize{a}")) for a in "XY"]
-        units = [_UM.get(attrs.get(f"PhysicalSize{a}Unit", "µm")) for a in "XY"]
+        units = [_unit(attrs.get(f"PhysicalSize{a}Unit")) for a in "XY"]
         mx, my = (s * u if s and u else None for s, u in zip(sizes, units))
     else:
         page, mx, my = tif.pages.first, None, None
@@ -280,6 +291,11 @@ def _smaller_copy(s, base) -> bool:
     (h, w), (h0, w0) = ((x.shape[x.axes.index("Y")], x.shape[x.axes.index("X")]) for x in (s, base))
     f = w0 / w
     return f > 1 and abs(h0 / f - h) <= 1
+
+
+def _white(dtype) -> float:
+    dtype = np.dtype(dtype)
+    return np.iinfo(dtype).max if dtype.kind in "ui" else 1.0
 
 
 class _TiledPage:
@@ -311,11 +327,15 @@ class _TiledPage:
                 self.cache.move_to_end(index)
                 return self.cache[index]
         page, fh = self.page, self.tif.filehandle
-        with fh.lock:
-            fh.seek(page.dataoffsets[index])
-            data = fh.read(page.databytecounts[index])
-        tile = page.decode(data, index, jpegtables=page.jpegtables)[0]
-        tile = tile.reshape(self.th, self.tw, -1) if tile is not None else np.zeros((self.th, self.tw, 1), page.dtype)
+        tile = None
+        if page.databytecounts[index] and page.dataoffsets[index]:  # else an empty (sparse) tile
+            with fh.lock:
+                fh.seek(page.dataoffsets[index])
+                data = fh.read(page.databytecounts[index])
+            tile = page.decode(data, index, jpegtables=page.jpegtables)[0]
+        if tile is None:  # nothing scanned there: white, like glass (and like OpenSlide's transparent tiles)
+            tile = np.full((self.th, self.tw, page.samplesperpixel), _white(page.dtype), page.dtype)
+        tile = tile.reshape(self.th, self.tw, -1)
         with self.lock:
             self.cache[index] = tile
             while len(self.cache) > self.max_tiles:
@@ -355,8 +375,8 @@ def _open_tifffile(path, mpp) -> _ArraySlide:
             more = [s for s in tif.series[1:] if (s.keyframe.is_reduced or s.keyframe.is_subifd)
                     and s.axes == axes and _smaller_copy(s, series)]
             found += sorted(more, key=lambda s: -s.shape[axes.index("X")])
-        levels = [(_TiledPage(tif, lv.pages[0]) if _TiledPage.fits(lv) else zarr.open(lv.aszarr(level=0), mode="r"),
-                   lv.axes) for lv in found]
+        levels = [(_TiledPage(tif, lv.pages[0]) if _TiledPage.fits(lv) else
+                   zarr.open(lv.aszarr(level=0, fillvalue=_white(lv.dtype)), mode="r"), lv.axes) for lv in found]
         notes: list[str] = []
         slide = _ArraySlide(Path(path), "ome-tiff" if tif.is_ome else "tiff", levels, _tiff_mpp(tif, notes),
                             mpp, tif)
