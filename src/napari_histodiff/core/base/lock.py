@@ -75,6 +75,9 @@ def written_folder(opts):
 
 
 def locked(gen, opts, job: str = ""):
-    """Run the job generator ``gen`` holding the lock of the folder ``opts`` writes."""
+    """Run the job generator ``gen`` holding the lock of the folder ``opts`` writes; file-system faults
+    (read-only, permission, busy) end it with one clear line (:mod:`.fsfaults`)."""
+    from .fsfaults import guard_filesystem
+
     with folder_lock(written_folder(opts), job):
-        return (yield from gen)
+        return (yield from guard_filesystem(gen))

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from .devices import is_main_process
 from .errors import HistodiffError
+from .fsfaults import check_writable
 from .owner import MARKER, claim, foreign, owned, read_owner, remove_owned, seal
 
 OUTPUT_FILES = {  # kind -> files (globs) a finished or resumable output of that kind holds
@@ -65,6 +66,7 @@ def check_output(out, kind: str, intent: str = "new", allowed=("new", "overwrite
         raise HistodiffError(f"intent must be one of {', '.join(allowed)} for {A[kind]} {WHAT[kind]} (got {intent!r})")
     if out.exists() and not out.is_dir():
         raise HistodiffError(f"output {out} is a file; choose a folder path")
+    check_writable(out)
     if not out.exists() or _is_empty(out):
         if intent == "append":
             raise HistodiffError(f"there is no {WHAT[kind]} in {out} to append to; leave out {{opt:intent=append}}")
