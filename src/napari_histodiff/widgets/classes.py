@@ -232,10 +232,12 @@ def remove_class(layer, name: str) -> None:
 
 
 def _check_name(name) -> str:
+    from ..core.base.names import check_class_name
+
     name = _text(name)
-    if not name or name.lower() == "nan":
+    if name.lower() == "nan":
         raise HistodiffError("a class needs a name (e.g. TUM, STR).")
-    return name
+    return check_class_name(name, "the class table")
 
 
 # -- Labels ---------------------------------------------------------------------------------------

@@ -85,7 +85,7 @@ def check_class_name(name, where: str) -> str:
     a shard, a napari layer, an option): a class name must show at least one visible character and no
     control character (line break, tab), else it cannot be shown, typed or told apart from another."""
     text = str(name)
-    if not text.strip():
+    if all(c.isspace() or unicodedata.category(c) == "Cf" for c in text):  # Cf: zero-width space, ...
         raise HistodiffError(f"{where}: the class name {text!r} is empty or only white space; give the class a "
                              "name with visible characters (e.g. TUM, STR)")
     if _CONTROL.search(text):

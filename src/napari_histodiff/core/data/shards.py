@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..base.errors import HistodiffError, TileReadError
+from ..base.names import check_class_name
 from .tiles import TileSet, _fit_square, to_rgb_uint8
 
 IMAGES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
@@ -40,8 +41,12 @@ class ShardTiles(TileSet):
                         if dot and "." + ext.lower() in IMAGES:
                             meta = members.get(stem + ".json")
                             cls = json.loads(tar.extractfile(meta).read()).get("class", "") if meta else ""
+                            if cls != "":
+                                check_class_name(cls, f"{stem}.json in shard {shard}")
                             entries.append((k, m.offset_data, m.size, f"{shard.name}:{name}"))
                             classes.append(cls)
+            except HistodiffError:
+                raise
             except (OSError, tarfile.TarError, ValueError) as e:
                 raise HistodiffError(f"cannot read shard {shard}: {e}; it is damaged or not a tar file "
                                      "(write it again with `histodiff tiles --shard-size`)") from None

@@ -16,6 +16,7 @@ from skimage.filters import threshold_otsu
 from skimage.transform import rescale, resize
 
 from ..base.errors import HistodiffError, TileReadError
+from ..base.names import check_class_name
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 
@@ -209,6 +210,8 @@ class TileFolder(TileSet):
                                  "Put tiles there, one sub-folder per class.")
         rel = [p.relative_to(root).parts for p in self.paths]
         self.class_names = sorted({r[0] for r in rel if len(r) > 1})
+        for c in self.class_names:
+            check_class_name(c, f"class folder {root / c}")
         _check_no_empty_classes(root, self.class_names)
         index = {c: k for k, c in enumerate(self.class_names)}
         self._labels = np.array([index[r[0]] if len(r) > 1 else -1 for r in rel], dtype=np.int32)
@@ -375,7 +378,7 @@ class ArrayTiles(TileSet):
         self.tiles = self.tiles.astype(np.uint8, copy=False)
         self.tile_size = self.tiles.shape[1]
         self.labels = None if labels is None else np.asarray(labels, dtype=np.int64)
-        self.class_names = list(class_names or [])
+        self.class_names = [check_class_name(c, description) for c in class_names or []]
         self.origins = origins
         self.description = description
 

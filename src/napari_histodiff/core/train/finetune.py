@@ -15,6 +15,7 @@ from typing import ClassVar
 
 from ..formats.bundle import load_bundle, read_meta, write_meta
 from ..base.errors import HistodiffError
+from ..base.names import check_class_name
 from ..base.events import Progress
 from ..base.options import check, device_option, option, precision_option, seed_option, record
 from ..formats.convert import ModelSource
@@ -112,6 +113,8 @@ def class_counts(tiles) -> dict[str, int]:
 
 def check_labeled(tiles, minimum: int) -> dict[str, int]:
     counts = class_counts(tiles)
+    for name in counts:
+        check_class_name(name, tiles.description or "the labeled tiles")
     if len(counts) < 2:
         raise HistodiffError(f"need at least 2 classes to guide sampling; found only {list(counts)}")
     few = {c: n for c, n in counts.items() if n < minimum}
