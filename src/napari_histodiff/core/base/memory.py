@@ -7,10 +7,10 @@ here: an error from torch means torch is loaded already.
 
 from __future__ import annotations
 
-import errno
 import re
 import sys
 
+from .disk import DiskFull, forget_estimate, is_disk_full, job_intents, size_text
 from .errors import HistodiffError
 
 SIZE = re.compile(r"allocate\s+(\d+(?:\.\d+)?\s*[KMGTPE]i?B)\b", re.IGNORECASE)
@@ -38,13 +38,7 @@ def memory_kind(exc: BaseException) -> str | None:
     return None
 
 
-def _bytes_text(n: int) -> str:
-    size, unit = float(n), "bytes"
-    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"):
-        if size < 1024 or unit == "EiB":
-            break
-        size /= 1024
-    return f"{n} bytes" if unit == "bytes" else f"{size:.1f} {unit}"
+_bytes_text = size_text
 
 
 def requested_size(text: str) -> str | None:
@@ -67,18 +61,13 @@ def oom_message(exc: BaseException, stage: str, options=("batch_size", "device")
     return f"out of memory {where}{what}; try {', '.join(fixes + ['fewer tiles at once'])}"
 
 
-def disk_full(exc: BaseException) -> bool:
-    """Whether ``exc`` says the disk (or the user's quota) is full."""
-    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+disk_full = is_disk_full
 
 
-def disk_full_message(exc: OSError, stage: str, options=()) -> str:
-    """One line for a full disk (``ENOSPC``) during ``stage``: what was being written and the fix."""
-    what = f" while writing {exc.filename}" if exc.filename else ""
-    where = f" during {stage}" if stage else ""
-    again = " with {opt:intent=resume}" if "intent" in options else ""
-    return (f"no space left on the disk{what}{where}; free some space, then run the same command again{again} "
-            "(finished checkpoints and earlier outputs are kept)")
+def disk_full_message(exc: BaseException, stage: str, options=()) -> str:
+    """One line for a full disk during ``stage`` (see :class:`.disk.DiskFull`); ``options``: the job's
+    options (a dataclass), so that the fix suggests only an intent the job accepts."""
+    return DiskFull.of(exc, stage=stage, intents=job_intents(options)).raw
 
 
 def free_gpu_memory() -> None:
@@ -89,8 +78,15 @@ def free_gpu_memory() -> None:
 
 def guard_memory(gen, options=("batch_size", "device")):
     """``yield from gen`` (a job's progress generator; returns its result), turning out-of-memory errors
-    into :class:`OutOfMemory` and a full disk into a ``HistodiffError``, naming the last progress stage.
-    ``options``: the job's option names."""
+    into :class:`OutOfMemory` and a full disk into :class:`.disk.DiskFull`, naming the last progress stage.
+    ``options``: the job's options (a dataclass instance: its fields name the fixes and its ``intent``
+    choices the intent a full disk suggests), or just their names."""
+    import dataclasses
+
+    intents = job_intents(options)
+    if dataclasses.is_dataclass(options):
+        options = [f.name for f in dataclasses.fields(options)]
+    forget_estimate()
     stage, error = "", None
     try:
         event = next(gen)
@@ -107,14 +103,19 @@ def guard_memory(gen, options=("batch_size", "device")):
                 event = gen.send(sent)
     except StopIteration as stop:
         return stop.value
+    except DiskFull as e:
+        error = e.for_job(stage, intents)
     except (MemoryError, RuntimeError) as e:
-        if memory_kind(e) is None:
+        if memory_kind(e) is not None:
+            error = OutOfMemory(oom_message(e, stage, options))
+        elif is_disk_full(e):  # torch's writer
+            error = DiskFull.of(e, stage=stage, intents=intents)
+        else:
             raise
-        error = OutOfMemory(oom_message(e, stage, options))
-    except OSError as e:
-        if not disk_full(e):
+    except Exception as e:  # noqa: BLE001 - OSError, shutil.Error, safetensors' error: only a full disk
+        if not is_disk_full(e):
             raise
-        error = HistodiffError(disk_full_message(e, stage, options))
+        error = DiskFull.of(e, stage=stage, intents=intents)
     finally:
         gen.close()
     # raised outside the handler: the failed frames (and their tensors) are released first

@@ -182,10 +182,9 @@ def _child_main(conn, gen_func, args, log: str, threads: int) -> None:
         from .memory import guard_memory
 
         opts = args[0] if args and dataclasses.is_dataclass(args[0]) else None
-        names = [f.name for f in dataclasses.fields(opts)] if opts is not None else ()
         gen, paused, outcome = None, False, None
         try:
-            gen = guard_memory(gen_func(*args), names)
+            gen = guard_memory(gen_func(*args), opts if opts is not None else ())
             while outcome is None:
                 stop, paused = _requests(conn, paused)
                 if stop:

@@ -27,6 +27,7 @@ import numpy as np
 from ..base.errors import HistodiffError
 from ..base.options import OptionError, check, device_option, option, precision_option
 from ..formats.convert import ModelSource
+from .plan import Sources, TilePlan
 from .selection import SelectionRule
 from ..base.events import Progress
 
@@ -90,9 +91,9 @@ class SampleOptions:
         """Index of the first of the sampler's ``steps`` timesteps that is run (0 unless variations)."""
         return self.steps - min(self.steps, max(1, round(self.steps * self.strength)))
 
-    def plan(self) -> list[str]:
-        """Target class of every tile in order ("" for unguided)."""
-        return [c for c in self.classes for _ in range(self.n)] if self.classes else [""] * self.n
+    def plan(self) -> TilePlan:
+        """Target class of every tile in order ("" for unguided), computed on demand."""
+        return TilePlan(self.classes, self.n)
 
 
 def sample_seed(seed: int, index: int) -> int:
@@ -194,9 +195,10 @@ def denoise(bundle, z, y, gens, opts: SampleOptions, sched, precision: str = "fp
     return z
 
 
-def plan_variations(opts: SampleOptions, sources) -> tuple[list[str], list[int]]:
+def plan_variations(opts: SampleOptions, sources) -> tuple[TilePlan, Sources]:
     """Class and source tile of every variation: ``opts.n`` per class (of ``opts.classes``, or of every
-    class in ``sources``), cycling through that class's source tiles; ``n`` in all for unlabelled sources."""
+    class in ``sources``), cycling through that class's source tiles; ``n`` in all for unlabelled sources.
+    Both computed on demand (memory does not grow with ``n``)."""
     if len(sources) == 0:
         raise HistodiffError(f"no source tiles in {sources.description}")
     names = list(getattr(sources, "class_names", None) or [])
@@ -205,18 +207,19 @@ def plan_variations(opts: SampleOptions, sources) -> tuple[list[str], list[int]]
         if opts.classes:
             raise HistodiffError(f"the source tiles in {sources.description} have no classes; put them in "
                                  "class sub-folders or sample without {opt:classes}")
-        return [""] * opts.n, [i % len(sources) for i in range(opts.n)]
+        plan = TilePlan([], opts.n, [range(len(sources))])
+        return plan, Sources(plan)
     present = set(labels)
     classes = opts.classes or [c for k, c in enumerate(names) if k in present]
-    plan, picks = [], []
+    pools = []
     for c in classes:
         mine = [i for i, lab in enumerate(labels) if names[lab] == c] if c in names else []
         if not mine:
             raise HistodiffError(f"no source tiles of class {c!r} in {sources.description} "
                                  f"(it has {', '.join(names[k] for k in sorted(present))})")
-        plan += [c] * opts.n
-        picks += [mine[j % len(mine)] for j in range(opts.n)]
-    return plan, picks
+        pools.append(mine)
+    plan = TilePlan(classes, opts.n, pools)
+    return plan, Sources(plan)
 
 
 def source_latents(bundle, tiles, gens, sched, start: int, precision: str = "fp32"):
@@ -252,8 +255,8 @@ def sample_tiles(bundle, options: SampleOptions | None = None, sources=None):
         raise HistodiffError("this bundle has no diffusion UNet yet; run `histodiff pretrain` first")
     opts.validate(bundle.scheduler.config.num_train_timesteps)
     plan, picks = plan_variations(opts, sources) if sources is not None else (opts.plan(), None)
-    guided = opts.guidance > 0 and any(plan)
-    targets = [bundle.class_index(c) if c and (guided or picks is None) else -1 for c in plan]
+    guided = opts.guidance > 0 and plan.guided
+    targets = {c: bundle.class_index(c) if c and (guided or picks is None) else -1 for c in plan.classes or [""]}
     if guided and bundle.latent_classifier is None:
         raise HistodiffError("this bundle has no latent classifier for guidance; run `histodiff finetune` first")
     device = bundle.device
@@ -276,7 +279,7 @@ def sample_tiles(bundle, options: SampleOptions | None = None, sources=None):
         else:
             z = source_latents(bundle, np.stack([sources[picks[i]] for i in idx]), gens, sched, opts.first_step(),
                                precision)
-        y = torch.tensor([targets[i] for i in idx], device=device) if guided else None
+        y = torch.tensor([targets[plan[i]] for i in idx], device=device) if guided else None
         steps = denoise(bundle, z, y, gens, opts, sched, precision, guide_precision)
         while True:
             try:

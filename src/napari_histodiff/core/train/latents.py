@@ -21,6 +21,7 @@ encoding each batch.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 from pathlib import Path
@@ -72,16 +73,39 @@ class LatentCache:
         if self.folder is None:
             self._arrays = [tuple(np.empty((n, AUGMENTATIONS, *self.latent_shape), np.float32) for _ in range(2))]
         else:
-            from numpy.lib.format import open_memmap
+            self._arrays = self._create_shards(n)
 
-            shutil.rmtree(self.folder, ignore_errors=True)  # a killed run's shards
+    def _create_shards(self, n: int) -> list:
+        """The shards as memory maps whose disk space is reserved first: a memory map written on a full
+        disk kills the process (SIGBUS) instead of raising an error."""
+        from numpy.lib.format import open_memmap
+
+        from ..base.disk import DiskFull, free_bytes, is_disk_full
+
+        needed = cache_bytes(n, self.latent_shape)
+        shutil.rmtree(self.folder, ignore_errors=True)  # a killed run's shards
+        arrays = []
+        try:
             self.folder.mkdir(parents=True)
-            self._arrays = []
+            if free_bytes(self.folder) < needed:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.folder))
             for s, lo in enumerate(range(0, n, self.shard)):
                 rows = min(self.shard, n - lo)
-                self._arrays.append(tuple(
-                    open_memmap(self.folder / f"{part}-{s:06d}.npy", mode="w+", dtype=np.float32,
-                                shape=(rows, AUGMENTATIONS, *self.latent_shape)) for part in ("mean", "std")))
+                pair = []
+                for part in ("mean", "std"):
+                    path = self.folder / f"{part}-{s:06d}.npy"
+                    pair.append(open_memmap(path, mode="w+", dtype=np.float32,
+                                            shape=(rows, AUGMENTATIONS, *self.latent_shape)))
+                    _reserve(path)
+                arrays.append(tuple(pair))
+        except Exception as e:  # noqa: BLE001
+            arrays.clear()
+            shutil.rmtree(self.folder, ignore_errors=True)
+            if is_disk_full(e):  # training jobs all accept resume
+                raise DiskFull.build(self.folder, needed, intents=("resume",),
+                                     what=f"the latent cache {self.folder}") from None
+            raise
+        return arrays
 
     @property
     def on_disk(self) -> bool:
@@ -139,6 +163,19 @@ class LatentCache:
         self._arrays = None
         if self.on_disk:
             shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _reserve(path: Path) -> None:
+    """Allocate the whole file on disk now (``ENOSPC`` here, not a crash at a later write)."""
+    if not hasattr(os, "posix_fallocate"):
+        return  # the free-space check before is all there is (macOS, Windows)
+    with open(path, "r+b") as f:
+        try:
+            os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+        except OSError as e:
+            if e.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                return  # a file system without it
+            raise
 
 
 def encode_all(vae, tiles, indices, device, folder: Path, progress_stage: str = "latents"):

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..base.errors import HistodiffError
-from ..base.memory import disk_full, disk_full_message
+from ..base.disk import DiskFull, is_disk_full
 from ..formats.integrity import sha256_file
 from ..models.pixels import to_model_input, to_uint8  # noqa: F401 (used by the loops)
 
@@ -182,11 +182,11 @@ def save_checkpoint(folder: Path, models: dict, state: dict, info: dict) -> Path
         (tmp / "checkpoint.json").write_text(json.dumps({**info, "files": files}, indent=2))
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
-    except OSError as e:
+    except Exception as e:  # noqa: BLE001 - a full disk from torch (RuntimeError) or safetensors too
         shutil.rmtree(tmp, ignore_errors=True)
-        if disk_full(e):
-            named = OSError(e.errno, e.strerror, f"the checkpoint {final}")
-            raise HistodiffError(disk_full_message(named, "", ("intent",))) from None
+        if is_disk_full(e):  # training jobs all accept resume
+            raise DiskFull.build(final, checkpoint_bytes(models, state), intents=("resume",),
+                                 what=f"the checkpoint {final}") from None
         raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -198,6 +198,20 @@ def save_checkpoint(folder: Path, models: dict, state: dict, info: dict) -> Path
         else:
             shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def checkpoint_bytes(models: dict, state) -> int:
+    """About the bytes a checkpoint of ``models`` and ``state`` (nested tensors) takes on disk."""
+    def tensors(obj):
+        if hasattr(obj, "element_size") and hasattr(obj, "numel"):
+            return obj.element_size() * obj.numel()
+        if isinstance(obj, dict):
+            return sum(tensors(v) for v in obj.values())
+        if isinstance(obj, (list, tuple)):
+            return sum(tensors(v) for v in obj)
+        return 0
+
+    return sum(tensors(m.state_dict()) for m in models.values()) + tensors(state)
 
 
 def check_checkpoint(folder: Path) -> dict:
