@@ -91,3 +91,39 @@ def test_finetune_with_unlabeled_tiles_through_the_cli(tmp_path, trained_bundle,
     code, _, err = run(capsys, "finetune", trained_bundle, "--labeled", data, "--unlabeled", tmp_path / "nope",
                        "--out", tmp_path / "ft2", "--device", "cpu")
     assert code == 2 and "nope" in err and not (tmp_path / "ft2").exists()
+
+
+def test_pseudo_labelled_tiles_only_train_and_figures_come_from_labeled_tiles_that_trained_nothing(
+        trained_bundle, tmp_path, labeled_tiles, other_tiles):
+    from test_selection_folds import labelled_bundle
+
+    from napari_histodiff.core.base.events import run_to_end
+    from napari_histodiff.core.data.tiles import ArrayTiles
+    from napari_histodiff.core.formats.bundle import read_meta
+    from napari_histodiff.core.models.presets import tiny
+    from napari_histodiff.core.train.classifiers import (ClassifierOptions, heldout_split, tile_labels,
+                                                         train_latent_classifier)
+    from napari_histodiff.core.train.pseudo import PseudoLabelled, WithPseudoLabels
+
+    n = len(labeled_tiles)
+    pool = ArrayTiles(other_tiles.tiles)
+    pseudo = PseudoLabelled(pool, np.arange(40), other_tiles.labels[:40], labeled_tiles.class_names)
+    joined = WithPseudoLabels(labeled_tiles, pseudo)
+    assert joined.labeled_count == n and len(joined) == n + 40
+    train, held = heldout_split(joined, tile_labels(joined), 0.2, seed=0)
+    # the same labeled tiles are held out as for the selection classifier (which never sees pseudo-labels)
+    assert held.tolist() == heldout_split(labeled_tiles, tile_labels(labeled_tiles), 0.2, seed=0)[1].tolist()
+    assert held.max() < n and set(range(n, n + 40)) <= set(train.tolist())
+    assert sorted(train.tolist() + held.tolist()) == list(range(n + 40))
+
+    out = labelled_bundle(trained_bundle, tmp_path, labeled_tiles)
+    result = run_to_end(train_latent_classifier(joined, out, tiny(), ClassifierOptions(
+        steps=4, device="cpu", checkpoint_every=10**6)))
+    assert result["splits"]["heldout"] == held.tolist()
+    meta = read_meta(out)
+    assert meta["provenance"]["latent_classifier"]["heldout_tiles"] == len(held)
+    # every accuracy is a fraction of the held-out labeled tiles
+    for key, value in meta["metrics"]["latent_classifier"].items():
+        if key.startswith("acc_t"):
+            assert value * len(held) == pytest.approx(round(value * len(held))), (key, value)
+    assert meta["metrics"]["latent_classifier"]["calibration_tiles"] == len(held)

@@ -33,16 +33,26 @@ def labelled_bundle(trained_bundle, tmp_path, labeled_tiles):
     return out
 
 
-def test_folds_train_an_ensemble_that_is_saved_loaded_and_calibrated_out_of_fold(trained_bundle, tmp_path,
-                                                                                  labeled_tiles):
+def test_folds_train_an_ensemble_calibrated_on_tiles_that_trained_nothing(trained_bundle, tmp_path, labeled_tiles,
+                                                                          monkeypatch):
     from napari_histodiff import load_bundle
     from napari_histodiff.core.base.events import run_to_end
     from napari_histodiff.core.formats.bundle import read_meta
     from napari_histodiff.core.generate.selection import score
     from napari_histodiff.core.models.classifiers import SelectionEnsemble
     from napari_histodiff.core.models.presets import tiny
+    from napari_histodiff.core.train import classifiers
+    from napari_histodiff.core.train.calibration import fit_temperature
     from napari_histodiff.core.train.classifiers import ClassifierOptions, train_selection_classifier
 
+    seen = []  # (training, validation) tiles each member was given
+    fit = classifiers._fit_selection
+
+    def spy(tiles, labels, train_idx, val_idx, *rest):
+        seen.append((np.asarray(train_idx).tolist(), np.asarray(val_idx).tolist()))
+        return (yield from fit(tiles, labels, train_idx, val_idx, *rest))
+
+    monkeypatch.setattr(classifiers, "_fit_selection", spy)
     out = labelled_bundle(trained_bundle, tmp_path, labeled_tiles)
     events = []
     result = run_to_end(train_selection_classifier(labeled_tiles, out, tiny(), ClassifierOptions(
@@ -65,12 +75,21 @@ def test_folds_train_an_ensemble_that_is_saved_loaded_and_calibrated_out_of_fold
     assert (probs.argmax(1) == y).mean() >= 0.8  # the two stain classes of the demo image; chance 0.5
     meta = read_meta(out)
     rec = meta["provenance"]["selection_classifier"]
-    assert rec["folds"] == 3 and len(rec["fold_best_heldout_acc"]) == 3
-    # the temperature is fitted on every labeled tile's out-of-fold logits
-    assert clf.config.temperature == result["temperature"] > 0 and {"ece_before", "ece_after"} <= set(result)
-    oof = meta["metrics"]["selection_classifier"]["heldout_acc"]  # out of fold: every labeled tile once
-    assert 0.5 <= oof <= 1 and result["best_heldout_acc"] == oof
-    assert oof * len(y) == pytest.approx(round(oof * len(y)))  # a fraction of all the labeled tiles
+    assert rec["folds"] == 3 and len(rec["fold_validation_acc"]) == 3
+    # the held-out tiles trained no member and chose no member's step; every other tile validates one member
+    held = result["splits"]["heldout"]
+    assert held and len(seen) == 3 and [list(v) for _, v in seen] == [v for _, v in result["splits"]["folds"]]
+    for train_idx, val_idx in seen:
+        assert not set(held) & set(train_idx) and not set(held) & set(val_idx)
+    assert sorted(held + [i for _, v in seen for i in v]) == list(range(len(y)))
+    # the temperature is that of the ensemble's own (mean) logits on the held-out tiles
+    with torch.no_grad():
+        logits = clf(xt[held]).double()
+    assert clf.config.temperature == result["temperature"] == pytest.approx(fit_temperature(logits, y[held]), rel=1e-4)
+    assert {"ece_before", "ece_after"} <= set(result) and result["calibration_tiles"] == len(held)
+    acc = meta["metrics"]["selection_classifier"]["heldout_acc"]
+    assert result["best_heldout_acc"] == acc == pytest.approx(float((logits.argmax(-1).numpy() == y[held]).mean()))
+    assert np.array(rec["confusion"]).sum() == len(held)
     assert clf.centroids.shape == (2, 3 * clf.nets[0].config.channels[-1])
 
 
@@ -93,5 +112,6 @@ def test_folds_need_the_scratch_trunk_and_are_kept_on_resume():
         def label(self, i):
             return i % 2
 
-    with pytest.raises(HistodiffError, match="5 selection folds need at least 5 labeled tiles, there are 4; choose fewer"):
+    with pytest.raises(HistodiffError, match="5 selection folds need at least 5 labeled tiles besides the held-out "
+                                             "ones, there are 2; choose fewer"):
         next(train_selection_classifier(FourTiles(), None, tiny(), ClassifierOptions(folds=5)))

@@ -152,7 +152,7 @@ def train_latent_classifier(tiles, out_dir, preset, options: ClassifierOptions |
     vae = base.vae.to(acc.device).requires_grad_(False)
     sched, scale = base.scheduler, base.scale_factor
     n_t = sched.config.num_train_timesteps
-    train_idx, held_idx = T.stratified_split(labels, opts.holdout, opts.seed)
+    train_idx, held_idx = heldout_split(tiles, labels, opts.holdout, opts.seed)
     torch.manual_seed(opts.seed)
     if opts.trunk == "unet":
         from ..models.trunk import UNetTrunkClassifier
@@ -183,17 +183,17 @@ def train_latent_classifier(tiles, out_dir, preset, options: ClassifierOptions |
         t = torch.randint(0, n_t, (len(z),), generator=gen).to(z.device)
         return F.cross_entropy(m(sched.add_noise(z, noise, t), t), y)
 
-    eval_idx = held_idx if len(held_idx) else train_idx
     gen = torch.Generator().manual_seed(opts.seed + 1)
-    with torch.no_grad():
-        held_z = torch.cat([latents(x, gen) for x in _batches(tiles, eval_idx, acc.device)])
+    with torch.no_grad():  # held-out labeled tiles only (none: nothing is measured)
+        held_z = torch.cat([latents(x, gen) for x in _batches(tiles, held_idx, acc.device)] or
+                           [torch.zeros(0, device=acc.device)])
     held_noise = torch.randn(held_z.shape, generator=gen).to(acc.device)
-    held_y = torch.from_numpy(labels[eval_idx]).to(acc.device)
+    held_y = torch.from_numpy(labels[held_idx]).to(acc.device)
 
     def eval_fn(m):
         out = {}
         with torch.no_grad():
-            for t in EVAL_TIMESTEPS:
+            for t in EVAL_TIMESTEPS if len(held_idx) else ():
                 tt = torch.full((len(held_z),), t, device=acc.device)
                 pred = m(sched.add_noise(held_z, held_noise, tt), tt).argmax(-1)
                 out[f"acc_t{t}"] = float((pred == held_y).float().mean())
@@ -211,22 +211,36 @@ def train_latent_classifier(tiles, out_dir, preset, options: ClassifierOptions |
     model.eval()
     with torch.no_grad():  # calibration of the held-out logits over the evaluated timesteps (reported, not applied:
         logits = []        # a temperature would only rescale the guidance gradient, which the guidance scale sets)
-        for t in EVAL_TIMESTEPS:
+        for t in EVAL_TIMESTEPS if len(held_idx) else ():
             tt = torch.full((len(held_z),), t, device=acc.device)
             logits.append(model(sched.add_noise(held_z, held_noise, tt), tt).double().cpu())
-        from .calibration import calibration_metrics, fit_temperature
+    from .calibration import calibrate
 
-        logits, ys = torch.cat(logits), held_y.cpu().repeat(len(EVAL_TIMESTEPS))
-        calib = calibration_metrics(logits, ys, fit_temperature(logits, ys))
-    return _save(out_dir, stage, model, history, step, opts, tiles, acc, {"clean_latents": opts.clean_latents, "trunk": opts.trunk, "augment": opts.augment},
-                 calib)
+    tile_of = np.tile(np.arange(len(held_z)), len(EVAL_TIMESTEPS))  # one tile's timesteps stay in one fold
+    calib = calibrate(torch.cat(logits), held_y.cpu().repeat(len(EVAL_TIMESTEPS)), tile_of, opts.seed) \
+        if len(held_idx) else calibrate([], [])
+    extra = {"clean_latents": opts.clean_latents, "trunk": opts.trunk, "augment": opts.augment,
+             "heldout_tiles": len(held_idx)}
+    result = _save(out_dir, stage, model, history, step, opts, tiles, acc, extra, calib)
+    return {**result, "splits": {"heldout": held_idx.tolist(), "train": train_idx.tolist()}}
+
+
+def heldout_split(tiles, labels, holdout: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, held-out) indices into ``tiles``: ``holdout`` of every class of the labeled tiles is held out
+    and trains nothing. Pseudo-labelled tiles (from ``tiles.labeled_count`` on, :mod:`.pseudo`) only ever
+    train. The same labeled tiles, ``holdout`` and ``seed`` hold out the same tiles for both classifiers."""
+    n = getattr(tiles, "labeled_count", len(labels))
+    train, held = T.stratified_split(labels[:n], holdout, seed)
+    return np.concatenate([train, np.arange(n, len(labels), dtype=np.int64)]), held
 
 
 def train_selection_classifier(tiles, out_dir, preset, options: ClassifierOptions | None = None):
-    """Small ResNet on the labeled tiles; the best held-out weights are kept (early stopping). With
-    ``folds`` > 1 one ResNet per fold (trained on the others, stopped on its own), kept as a
-    :class:`SelectionEnsemble`; the temperature is then fitted on every tile's out-of-fold logits.
-    Class centroids of the features over all labeled tiles are stored with it."""
+    """Small ResNet on the labeled tiles; the best weights on validation tiles are kept (early stopping).
+    With ``folds`` > 1 one ResNet per fold (trained on the others, stopped on its own), kept as a
+    :class:`SelectionEnsemble`. Three kinds of tiles, never mixed: training, validation (choose the step),
+    and held out (``holdout`` of each class: the temperature of the model actually used, the ensemble's
+    mean logits, is fitted on these, and its accuracy, confusion and out-of-fold calibration error are
+    measured on them). Class centroids of the features over all labeled tiles are stored with it."""
     import torch
 
     opts = options or ClassifierOptions()
@@ -236,55 +250,72 @@ def train_selection_classifier(tiles, out_dir, preset, options: ClassifierOption
         raise HistodiffError("selection folds > 1 train an ensemble of from-scratch ResNets; use selection trunk "
                              "scratch, or one fold")
     labels = tile_labels(tiles)
-    if opts.folds > len(labels):
-        raise HistodiffError(f"{opts.folds} selection folds need at least {opts.folds} labeled tiles, there are "
-                             f"{len(labels)}; choose fewer {{opt:selection_folds}}")
+    rest, held = heldout_split(tiles, labels, opts.holdout, opts.seed)
+    if opts.folds > len(rest):
+        raise HistodiffError(f"{opts.folds} selection folds need at least {opts.folds} labeled tiles besides the "
+                             f"held-out ones, there are {len(rest)}; choose fewer {{opt:selection_folds}}")
     stage = "selection_classifier"
     acc = T.make_accelerator(opts.device, opts.precision)
-    splits = ([T.stratified_split(labels, opts.holdout, opts.seed)] if opts.folds <= 1
-              else T.stratified_folds(labels, opts.folds, opts.seed))
-    members, held_logits, held_ys, histories, bests, step = [], [], [], [], [], 0  # step: summed over folds
-    for k, (train_idx, held_idx) in enumerate(splits):
+    parts = ([T.stratified_split(labels[rest], opts.holdout, opts.seed + 1)] if opts.folds <= 1
+             else T.stratified_folds(labels[rest], opts.folds, opts.seed))
+    splits = [(rest[a], rest[b]) for a, b in parts]
+    members, histories, bests, step = [], [], [], 0  # step: summed over folds
+    for k, (train_idx, val_idx) in enumerate(splits):
         sub = stage if len(splits) == 1 else f"{stage}-fold{k}"
         fold_opts = opts if len(splits) == 1 else replace(opts, seed=opts.seed + k)
-        model, history, done, best_acc, logits, y = yield from _fit_selection(
-            tiles, labels, train_idx, held_idx, out_dir, preset, fold_opts, acc, sub,
+        model, history, done, best_acc = yield from _fit_selection(
+            tiles, labels, train_idx, val_idx, out_dir, preset, fold_opts, acc, sub,
             (stage, k * opts.steps, len(splits) * opts.steps))
         step += done
         members.append(model)
         histories.append(history)
-        bests.append(best_acc)
-        held_logits.append(logits)
-        held_ys.append(y)
-    from .calibration import calibration_metrics, fit_temperature
-
-    logits, ys = torch.cat(held_logits), torch.cat(held_ys)
-    calib = calibration_metrics(logits, ys, fit_temperature(logits, ys))
+        bests.append(best_acc if best_acc >= 0 else None)
     if len(members) == 1:
-        model, history, extra = members[0], histories[0], {"best_heldout_acc": bests[0] if bests[0] >= 0 else None}
-    else:  # held-out accuracy: every labeled tile scored by the member that did not train on it
+        model, history, extra = members[0], histories[0], {"validation_acc": bests[0]}
+    else:
         from ..models.classifiers import SelectionEnsemble
 
         model = SelectionEnsemble.of(members).to(acc.device).eval()
-        oof = float((logits.argmax(-1) == ys).double().mean())
-        history = [[step, {"heldout_acc": oof}]]
-        extra = {"best_heldout_acc": oof, "folds": len(members), "fold_best_heldout_acc": bests,
-                 "fold_histories": histories}
-        calib["folds"] = len(members)
+        history = [[step, {}]]
+        extra = {"folds": len(members), "fold_validation_acc": bests, "fold_histories": histories}
+    calib, confusion = _calibrate_selection(model, tiles, labels, held, acc.device, opts.seed)
+    if not len(held):
+        yield warning("no labeled tile is held out (holdout 0): the selection classifier's confidence is not "
+                      "calibrated (temperature 1) and its accuracy is not measured")
     with torch.no_grad():
         feats = torch.cat([model.features(x) for x in _batches(tiles, np.arange(len(tiles)), acc.device)])
         y = torch.from_numpy(labels).to(acc.device)
         model.centroids.copy_(torch.stack([feats[y == k].mean(0) for k in range(len(tiles.class_names))]))
     model.register_to_config(temperature=calib["temperature"])
-    n = len(tiles.class_names)  # held-out (or out-of-fold) confusion: rows true class, columns predicted
+    history = history or [[step, {}]]
+    history[-1][1].update(heldout_acc=calib["heldout_acc"])
+    extra = {**extra, "best_heldout_acc": calib["heldout_acc"], "trunk": opts.trunk, **calib,
+             "confusion": confusion}
+    result = _save(out_dir, stage, model, history, step, opts, tiles, acc, extra, calib)
+    return {**result, "splits": {"heldout": held.tolist(), "folds": [(a.tolist(), b.tolist()) for a, b in splits]}}
+
+
+def _calibrate_selection(model, tiles, labels, held, device, seed) -> tuple[dict, list | None]:
+    """Temperature, calibration error, accuracy and confusion (rows true class, columns predicted) of
+    ``model``'s own logits on the held-out tiles ``held``."""
+    import torch
+
+    from .calibration import calibrate
+
+    if not len(held):
+        return {**calibrate([], []), "heldout_acc": None}, None
+    with torch.no_grad():
+        logits = torch.cat([model(x).double().cpu() for x in _batches(tiles, held, device)])
+    ys = torch.from_numpy(labels[held])
+    n = len(tiles.class_names)
     confusion = np.bincount(ys.numpy() * n + logits.argmax(-1).numpy(), minlength=n * n).reshape(n, n)
-    extra = {**extra, "trunk": opts.trunk, **calib, "confusion": confusion.tolist()}
-    return _save(out_dir, stage, model, history, step, opts, tiles, acc, extra, calib)
+    return ({**calibrate(logits, ys, seed=seed), "heldout_acc": float((logits.argmax(-1) == ys).double().mean())},
+            confusion.tolist())
 
 
-def _fit_selection(tiles, labels, train_idx, held_idx, out_dir, preset, opts, acc, stage, shown):
-    """One selection classifier: returns the best held-out weights (eval mode), history, steps, best
-    accuracy (-1: no evaluation) and the held-out logits (fp64, CPU) and labels for calibration."""
+def _fit_selection(tiles, labels, train_idx, val_idx, out_dir, preset, opts, acc, stage, shown):
+    """One selection classifier: returns the best weights on the validation tiles ``val_idx`` (eval mode),
+    history, steps and best validation accuracy (-1: no evaluation)."""
     import copy
 
     import torch
@@ -303,24 +334,24 @@ def _fit_selection(tiles, labels, train_idx, held_idx, out_dir, preset, opts, ac
     model = model.to(acc.device)
     if opts.trunk == "autoencoder":
         model.standardize(_batches(tiles, train_idx, acc.device))
-    best = {"acc": -1.0, "loss": float("inf"), "model": copy.deepcopy(model)}  # best held-out weights (acc -1: none)
-    held = held_idx if len(held_idx) else train_idx
-    held_x = torch.cat(list(_batches(tiles, held, acc.device)))
-    held_y = torch.from_numpy(labels[held]).to(acc.device)
+    best = {"acc": -1.0, "loss": float("inf"), "model": copy.deepcopy(model)}  # best validation weights (-1: none)
+    val = val_idx if len(val_idx) else train_idx
+    val_x = torch.cat(list(_batches(tiles, val, acc.device)))
+    val_y = torch.from_numpy(labels[val]).to(acc.device)
 
     def loss_fn(m, x, y, gen):
         return F.cross_entropy(m(augment(x, gen) if opts.augment else colour_jitter(x, SELECTION_JITTER, gen)), y)
 
     def eval_fn(m):
-        """Keeps the best weights by held-out accuracy, ties broken by held-out loss (20 tiles give
+        """Keeps the best weights by validation accuracy, ties broken by validation loss (20 tiles give
         accuracies 5 points apart: the first best alone often stopped at an undertrained step)."""
         with torch.no_grad():
-            logits = m(held_x).float()
-        accuracy, loss = float((logits.argmax(-1) == held_y).float().mean()), float(F.cross_entropy(logits, held_y))
+            logits = m(val_x).float()
+        accuracy, loss = float((logits.argmax(-1) == val_y).float().mean()), float(F.cross_entropy(logits, val_y))
         if (accuracy, -loss) > (best["acc"], -best["loss"]):
             best.update(acc=accuracy, loss=loss)
             best["model"].load_state_dict(m.state_dict())
-        return {"heldout_acc": accuracy, "heldout_loss": loss}
+        return {"validation_acc": accuracy, "validation_loss": loss}
 
     c = preset.classifier
     history, step = yield from _loop(
@@ -330,9 +361,7 @@ def _fit_selection(tiles, labels, train_idx, held_idx, out_dir, preset, opts, ac
     if best["acc"] >= 0:
         model.load_state_dict(best["model"].state_dict())
     model.eval()
-    with torch.no_grad():
-        logits = model(held_x).double().cpu()
-    return model, history, step, best["acc"], logits, held_y.cpu()
+    return model, history, step, best["acc"]
 
 
 def _save(out_dir, stage, model, history, step, opts, tiles, acc, extra, metrics=None) -> dict:

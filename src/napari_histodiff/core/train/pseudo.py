@@ -40,13 +40,16 @@ class PseudoLabelled(TileSet):
 
 class WithPseudoLabels(TileSet):
     """The labeled tiles followed by the pseudo-labelled ones, in the labeled tiles' class order (which
-    the bundle's class names follow; ``ConcatTiles`` would sort the names)."""
+    the bundle's class names follow; ``ConcatTiles`` would sort the names). ``labeled_count``: tiles from
+    this index on carry pseudo-labels, so they may train but are never held out to measure a classifier
+    (``classifiers.heldout_split``)."""
 
     def __init__(self, labeled: TileSet, pseudo: PseudoLabelled):
         if pseudo.class_names != list(labeled.class_names):
             raise HistodiffError(f"pseudo-labels name classes {pseudo.class_names}, the labeled tiles "
                                  f"{labeled.class_names}")
         self.labeled, self.pseudo, self.tile_size = labeled, pseudo, labeled.tile_size
+        self.labeled_count = len(labeled)
         self.class_names = list(labeled.class_names)
         self.description = f"{labeled.description}; {pseudo.description}"
 
