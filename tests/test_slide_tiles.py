@@ -182,3 +182,110 @@ def test_finetune_takes_annotated_slides(slide, tmp_path, trained_bundle):
                                                  device="cpu")))
     assert result["class_counts"] == {"Stroma": 16, "Tumor": 16}
     assert load_bundle(out, device="cpu").class_names == ["Stroma", "Tumor"]
+
+
+# -- tile names, class folders and the one tiling rule -------------------------------------------------
+
+def _files(folder):
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*.png"))
+
+
+@pytest.mark.parametrize("shards", [0, 10])
+def test_two_slides_of_one_name_in_two_folders_lose_no_tile(slide, tmp_path, shards):
+    """Issue 27.3: a/case1.tif and b/case1.tif gave the same tile names (32 manifest rows, 16 files)."""
+    from shapely.geometry import box
+
+    from napari_histodiff.cli import main
+
+    for d in ("a", "b"):
+        (tmp_path / d).mkdir()
+        (tmp_path / d / "case1.tif").write_bytes(slide.read_bytes())
+    write_geojson(tmp_path / "case1.geojson", [Annotation(box(512, 512, 1536, 1536), "Tumor/Positive", "annotation")])
+    out = tmp_path / "tiles"
+    args = ["tiles", str(tmp_path / "a" / "case1.tif"), str(tmp_path / "b" / "case1.tif"), "--tile-size", "64",
+            "--mpp", "1", "--annotations", str(tmp_path / "case1.geojson"), "--out", str(out)]
+    assert main(args + (["--shard-size", str(shards)] if shards else [])) == 0
+    rows = list(csv.DictReader(open(out / "tiles.csv", encoding="utf-8")))
+    assert len(rows) == 32 and {r["class"] for r in rows} == {"Tumor/Positive"}  # the QuPath name in the manifest
+    assert {r["slide"] for r in rows} == {str(tmp_path / d / "case1.tif") for d in "ab"}
+    files = [r["file"] for r in rows]
+    assert len(set(files)) == len(files) == 32
+    if shards:
+        keys = []
+        for tar in sorted(out.glob("*.tar")):
+            with tarfile.open(tar) as t:
+                keys += [n for n in t.getnames() if n.endswith(".png")]
+        assert sorted(keys) == sorted(f.split(":", 1)[1] + ".png" for f in files)
+    else:
+        assert _files(out) == sorted(files)  # the manifest is the folder: every row's file, no other
+        folder, = {Path(f).parent for f in files}
+        assert len(folder.parts) == 1 and "/" not in folder.name and (out / folder).is_dir()
+        stems = {Path(f).name.split("_x")[0] for f in files}
+        assert len(stems) == 2 and all(s.startswith("case1-") for s in stems)  # a short hash of each path
+
+
+def test_slide_names_hash_only_shared_names_and_stay_unique():
+    from types import SimpleNamespace
+
+    from napari_histodiff.core.jobs.tiles import class_folders, slide_names
+
+    a, b, c, again = (SimpleNamespace(path=Path(p)) for p in ("/x/a/case.svs", "/x/b/case.svs", "/x/other.ome.tif",
+                                                               "/x/other.ome.tif"))
+    names = slide_names([a, b, c, again])
+    assert names[id(c)] == "other" and names[id(again)] != "other"  # one slide given twice: still two names
+    assert names[id(a)] != names[id(b)] and {names[id(a)][:5], names[id(b)][:5]} == {"case-"}
+    assert slide_names([a, b]) == {id(a): names[id(a)], id(b): names[id(b)]}  # stable: from the path
+    folders = class_folders(["..", "Tumor/Positive", "Dermis: Inflamed", "tumor/positive", "Tumör ✓"])
+    assert len(set(folders.values())) == 5 and folders["Tumör ✓"] == "Tumör ✓"
+    assert all("/" not in f and ":" not in f and f not in ("..", ".") for f in folders.values())
+
+
+def test_slide_tiles_and_napari_layers_share_one_grid_and_one_labelling(slide):
+    """Issue 27.8: one grid (TileGrid) and one labelling (label_cells) for SlideTiles and shape_tiles."""
+    from shapely.geometry import Polygon, box
+
+    from napari_histodiff.core.base.events import run_to_end
+    from napari_histodiff.core.data.annotations import shape_tiles
+    from napari_histodiff.core.data.geojson import AnnotationSet
+    from napari_histodiff.core.data.slide_tiles import SlideSource
+
+    anns = AnnotationSet([Annotation(Polygon([(500, 500), (1700, 620), (1300, 1540), (480, 1400)]), "Stroma"),
+                          Annotation(box(1900, 1000, 2700, 2048), "Tumor"),
+                          Annotation(box(1000, 900, 2100, 1300), "Necrosis")], "test")
+    for kw in ({"mpp": 1.0}, {"mpp": 0.6, "stride": 40}, {"scale": 0.5}):
+        cli = SlideTiles(slide, 64, annotations=anns, min_fraction=0.4, **kw)
+        napari = run_to_end(shape_tiles(SlideSource(slide), anns, 64, kw.get("stride"), 0.4, kw.get("mpp"),
+                                        scale=kw.get("scale")))
+        assert len(cli) > 10 and cli.xy.tolist() == napari.xy.tolist() and cli.labels.tolist() == napari.labels.tolist()
+        assert (cli.level, cli.read_size) == (napari.level, napari.read_size)
+        np.testing.assert_allclose(cli.covered, napari.covered, atol=1e-6)
+        assert all((cli[i] == napari[i]).all() for i in (0, len(cli) // 2, len(cli) - 1))
+
+
+def test_one_rule_for_images_without_microns_per_pixel(tmp_path):
+    """Issue 27.7: the CLI refused a slide without um/px while napari tiled it at full resolution."""
+    from napari_histodiff.core.base.events import run_to_end
+    from napari_histodiff.core.data.annotations import ArraySource, label_tiles, shapes_annotations, shape_tiles
+    from napari_histodiff.core.data.slide_tiles import SlideSource, tile_factor
+
+    with pytest.raises(HistodiffError) as rule:
+        tile_factor("plain.tif", None, 0.5)
+    plain = tmp_path / "plain.tif"
+    tifffile.imwrite(plain, slide_image(512, 512), photometric="rgb")
+    from shapely.geometry import box
+
+    anns = shapes_annotations([box(0, 0, 256, 256)], ["TUM"])
+    image = slide_image(512, 512)
+    attempts = [lambda: SlideTiles(plain, 64, mpp=0.5),  # the CLI's tile sets
+                lambda: run_to_end(shape_tiles(SlideSource(plain), anns, 64, mpp=0.5)),  # napari, a slide layer
+                lambda: run_to_end(shape_tiles(ArraySource(image, name="plain.tif"), anns, 64, mpp=0.5)),  # an image
+                lambda: run_to_end(label_tiles(ArraySource(image, name="plain.tif"), np.ones((512, 512), np.uint8),
+                                               {1: "TUM"}, 64, mpp=0.5))]
+    for attempt in attempts:
+        with pytest.raises(HistodiffError) as e:
+            attempt()
+        assert e.value.raw == rule.value.raw and "does not say its microns per pixel" in str(e.value)
+    # the ways out: the image's resolution, a magnification, or no resolution asked for
+    assert SlideTiles(plain, 64, mpp=0.5, slide_mpp=0.25, tissue_filter=False).read_size == 128
+    assert len(run_to_end(shape_tiles(ArraySource(image, name="i"), anns, 64, scale=0.5))) == 4  # 128 px of the image per tile
+    assert len(run_to_end(shape_tiles(ArraySource(image, name="i"), anns, 64))) == 16

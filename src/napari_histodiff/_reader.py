@@ -10,7 +10,8 @@
   (napari's own reader would load all of level 0 into memory); a TIFF that is not one RGB(A) image
   (a stack, a grayscale or multichannel fluorescence image) is left to napari's own reader.
 - QuPath GeoJSON (File > Export objects as GeoJSON; classified annotation objects) opens as a Shapes
-  layer of polygons with ``class``, ``name``, ``object`` and ``object_type`` features and the QuPath
+  layer (the file's other objects, e.g. unclassified annotations and detections, are named in one
+  notification, kept in ``metadata["qupath_kept"]`` and written back by the writer) of polygons with ``class``, ``name``, ``object`` and ``object_type`` features and the QuPath
   class colours (also in ``metadata["class_colors"]``, class -> ``#rrggbb``, which the Annotate panel's
   class table shows and keeps). napari's Shapes layer cannot draw holes, so a polygon with holes is cut into
   hole-free pieces along vertical lines through its holes (the covered area is exact, the cuts show
@@ -169,6 +170,27 @@ def annotation_shapes(annotations) -> tuple[list, dict, np.ndarray, np.ndarray]:
     return data, feats, face, edge
 
 
+KEPT = "qupath_kept"  # metadata key of the GeoJSON features the layer does not show
+
+
+def annotations_message(annotations) -> str | None:
+    """One message naming every QuPath object the layer does not show and every repaired polygon."""
+    parts = []
+    left = annotations.left_out_message()
+    if left:
+        parts.append(f"{left}. They are not shown, and are kept when the layer is saved as GeoJSON")
+    parts += annotations.notes
+    return ". ".join(parts) if parts else None
+
+
+def _notify(message: str) -> None:
+    try:
+        from napari.utils.notifications import show_warning
+    except ImportError:  # napari not installed: the message stays in the layer's metadata
+        return
+    show_warning(message)
+
+
 def read_annotations(path):
     import pandas as pd
 
@@ -179,6 +201,9 @@ def read_annotations(path):
     slide = slide_beside(p)
     mpp = _slide_mpp(slide) if slide is not None else None
     data, feats, face, edge = annotation_shapes(annotations)
+    message = annotations_message(annotations)
+    if message:
+        _notify(message)
     s = mpp or 1.0
     extent = max((float(np.abs(d).max()) for d in data), default=0.0)
     width = max(2.0, extent / 400)  # outlines visible when the whole slide is in view
@@ -189,6 +214,9 @@ def read_annotations(path):
                                    "object": -1, "object_type": "annotation"},
               "metadata": {"geojson_path": str(p), "slide_path": str(slide) if slide else None, "mpp": mpp,
                            "skipped": dict(annotations.skipped),
+                           # QuPath objects not shown (unclassified, detections, points, ...): the writer keeps them
+                           KEPT: [x.feature for x in annotations.left_out if isinstance(x.feature, dict)],
+                           "message": message,
                            # the class table (Annotate panel) shows and keeps these colours
                            "class_colors": {c: hex_color(rgb) for c, rgb in class_colors(annotations).items()}}}
     if mpp:

@@ -5,7 +5,9 @@ named by its ``name`` feature, coloured by its edge colour. Shapes that share an
 (the pieces the reader cut out of one QuPath object, e.g. around holes, or the parts of a
 MultiPolygon) are joined into one object again; shapes drawn later have ``object`` -1 (the reader's
 default for new shapes) and are objects of their own. Rectangles, polygons and ellipses (64-point
-polygons) are areas; paths and lines are written as LineStrings.
+polygons) are areas; paths and lines are written as LineStrings. The QuPath objects the reader did
+not show (``metadata['qupath_kept']``: unclassified annotations, detections, points, ...) are written
+back as they were.
 
 Coordinates: GeoJSON wants level-0 pixels of the slide. The layer's data go to world coordinates
 through its scale, translate, rotate, shear and affine, then to level-0 pixels by dividing by the
@@ -117,7 +119,8 @@ def write_shapes(path, data, meta: dict) -> list[str]:
     if not path.name.lower().endswith((".geojson", ".json")):
         path = path.with_name(path.name + ".geojson")
     annotations = shapes_annotations(data, meta)
-    if not annotations:
+    kept = (meta.get("metadata") or {}).get("qupath_kept") or []  # the reader's objects the layer did not show
+    if not annotations and not kept:
         raise HistodiffError(f"layer {meta.get('name')!r} has no shapes to save; draw regions first.")
-    write_geojson(path, annotations)
+    write_geojson(path, annotations, kept=kept)
     return [str(path)]

@@ -1,7 +1,8 @@
 """A cheap look at tile files before training: sizes and colour from their headers only.
 
-Named in warnings: files that training would resample more than 2x or turn grey, and classes whose
-native sizes differ enough that blur becomes a class cue.
+Named in warnings: files that training would resample more than 2x or turn grey, classes whose
+native sizes differ enough that blur becomes a class cue, and what the annotations of slides needed
+(repaired polygons, QuPath objects left out).
 """
 
 from __future__ import annotations
@@ -49,6 +50,13 @@ def _folders(source, tile_size, scale) -> list:
     return [TileFolder(p, tile_size, s) for p, s in _per_path(source, scale) if p.is_dir()]
 
 
+def annotation_notes(source) -> list[str]:
+    """What the readers of the slides' annotations repaired or left out (:attr:`SlideTiles.notes`)."""
+    if isinstance(source, ConcatTiles):
+        return [n for p in source.parts for n in annotation_notes(p)]
+    return list(getattr(source, "notes", None) or []) if isinstance(source, TileSet) else []
+
+
 def _header(path: Path) -> tuple[int, int, bool]:
     try:
         return image_header(path)
@@ -74,7 +82,9 @@ def survey_warnings(source, tile_size: int | None = None, scale=None) -> list[st
     upscaled (blurred) more than 2x; without a scale, s > 2c is shrunk more than 2x. Also named:
     classes whose median resize factor (t / s; with a scale t / min(s, c)) is more than 2x apart
     (blur and magnification become a class cue), and grayscale files in a set with colour files.
-    A file without a readable header raises TileReadError, as reading it would."""
+    A file without a readable header raises TileReadError, as reading it would. Annotated slides add
+    what their annotations' reader repaired or left out (:func:`annotation_notes`), first."""
+    notes = annotation_notes(source)
     folders = _folders(source, tile_size, scale)
     rows: dict = {}  # class name (None: no class folder) -> [(w, h, gray, c, scaled)]
     for f in folders:
@@ -83,10 +93,10 @@ def survey_warnings(source, tile_size: int | None = None, scale=None) -> list[st
             name = f.class_names[k] if k >= 0 else None
             rows.setdefault(name, []).append((*_header(p), c, f.scale is not None))
     if not rows:
-        return []
+        return notes
     t = folders[0].tile_size
     any_colour = any(not r[2] for rs in rows.values() for r in rs)
-    out, factors = [], {}
+    out, factors = list(notes), {}
     for name in sorted(rows, key=lambda n: (n is None, n or "")):
         w, h, gray, c, scaled = (np.array(x) for x in zip(*rows[name]))
         s, n, who = np.minimum(w, h), len(w), f"class {name}" if name is not None else "unlabeled tiles"

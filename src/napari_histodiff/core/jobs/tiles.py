@@ -9,6 +9,7 @@ folder and swapped in when complete; tiles are streamed, never held together in 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import shutil
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from ..base.errors import HistodiffError
 from ..base.events import Progress, warning
+from ..base.names import safe_name
 from ..base.options import check, option, record, require
 
 MANIFEST = "tiles.csv"
@@ -70,15 +72,42 @@ def open_slide_tiles(opts: TilesOptions):
     return tiles
 
 
-def _record(tiles, i: int) -> dict:
-    """Where tile ``i`` of a slide tile set (or a concatenation of them) comes from."""
+def _leaves(tiles) -> list:
+    """The single-slide tile sets of a tile set (itself, or the parts of a concatenation), in order."""
+    parts = getattr(tiles, "parts", None)
+    return [tiles] if parts is None else [leaf for p in parts for leaf in _leaves(p)]
+
+
+def _record(tiles, i: int) -> tuple[object, dict]:
+    """(the single-slide tile set, where tile ``i`` comes from) of a slide tile set or a concatenation."""
     parts = getattr(tiles, "parts", None)
     if parts is None:
-        return tiles.record(i) if hasattr(tiles, "record") else {"slide": tiles.origin(i)}
+        return tiles, (tiles.record(i) if hasattr(tiles, "record") else {"slide": tiles.origin(i)})
     k, j = tiles._locate(i)
-    rec = _record(parts[k], j)
+    leaf, rec = _record(parts[k], j)
     lab = tiles.label(i)
-    return {**rec, "class": tiles.class_names[lab] if lab is not None else ""}
+    return leaf, {**rec, "class": tiles.class_names[lab] if lab is not None else ""}
+
+
+def slide_names(leaves) -> dict[int, str]:
+    """``id(tile set)`` -> the name its tiles are called by: the slide's file name without suffixes,
+    safe on every system; where two slides share it (``a/case.svs``, ``b/case.svs``), followed by a short
+    hash of the slide's path, so no tile name is given twice (one slide given twice: ``-2``, ...)."""
+    paths = [str(Path(getattr(t, "path", "") or "tiles").resolve()) for t in leaves]
+    stems = [Path(p).name.split(".")[0] or "slide" for p in paths]
+    shared = {s for s in stems if len({p for p, t in zip(paths, stems) if t == s}) > 1}
+    taken: set[str] = set()
+    out = {}
+    for t, p, stem in zip(leaves, paths, stems):
+        name = f"{stem}-{hashlib.sha256(p.encode('utf-8', 'surrogatepass')).hexdigest()[:8]}" if stem in shared else stem
+        out[id(t)] = safe_name(name, taken)
+    return out
+
+
+def class_folders(class_names) -> dict[str, str]:
+    """Class name -> its folder (:func:`safe_name`: ``Tumor/Positive``, ``..``, ``Dermis: Inflamed`` are safe)."""
+    taken = {MANIFEST, "tiles.json"}
+    return {c: safe_name(c, taken) for c in class_names}
 
 
 def tiles(opts: TilesOptions):
@@ -92,6 +121,11 @@ def tiles(opts: TilesOptions):
     out = Path(opts.out)
     check_output(out, "tiles", opts.intent)
     ts = open_slide_tiles(opts)
+    from ..data.survey import annotation_notes
+
+    for note in annotation_notes(ts):
+        yield warning(note)
+    names, folders = slide_names(_leaves(ts)), class_folders(ts.class_names)
     counts = {c: 0 for c in ts.class_names}
     if ts.class_names:
         n = [ts.label(i) for i in range(len(ts))]
@@ -112,8 +146,8 @@ def tiles(opts: TilesOptions):
             writer = csv.DictWriter(f, fieldnames=COLUMNS)
             writer.writeheader()
             for i in range(len(ts)):
-                rec = _record(ts, i)
-                key = f"{Path(rec['slide']).name.split('.')[0]}_x{rec['x']}_y{rec['y']}"
+                leaf, rec = _record(ts, i)
+                key = f"{names[id(leaf)]}_x{rec['x']}_y{rec['y']}"
                 tile = ts[i]
                 if opts.shard_size:
                     if i % opts.shard_size == 0:
@@ -124,7 +158,7 @@ def tiles(opts: TilesOptions):
                     _add(shard, f"{key}.{opts.fmt}", _encode(tile, opts.fmt))
                     _add(shard, f"{key}.json", json.dumps(rec).encode())
                 else:
-                    rec["file"] = f"{_folder(rec['class'])}/{key}.{opts.fmt}" if rec["class"] else f"{key}.{opts.fmt}"
+                    rec["file"] = f"{folders[rec['class']]}/{key}.{opts.fmt}" if rec["class"] else f"{key}.{opts.fmt}"
                     (tmp / rec["file"]).parent.mkdir(parents=True, exist_ok=True)
                     (tmp / rec["file"]).write_bytes(_encode(tile, opts.fmt))
                 writer.writerow({c: rec.get(c, "") for c in COLUMNS})
@@ -142,11 +176,6 @@ def tiles(opts: TilesOptions):
         shutil.rmtree(tmp, ignore_errors=True)
     per = ", ".join(f"{c} {n}" for c, n in counts.items()) if counts else "unlabelled"
     return {"total": len(ts), "counts": counts, "message": f"{len(ts)} tiles written to {out} ({per})"}
-
-
-def _folder(name: str) -> str:
-    """A class name as a folder name on every system (QuPath's derived classes hold ':')."""
-    return "".join("_" if c in '<>:"/\\|?*' else c for c in name).strip(" .") or "_"
 
 
 def _encode(tile, fmt: str) -> bytes:
