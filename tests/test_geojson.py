@@ -199,3 +199,99 @@ def test_real_qupath_export():
     np.testing.assert_allclose(s.coverage([[1560, 2040, 1680, 2160], [1440, 1880, 1560, 2000], [1000, 2240, 1200, 2400]]),
                                [[0, 0, 0], [1, 0, 0], [0, 1, 0]])  # hole of Dermis; Dermis; Dermis: Inflamed
     assert len(read_geojson(REAL, object_types=("annotation", "detection")).annotations) == 4
+
+
+# -- issue 27.7 / 27.10 / 30.4: repairs named, NaN named, every object loaded or named and kept ---------
+
+def test_bow_tie_is_repaired_and_named_per_annotation(tmp_path):
+    bowtie = poly([[0, 0], [10, 10], [10, 0], [0, 10], [0, 0]])
+    fine = feature(poly(square(20, 0, 30, 10)), "B")
+    bad = feature(bowtie, "A")
+    bad["properties"]["name"] = "bow"
+    s = read_geojson(dump(tmp_path, [bad, fine, feature(bowtie, "B")]))
+    assert [a.geometry.area for a in s.annotations] == [50, 100, 50] and all(a.geometry.is_valid for a in s.annotations)
+    assert len(s.notes) == 2  # one per repaired annotation, none for the valid one
+    assert "a.geojson" in s.notes[0] and "annotation 'bow' (A)" in s.notes[0] and "crosses itself" in s.notes[0]
+    assert "annotation 3 (B)" in s.notes[1] and "make_valid" in s.notes[1]
+    assert read_geojson(dump(tmp_path, [A, B], "ok.geojson")).notes == []
+
+
+def test_shapes_drawn_as_a_bow_tie_are_named_when_tiled():
+    from shapely.geometry import Polygon
+
+    from napari_histodiff.core.base.events import Progress, run_to_end
+    from napari_histodiff.core.data.annotations import ArraySource, shape_tiles, shapes_annotations
+
+    anns = shapes_annotations([Polygon([(0, 0), (128, 128), (128, 0), (0, 128)]), Polygon(square(128, 0, 256, 128))],
+                              ["TUM", "STR"])
+    assert len(anns.notes) == 1 and anns.notes[0].startswith("shape 0 (TUM) crosses itself")
+    events = []
+    run_to_end(shape_tiles(ArraySource(np.full((256, 256, 3), 200, np.uint8)), anns, 32), events.append)
+    assert [e.message for e in events if isinstance(e, Progress) and e.stage == "warning"] == anns.notes
+
+
+NAN = float("nan")
+
+
+@pytest.mark.parametrize("geometry", [
+    poly([[0, 0], [10, 0], [NAN, 10], [0, 10], [0, 0]]),  # reached GEOS: "encountered NaN/Inf"
+    poly([[NAN, 0], [10, 0], [10, 10], [0, 10], [NAN, 0]]),  # the first and closing point
+    poly(square(0, 0, 100, 100), [[10, 10], [20, 10], [20, float("inf")], [10, 10]]),  # in a hole, infinite
+    {"type": "MultiPolygon", "coordinates": [[square(0, 0, 10, 10)], [[[20, 0], [30, 0], [30, NAN], [20, 0]]]]},
+])
+def test_a_nan_coordinate_names_the_file_and_the_annotation(tmp_path, geometry):
+    bad = feature(geometry, "Tumor")
+    bad["properties"]["name"] = "region 7"
+    p = dump(tmp_path, [A, bad])
+    assert "NaN" in p.read_text() or "Infinity" in p.read_text()  # what json writes, and QuPath may
+    with pytest.raises(HistodiffError) as e:
+        read_geojson(p)
+    msg = str(e.value)
+    assert "a.geojson" in msg and "annotation 'region 7' (Tumor)" in msg and "not a number" in msg
+    assert "GEOS" not in msg and "\n" not in msg
+    # a NaN in an object that is not used (a detection) is kept as it was, not an error
+    det = feature(geometry, "Tumor", "detection")
+    assert len(read_geojson(dump(tmp_path, [A, det], "b.geojson")).left_out) == 1
+
+
+def test_every_qupath_object_is_loaded_or_named_and_written_back(tmp_path):
+    unclassified = feature(poly(square(0, 0, 5, 5)))
+    unclassified["properties"]["name"] = "todo"
+    det = feature(poly(square(0, 0, 1, 1)), "Tumor", "detection")
+    point = feature({"type": "Point", "coordinates": [1, 2]}, "A")
+    cells = [feature(poly(square(k, 0, k + 1, 1)), "Tumor", "cell") for k in range(7)]
+    feats = [A, unclassified, det, point, B] + cells
+    s = read_geojson(dump(tmp_path, feats))
+    assert len(s.annotations) + len(s.left_out) == len(feats)
+    assert [x.feature for x in s.left_out] == [unclassified, det, point] + cells  # as they were
+    msg = s.left_out_message()
+    assert msg.startswith("a.geojson: 10 of 12 QuPath objects are not used")
+    for words in ("1 unclassified (annotation 'todo')", "1 detection object (detection 3 (Tumor))",
+                  "1 unsupported geometry (Point) (annotation 4 (A))", "7 cell objects (cell 6 (Tumor), ",
+                  "and 2 more"):
+        assert words in msg, words
+    assert read_geojson(dump(tmp_path, [A, B], "all.geojson")).left_out_message() is None
+    write_geojson(tmp_path / "back.geojson", s.annotations, kept=[x.feature for x in s.left_out])
+    back = json.loads((tmp_path / "back.geojson").read_text())["features"]
+    assert len(back) == len(feats) and back[2:] == [unclassified, det, point] + cells
+    again = read_geojson(tmp_path / "back.geojson", object_types=("annotation", "detection", "cell"))
+    assert len(again.annotations) == 2 + 1 + 7 and again.skipped == {"unclassified": 1,
+                                                                      "unsupported geometry (Point)": 1}
+
+
+def test_class_counts_are_qupath_objects_not_polygon_pieces():
+    from napari_histodiff.core.data.geojson import count_objects
+
+    # a MultiPolygon (object 0, two pieces), a holed polygon cut in two (object 1), two drawn shapes (-1)
+    classes = ["Epidermis", "Epidermis", "Dermis", "Dermis", "Dermis", "Epidermis", float("nan")]
+    objects = [0, 0, 1, 1, -1, -1, -1]
+    assert count_objects(classes, objects) == {"Epidermis": 2, "Dermis": 2, "": 1}
+    assert count_objects(["A", "A"], [None, float("nan")]) == {"A": 2}  # no object number: one each
+
+
+def test_real_qupath_export_names_what_it_leaves_out():
+    if not REAL.is_file():
+        pytest.skip(f"{REAL} is absent")
+    s = read_geojson(REAL)
+    msg = s.left_out_message()
+    assert "1 unclassified" in msg and "1 detection object" in msg and len(s.left_out) == 2

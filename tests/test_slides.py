@@ -106,7 +106,8 @@ def test_level_array_slices_match_read_region(pyramid):
         np.testing.assert_array_equal(lazy[250:280, 500:540].compute(), data[250:280, 500:540])
 
 
-@pytest.mark.parametrize("size, unit", [(0.25, "µm"), (250, "nm")])
+@pytest.mark.parametrize("size, unit", [(0.25, "\u00b5m"), (0.25, "\u03bcm"), (250, "nm"), (2.5e-4, "mm")],
+                         ids=["micro-sign", "greek-mu", "nm", "mm"])
 def test_ome_tiff_pyramid(tmp_path, size, unit):
     path = tmp_path / "slide.ome.tif"
     data = _image(600, 800)
@@ -149,6 +150,41 @@ def test_gray_16bit_and_transparent_tiffs(tmp_path):
     with open_slide(tmp_path / "rgba.tiff") as s:
         r = s.read_region(0, 0, 30, 4, 4)
         assert r[:2].tolist() == [[[10, 20, 30]] * 4] * 2 and (r[2:] == 255).all()
+
+
+def test_micrometre_spellings_of_ome_xml():
+    """Issue 27.7: 'µm' spelled with U+03BC (Greek mu) left µm/px unknown."""
+    from napari_histodiff.core.data.slides import _unit
+
+    for spelling in ("\u00b5m", "\u03bcm", "&#181;m", "&#956;m", "um", "micron", " \u03bcm ", None):
+        assert _unit(spelling) == 1.0, spelling
+    assert _unit("nm") == 1e-3 and _unit("pixel") is None
+
+
+@pytest.mark.parametrize("layout", ["interleaved", "planar"])  # our tile reader, and tifffile's zarr store
+@pytest.mark.parametrize("compression", [None, "zlib"])
+def test_empty_tiles_of_a_tiled_tiff_read_white(tmp_path, layout, compression):
+    """Issue 27.7: tiles a scanner left out (offset and byte count 0) read black, not white as glass."""
+    path, t = tmp_path / "sparse.tif", 256
+    planar = layout == "planar"
+
+    def tiles():
+        for k in range(3 * 4 if planar else 4):
+            if k % 4 == 1:  # the top-right tile (of each plane) is not written
+                yield None
+            else:
+                yield np.full((t, t) if planar else (t, t, 3), 90, np.uint8)
+
+    with tifffile.TiffWriter(path) as tw:
+        tw.write(tiles(), shape=(3, 2 * t, 2 * t) if planar else (2 * t, 2 * t, 3), dtype=np.uint8, tile=(t, t),
+                 photometric="rgb", compression=compression, planarconfig="separate" if planar else "contig")
+    with tifffile.TiffFile(path) as tif:
+        assert tif.pages.first.databytecounts[1] == 0  # really an empty tile
+    with open_slide(path) as s:
+        region = s.read_region(0, t - 8, 0, 16, 16)
+        assert (region[:, :8] == 90).all() and (region[:, 8:] == 255).all()
+        assert (s.read_region(0, t, t, 8, 8) == 90).all()
+        assert (s.thumbnail(64)[:32, 32:] == 255).all() and (s.thumbnail(64)[32:, 32:] == 90).all()
 
 
 def test_plain_png_is_one_level(tmp_path):
