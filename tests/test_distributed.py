@@ -38,6 +38,37 @@ def test_two_process_accelerate_run_writes_the_bundle(tmp_path):
     assert b.unet is not None and b.scale_factor > 0
 
 
+@pytest.mark.subprocess
+def test_two_process_finetune_has_one_writer(tmp_path):
+    """Fine-tuning under a launcher: the main process alone copies the pre-trained parts and writes
+    histodiff.json, the other waits; the bundle lists its files as ours and loads with its classes."""
+    from napari_histodiff.core.base.owner import foreign, read_owner
+
+    accelerate = shutil.which("accelerate") or str(Path(sys.executable).with_name("accelerate"))
+    data = write_tiles(tmp_path / "tiles", n=24)
+    base = tmp_path / "base"
+    r = subprocess.run([sys.executable, "-m", "napari_histodiff", "pretrain", str(data), "--out", str(base),
+                        "--preset", "tiny", "--autoencoder-steps", "2", "--steps", "2", "--batch-size", "4",
+                        "--device", "cpu"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    labeled = tmp_path / "labeled"
+    write_tiles(labeled / "a", n=8, seed=1)
+    write_tiles(labeled / "b", n=8, seed=2)
+    out = tmp_path / "finetuned"
+    cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "napari_histodiff", "finetune", str(base),
+           "--labeled", str(labeled), "--out", str(out), "--classifier-steps", "2", "--selection-steps", "2",
+           "--unet-steps", "2", "--selection-folds", "2", "--min-tiles-per-class", "4", "--batch-size", "4",
+           "--device", "cpu"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    from napari_histodiff import load_bundle
+
+    b = load_bundle(out, device="cpu")
+    assert b.class_names == ["a", "b"] and b.latent_classifier is not None
+    assert read_owner(out)["kind"] == "bundle" and foreign(out) == []
+
+
 def write_shards(folder: Path, shards: int = 4, per_shard: int = 6, size: int = 32) -> Path:
     """Tar shards as `histodiff tiles --shard-size` writes them: KEY.png + KEY.json per tile."""
     import io

@@ -12,6 +12,28 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def world_size() -> int:
+    """How many processes a launcher started (1 without one)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def wait_for_everyone() -> None:
+    """Under a launcher, wait until every process gets here (e.g. until the main process has written
+    what the others read); nothing in a single process."""
+    if world_size() > 1:
+        from accelerate import PartialState
+
+        PartialState(cpu=launcher_cpu()).wait_for_everyone()
+
+
+def launcher_cpu(device: str | None = "auto") -> bool:
+    """Whether the processes of a launcher run on the CPU (over gloo): asked for, or no CUDA."""
+    import torch
+
+    return (device or "auto").startswith("cpu") or not torch.cuda.is_available() or \
+        os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true")
+
+
 def available_devices() -> list[str]:
     import torch
 
@@ -29,6 +51,8 @@ def pick_device(name: str | None = "auto"):
 
     name = (name or "auto").strip().lower()
     have = available_devices()
+    if world_size() > 1 and name in ("auto", "cuda") and any(d.startswith("cuda") for d in have):
+        return torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")  # each process its own GPU
     if name == "auto":
         return torch.device(have[1] if len(have) > 1 else "cpu")
     if name == "cuda" and any(d.startswith("cuda") for d in have):

@@ -13,10 +13,10 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from .devices import is_main_process
+from .devices import is_main_process, wait_for_everyone, world_size
 from .errors import HistodiffError
 from .fsfaults import check_writable
-from .owner import MARKER, claim, foreign, owned, read_owner, remove_owned, seal
+from .owner import LOCK, MARKER, claim, foreign, owned, read_owner, remove_owned, seal
 
 OUTPUT_FILES = {  # kind -> files (globs) a finished or resumable output of that kind holds
     "bundle": ("histodiff.json", "training/*/step-*/checkpoint.json", "training/*/checkpoint.json"),
@@ -49,7 +49,11 @@ def kind_of(folder) -> str | None:
 
 
 def _is_empty(folder: Path) -> bool:
-    return folder.is_dir() and not any(folder.iterdir())
+    """Nothing in it, or nothing but our record (a run that stopped before writing anything)."""
+    if not folder.is_dir():
+        return False
+    names = {p.name for p in folder.iterdir()}
+    return not names or (names <= {MARKER, LOCK} and read_owner(folder) is not None and not foreign(folder))
 
 
 def _named(paths, n: int = 5) -> str:
@@ -120,11 +124,13 @@ class output_folder:
 
     def __enter__(self) -> Path:
         self.created = not self.out.exists()
-        return prepare_output(self.out, self.kind, self.intent, self.allowed)
+        out = prepare_output(self.out, self.kind, self.intent, self.allowed)
+        wait_for_everyone()  # under a launcher the others start once the main process has prepared it
+        return out
 
     def __exit__(self, exc_type, exc, tb):
-        if not is_main_process():
-            return False
+        if not is_main_process() or (exc_type is not None and world_size() > 1):
+            return False  # one failing process never removes the folder under the others
         if exc_type is None:
             seal(self.out, self.kind)
         elif self.created and not has_output(self.out, self.kind):

@@ -127,12 +127,13 @@ def _ae_options(opts, steps: int) -> _AE:
 
 def _record_mpp(opts) -> None:
     from ..formats.bundle import read_meta, write_meta
-    from ..base.devices import is_main_process
+    from ..base.devices import is_main_process, wait_for_everyone
 
     if opts.microns_per_pixel is not None and is_main_process():
         meta = read_meta(opts.out)
         meta["microns_per_pixel"] = opts.microns_per_pixel
         write_meta(opts.out, meta)
+    wait_for_everyone()
 
 
 def _bundle_out(opts):
@@ -163,6 +164,7 @@ def pretrain_autoencoder(opts: PretrainAutoencoderOptions, tiles=None):
 def pretrain(opts: PretrainOptions, tiles=None):
     """The autoencoder (unless reused), then the diffusion UNet, into ``opts.out``, on ``tiles`` (default:
     opened from ``opts.data``); returns the diffusion summary with the autoencoder's under "autoencoder"."""
+    from ..base.devices import wait_for_everyone
     from ..base.outdir import check_output
     from ..formats.bundle import read_meta
     from ..models.presets import Preset
@@ -182,7 +184,9 @@ def pretrain(opts: PretrainOptions, tiles=None):
     tiles = TrainingData.open(opts, preset.tile_size) if tiles is None else tiles
     ae = None
     with _bundle_out(opts):
-        if opts.autoencoder is not None and not (Path(opts.out) / "vae").is_dir():
+        copy = opts.autoencoder is not None and not (Path(opts.out) / "vae").is_dir()
+        wait_for_everyone()  # every process decides before the main one copies
+        if copy:
             _copy_autoencoder(opts.autoencoder, opts.out)
         elif opts.autoencoder is None:
             ae = yield from train_autoencoder(tiles, opts.out, preset, _ae_options(opts, opts.autoencoder_steps))
@@ -201,14 +205,14 @@ def _copy_autoencoder(source, out) -> None:
     import shutil
 
     from ..formats.bundle import read_meta, write_meta
-    from ..base.devices import is_main_process
+    from ..base.devices import is_main_process, wait_for_everyone
 
-    if not is_main_process():
-        return
-    from ..formats.bundle import require_intact
+    if is_main_process():
+        from ..formats.bundle import require_intact
 
-    require_intact(source, ("vae",))
-    shutil.copytree(Path(source) / "vae", Path(out) / "vae")
-    meta = read_meta(source)
-    meta["provenance"]["autoencoder"] = {**meta["provenance"].get("autoencoder", {}), "copied_from": str(source)}
-    write_meta(out, meta)
+        require_intact(source, ("vae",))
+        shutil.copytree(Path(source) / "vae", Path(out) / "vae")
+        meta = read_meta(source)
+        meta["provenance"]["autoencoder"] = {**meta["provenance"].get("autoencoder", {}), "copied_from": str(source)}
+        write_meta(out, meta)
+    wait_for_everyone()  # the others read the copy

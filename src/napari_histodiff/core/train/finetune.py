@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
+from ..base.devices import is_main_process, wait_for_everyone
 from ..formats.bundle import load_bundle, read_meta, write_meta
 from ..base.errors import HistodiffError
 from ..base.names import check_class_name
@@ -70,10 +71,9 @@ class FinetuneOptions:
                                      "rotations, HED stain jitter and mild blur (off by default: stain colour can "
                                      "be part of a class)")
     selection_folds: int = option(5, min=1, max=10, help="selection classifier: one ResNet per fold of the labeled "
-                                  "tiles, each trained on the other folds and stopped on its own, used together "
-                                  "(an ensemble, calibrated on every tile's out-of-fold score; the holdout "
-                                  "fraction then applies to the latent classifier only). 1: one ResNet. Scratch "
-                                  "trunk only")
+                                  "tiles that are not held out, each trained on the other folds and stopped on its "
+                                  "own, used together as an ensemble (calibrated on the held-out tiles). 1: one "
+                                  "ResNet. Scratch trunk only")
     unlabeled: list[Path] = option(factory=list, gui=False, metavar="DIR",
                                    help="unlabelled tiles of the same tissue (folders, slides): the selection "
                                    "classifier labels those it is confident on, and the noisy latent classifier "
@@ -84,7 +84,9 @@ class FinetuneOptions:
                                       "choice), which bounds the time a large slide takes")
     min_tiles_per_class: int = option(5, min=2, help="fewest labeled tiles a class may have (one to train, one "
                                       "to hold out)")
-    holdout: float = option(0.2, min=0, max=0.89, help="fraction of each class held out to measure the classifiers")
+    holdout: float = option(0.2, min=0, max=0.89, help="fraction of each class's labeled tiles held out: they train "
+                            "neither classifier; the selection classifier's confidence is calibrated on them, and "
+                            "both classifiers are measured on them (0: no calibration, no measurement)")
     batch_size: int | None = option(None, min=1, help="tiles per step (default: the preset's)")
     seed: int = seed_option()
     checkpoint_every: int = option(500, min=1, help="save a resumable checkpoint every N steps")
@@ -248,9 +250,13 @@ def finetune(source, tiles, out_dir, preset, options: FinetuneOptions | None = N
         raise HistodiffError(f"labeled tiles are {tiles.tile_size} px; the bundle needs {preset.tile_size} px")
     counts = check_labeled(tiles, opts.min_tiles_per_class)
     out_dir = Path(out_dir)
-    if not (out_dir / "histodiff.json").is_file():
+    fresh = not (out_dir / "histodiff.json").is_file()
+    wait_for_everyone()  # under a launcher: every process decides before the main one writes
+    if fresh:
         check_source(source)
-        start_bundle(source, out_dir)
+        if is_main_process():
+            start_bundle(source, out_dir)
+        wait_for_everyone()
     meta = read_meta(out_dir)
     check_resumable(meta, out_dir, tiles, counts, opts)
     result = {"class_counts": counts}
@@ -258,7 +264,9 @@ def finetune(source, tiles, out_dir, preset, options: FinetuneOptions | None = N
         return {**result, "nothing_to_do": True}
     meta["class_names"], meta["class_counts"] = tiles.class_names, counts
     meta["provenance"]["finetune"] = {"data": tiles.description, "options": record(opts)}
-    write_meta(out_dir, meta)
+    if is_main_process():
+        write_meta(out_dir, meta)
+    wait_for_everyone()
     yield Progress("finetune", 0, 1, message="tiles per class: " + ", ".join(f"{c} {n}" for c, n in counts.items()))
 
     common = dict(seed=opts.seed, device=opts.device, precision=opts.precision,
@@ -301,7 +309,9 @@ def finetune(source, tiles, out_dir, preset, options: FinetuneOptions | None = N
         del bundle
         meta = read_meta(out_dir)
         meta["provenance"]["finetune"]["pseudo_labels"] = result["pseudo_labels"]
-        write_meta(out_dir, meta)
+        if is_main_process():
+            write_meta(out_dir, meta)
+        wait_for_everyone()
         with_pseudo = WithPseudoLabels(tiles, pseudo) if len(pseudo) else tiles
     result["latent_classifier"] = yield from latent(with_pseudo)
     return result

@@ -110,12 +110,11 @@ def make_accelerator(device: str | None = "auto", precision: str = "auto"):
     import torch
     from accelerate import Accelerator
 
-    from ..base.devices import pick_device
+    from ..base.devices import launcher_cpu, pick_device
     from ..base.precision import accelerate_precision, resolve_precision
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        cpu = (device or "auto").startswith("cpu") or not torch.cuda.is_available() or \
-            os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true")
+        cpu = launcher_cpu(device)
         mixed = accelerate_precision(resolve_precision(precision, "cpu" if cpu else "cuda", "train"))
         return Accelerator(cpu=cpu, mixed_precision=mixed)
     reset_accelerate()
