@@ -35,6 +35,14 @@ PINK, PURPLE = (230, 80, 160), (40, 60, 200)
 PINK_BOX, PURPLE_BOX = (512, 512, 1024, 1024), (1536, 1024, 2048, 1536)  # x0, y0, x1, y1 (level 0)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def plugins():
+    """The plugin's writer for layer.save, whichever tests run (napari finds plugins on first use only)."""
+    from npe2 import PluginManager
+
+    PluginManager.instance().discover()
+
+
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
     folder = tmp_path_factory.mktemp("small")
@@ -355,18 +363,66 @@ def test_errors_name_the_problem(small):
         extract(image, tiny, 64, 64, 0.5, mpp=320.0)
 
 
-def test_images_without_a_resolution_are_tiled_at_full_resolution_with_a_warning(small):
-    from napari_histodiff.core.base.events import Progress
+def test_images_without_a_resolution_follow_the_clis_rule(small, tmp_path):
+    """Issue 27.7: napari tiled an image without um/px at full resolution where the CLI refused it: now
+    both refuse with one message (core's tile_factor), and both tile it when no resolution is asked for."""
+    from napari_histodiff.core.data.slide_tiles import SlideTiles, tile_factor
     from napari_histodiff.widgets._layers import extraction
 
     viewer = ViewerModel()
-    image = viewer.add_image(np.full((256, 256, 3), 200, np.uint8), rgb=True)
+    image = viewer.add_image(np.full((256, 256, 3), 200, np.uint8), rgb=True, name="plain")
     shapes = viewer.add_shapes([rect(0, 0, 128, 128)], features={"class": ["TUM"]})
-    events = []
-    tiles, _ = run_to_end(extraction(image, shapes, 64, 64, 0.5, mpp=0.5), events.append)
-    assert len(tiles) == 4 and tiles.tiles.shape == (4, 64, 64, 3)  # in memory, as before
-    warnings = [e.message for e in events if isinstance(e, Progress) and e.stage == "warning"]
-    assert len(warnings) == 1 and "does not say its microns per pixel" in warnings[0]
+    with pytest.raises(HistodiffError) as napari_error:
+        run_to_end(extraction(image, shapes, 64, 64, 0.5, mpp=0.5))
+    assert napari_error.value.raw == _raw_of(lambda: tile_factor("plain", None, 0.5))
+    tifffile.imwrite(tmp_path / "plain.tif", np.full((256, 256, 3), 200, np.uint8), photometric="rgb")
+    with pytest.raises(HistodiffError) as cli_error:
+        SlideTiles(tmp_path / "plain.tif", 64, mpp=0.5)
+    assert cli_error.value.raw.replace("plain.tif", "plain") == napari_error.value.raw
+    tiles, _ = run_to_end(extraction(image, shapes, 64, 64, 0.5))  # no resolution asked for: as stored
+    assert len(tiles) == 4 and tiles.tiles.shape == (4, 64, 64, 3)
+
+
+def _raw_of(attempt) -> str:
+    try:
+        attempt()
+    except HistodiffError as e:
+        return e.raw
+    raise AssertionError("no error")
+
+
+def test_qupath_objects_the_layer_does_not_show_are_named_once_and_saved_back(tmp_path, monkeypatch):
+    """Issue 30.4: the unclassified annotation and the detection were dropped without a message and lost on save."""
+    import napari_histodiff._reader as reader
+
+    shown = []
+    monkeypatch.setattr(reader, "_notify", shown.append)
+    qupath_file(tmp_path / "case.geojson")
+    data = json.loads((tmp_path / "case.geojson").read_text())
+    extra = [{"type": "Feature", "id": "u", "properties": {"objectType": "annotation", "name": "later"},
+              "geometry": {"type": "Polygon", "coordinates": [[[0, 0], [50, 0], [50, 50], [0, 50], [0, 0]]]}},
+             {"type": "Feature", "id": "d", "properties": {"objectType": "detection",
+                                                           "classification": {"name": "Tumor"}},
+              "geometry": {"type": "Polygon", "coordinates": [[[5, 5], [9, 5], [9, 9], [5, 5]]]}},
+             {"type": "Feature", "id": "b", "properties": {"objectType": "annotation", "name": "bow",
+                                                           "classification": {"name": "Tumor"}},
+              "geometry": {"type": "Polygon", "coordinates": [[[0, 0], [90, 90], [90, 0], [0, 90], [0, 0]]]}}]
+    data["features"] += extra
+    (tmp_path / "case.geojson").write_text(json.dumps(data))
+    viewer = ViewerModel()
+    layer, = open_in(viewer, tmp_path / "case.geojson")
+    assert len(shown) == 1  # one message for the file
+    msg = shown[0]
+    assert "case.geojson: 2 of 6 QuPath objects are not used" in msg and "1 unclassified (annotation 'later')" in msg
+    assert "1 detection object (detection 5 (Tumor))" in msg and "kept when the layer is saved" in msg
+    assert "annotation 'bow' (Tumor) crosses itself" in msg and layer.metadata["message"] == msg
+    out = tmp_path / "saved.geojson"
+    assert layer.save(str(out), plugin=PLUGIN) == [str(out)]
+    back = json.loads(out.read_text())["features"]
+    assert len(back) == 6 and back[-2:] == extra[:2]  # every object of the file, the left-out ones as they were
+    again = read_geojson(out)
+    assert [x.feature for x in again.left_out] == extra[:2] and len(again.annotations) == 4
+    assert read_annotations(str(tmp_path / "case.geojson"))[0][1]["metadata"]["qupath_kept"] == extra[:2]
 
 
 # -- the Fine-tune widget extracts on a worker ---------------------------------------------------------
