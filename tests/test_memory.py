@@ -129,3 +129,77 @@ def test_napari_worker_turns_out_of_memory_into_one_plain_message():
     text = plain_message(info.value, {"batch_size": "tiles denoised at once"})
     assert "\n" not in text
     assert '"tiles denoised at once"' in text and "16.0 TiB" in text and "finetune_unet" in text
+
+
+# -- memory bounded by the batch, whatever -n ------------------------------------------------------
+
+def _untrained_bundle():
+    from napari_histodiff.core.formats.bundle import Bundle, new_meta
+    from napari_histodiff.core.models.presets import tiny
+
+    p = tiny()
+    return Bundle(vae=p.build_vae(), unet=p.build_unet(), scheduler=p.build_scheduler(), meta=new_meta(p))
+
+
+def _first_event_peak(bundle, n, sources=None, **kw):
+    """Bytes traced (peak) from starting a sampling run of ``n`` tiles to its first progress event."""
+    import tracemalloc
+
+    from napari_histodiff.core.generate.sampling import SampleOptions, sample_tiles
+
+    opts = SampleOptions(n=n, steps=2, batch_size=2, guidance=0.0, device="cpu", **kw)
+    tracemalloc.start()
+    try:
+        gen = sample_tiles(bundle, opts, sources)
+        event = next(gen)
+        peak = tracemalloc.get_traced_memory()[1]
+        gen.close()
+    finally:
+        tracemalloc.stop()
+    assert event.stage == "sample" and event.step == 1
+    return peak
+
+
+class _Sources:
+    """A labelled tile set of 6 tiles in 2 classes (what ``plan_variations`` reads)."""
+
+    class_names = ["A", "B"]
+    description = "six tiles"
+
+    def __len__(self):
+        return 6
+
+    def __getitem__(self, i):
+        return np.full((32, 32, 3), 40 * i, np.uint8)
+
+    def label(self, i):
+        return i % 2
+
+    def origin(self, i):
+        return f"tile{i}"
+
+
+@pytest.mark.parametrize("kw", [{}, {"classes": ["x", "y", "z"]}, {"sources": True}], ids=["unguided", "classes", "variations"])
+def test_a_billion_tiles_take_the_memory_of_a_thousand_before_the_first_tile(kw):
+    bundle = _untrained_bundle()
+    bundle.meta["class_names"] = ["x", "y", "z"]
+    sources = _Sources() if kw.get("sources") else None
+    extra = {"strength": 0.5} if sources is not None else {k: v for k, v in kw.items()}
+    small = _first_event_peak(bundle, 1000, sources, **extra)
+    huge = _first_event_peak(bundle, 10**9, sources, **extra)
+    # the list plan took 8 GB for 10^9 tiles (a pointer each); the lazy plan does not grow with n
+    assert huge < small + 1_000_000, f"{huge / 1e6:.1f} MB traced for 10^9 tiles, {small / 1e6:.1f} MB for 10^3"
+
+
+def test_the_lazy_plan_says_what_the_list_said():
+    from napari_histodiff.core.generate.sampling import SampleOptions, plan_variations
+
+    plan = SampleOptions(n=3, classes=["A", "B"]).plan()
+    assert list(plan) == ["A", "A", "A", "B", "B", "B"] and plan[-1] == "B" and len(plan) == 6
+    assert list(SampleOptions(n=2).plan()) == ["", ""] and not SampleOptions(n=2).plan().guided
+    plan, picks = plan_variations(SampleOptions(n=4), _Sources())
+    assert list(plan) == ["A"] * 4 + ["B"] * 4 and list(picks) == [0, 2, 4, 0, 1, 3, 5, 1]
+    with pytest.raises(IndexError):
+        plan[8]
+    huge = SampleOptions(n=10**9, classes=["A", "B"]).plan()
+    assert len(huge) == 2 * 10**9 and huge[10**9 - 1] == "A" and huge[10**9] == "B"
