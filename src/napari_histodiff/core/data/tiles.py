@@ -1,6 +1,6 @@
 """Tile sets: every image source becomes a lazy collection of uint8 RGB tiles.
 
-Pure numpy / scikit-image / tifffile / imageio; no Qt, napari or torch here.
+Pure numpy / scikit-image / tifffile / Pillow; no Qt, napari or torch here.
 """
 
 from __future__ import annotations
@@ -8,7 +8,6 @@ from __future__ import annotations
 import bisect
 from pathlib import Path
 
-import imageio.v3 as iio
 import numpy as np
 import tifffile
 from scipy import ndimage as ndi
@@ -82,6 +81,23 @@ def planar_rgb(shape) -> bool:
     return len(shape) == 3 and shape[0] in (3, 4) and shape[-1] > 4
 
 
+def _read_pillow(path, rgb: bool = False) -> np.ndarray:
+    """The first frame of an image file as imageio's pillow plugin reads it (``rgb``: converted to RGB;
+    palette images in their palette's mode; 16-bit PNGs as uint16), with Pillow itself: imageio's plugin
+    tries to import optional HEIF/AVIF openers at every read (half its time), and a Ctrl-C there left a
+    half-made plugin whose clean-up printed a traceback after the "interrupted" line."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        if rgb:
+            im = im.convert("RGB")
+        elif im.mode == "P":
+            im = im.convert(im.palette.mode)
+        elif im.format == "PNG" and im.mode == "I":
+            im = im.convert("I;16")
+        return np.asarray(im)
+
+
 def read_rgb(path) -> np.ndarray:
     """Read one image file as uint8 (H, W, 3); TileReadError names the file and the fix."""
     path = Path(path)
@@ -93,8 +109,7 @@ def read_rgb(path) -> np.ndarray:
             if planar_rgb(a.shape):  # (C, H, W)
                 a = np.moveaxis(a, 0, -1)
         else:
-            jpeg = path.suffix.lower() in (".jpg", ".jpeg")  # mode RGB also fixes gray / CMYK JPEGs
-            a = iio.imread(path, plugin="pillow", index=0, **({"mode": "RGB"} if jpeg else {}))
+            a = _read_pillow(path, rgb=path.suffix.lower() in (".jpg", ".jpeg"))  # RGB: gray / CMYK JPEGs too
     except Exception as e:  # noqa: BLE001 - any decoder failure is a bad file to the user
         detail = f"{type(e).__name__}: {e}"
         if "imagecodecs" in str(e):

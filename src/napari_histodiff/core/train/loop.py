@@ -90,13 +90,22 @@ class BatchStream:
         return batch if self.labels is None else (batch, torch.from_numpy(self.labels[pos]))
 
 
+def ignore_interrupt(_worker_id=None) -> None:
+    """A DataLoader worker ignores Ctrl-C: the terminal sends SIGINT to every process of the job, and the
+    main process stops the workers itself; a worker interrupted inside a reader printed that reader's
+    traceback (imageio's half-opened plugin) after the one-line "interrupted" message."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def batch_loader(stream: BatchStream, start: int, stop: int, num_workers: int = 0):
     """Iterate the batches of steps ``start..stop-1`` (optionally read by worker processes)."""
     from torch.utils.data import DataLoader
 
     return DataLoader(
         stream, batch_size=None, sampler=range(start, stop), num_workers=num_workers,
-        prefetch_factor=2 if num_workers else None,
+        prefetch_factor=2 if num_workers else None, worker_init_fn=ignore_interrupt if num_workers else None,
     )
 
 
