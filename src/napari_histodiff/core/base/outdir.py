@@ -30,12 +30,20 @@ MARKERS = OUTPUT_FILES  # older name
 WHAT = {"bundle": "model bundle", "samples": "sample folder", "export": "exported set",
         "evaluation": "evaluation folder", "demo": "demo folder", "tiles": "tile folder"}
 A = {"bundle": "a", "samples": "a", "export": "an", "evaluation": "an", "demo": "a", "tiles": "a"}
+OUTPUT_FILES["audit"], WHAT["audit"], A["audit"] = ("audit.json",), "audit folder", "an"
 
 
 def has_output(folder, kind: str) -> bool:
     """Whether ``folder`` holds the files of a ``kind`` output (what it is, not whose it is)."""
     folder = Path(folder)
     return folder.is_dir() and any(p.is_file() for m in OUTPUT_FILES[kind] for p in folder.glob(m))
+
+
+def _resumable(folder: Path, kind: str) -> bool:
+    """Whether a failed run left something to continue from: a training checkpoint for a bundle (parts
+    copied from the pre-trained model are not), the kind's output files otherwise."""
+    globs = OUTPUT_FILES[kind][1:] if kind == "bundle" else OUTPUT_FILES[kind]
+    return any(p.is_file() for g in globs for p in folder.glob(g))
 
 
 def is_marked(folder, kind: str) -> bool:
@@ -133,6 +141,6 @@ class output_folder:
             return False  # one failing process never removes the folder under the others
         if exc_type is None:
             seal(self.out, self.kind)
-        elif self.created and not has_output(self.out, self.kind):
+        elif self.created and not _resumable(self.out, self.kind):
             shutil.rmtree(self.out, ignore_errors=True)
         return False

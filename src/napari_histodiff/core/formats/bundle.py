@@ -332,6 +332,10 @@ def describe(path, verify: bool = True) -> tuple[str, list[str]]:
             name = "config missing or unreadable"
         problems[part] = verify_part(folder) if verify else []
         lines.append(f"{part:<11} {name}, {size / 1e6:.1f} MB of weights" + (" DAMAGED" if problems[part] else ""))
+    missing = missing_parts(path, meta)
+    lines.append("status      complete" if not missing else
+                 f"status      INCOMPLETE: no {', '.join(p + '/' for p in missing)} (training stopped before "
+                 "writing it); run the same training command again with --resume to finish it")
     if verify:
         lines += _weights_lines(path, problems, meta)
     conv = (meta.get("provenance") or {}).get("converted")
@@ -349,6 +353,18 @@ def describe(path, verify: bool = True) -> tuple[str, list[str]]:
         if value is not None:
             lines.append(f"metric      {key} = {value:.3f}" if isinstance(value, float) else f"metric      {key} = {value}")
     return "\n".join(lines), [p for found in problems.values() for p in found]
+
+
+def missing_parts(path, meta: dict) -> list[str]:
+    """The parts a bundle of its kind should have and does not: the UNet and scheduler of a pre-trained
+    model (unless it is an autoencoder alone), both classifiers of a fine-tuned one."""
+    path = Path(path)
+    expected = ["vae"]
+    if "diffusion" in (meta.get("provenance") or {}) or (path / "unet").is_dir() or meta.get("class_names"):
+        expected += ["unet", "scheduler"]
+    if meta.get("class_names"):
+        expected += ["latent_classifier", "selection_classifier"]
+    return [p for p in expected if not (path / p).is_dir()]
 
 
 def _weights_lines(path: Path, problems: dict, meta: dict) -> list[str]:
