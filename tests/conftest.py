@@ -15,6 +15,13 @@ def _job_logs(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("HISTODIFF_LOG_DIR", str(tmp_path_factory.getbasetemp() / "job-logs"))
 
 
+@pytest.fixture(autouse=True)
+def _own_locks(tmp_path_factory, monkeypatch):
+    """Each test its own folder locks and job registry (core/base/lock.py, threads.py): no test waits for,
+    or shares cores with, jobs of another test or of other programs on this machine."""
+    monkeypatch.setenv("HISTODIFF_LOCKS", str(tmp_path_factory.mktemp("locks")))
+
+
 def pytest_collection_modifyitems(config, items):
     """Tests marked ``slow`` run only when selected (``pytest -m slow``)."""
     if "slow" in (config.getoption("markexpr") or ""):
@@ -89,3 +96,31 @@ def finetuned_bundle(tmp_path_factory, ihc_tiles, labeled_tiles):
     result = run_to_end(finetune(pre, labeled_tiles, out, preset, FinetuneOptions(
         classifier_steps=400, selection_steps=150, unet_steps=20, device="cpu")))
     return out, result
+
+
+@pytest.fixture(scope="session")
+def generated_compvis(tmp_path_factory):
+    """CompVis checkpoints made here with random weights (tests/compvis_sets.py): public, public_full
+    and malicious.ckpt, as in ../shared/fixtures/compvis, so those tests run without ../shared."""
+    from compvis_sets import make_compvis_fixtures
+
+    return make_compvis_fixtures(tmp_path_factory.mktemp("compvis"))
+
+
+@pytest.fixture(scope="module", params=["shared", "generated"])
+def compvis(request):
+    """The path of a CompVis test file by name, from ../shared/fixtures/compvis (HISTODIFF_SHARED_FIXTURES;
+    skipped where absent) and from the set generated here (always)."""
+    if request.param == "shared":
+        env = os.environ.get("HISTODIFF_SHARED_FIXTURES")
+        base = (Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "fixtures") / "compvis"
+    else:
+        base = request.getfixturevalue("generated_compvis")
+
+    def path(name: str) -> Path:
+        found = base / name
+        if not found.is_file():
+            pytest.skip(f"fixture {found} not available")
+        return found
+
+    return path

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from compvis_sets import payload_paths
 
 from napari_histodiff import load_bundle
 from napari_histodiff.core.formats import compvis_unet
@@ -23,20 +24,11 @@ TOL = dict(atol=1e-4, rtol=1e-4)
 SETS = ["public", "public_full"]
 
 
-def fixture(name: str) -> Path:
-    env = os.environ.get("HISTODIFF_SHARED_FIXTURES")
-    base = Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "fixtures"
-    path = base / "compvis" / name
-    if not path.is_file():
-        pytest.skip(f"fixture {path} not available")
-    return path
-
-
 @pytest.fixture(scope="module", params=SETS)
-def converted(request):
+def converted(request, compvis):
     name = request.param
-    ref = dict(np.load(fixture(f"{name}_reference.npz")))
-    return name, ref, convert(fixture(f"{name}.ckpt")), convert(fixture(f"{name}.ckpt"), ema=False)
+    ref = dict(np.load(compvis(f"{name}_reference.npz")))
+    return name, ref, convert(compvis(f"{name}.ckpt")), convert(compvis(f"{name}.ckpt"), ema=False)
 
 
 def _close(actual, expected, what):
@@ -88,9 +80,9 @@ def test_schedule_matches_stored_buffers(converted):
 
 
 @pytest.mark.parametrize("name", SETS)
-def test_every_key_is_mapped(name):
-    ckpt = safe_load_checkpoint(fixture(f"{name}.ckpt"))
-    _, u, f = read_ldm_config(read_yaml_config(fixture(f"{name}.yaml")), name)
+def test_every_key_is_mapped(name, compvis):
+    ckpt = safe_load_checkpoint(compvis(f"{name}.ckpt"))
+    _, u, f = read_ldm_config(read_yaml_config(compvis(f"{name}.yaml")), name)
     sd = ckpt["state_dict"]
     for prefix, table, model in (
             ("model.diffusion_model.", compvis_unet.key_table(u), compvis_unet.build_unet(u)),
@@ -106,13 +98,13 @@ def test_every_key_is_mapped(name):
 
 
 @pytest.mark.parametrize("name", SETS)
-def test_first_stage_keys_agree_with_diffusers_converter(name):
+def test_first_stage_keys_agree_with_diffusers_converter(name, compvis):
     from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 
     from napari_histodiff.core.formats.keymap import apply
 
-    sd = safe_load_checkpoint(fixture(f"{name}.ckpt"))["state_dict"]
-    _, _, f = read_ldm_config(read_yaml_config(fixture(f"{name}.yaml")), name)
+    sd = safe_load_checkpoint(compvis(f"{name}.ckpt"))["state_dict"]
+    _, _, f = read_ldm_config(read_yaml_config(compvis(f"{name}.yaml")), name)
     vae = compvis_vae.build_first_stage(f, 1.0)
     ours = apply(compvis_vae.key_table(f.levels, f.num_res_blocks, f.kind),
                  {k[len("first_stage_model."):]: v for k, v in sd.items() if k.startswith("first_stage_model.")},
@@ -122,11 +114,11 @@ def test_first_stage_keys_agree_with_diffusers_converter(name):
     assert all(torch.equal(ours[k], theirs[k]) for k in ours)
 
 
-def test_converted_bundle_samples_and_saves(tmp_path):
+def test_converted_bundle_samples_and_saves(tmp_path, compvis):
     from napari_histodiff.core.base.events import run_to_end
     from napari_histodiff.core.generate.sampling import SampleOptions, sample_tiles
 
-    src = fixture("public.ckpt")
+    src = compvis("public.ckpt")
     bundle = load_bundle(src, device="cpu")
     tiles = []
     run_to_end(sample_tiles(bundle, SampleOptions(n=2, steps=3, seed=1, batch_size=2)),
@@ -148,16 +140,16 @@ def test_converted_bundle_samples_and_saves(tmp_path):
     assert {k: v.shape for k, v in built.items()} == {k: v.shape for k, v in again.unet.state_dict().items()}
 
 
-def test_convert_cli(tmp_path, capsys):
+def test_convert_cli(tmp_path, capsys, compvis):
     from napari_histodiff.cli import main
 
     out = tmp_path / "conv"
-    assert main(["convert", str(fixture("public_full.ckpt")), str(out), "--no-ema"]) == 0
+    assert main(["convert", str(compvis("public_full.ckpt")), str(out), "--no-ema"]) == 0
     assert "model weights" in capsys.readouterr().out
     assert load_bundle(out, device="cpu").meta["provenance"]["converted"]["ema"] is False
-    assert main(["convert", str(fixture("public_full.ckpt")), str(out)]) == 2
+    assert main(["convert", str(compvis("public_full.ckpt")), str(out)]) == 2
     assert "already holds a model bundle" in capsys.readouterr().err
-    assert main(["info", str(fixture("public.ckpt"))]) == 0
+    assert main(["info", str(compvis("public.ckpt"))]) == 0
     text = capsys.readouterr().out
     assert "converted in memory" in text and "UNet2DModel" in text
     ckpt = tmp_path / "back.ckpt"
@@ -165,12 +157,13 @@ def test_convert_cli(tmp_path, capsys):
     assert ckpt.is_file() and ckpt.with_suffix(".yaml").is_file()
 
 
-def test_malicious_checkpoint_refused_everywhere(tmp_path, monkeypatch, capsys):
+def test_malicious_checkpoint_refused_everywhere(tmp_path, monkeypatch, capsys, compvis):
     from napari_histodiff.cli import main
 
-    mal = fixture("malicious.ckpt")
-    target = Path("/tmp/histodiff_pwned")
-    existed = target.exists()
+    mal = compvis("malicious.ckpt")
+    targets = payload_paths(mal)
+    assert targets, "expected the payload's target path in the pickle"
+    existed = {t: t.exists() for t in targets}
     monkeypatch.chdir(tmp_path)
     with pytest.raises(HistodiffError, match="io.open"):
         load_bundle(mal)
@@ -178,29 +171,29 @@ def test_malicious_checkpoint_refused_everywhere(tmp_path, monkeypatch, capsys):
     assert "io.open" in capsys.readouterr().err
     assert main(["info", str(mal)]) == 2
     assert not (tmp_path / "out").exists() and list(tmp_path.iterdir()) == []
-    assert target.exists() == existed
+    assert {t: t.exists() for t in targets} == existed
 
 
 # -- bad inputs --------------------------------------------------------------------------------
 
-def _with_yaml(tmp_path, ckpt_bytes: bytes, name="model.ckpt", yaml="public.yaml") -> Path:
+def _with_yaml(compvis, tmp_path, ckpt_bytes: bytes, name="model.ckpt", yaml="public.yaml") -> Path:
     path = tmp_path / name
     path.write_bytes(ckpt_bytes)
-    path.with_suffix(".yaml").write_text(fixture(yaml).read_text())
+    path.with_suffix(".yaml").write_text(compvis(yaml).read_text())
     return path
 
 
-def test_truncated_and_random_files(tmp_path):
-    data = fixture("public.ckpt").read_bytes()
+def test_truncated_and_random_files(tmp_path, compvis):
+    data = compvis("public.ckpt").read_bytes()
     for name, content in (("half.ckpt", data[: len(data) // 2]), ("noise.ckpt", os.urandom(5000))):
-        path = _with_yaml(tmp_path, content, name)
+        path = _with_yaml(compvis, tmp_path, content, name)
         with pytest.raises(HistodiffError, match="not a readable PyTorch checkpoint") as info:
             load_bundle(path)
         assert str(path) in str(info.value)
 
 
-def test_yaml_of_another_model_lists_shape_mismatches(tmp_path):
-    path = _with_yaml(tmp_path, fixture("public_full.ckpt").read_bytes(), yaml="public.yaml")
+def test_yaml_of_another_model_lists_shape_mismatches(tmp_path, compvis):
+    path = _with_yaml(compvis, tmp_path, compvis("public_full.ckpt").read_bytes(), yaml="public.yaml")
     with pytest.raises(HistodiffError) as info:
         convert(path)
     msg = str(info.value)
@@ -208,8 +201,8 @@ def test_yaml_of_another_model_lists_shape_mismatches(tmp_path):
     assert "first_stage_model" in msg and "model.diffusion_model" in msg  # both parts are reported at once
 
 
-def test_wrong_yaml_kinds(tmp_path):
-    ckpt = fixture("public.ckpt")
+def test_wrong_yaml_kinds(tmp_path, compvis):
+    ckpt = compvis("public.ckpt")
     not_ldm = tmp_path / "ae.yaml"
     not_ldm.write_text("model:\n  target: ldm.models.autoencoder.AutoencoderKL\n  params: {}\n")
     with pytest.raises(HistodiffError, match="not a LatentDiffusion"):
@@ -218,7 +211,7 @@ def test_wrong_yaml_kinds(tmp_path):
     nothing.write_text("trainer:\n  gpus: 1\n")
     with pytest.raises(HistodiffError, match="no model.target"):
         convert(ckpt, config=nothing)
-    text = fixture("public.yaml").read_text()
+    text = compvis("public.yaml").read_text()
     cond = tmp_path / "cond.yaml"
     cond.write_text(text.replace("cond_stage_config: __is_unconditional__",
                                  "cond_stage_config:\n      target: ldm.modules.encoders.modules.ClassEmbedder")
@@ -237,13 +230,13 @@ def test_wrong_yaml_kinds(tmp_path):
         load_bundle(lonely / "a.ckpt")
 
 
-def test_missing_first_stage_and_stray_keys(tmp_path):
-    ckpt = safe_load_checkpoint(fixture("public.ckpt"))
+def test_missing_first_stage_and_stray_keys(tmp_path, compvis):
+    ckpt = safe_load_checkpoint(compvis("public.ckpt"))
     sd = ckpt["state_dict"]
     no_fs = {k: v for k, v in sd.items() if not k.startswith("first_stage_model.")}
     path = tmp_path / "unet_only.ckpt"
     torch.save({"state_dict": no_fs}, path)
-    path.with_suffix(".yaml").write_text(fixture("public.yaml").read_text())
+    path.with_suffix(".yaml").write_text(compvis("public.yaml").read_text())
     with pytest.raises(HistodiffError, match="no first stage"):
         convert(path)
     broken = dict(sd)
@@ -253,18 +246,18 @@ def test_missing_first_stage_and_stray_keys(tmp_path):
     broken["cond_stage_model.x"] = torch.zeros(1)
     path = tmp_path / "broken.ckpt"
     torch.save({"state_dict": broken}, path)
-    path.with_suffix(".yaml").write_text(fixture("public.yaml").read_text())
+    path.with_suffix(".yaml").write_text(compvis("public.yaml").read_text())
     with pytest.raises(HistodiffError) as info:
         convert(path, ema=False)
     msg = str(info.value)
     assert "out.2.weight" in msg and "extra.weight" in msg and "cond_stage_model.x" in msg
 
 
-def test_detect_format(tmp_path):
+def test_detect_format(tmp_path, compvis):
     (tmp_path / "ours").mkdir()
     (tmp_path / "ours" / "histodiff.json").write_text("{}")
     assert detect_format(tmp_path / "ours") == "bundle"
-    assert detect_format(fixture("public.ckpt")) == "compvis"
+    assert detect_format(compvis("public.ckpt")) == "compvis"
     (tmp_path / "pipe" / "unet").mkdir(parents=True)
     (tmp_path / "pipe" / "model_index.json").write_text('{"_class_name": "LDMPipeline"}')
     assert detect_format(tmp_path / "pipe") == "diffusers"
@@ -524,12 +517,12 @@ def test_guided_diffusion_latent_classifier_is_explained(tmp_path, capsys):
 
 
 @pytest.mark.skipif(not (os.environ.get("DISPLAY") or os.environ.get("QT_QPA_PLATFORM")), reason="needs a display (xvfb-run)")
-def test_load_widget_converts_a_checkpoint(qtbot):
+def test_load_widget_converts_a_checkpoint(qtbot, compvis):
     pytest.importorskip("napari")
     from napari_histodiff.widgets._state import MODEL
     from napari_histodiff.widgets.load import LoadWidget
 
-    ckpt = fixture("public.ckpt")
+    ckpt = compvis("public.ckpt")
     MODEL.bundle = None
     try:
         w = LoadWidget()

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from compvis_sets import payload_paths, write_malicious
 
 from napari_histodiff.core.base.errors import HistodiffError
 from napari_histodiff.core.formats.foreign import (
@@ -27,27 +28,14 @@ SCHEDULE = [
 UNET = "model.diffusion_model."
 
 
-def fixtures_dir() -> Path:
-    env = os.environ.get("HISTODIFF_SHARED_FIXTURES")
-    base = Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "fixtures"
-    return base / "compvis"
-
-
-def fixture(name: str) -> Path:
-    path = fixtures_dir() / name
-    if not path.is_file():
-        pytest.skip(f"fixture {path} not available")
-    return path
-
-
 @pytest.fixture(scope="module")
-def public_ckpt():
-    return safe_load_checkpoint(fixture("public.ckpt"))
+def public_ckpt(compvis):
+    return safe_load_checkpoint(compvis("public.ckpt"))
 
 
 @pytest.mark.parametrize("name", ["public.ckpt", "public_full.ckpt"])
-def test_public_checkpoints_load(name):
-    ckpt = safe_load_checkpoint(fixture(name))
+def test_public_checkpoints_load(name, compvis):
+    ckpt = safe_load_checkpoint(compvis(name))
     assert ckpt["global_step"] == 4321
     sd = ckpt["state_dict"]
     for key in SCHEDULE:
@@ -59,20 +47,13 @@ def test_public_checkpoints_load(name):
     assert "monitor" in state
 
 
-def _payload_paths(ckpt: Path) -> list[Path]:
-    """Absolute paths named in the pickle's strings (read as bytes, never unpickled)."""
-    with zipfile.ZipFile(ckpt) as zf:
-        data = b"".join(zf.read(n) for n in zf.namelist() if n.endswith("data.pkl"))
-    return [Path(m.decode()) for m in re.findall(rb"(/(?:tmp|var|home|root|etc)/[\w./-]+)", data)]
-
-
 def _listing(*folders: Path) -> set:
     return {p for folder in folders for p in folder.rglob("*")}
 
 
-def test_malicious_checkpoint_refused(tmp_path, monkeypatch):
-    mal = fixture("malicious.ckpt")
-    targets = _payload_paths(mal)
+def test_malicious_checkpoint_refused(tmp_path, monkeypatch, compvis):
+    mal = compvis("malicious.ckpt")
+    targets = payload_paths(mal)
     assert targets, "expected the payload's target path in the pickle"
     existed = {t: t.exists() for t in targets}
     monkeypatch.chdir(tmp_path)
@@ -87,6 +68,20 @@ def test_malicious_checkpoint_refused(tmp_path, monkeypatch):
         assert target.exists() == was, target
 
 
+def test_generated_payload_is_live_and_refused(tmp_path):
+    """The generated malicious checkpoint really acts when unpickled with code execution allowed
+    (so refusing it means something), and safe_load_checkpoint refuses it."""
+    proof, refused = tmp_path / "proof.txt", tmp_path / "refused.txt"
+    write_malicious(tmp_path / "live.ckpt", proof)
+    torch.load(tmp_path / "live.ckpt", weights_only=False)  # our own file, run on purpose
+    assert proof.is_file()
+    write_malicious(tmp_path / "mal.ckpt", refused)
+    assert payload_paths(tmp_path / "mal.ckpt") == [refused]
+    with pytest.raises(HistodiffError, match="io.open"):
+        safe_load_checkpoint(tmp_path / "mal.ckpt")
+    assert not refused.exists()
+
+
 def test_legacy_pickle_with_foreign_global_refused(tmp_path):
     from fractions import Fraction
 
@@ -96,13 +91,13 @@ def test_legacy_pickle_with_foreign_global_refused(tmp_path):
         safe_load_checkpoint(path)
 
 
-def test_bad_files_give_clear_errors(tmp_path):
+def test_bad_files_give_clear_errors(tmp_path, compvis):
     text = tmp_path / "notes.ckpt"
     text.write_text("this is not a checkpoint\n")
     noise = tmp_path / "noise.ckpt"
     noise.write_bytes(os.urandom(4096))
     bad = [text, noise]
-    public = fixture("public.ckpt")
+    public = compvis("public.ckpt")
     half = tmp_path / "half.ckpt"
     data = public.read_bytes()
     half.write_bytes(data[: len(data) // 2])
@@ -123,8 +118,8 @@ def test_non_dict_checkpoint_refused(tmp_path):
         safe_load_checkpoint(path)
 
 
-def test_read_yaml_config(tmp_path):
-    cfg = read_yaml_config(fixture("public.yaml"))
+def test_read_yaml_config(tmp_path, compvis):
+    cfg = read_yaml_config(compvis("public.yaml"))
     assert "model" in cfg
     broken = tmp_path / "broken.yaml"
     broken.write_text("model: [unclosed\n")
@@ -138,8 +133,8 @@ def test_read_yaml_config(tmp_path):
         read_yaml_config(tmp_path / "missing.yaml")
 
 
-def test_find_config(tmp_path):
-    ckpt, yaml_file = fixture("public.ckpt"), fixture("public.yaml")
+def test_find_config(tmp_path, compvis):
+    ckpt, yaml_file = compvis("public.ckpt"), compvis("public.yaml")
     beside = tmp_path / "beside"
     beside.mkdir()
     shutil.copy(ckpt, beside / "public.ckpt")
