@@ -24,11 +24,6 @@ with folder_lock(sys.argv[1], "histodiff sample"):
 """
 
 
-@pytest.fixture(autouse=True)
-def _own_locks(tmp_path, monkeypatch):
-    monkeypatch.setenv("HISTODIFF_LOCKS", str(tmp_path / "locks"))
-
-
 def commands(tmp_path, out):
     samples = tmp_path / "samples"
     sample_folder(samples, "TUM")
@@ -74,7 +69,7 @@ def test_the_lock_is_held_for_the_whole_job_and_released_after(tmp_path):
 def test_a_lock_of_a_killed_process_does_not_block(tmp_path):
     out = tmp_path / "out"
     child = subprocess.Popen([sys.executable, "-c", HOLD, str(out)], stdout=subprocess.PIPE, text=True,
-                             env={**os.environ, "HISTODIFF_LOCKS": str(tmp_path / "locks")})
+                             env=os.environ)
     try:
         assert child.stdout.readline().strip() == "held"
         with pytest.raises(HistodiffError, match=rf"histodiff sample \(process {child.pid}"):

@@ -56,3 +56,40 @@ def test_fit_threads_sets_torch_and_every_job_calls_it(env, monkeypatch):
             continue
         source = inspect.getsource(job._load(job.function))
         assert "fit_threads(" in source, job.name
+
+
+def test_our_running_jobs_share_the_cores(env, tmp_path):
+    import subprocess
+    import sys
+
+    from napari_histodiff.core.base.events import run_to_end
+
+    assert T.running_jobs() == 1  # this test's own lock folder: nobody else
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (T._registry() / f"{other.pid}-0.job").write_text("")  # another of our jobs, alive
+        (T._registry() / "999999999-0.job").write_text("")  # one that died without unregistering
+        assert T.running_jobs() == 2 and not (T._registry() / "999999999-0.job").exists()
+        assert T.plan_threads(cores=2) == 1 and T.plan_threads(cores=8) == 4
+        env.setenv("HISTODIFF_RESERVE_CORES", "1")  # napari's job process leaves a core to the viewer
+        assert T.plan_threads(cores=8) == 3
+        env.delenv("HISTODIFF_RESERVE_CORES")
+        seen = []
+
+        def job():
+            for _ in range(3):
+                seen.append((T.running_jobs(), torch.get_num_threads()))
+                yield 1
+            return "done"
+
+        env.setattr(T, "cores_available", lambda: 4)
+        env.setattr(T, "REFIT_SECONDS", 0.0)
+        assert run_to_end(T.shared_threads(job())) == "done"
+        assert seen[-1] == (2, 2)  # registered while it runs, resized to 4 cores // 2 jobs
+        assert T.running_jobs() == 2  # unregistered after
+        other.kill()
+        other.wait()
+        assert T.running_jobs() == 1
+    finally:
+        other.kill()
+        torch.set_num_threads(T.plan_threads())

@@ -137,16 +137,12 @@ def _stoppable(ctl, gen_func, *args):
     ``ctl``: a :class:`_Control` (or ``{"stop": bool}``, read once)."""
     import dataclasses
 
-    from ..core.base.lock import locked
-    from ..core.base.memory import guard_memory
+    from ..core.base.guard import guarded
 
     if isinstance(ctl, dict):
         ctl, ctl.stop = _Control(), bool(ctl.get("stop"))
     opts = args[0] if args and dataclasses.is_dataclass(args[0]) else None
-    gen = gen_func(*args)
-    if opts is not None:  # one writer per output folder, napari and CLI alike
-        gen = locked(gen, opts, f"napari ({getattr(gen_func, '__name__', 'job')})")
-    gen = guard_memory(gen, opts if opts is not None else ())
+    gen = guarded(gen_func(*args), opts, f"napari ({getattr(gen_func, '__name__', 'job')})")
     try:
         while True:
             if ctl.hold():

@@ -75,9 +75,6 @@ def written_folder(opts):
 
 
 def locked(gen, opts, job: str = ""):
-    """Run the job generator ``gen`` holding the lock of the folder ``opts`` writes; file-system faults
-    (read-only, permission, busy) end it with one clear line (:mod:`.fsfaults`)."""
-    from .fsfaults import guard_filesystem
-
+    """Run the job generator ``gen`` holding the lock of the folder ``opts`` writes."""
     with folder_lock(written_folder(opts), job):
-        return (yield from guard_filesystem(gen))
+        return (yield from gen)

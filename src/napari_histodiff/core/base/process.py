@@ -63,7 +63,7 @@ class ChildJob:
         self.log = Path(log) if log is not None else new_log(getattr(gen_func, "__name__", "job"))
         self._conn, child = ctx.Pipe(duplex=True)
         self.process = ctx.Process(target=_child_main, name=f"histodiff-{getattr(gen_func, '__name__', 'job')}",
-                                   args=(child, gen_func, tuple(args), str(self.log), threads or child_threads()))
+                                   args=(child, gen_func, tuple(args), str(self.log), threads))
         self._child_conn = child
         self.outcome = None
 
@@ -164,7 +164,7 @@ def _portable(exc: BaseException) -> BaseException:
         return HistodiffError(f"{type(exc).__name__}: {exc}")
 
 
-def _child_main(conn, gen_func, args, log: str, threads: int) -> None:
+def _child_main(conn, gen_func, args, log: str, threads: int | None) -> None:
     import dataclasses
     import faulthandler
     import sys
@@ -176,15 +176,18 @@ def _child_main(conn, gen_func, args, log: str, threads: int) -> None:
         sys.stdout = sys.stderr = out
         faulthandler.enable(out)
         print(f"histodiff job {getattr(gen_func, '__qualname__', gen_func)} (pid {os.getpid()}, "
-              f"{threads} threads) started {time.strftime('%Y-%m-%d %H:%M:%S')}", flush=True)
-        os.environ["OMP_NUM_THREADS"] = str(threads)  # read when the job imports torch
+              f"{threads or 'shared'} threads) started {time.strftime('%Y-%m-%d %H:%M:%S')}", flush=True)
+        if threads:  # asked for; else the user's OMP_NUM_THREADS, else shared with the viewer and our jobs
+            os.environ["OMP_NUM_THREADS"] = str(threads)
+        elif not os.environ.get("OMP_NUM_THREADS"):
+            os.environ["HISTODIFF_RESERVE_CORES"] = "1"  # one core for the viewer (base.threads)
 
-        from .memory import guard_memory
+        from .guard import guarded
 
         opts = args[0] if args and dataclasses.is_dataclass(args[0]) else None
         gen, paused, outcome = None, False, None
         try:
-            gen = guard_memory(gen_func(*args), opts if opts is not None else ())
+            gen = guarded(gen_func(*args), opts, f"napari ({getattr(gen_func, '__name__', 'job')})")
             while outcome is None:
                 stop, paused = _requests(conn, paused)
                 if stop:

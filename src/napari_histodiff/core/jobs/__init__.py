@@ -1,4 +1,4 @@
-"""The jobs users run (pretrain, finetune, sample, select, export, convert, evaluate, demo): options and one function each.
+"""The jobs users run (pretrain, finetune, sample, select, export, convert, evaluate, audit, demo): options and one function each.
 
 Every job is ``function(options, ...)``: a generator that validates all its options and inputs before it
 touches the disk, yields :class:`~napari_histodiff.core.base.events.Progress` and returns a dict with a
@@ -29,13 +29,9 @@ class Job:
 
     def run(self, opts, **inputs):
         """The job's progress generator; out of memory becomes one plain error (``base.memory``)."""
-        from ..base.lock import locked
-        from ..base.memory import guard_memory
+        from ..base.guard import guarded
 
-        gen = self._load(self.function)(opts, **inputs)
-        if dataclasses.is_dataclass(opts):  # one writer per output folder
-            gen = locked(gen, opts, f"histodiff {self.name}")
-        return guard_memory(gen, opts if dataclasses.is_dataclass(opts) else ())
+        return guarded(self._load(self.function)(opts, **inputs), opts, f"histodiff {self.name}")
 
 
 RESUME = "a checkpoint was saved; continue with --resume"
@@ -62,4 +58,6 @@ JOBS = [
         "run the whole method on an embedded default image", "run the demo again to continue where it stopped"),
     Job("evaluate", "evaluate:EvaluateOptions", "evaluate:evaluate",
         "does the augmentation help? train downstream classifiers and compare", "nothing was written"),
+    Job("audit", "audit:AuditOptions", "audit:audit",
+        "are synthetic tiles near-copies of real ones? nearest real tiles and a calibrated flag", "nothing was written"),
 ]
