@@ -165,3 +165,36 @@ def test_suggested_commands_quote_paths_with_spaces(tmp_path, capsys, monkeypatc
     text = missing_selection(half)
     words = shlex.split(text.split("`")[1])
     assert words[words.index("--out") + 1] == str(tmp_path / "a b") and words[-1] == "--resume"
+
+
+def test_sample_and_select_refuse_weights_damaged_behind_an_intact_header(trained_bundle, tmp_path, capsys,
+                                                                          monkeypatch):
+    """Loading checks sizes and headers only; a job that uses the weights checks their sha256 first, as
+    `histodiff info` does, and writes nothing (also when an earlier run verified the file: any write changes
+    what the cache of verified files keys on)."""
+    import os
+    import shutil
+    import struct
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    b = tmp_path / "b"
+    shutil.copytree(trained_bundle, b)
+    code, out, err = run(capsys, "sample", b, "-n", 1, "--steps", 2, "--out", tmp_path / "ok", "--device", "cpu")
+    assert code == 0, err
+    f = b / "unet" / "diffusion_pytorch_model.safetensors"
+    data = bytearray(f.read_bytes())
+    n = struct.unpack("<Q", bytes(data[:8]))[0]
+    data[8 + n + (len(data) - 8 - n) // 2] ^= 0xFF  # inside the tensor data: header and size intact
+    st = f.stat()
+    f.write_bytes(bytes(data))
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))  # as bit rot: the same size and modification time
+    code, out, err = run(capsys, "info", b)
+    assert code == 2 and f"{f.relative_to(b)} is corrupt" in err
+    damaged = f"the bundle {b} is damaged: {f} is corrupt: its checksum differs from the one recorded at save"
+    code, out, err = run(capsys, "sample", b, "-n", 1, "--steps", 2, "--out", tmp_path / "s", "--device", "cpu")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and damaged in err, err
+    assert not (tmp_path / "s").exists()
+    before = (tmp_path / "ok" / "samples.csv").read_bytes()
+    code, out, err = run(capsys, "select", tmp_path / "ok", "--bundle", b)
+    assert code == 2 and damaged in err
+    assert (tmp_path / "ok" / "samples.csv").read_bytes() == before

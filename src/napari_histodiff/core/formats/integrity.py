@@ -3,6 +3,10 @@
 Every part folder (``vae/``, ``unet/``, ...) holds ``files.json`` = ``{filename: {"size", "sha256"}}``,
 written by :func:`write_manifest` when the part is saved. ``verify_*`` return readable problems,
 each naming the file; an empty list means intact. ``training/`` (checkpoints) is not checked here.
+
+Jobs that use a bundle check it before loading (:func:`damaged_parts`) with a :class:`Verified` cache: a
+file whose sha256 matched is not hashed again while its path, size, inode, modification and change
+times stay the same (any write changes them), so sampling again with the same model costs no hashing.
 """
 
 from __future__ import annotations
@@ -103,10 +107,11 @@ def _tensor_end(name: str, t: dict) -> int:
     return end
 
 
-def verify_part(folder, checksums: bool = True, label: str | None = None) -> list[str]:
+def verify_part(folder, checksums: bool = True, label: str | None = None, cache: Verified | None = None) -> list[str]:
     """Problems of one part folder: files missing or of another size than recorded, sha256 differing
     (``checksums``), damaged safetensors headers. Files are named ``label/name`` (default: the folder's
-    name, e.g. ``unet/diffusion_pytorch_model.safetensors``)."""
+    name, e.g. ``unet/diffusion_pytorch_model.safetensors``). ``cache``: files it knows as verified, unchanged
+    since, are not hashed again; files that match are added to it."""
     folder = Path(folder)
     label = folder.name if label is None else label
     problems, recorded = [], {}
@@ -121,13 +126,13 @@ def verify_part(folder, checksums: bool = True, label: str | None = None) -> lis
             recorded = {}
     names = sorted(set(recorded) | {f.name for f in folder.glob("*.safetensors")})
     for name in names:
-        problem = _file_problem(folder / name, recorded.get(name), checksums)
+        problem = _file_problem(folder / name, recorded.get(name), checksums, cache)
         if problem:
             problems.append(f"{label}/{name} {problem}")
     return problems
 
 
-def _file_problem(f: Path, rec: dict | None, checksums: bool) -> str | None:
+def _file_problem(f: Path, rec: dict | None, checksums: bool, cache: Verified | None = None) -> str | None:
     if not f.is_file():
         return "is missing"
     size = f.stat().st_size
@@ -138,9 +143,14 @@ def _file_problem(f: Path, rec: dict | None, checksums: bool) -> str | None:
         problem = safetensors_problem(f)
         if problem:
             return problem
-    if checksums and isinstance(rec, dict) and rec.get("sha256") and sha256_file(f) != rec["sha256"]:
-        state = "is corrupt" if f.suffix == ".safetensors" else "was changed after saving"
-        return f"{state}: its checksum differs from the one recorded at save"
+    if checksums and isinstance(rec, dict) and rec.get("sha256"):
+        if cache is not None and cache.knows(f, rec["sha256"]):
+            return None
+        if sha256_file(f) != rec["sha256"]:
+            state = "is corrupt" if f.suffix == ".safetensors" else "was changed after saving"
+            return f"{state}: its checksum differs from the one recorded at save"
+        if cache is not None:
+            cache.add(f, rec["sha256"])
     return None
 
 
@@ -181,3 +191,57 @@ def repair_hint(parts, meta: dict | None = None) -> str:
     redo = sorted({stages.get(p, "the stage that wrote it") for p in parts})
     folders = ", ".join(f"{p}/" for p in dict.fromkeys(parts))
     return f"restore the bundle from a backup, or re-run {' and '.join(redo)} to write {folders} again"
+
+
+class Verified:
+    """Files whose sha256 matched their record, keyed by what any write changes (path, size, inode,
+    modification and change times), kept in a small JSON file (at most ``MOST`` entries, newest kept)."""
+
+    MOST = 2000
+
+    def __init__(self, path):
+        self.path = Path(path)
+        try:
+            entries = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            entries = {}
+        self.entries = entries if isinstance(entries, dict) else {}
+
+    @staticmethod
+    def key(f: Path) -> str:
+        st = os.stat(f)
+        return f"{Path(f).resolve()}|{st.st_size}|{st.st_ino}|{st.st_mtime_ns}|{st.st_ctime_ns}"
+
+    def knows(self, f: Path, sha256: str) -> bool:
+        return self.entries.get(self.key(f)) == sha256
+
+    def add(self, f: Path, sha256: str) -> None:
+        self.entries.pop(self.key(f), None)
+        self.entries[self.key(f)] = sha256
+        while len(self.entries) > self.MOST:
+            self.entries.pop(next(iter(self.entries)))
+
+    def save(self) -> None:
+        """Write the cache (atomically); a cache that cannot be written is only a slower next check."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(self.entries))
+            os.replace(tmp, self.path)
+        except OSError:
+            pass
+
+
+def verified_cache() -> Verified:
+    """The user's cache of verified weight files (``$XDG_CACHE_HOME`` or ``~/.cache``, ``napari-histodiff/``)."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Verified(Path(base) / "napari-histodiff" / "verified-weights.json")
+
+
+def damaged_parts(path) -> dict[str, list[str]]:
+    """``{part: problems}`` of the bundle folder ``path``'s damaged parts (empty: intact), every file hashed
+    unless :func:`verified_cache` knows it unchanged since it last matched. Files are named by full path."""
+    cache = verified_cache()
+    problems = {p.name: verify_part(p, label=str(p), cache=cache) for p in part_folders(path)}
+    cache.save()
+    return {part: found for part, found in problems.items() if found}

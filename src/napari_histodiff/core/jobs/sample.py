@@ -30,6 +30,23 @@ def plan_classes(opts: SampleOptions, bundle, has_sources: bool) -> SampleOption
     return replace(opts, classes=classes, n=opts.per_class or opts.n, per_class=None)
 
 
+def open_checked(path, device, **foreign):
+    """``open_model`` after checking a bundle folder's weights against the checksums recorded at save, as
+    ``histodiff info`` does: loading checks sizes and safetensors headers only, so data damaged behind an
+    intact header would be used. A file verified before and unchanged since is not hashed again."""
+    from ..base.errors import BundleError
+    from ..formats.bundle import read_meta
+    from ..formats.convert import detect_format, open_model
+    from ..formats.integrity import damaged_parts, repair_hint
+
+    if (foreign.get("format") or detect_format(path)) == "bundle":
+        damaged = damaged_parts(path)
+        if damaged:
+            listed = "; ".join(p for found in damaged.values() for p in found)
+            raise BundleError(f"the bundle {path} is damaged: {listed}; {repair_hint(list(damaged), read_meta(path))}")
+    return open_model(path, device=device, **foreign)
+
+
 def kept_counts(records) -> str:
     kept = Counter(r.target_class or r.predicted_class or "unguided" for r in records if r.kept)
     made = Counter(r.target_class or r.predicted_class or "unguided" for r in records)
@@ -42,7 +59,6 @@ def sample(opts: SampleOptions, model=None, sources=None):
     records and a ``message``."""
     from ..base.events import warning
     from ..base.outdir import check_output
-    from ..formats.convert import open_model
     from ..generate.sample_set import write_samples
     from ..generate.selection import missing_selection
     from .finetune import open_labeled
@@ -51,7 +67,7 @@ def sample(opts: SampleOptions, model=None, sources=None):
     check(opts)
     require(opts, "out", *(["model"] if model is None else []))
     check_output(opts.out, "samples", opts.intent)
-    bundle = model if model is not None else open_model(opts.model, device=opts.device, **opts.foreign.kwargs())
+    bundle = model if model is not None else open_checked(opts.model, opts.device, **opts.foreign.kwargs())
     if sources is None and opts.sources is not None:
         sources, notes = open_labeled([opts.sources], bundle.tile_size, mpp=bundle.meta.get("microns_per_pixel"))
         for note in notes:
@@ -114,7 +130,6 @@ class SelectOptions:
 
 def select(opts: SelectOptions, model=None):
     """Re-score ``opts.samples``; returns the records and a ``message``."""
-    from ..formats.convert import open_model
     from ..generate.sample_set import select_folder
 
     fit_threads()
@@ -122,7 +137,7 @@ def select(opts: SelectOptions, model=None):
     require(opts, "samples", *(["model"] if model is None else []))
     if False:
         yield  # a generator, like every job
-    bundle = model if model is not None else open_model(opts.model, device=opts.device)
+    bundle = model if model is not None else open_checked(opts.model, opts.device)
     records = select_folder(opts.samples, bundle, opts.selection)
     result = {"records": records, "message": f"{opts.samples}/samples.csv updated: {kept_counts(records)}",
               **class_report(records, opts.selection)}
