@@ -39,7 +39,7 @@ def subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentPa
 
 def command_help(parser: argparse.ArgumentParser) -> dict[str, str]:
     action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    return {a.dest: a.help for a in action._choices_actions}
+    return {a.dest: unescaped(a.help) for a in action._choices_actions}
 
 
 def option_strings(parser: argparse.ArgumentParser) -> list[str]:
@@ -86,8 +86,13 @@ def _meaning(text: str) -> str:
     return FLAG.sub(r"`\1`", _cell(text))
 
 
+def unescaped(text: str | None) -> str:
+    """A help text as shown: the parser holds a literal ``%`` as ``%%`` (argparse %-formats help)."""
+    return (text or "").replace("%%", "%")
+
+
 def _row(action: argparse.Action, field) -> str:
-    help_text = action.help or ""
+    help_text = unescaped(action.help)
     defaults = DEFAULT.findall(help_text)
     meaning = DEFAULT.sub("", help_text).strip()
     many = action.nargs in ("+", "*")

@@ -68,8 +68,8 @@ class FinetuneOptions:
     classifier_augment: bool = option(False, help="augment the labeled tiles while training the noisy latent "
                                       "classifier: the 8 flips / rotations, HED stain jitter and mild blur")
     selection_augment: bool = option(False, help="the same augmentation for the selection classifier: the 8 flips / "
-                                     "rotations, HED stain jitter and mild blur (off by default: stain colour can "
-                                     "be part of a class)")
+                                     "rotations, HED stain jitter and mild blur (stain jitter can hide a class "
+                                     "told apart by its colour)")
     selection_folds: int = option(5, min=1, max=10, help="selection classifier: one ResNet per fold of the labeled "
                                   "tiles that are not held out, each trained on the other folds and stopped on its "
                                   "own, used together as an ensemble (calibrated on the held-out tiles). 1: one "
