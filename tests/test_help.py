@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -65,6 +66,15 @@ def test_a_percent_sign_in_a_help_text_is_shown_as_written():
     text = " ".join(parser.format_help().split())
     assert "keep 50% of the tiles (at most 90 %), see %(prog)s (default: 5)" in text
     assert "mode 1% (default: a)" in text and "same as --mode b" in text
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    if (docs / "cli_reference.py").is_file():  # docs/cli.md's tables show it as written too
+        sys.path.insert(0, str(docs))
+        try:
+            from cli_reference import options_table
+        finally:
+            sys.path.remove(str(docs))
+        table = options_table(parser)
+        assert "keep 50% of the tiles (at most 90 %), see %(prog)s |" in table and "%%" not in table
 
 
 def test_help_and_version_in_a_real_process():
