@@ -98,7 +98,7 @@ def _write_batch(folder, data, opts, digest, bundle, rule, sheets) -> list[TileR
     folders[None] = safe_name("unguided", set(folders.values()))
     for k, tile in enumerate(data["tiles"]):
         i, cls = data["start"] + k, data["classes"][k]
-        name = folders[cls] if cls in folders else safe_name(cls)  # the class name itself stays in the record
+        name = folders.get(cls or None) or safe_name(cls)  # the class name itself stays in the record
         rec = TileRecord(
             id=f"{name}_{i:05d}", file=f"{name}/{name}_{i:05d}.tif", target_class=cls, index=i,
             seed=opts.seed, sample_seed=data["seeds"][k], sampler=opts.sampler, steps=opts.steps,
