@@ -222,6 +222,9 @@ def test_two_slides_of_one_name_in_two_folders_lose_no_tile(slide, tmp_path, sha
         assert len(folder.parts) == 1 and "/" not in folder.name and (out / folder).is_dir()
         stems = {Path(f).name.split("_x")[0] for f in files}
         assert len(stems) == 2 and all(s.startswith("case1-") for s in stems)  # a short hash of each path
+        from napari_histodiff.core.data.tiles import TileFolder
+
+        assert TileFolder(out, 64).class_names == ["Tumor/Positive"]  # read back with the QuPath name
 
 
 def test_slide_names_hash_only_shared_names_and_stay_unique():

@@ -224,11 +224,13 @@ class TileFolder(TileSet):
             raise HistodiffError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) found under {root}. "
                                  "Put tiles there, one sub-folder per class.")
         rel = [p.relative_to(root).parts for p in self.paths]
-        self.class_names = sorted({r[0] for r in rel if len(r) > 1})
+        folders = sorted({r[0] for r in rel if len(r) > 1})
+        _check_no_empty_classes(root, folders)
+        names = _class_names_of(root, folders)  # a folder's class name as its manifest gives it
+        self.class_names = sorted(set(names.values()))
         for c in self.class_names:
             check_class_name(c, f"class folder {root / c}")
-        _check_no_empty_classes(root, self.class_names)
-        index = {c: k for k, c in enumerate(self.class_names)}
+        index = {f: self.class_names.index(names[f]) for f in folders}
         self._labels = np.array([index[r[0]] if len(r) > 1 else -1 for r in rel], dtype=np.int32)
 
     def __len__(self) -> int:
@@ -245,6 +247,26 @@ class TileFolder(TileSet):
 
     def origin(self, i: int) -> str:
         return str(self.paths[self._index(i)])
+
+
+def _class_names_of(root: Path, folders) -> dict:
+    """``{folder: class name}``: the names ``histodiff tiles`` recorded in ``tiles.csv`` for its class folders
+    (a class such as ``Stroma: Inflamed`` is stored in a safe folder name); a folder's own name otherwise."""
+    from ..base.owner import owned
+
+    names = {f: f for f in folders}
+    if not (root / "tiles.csv").is_file() or not owned(root, "tiles"):
+        return names
+    from ..formats.records import read_csv
+
+    try:
+        for row in read_csv(root / "tiles.csv"):
+            folder = str(row.get("file") or "").split("/")[0]
+            if folder in names and "/" in str(row.get("file")) and row.get("class"):
+                names[folder] = row["class"]
+    except (OSError, ValueError, HistodiffError):
+        return {f: f for f in folders}
+    return names
 
 
 def _check_no_empty_classes(root: Path, classes) -> None:
