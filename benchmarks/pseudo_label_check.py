@@ -21,7 +21,7 @@ from trunk_check import labelled_copy, swap_vae
 
 from napari_histodiff.core.base.events import run_to_end
 from napari_histodiff.core.data.opening import open_tiles
-from napari_histodiff.core.data.tiles import ArrayTiles, ConcatTiles, TileFolder
+from napari_histodiff.core.data.tiles import ArrayTiles, TileFolder
 from napari_histodiff.core.formats.bundle import load_bundle
 from napari_histodiff.core.generate.selection import score
 from napari_histodiff.core.models.presets import small
@@ -30,6 +30,7 @@ from napari_histodiff.core.train.classifiers import (
     latent_accuracy,
     train_latent_classifier,
 )
+from napari_histodiff.core.train.pseudo import PseudoLabelled, WithPseudoLabels
 
 ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
 ap.add_argument("--base", type=Path, default=Path("/work/exp/base/pretrained"), help="pre-trained bundle")
@@ -63,11 +64,12 @@ report = {"threshold": args.threshold, "pool": len(pool), "kept": int(keep.sum()
           "precision_per_class": {c: float((pool_y[keep & (pred == k)] == k).mean()) if (keep & (pred == k)).any()
                                   else None for k, c in enumerate(classes)}}
 print(json.dumps(report), flush=True)
-pseudo = ArrayTiles(pool[keep], pred[keep], classes)
+# as fine-tuning joins them: the pseudo-labelled tiles only train; the held-out fifth is of labelled tiles only
+pseudo = PseudoLabelled(ArrayTiles(pool), np.flatnonzero(keep), pred[keep], classes)
 pretrain_tiles = open_tiles([args.pretrain_data], 64, large_images=True, stride=12, scale=0.1) if args.vae else None
 with tempfile.TemporaryDirectory() as tmp:
     for steps in args.steps:
-        arms = {"labelled": labelled, "labelled+pseudo": ConcatTiles([labelled, pseudo])}
+        arms = {"labelled": labelled, "labelled+pseudo": WithPseudoLabels(labelled, pseudo)}
         for name in args.arms:
             tiles = arms[name]
             d = labelled_copy(args.base, Path(tmp) / f"{name}-{steps}", classes)
