@@ -324,3 +324,39 @@ def test_a_latent_cache_on_a_small_real_disk_is_named_not_a_crash(tmp_path, chec
     lines = done.stdout.strip().splitlines()
     assert lines[0].startswith(f"no space left on the disk mounted at {mnt} while writing the latent cache ")
     assert "(about 96.0 MiB needed, " in lines[0] and len(lines) == 1  # and the mount is empty again
+
+
+SMALL_DISK_FINETUNE = """
+mount -t tmpfs -o size={size} none {mnt} || exit 90
+{python} -m napari_histodiff {args} > /dev/null 2> {mnt}.err1; echo "first $?"
+mount -o remount,size=200m {mnt} || exit 91
+{python} -m napari_histodiff {args} --resume > /dev/null 2> {mnt}.err2; echo "resume $?"
+ls -A {mnt}/ft
+"""
+
+
+@pytest.mark.slow  # about a minute each; the injected faults above run in every suite
+@pytest.mark.parametrize("size", ["3m", "20m"])  # the copy of the model / a checkpoint fills it
+def test_fine_tuning_on_a_small_real_disk_ends_in_one_line_and_resumes(trained_bundle, labeled_folder, tmp_path,
+                                                                       size):
+    """What torch, safetensors and shutil raise on a real full disk (a tmpfs in a user namespace)."""
+    if not shutil.which("unshare") or subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode:
+        pytest.skip("no user namespaces to mount a small tmpfs in")
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    args = (f"finetune {trained_bundle} --labeled {labeled_folder} --out {mnt / 'ft'} --finetune-unet-steps 4 "
+            "--classifier-steps 6 --selection-steps 6 --checkpoint-every 2 --device cpu")
+    shell = SMALL_DISK_FINETUNE.format(size=size, mnt=mnt, python=sys.executable, args=args)
+    done = subprocess.run(["unshare", "-rm", "sh", "-c", shell], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    lines = done.stdout.split()
+    err = Path(f"{mnt}.err1").read_text(errors="replace")
+    assert lines[:4] == ["first", "2", "resume", "0"], (done.stdout, done.stderr, err[-2000:],
+                                                       Path(f"{mnt}.err2").read_text(errors="replace")[-2000:])
+    assert "Traceback" not in err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith(f"histodiff: error: no space left on the disk mounted at {mnt} while writing ")
+    assert f" {mnt / 'ft'}/" in line  # the part or checkpoint being written
+    assert line.endswith("free); free some space, then run the same command again with --resume (finished "
+                         "checkpoints are kept)")
+    assert {"vae", "unet", "latent_classifier", "selection_classifier", "histodiff.json"} <= set(lines[4:])
