@@ -105,7 +105,7 @@ def test_round_trip_copies_exactly_the_kept_tiles(samples, tmp_path, fmt):
     assert meta["format"] == "napari-histodiff-export" and meta["version"] == 1
     assert meta["counts"] == summary["counts"] and meta["parameters"] == {"rule": "both"}
     assert meta["options"] == {"samples": [str(folder)], "out": str(out), "intent": "new", "include_real": None,
-                               "fmt": fmt, "only_kept": True}
+                               "fmt": fmt, "only_kept": True, "audit": [], "keep_near_copies": False}
     assert meta["sources"] == [str(folder)] and "numpy" in meta["versions"] and meta["created"]
     assert meta["tile_size"] == T and meta["real_sources"] == []
 

@@ -32,9 +32,9 @@ MANIFEST = "manifest.csv"
 EXPORT_JSON = "export.json"
 MANIFEST_COLUMNS = ["file", "class", "source", "kept", "confidence", "predicted_class", "centroid_distance",
                     "seed", "sample_seed", "sampler", "steps", "guidance", "eta", "strength", "source_tile",
-                    "bundle_hash", "id"]
+                    "bundle_hash", "id", "near_copy", "similarity", "nearest_real"]
 _NUMBERS = {"confidence": float, "centroid_distance": float, "seed": int, "sample_seed": int, "steps": int,
-            "guidance": float, "eta": float, "strength": float}
+            "guidance": float, "eta": float, "strength": float, "similarity": float}
 
 
 @dataclass
@@ -53,6 +53,11 @@ class ExportOptions:
                       label="file format", help="file format of the exported tiles")
     only_kept: bool = option(True, consts={"--all": False}, label="kept tiles only",
                              help="export only the kept tiles (--all: every tile, with its kept flag)")
+    audit: list[Path] = option(factory=list, metavar="DIR", gui=False,
+                               help="audit folders (`histodiff audit`) of these sample folders: each tile's "
+                               "near-copy flag and similarity go into the manifest, and near-copies are left out")
+    keep_near_copies: bool = option(False, label="keep near-copies",
+                                    help="export the tiles an audit flags as near-copies of real tiles too")
 
     def validate(self) -> None:
         check(self)
@@ -93,11 +98,23 @@ def selection_report(sample_dirs, earlier: dict | None = None) -> dict:
                                       for c, n in kept.items() if n == 0}}
 
 
-def _synthetic_rows(sample_dirs, only_kept, seen):
-    """(loader, manifest row, TIFF description) of every synthetic tile to export, and the skipped count."""
-    from ..data.tiles import read_rgb
+def _audited(audit_dirs) -> dict:
+    """``{tile key: (near_copy, similarity, nearest_real)}`` over the audit folders."""
+    from ..formats.audit import read_audit
 
-    rows, skipped = [], 0
+    found = {}
+    for folder in audit_dirs:
+        found.update(read_audit(folder))
+    return found
+
+
+def _synthetic_rows(sample_dirs, only_kept, seen, audit=None, keep_near_copies=False):
+    """(loader, manifest row, TIFF description) of every synthetic tile to export, the skipped count and
+    the near-copies left out (``audit``: :func:`_audited`; None: not audited)."""
+    from ..data.tiles import read_rgb
+    from ..formats.audit import tile_key
+
+    rows, skipped, copies = [], 0, 0
     for folder in sample_dirs:
         records = read_records(folder)
         if only_kept and any(r.kept is None for r in records):
@@ -113,9 +130,17 @@ def _synthetic_rows(sample_dirs, only_kept, seen):
             path = inside(folder, r.file, str(folder / RECORDS_FILE))
             if not path.is_file():
                 raise HistodiffError(f"{folder / RECORDS_FILE} names {r.file}, which is missing; sample again")
-            row = {**r.as_row(), "class": cls, "id": _unique(r.id, folder.name, seen)}
+            checked = {}
+            if audit is not None:
+                near, sim, nearest = audit.get(tile_key(path), (None, None, ""))
+                if near and not keep_near_copies:
+                    copies += 1
+                    continue
+                checked = {"near_copy": "" if near is None else near, "similarity": "" if sim is None else sim,
+                           "nearest_real": nearest}
+            row = {**r.as_row(), **checked, "class": cls, "id": _unique(r.id, folder.name, seen)}
             rows.append((lambda p=path: read_rgb(p), row, {**r.as_row(), "class": cls, "export_id": row["id"]}))
-    return rows, skipped
+    return rows, skipped, copies
 
 
 def _real_rows(real_tiles, seen, first: int = 0):
@@ -220,7 +245,11 @@ def export_set(sample_dirs, out, options: ExportOptions | None = None, real_tile
     if existing is not None:
         existing.check_new(dirs, real_root)
     seen: set = {row["id"] for row in existing.rows} if existing else set()
-    rows, skipped = _synthetic_rows(dirs, opts.only_kept, seen)
+    audit = _audited(opts.audit) if opts.audit else None
+    rows, skipped, copies = _synthetic_rows(dirs, opts.only_kept, seen, audit, opts.keep_near_copies)
+    if copies:
+        yield Progress("warning", 0, 0, message=f"{copies} near-cop{'y' if copies == 1 else 'ies'} of real tiles "
+                       "left out (the audit flags them; {opt:keep_near_copies} exports them too)")
     report = selection_report(dirs, existing.meta if existing else None)
     if not opts.only_kept:
         report["classes_without_tiles"] = {}  # every tile is exported, kept or not
@@ -280,12 +309,16 @@ def export_set(sample_dirs, out, options: ExportOptions | None = None, real_tile
         else:
             meta = {"format": "napari-histodiff-export", "version": 1, **run, "versions": package_versions(),
                     "real_sources": real_sources}
-        meta.update(counts=counts, total=len(manifest), skipped=skipped, tile_size=int(shape[0]), **report)
+        run["audit"] = {"folders": [str(a) for a in opts.audit], "near_copies_left_out": copies,
+                        "kept_near_copies": opts.keep_near_copies} if opts.audit else None
+        meta.update(counts=counts, total=len(manifest), skipped=skipped, tile_size=int(shape[0]), **report,
+                    audit=run["audit"] if not existing else meta.get("audit"))
         (tmp / EXPORT_JSON).write_text(json.dumps(meta, indent=2), encoding="utf-8")
         swap_in(tmp, out, "export")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return {"out": str(out), "counts": counts, "total": len(manifest), "skipped": skipped, **report}
+    return {"out": str(out), "counts": counts, "total": len(manifest), "skipped": skipped, **report,
+            "audited": bool(opts.audit), "near_copies_left_out": copies}
 
 
 class _Folders:
@@ -317,7 +350,8 @@ def _counts(manifest) -> dict:
 
 def _typed(row: dict) -> dict:
     numbers = {k: None if row.get(k) in ("", None) else kind(row[k]) for k, kind in _NUMBERS.items()}
-    return {**row, **numbers, "kept": {"True": True, "False": False}.get(row.get("kept", ""))}
+    flags = {"True": True, "False": False, "true": True, "false": False}
+    return {**row, **numbers, "kept": flags.get(row.get("kept", "")), "near_copy": flags.get(row.get("near_copy", ""))}
 
 
 def read_export(folder) -> tuple[np.ndarray, list[dict]]:
