@@ -169,3 +169,14 @@ def test_chunked_search_equals_brute_force():
     s, i = index.search(q, 4)
     want = np.argsort(-(q @ data.T), axis=1)[:, :4]
     assert (i == want).all() and np.allclose(s, np.take_along_axis(q @ data.T, want, 1), atol=1e-5)
+
+
+def test_faiss_search_when_installed_agrees_with_numpy():
+    pytest.importorskip("faiss")
+    rng = np.random.default_rng(1)
+    data = rng.normal(size=(300, 16)).astype(np.float32)
+    data /= np.linalg.norm(data, axis=1, keepdims=True)
+    q = data[:20] + 0.01 * rng.normal(size=(20, 16)).astype(np.float32)
+    exact, fast = NearestIndex(16, use_faiss=False), NearestIndex(16)
+    exact.add(data), fast.add(data)
+    assert fast.kind.startswith("faiss") and (fast.search(q, 3)[1] == exact.search(q, 3)[1]).all()
