@@ -227,9 +227,9 @@ class TileFolder(TileSet):
         folders = sorted({r[0] for r in rel if len(r) > 1})
         _check_no_empty_classes(root, folders)
         names = _class_names_of(root, folders)  # a folder's class name as its manifest gives it
+        for f in folders:
+            check_class_name(names[f], f"class folder {root / f}")
         self.class_names = sorted(set(names.values()))
-        for c in self.class_names:
-            check_class_name(c, f"class folder {root / c}")
         index = {f: self.class_names.index(names[f]) for f in folders}
         self._labels = np.array([index[r[0]] if len(r) > 1 else -1 for r in rel], dtype=np.int32)
 
