@@ -12,8 +12,8 @@ The cache lives in memory up to :data:`MEMORY_LIMIT` bytes (environment variable
 ``HISTODIFF_LATENT_CACHE_BYTES``), and beyond it as ``.npy`` shards under the stage's
 ``training/STAGE/latents-rankR/`` folder, created for the run and removed at its end (a killed run's
 folder is replaced on resume); their disk space is reserved when they are created, so a full disk
-is named then, not a crash (SIGBUS) at a later write to the memory map. Encoding is chunked the same way on every run, so a resumed run
-reads the same bits.
+is named then, not a crash (SIGBUS) at a later write to the memory map. Encoding is chunked the same
+way on every run, so a resumed run reads the same bits.
 
 Whether to cache at all (``latent_cache="auto"``): only when the run would encode more tiles step
 by step (``steps x batch``) than the cache does (``8 x tiles``); a short run on a large set keeps
