@@ -25,6 +25,7 @@ class LayerCombo(QComboBox):
         self.setMinimumContentsLength(6)
         self.setMinimumWidth(80)
         self.viewer, self.kinds, self.predicate = viewer, kinds, predicate
+        self.refreshing = False  # True while the list is rebuilt (a change then is no user choice)
         if viewer is not None:
             for ev in (viewer.layers.events.inserted, viewer.layers.events.removed):
                 ev.connect(lambda *_: self.refresh())
@@ -32,21 +33,40 @@ class LayerCombo(QComboBox):
 
     def refresh(self) -> None:
         current = self.currentText()
-        self.blockSignals(True)
-        self.clear()
-        if self.viewer is not None:
-            self.addItems([layer.name for layer in self.viewer.layers
-                           if isinstance(layer, self.kinds) and (self.predicate is None or self.predicate(layer))])
-        self.blockSignals(False)
-        if current:
-            self.setCurrentText(current)
-        self.currentTextChanged.emit(self.currentText())
+        self.refreshing = True
+        try:
+            self.blockSignals(True)
+            self.clear()
+            if self.viewer is not None:
+                self.addItems([layer.name for layer in self.viewer.layers if isinstance(layer, self.kinds)
+                               and (self.predicate is None or self.predicate(layer))])
+            self.blockSignals(False)
+            if current:
+                self.setCurrentText(current)
+            self.currentTextChanged.emit(self.currentText())
+        finally:
+            self.refreshing = False
 
     def layer(self):
         name = self.currentText()
         if not name or self.viewer is None or name not in self.viewer.layers:
             return None
         return self.viewer.layers[name]
+
+
+def tissue_units(viewer, ndim: int = 2) -> tuple:
+    """Units for a new layer of ``ndim`` axes beside the tissue: the tissue's (the first Image layer that
+    is not synthetic tiles, e.g. µm of a slide) on the last two axes, ``pixel`` on the others (a tile
+    stack's index). Layers the plugin adds carry them, so napari never finds inconsistent units."""
+    from napari.layers import Image
+
+    units = ("pixel", "pixel")
+    if viewer is not None:
+        images = [layer for layer in viewer.layers if isinstance(layer, Image) and "histodiff" not in layer.metadata
+                  and "histodiff_of" not in layer.metadata]
+        if images:
+            units = tuple(str(u) for u in images[0].units[-2:])
+    return ("pixel",) * (ndim - 2) + units
 
 
 def image_array(layer):

@@ -10,17 +10,20 @@ import time
 from pathlib import Path
 
 import numpy as np
+from qtpy.QtCore import Qt
 from qtpy.QtGui import QImage, QPixmap
 from qtpy.QtWidgets import (QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QProgressBar,
-                            QPushButton, QSpinBox, QVBoxLayout, QWidget)
+                            QPushButton, QSpinBox, QToolButton, QVBoxLayout, QWidget)
 
 from ..core.train.finetune import FinetuneOptions
-from ._common import (DeviceCombo, Job, JobPanel, State, cancel_on_close, form_row, jobs_in_process, notify_error,
-                      notify_warning, path_edit, portable_model, render, scroll_page)
+from ._common import (DeviceCombo, Job, JobPanel, Reopens, RunNotes, State, activity, cancel_on_close, form_row,
+                      jobs_in_process, notify_error, notify_warning, path_edit, pinned_below, portable_model, render,
+                      scroll_page)
 from ._forms import OptionsForm, field_edit, output_folder
 from ._layers import LayerCombo, extraction
 from ._plot import LossPlot
 from ._state import MODEL, follow_model
+from .settings import Remembered
 
 PROFILE = "interactive"  # the form's initial profile (FinetuneOptions.PROFILES)
 ADVANCED = ("unet_learning_rate", "decoder_learning_rate", "clean_latents", "holdout", "batch_size",
@@ -61,7 +64,8 @@ def duration(seconds: float) -> str:
 class OverallProgress:
     """How far a run is over all its stages: ``stages`` (name, steps) in run order; ``done``: the stages
     already finished before the run (a resume). A stage counts as done once a later one reports; the
-    time left is estimated from the rate of the steps done in this run."""
+    time left is estimated from the rate of the steps done in this run, paused time left out
+    (:meth:`pause`, :meth:`resume`)."""
 
     def __init__(self, stages, done=(), clock=time.monotonic):
         self.totals = dict(stages)
@@ -70,7 +74,24 @@ class OverallProgress:
         self.total = sum(self.totals.values())
         self.clock = clock
         self.started = clock()
-        self._base = None  # (steps done, time) at this run's first step
+        self._base = None  # (steps done, active time) at this run's first step
+        self.paused_for = 0.0  # seconds paused so far
+        self._paused_at = None  # when the current pause began
+
+    def pause(self) -> None:
+        """The job has paused: the clock of the rate stops (until :meth:`resume`)."""
+        if self._paused_at is None:
+            self._paused_at = self.clock()
+
+    def resume(self) -> None:
+        if self._paused_at is not None:
+            self.paused_for += self.clock() - self._paused_at
+            self._paused_at = None
+
+    def active(self) -> float:
+        """Seconds the run has been working (not paused)."""
+        now = self._paused_at if self._paused_at is not None else self.clock()
+        return now - self.started - self.paused_for
 
     @property
     def done(self) -> int:
@@ -89,7 +110,7 @@ class OverallProgress:
         """Seconds left at the rate so far (None until there is a rate)."""
         if self._base is None:
             return None
-        steps, t = self.done - self._base[0], self.clock() - self._base[1]
+        steps, t = self.done - self._base[0], self.active() - self._base[1]
         if steps <= 0 or t <= 0:
             return None
         return (self.total - self.done) * t / steps
@@ -102,7 +123,7 @@ class OverallProgress:
             self.steps[earlier] = self.totals[earlier]
         self.steps[stage] = max(self.steps[stage], min(int(step), self.totals[stage]))
         if self._base is None:  # the rate counts from the first event (after loading, a resumed checkpoint)
-            self._base = (self.done, self.clock())
+            self._base = (self.done, self.active())
         return True
 
     def finish(self) -> None:
@@ -116,17 +137,7 @@ class OverallProgress:
         return f"{head}{100 * self.fraction:.0f}% · {duration(self.elapsed)} elapsed{tail}"
 
 
-def _activity(desc: str, total: int, on_cancel):
-    """A progress object in napari's activity dock (created in the GUI thread); its Cancel button
-    cancels the job (a resumable checkpoint is kept)."""
-    from napari.utils.progress import cancelable_progress
-
-    class JobProgress(cancelable_progress):
-        def cancel(self):
-            super().cancel()
-            on_cancel()
-
-    return JobProgress(desc=desc, total=max(total, 1), leave=False)
+_activity = activity  # (the activity dock's entry: widgets._common.activity)
 
 
 def classifier_summary(result: dict, n_classes: int) -> tuple[str, bool]:
@@ -166,7 +177,7 @@ NEAR_CHANCE = ("The guidance classifier is barely better than chance, so guided 
                "really separate the classes.")
 
 
-class FinetuneWidget(JobPanel, QWidget):
+class FinetuneWidget(JobPanel, QWidget, metaclass=Reopens):
     def __init__(self, napari_viewer=None):
         import napari.layers as L
 
@@ -203,7 +214,19 @@ class FinetuneWidget(JobPanel, QWidget):
         self.progress = QProgressBar()
         self.status = QLabel("idle")
         self.status.setWordWrap(True)
+        self.notes = RunNotes(QLabel(), self.label_of)  # a run's warnings: here, and counted in one notification
         self.plot = LossPlot()
+        self.verdict = QLabel()  # after a run: good enough to sample, or what to annotate next
+        self.verdict.setWordWrap(True)
+        self.figures_button = QToolButton(text="figures", checkable=True)
+        self.figures_button.setToolTip("show the figures behind the verdict (held-out accuracy per class)")
+        self.figures_button.setArrowType(Qt.ArrowType.RightArrow)
+        self.figures = QLabel()
+        self.figures.setWordWrap(True)
+        self.figures_button.toggled.connect(self._show_figures)
+        self.verdict.hide()
+        self.figures_button.hide()
+        self.figures.hide()
 
         tiles = QGroupBox("labeled tiles")
         form = QFormLayout(tiles)
@@ -224,21 +247,33 @@ class FinetuneWidget(JobPanel, QWidget):
         layout = scroll_page(self)
         layout.addWidget(tiles)
         layout.addWidget(options)
+        layout.addWidget(self.notes.label)
+        layout.addWidget(self.verdict)
+        layout.addWidget(self.figures_button)
+        layout.addWidget(self.figures)
+        layout.addWidget(self.plot)
+        layout.addStretch()
+        # the primary buttons and the progress stay in view below the scrolling form
+        footer = pinned_below(self)
         row = QHBoxLayout()
         for b in (self.start_button, self.pause_button, self.cancel_button):
             row.addWidget(b)
-        layout.addLayout(row)
-        layout.addWidget(self.progress)
-        layout.addWidget(self.status)
-        layout.addWidget(self.plot)
-        layout.addStretch()
+        footer.addLayout(row)
+        footer.addWidget(self.progress)
+        footer.addWidget(self.status)
 
         self.tiles = None
-        # the training and the tile extraction; closing the panel cancels them (a resumable checkpoint
-        # is kept) and their results are then not used
-        self.job = Job(self.label_of, process=jobs_in_process())  # a spawned process: the viewer never stalls
-        self.extracting = Job(self.label_of)
-        cancel_on_close(self, self.job, self.extracting)
+        # the training and the tile extraction; closing the panel asks whether they keep running (in the
+        # activity dock; opening the panel again shows them) or stop (a resumable checkpoint is kept)
+        self.job = Job(self.label_of, process=jobs_in_process(), title="the fine-tuning")  # a spawned process
+        self.extracting = Job(self.label_of, title="the tile extraction")
+        cancel_on_close(self, self.job, self.extracting, keep=True)
+        self.overall = None
+        self.settings = Remembered("finetune", {
+            **{f"form.{name}": edit for name, edit in self.form.edits.items()},
+            "out": self.out, "intent": self.intent, "unlabeled": self.unlabeled, "device": self.device,
+            "stride": self.stride, "min_fraction": self.min_fraction})
+        self.settings.restore()
         warm_imports()
         self.extract_button.clicked.connect(self.extract)
         self.start_button.clicked.connect(self.start)
@@ -335,6 +370,8 @@ class FinetuneWidget(JobPanel, QWidget):
         return None
 
     def _update(self):
+        if self.overall is not None:  # the time left leaves paused time out
+            self.overall.pause() if self.job.state == State.PAUSED else self.overall.resume()
         running = self.job.busy
         problem = self._problem()
         self.start_button.setEnabled(problem is None and not running and not self.extracting.busy)
@@ -375,6 +412,7 @@ class FinetuneWidget(JobPanel, QWidget):
         MODEL.training, self.out_dir = True, opts.out
         self.n_classes = len(self.tiles.class_names)
         self.plot.reset()
+        self.notes.clear()
         stages = planned(opts)
         done = [s for s, n in stages if opts.intent == "resume" and stage_written(opts.out, s, n)]
         self.overall = OverallProgress(stages, done)
@@ -382,6 +420,7 @@ class FinetuneWidget(JobPanel, QWidget):
         self.progress.setValue(self.overall.done)
         self.progress.setFormat(self.overall.text())
         self.activity = activity = _activity("histodiff fine-tune", self.overall.total, self.job.cancel)
+        self.settings.save()  # what this run used, also when the panel is closed before a change
         activity.update(self.overall.done)
 
         def release():
@@ -419,7 +458,8 @@ class FinetuneWidget(JobPanel, QWidget):
     def _event(self, event):
         """A training event: the overall progress (panel and activity dock) and the loss plot."""
         if event.stage == "warning":
-            notify_warning(event.message, self.label_of)
+            self.notes.add(event.message)  # in the panel and the log; counted in the run's one notification
+            self.activity.set_description(f"histodiff fine-tune: {render(event.message, self.label_of)[:80]}")
             return
         overall = self.overall
         if overall.update(event.stage, event.step):
@@ -432,30 +472,45 @@ class FinetuneWidget(JobPanel, QWidget):
             self.plot.add(event.loss, event.stage, event.step, overall.totals.get(event.stage))
 
     def _done(self, result_and_bundle):
-        from napari.utils.notifications import show_info
-
         self.result, bundle = result_and_bundle
         MODEL.set(bundle)
         self.overall.finish()
         self.progress.setValue(self.progress.maximum())
         self.progress.setFormat(f"done · 100% · {duration(self.overall.elapsed)}")
         counts = ", ".join(f"{c} {n}" for c, n in self.result.get("class_counts", {}).items())
-        # the classifiers' accuracies: from this run, or (nothing to do) as the bundle recorded them
-        source = self.result if "latent_classifier" in self.result else (getattr(bundle, "meta", None) or {}).get(
-            "metrics", {})
-        summary, near_chance = classifier_summary(source, self.n_classes)
+        # the verdict: from this run, or (nothing to do) from what the bundle recorded
+        from ..core.evaluate.verdict import from_meta, from_result
+
+        verdict = self.result.get("verdict")
+        if verdict is None:
+            verdict = from_result(self.result, self.tiles.class_names) if "latent_classifier" in self.result \
+                else from_meta(getattr(bundle, "meta", None) or {})
+        self.show_verdict(verdict)
         if self.result.get("nothing_to_do"):
-            text = render(self.result["message"], self.label_of) + f" (the bundle is loaded). {summary}"
+            text = render(self.result["message"], self.label_of) + f" (the bundle is loaded). {verdict.headline}"
         else:
             from ..core.train.pseudo import pseudo_summary
 
             counts += pseudo_summary(self.result)
-            text = f"fine-tuned bundle written to {self.out_dir} and loaded (tiles per class: {counts}). {summary}"
+            text = (f"fine-tuned bundle written to {self.out_dir} and loaded (tiles per class: {counts}). "
+                    f"{verdict.headline}")
         self.summary = text
-        if near_chance:
-            notify_warning(text + ". " + NEAR_CHANCE, self.label_of)
-        else:
-            show_info(text)
+        self.notes.notify(render(text, self.label_of), warn=not verdict.ready)  # the run's one notification
+
+    def show_verdict(self, verdict) -> None:
+        """The verdict in the panel: headline and actions; the figures behind it one click away."""
+        from html import escape
+
+        actions = "".join(f"<li>{escape(a)}</li>" for a in verdict.actions)
+        self.verdict.setText(f"<b>{escape(verdict.headline)}</b>" + (f"<ul>{actions}</ul>" if actions else ""))
+        self.figures.setText("<br>".join(escape(d) for d in verdict.details))
+        self.verdict.show()
+        self.figures_button.setVisible(bool(verdict.details))
+        self.figures.setVisible(self.figures_button.isChecked() and bool(verdict.details))
+
+    def _show_figures(self, on: bool) -> None:
+        self.figures_button.setArrowType(Qt.ArrowType.DownArrow if on else Qt.ArrowType.RightArrow)
+        self.figures.setVisible(on)
 
     @staticmethod
     def _release():
@@ -463,8 +518,6 @@ class FinetuneWidget(JobPanel, QWidget):
         MODEL.training = False
 
     def _finished(self):
-        from napari.utils.notifications import show_info
-
         from ..core.base.outdir import is_marked
 
         self.activity.close()
@@ -473,7 +526,7 @@ class FinetuneWidget(JobPanel, QWidget):
         if self.state == State.STOPPED:
             if is_marked(self.out_dir, "bundle"):
                 self.intent.value = "resume"
-                show_info(f"fine-tuning stopped; the checkpoint in {self.out_dir} is kept: press Start to resume "
-                          f"(\"{self.intent.label}\" is now resume)")
+                self.notes.notify(f"fine-tuning stopped; the checkpoint in {self.out_dir} is kept: press Start to "
+                                  f"resume (\"{self.intent.label}\" is now resume)")
             else:
-                show_info("fine-tuning stopped before anything was saved")
+                self.notes.notify("fine-tuning stopped before anything was saved")

@@ -1,11 +1,14 @@
 """Review & export: accept / reject synthetic tiles one by one or all at once, undo, grid view, export.
 
-Keys on a layer under review: A accept, R reject, N next, P previous, U undo (the buttons show them).
-Every decision is written to the layer's sample folder (``samples.csv``) at once, so a review survives a
-restart: "Open sample folder…" shows any folder written by ``histodiff sample`` (or the Sample widget)
-again with its decisions. A layer only ever writes to the tiles it shows: the folder's fingerprint
-(``core.formats.records.folder_fingerprint``) is taken when the tiles are loaded and checked before each
-write; a folder sampled into again, or whose ``samples.csv`` was rewritten elsewhere, is refused.
+The layer under review is the selected one (napari's active layer, or the tiles behind a selected grid or
+class-label layer); the panel names it and follows the selection, and the keys act on it: A accept,
+R reject, N next, P previous, U undo (the buttons show them). Each tile shows its class (and decision) on
+the canvas: a text layer ``classes: <layer>`` beside every layer of tiles and its grid view.
+Every decision is written to the layer's sample folder (``samples.csv``) at once, through the one writer
+``core.generate.review.save_decisions``, so a review survives a restart: "Open sample folder…" shows any
+folder written by ``histodiff sample`` (or the Sample widget) again with its decisions. A layer only ever
+writes to the tiles it shows: the folder's fingerprint is taken when the tiles are loaded and checked
+before each write; a folder sampled into again, or whose ``samples.csv`` was rewritten elsewhere, is refused.
 
 Export runs the same job as ``histodiff export`` (``core.jobs.export``) on the checked layers (or the
 layer under review): one augmentation set of several classes or sample folders in one action. Its
@@ -49,7 +52,7 @@ from ._common import (
     scroll_page,
 )
 from ._forms import OptionsForm, field_edit, output_folder
-from ._layers import LayerCombo
+from ._layers import LayerCombo, tissue_units
 from .sample import add_beside, beside, features_table, show_layer
 
 LABELS = {"out": "export folder", "samples": "layers to export", "threshold": "threshold (Sample widget)",
@@ -57,7 +60,9 @@ LABELS = {"out": "export folder", "samples": "layers to export", "threshold": "t
 UNDO_LEVELS = 200
 KEYS = {"a": "accept", "r": "reject", "n": "next", "p": "previous", "u": "undo"}
 NO_LAYER = "no layer to review: sample tiles with the Sample widget, or open a sample folder"
-REOPEN = "open the folder again (Open sample folder…)"
+SOURCE = "histodiff_of"  # metadata of a grid or class-label layer: the name of the layer of tiles it shows
+DECISION_COLORS = {True: "#66ff66", False: "#ff6666", None: "#ffff66"}  # accepted, rejected, undecided
+DECISION_MARKS = {True: " ✓", False: " ✗", None: ""}
 
 
 def default_intent(folder) -> str:
@@ -83,68 +88,45 @@ def tile_files(layer) -> list[str]:
 
 
 def check_unchanged(layer) -> None:
-    """Refuse (HistodiffError) when the sample folder behind ``layer`` is no longer the one it shows.
-
-    A layer without a fingerprint (made before they were stored) adopts the folder as it is now only
-    when its ``samples.csv`` says exactly what the layer holds."""
-    from ..core.formats.records import folder_fingerprint, read_records, same_records
+    """Refuse (HistodiffError) when the sample folder behind ``layer`` is no longer the one it shows
+    (``core.generate.review.check_unchanged``); a layer without a fingerprint adopts the folder when its
+    ``samples.csv`` says exactly what the layer holds."""
+    from ..core.generate.review import check_unchanged as check
 
     meta = layer.metadata["histodiff"]
-    folder = Path(meta["folder"])
-    if "fingerprint" not in meta:
-        try:
-            same = same_records(read_records(folder), meta["records"])
-        except HistodiffError:
-            same = False
-        if not same:
-            raise HistodiffError(f"the sample folder {folder} behind layer {layer.name!r} no longer holds the tiles "
-                                 f"the layer shows (sampled again into it?); nothing was written: {REOPEN}")
-        meta["fingerprint"] = folder_fingerprint(folder, tile_files(layer))
-        return
-    now = folder_fingerprint(folder, tile_files(layer))
-    if now["tiles"] != meta["fingerprint"]["tiles"]:
-        raise HistodiffError(f"the sample folder {folder} behind layer {layer.name!r} was replaced after the layer "
-                             "was loaded (sampled again into it?): its tiles are not the ones the layer shows, so "
-                             f"nothing was written. To review the tiles it holds now, {REOPEN}")
-    if now["records"] != meta["fingerprint"]["records"]:
-        raise HistodiffError(f"the decisions in {folder} (samples.csv) were changed after layer {layer.name!r} was "
-                             "loaded (by another layer, `histodiff select` or by hand), so nothing was written. "
-                             f"To review its current decisions, {REOPEN}")
+    now = check(meta["folder"], meta["records"], meta.get("fingerprint"), f"layer {layer.name!r}")
+    meta.setdefault("fingerprint", now)
 
 
 def write_decisions(layer) -> None:
-    """Write the layer's records to its sample folder (after :func:`check_unchanged`)."""
-    from ..core.formats.records import RECORDS_FILE, folder_fingerprint, write_records
+    """Write the layer's decisions through the one writer of reviewed folders (``save_decisions``)."""
+    from ..core.generate.review import save_decisions
 
-    check_unchanged(layer)
     meta = layer.metadata["histodiff"]
-    folder = Path(meta["folder"])
-    write_records(folder / RECORDS_FILE, meta["records"])
-    meta["fingerprint"] = folder_fingerprint(folder, tile_files(layer))
+    meta["fingerprint"] = save_decisions(meta["folder"], meta["records"], meta.get("fingerprint"),
+                                         f"layer {layer.name!r}")
     layer.metadata["features"] = features_table(meta["records"])
 
 
-def read_sample_folder(folder) -> tuple[np.ndarray, list, dict]:
-    """The tiles (N, H, W, 3), records and fingerprint of a sample folder (``histodiff sample``)."""
-    from ..core.data.tiles import read_rgb
-    from ..core.formats.records import RECORDS_FILE, folder_fingerprint, read_records
+def tile_class(record) -> str:
+    return record.target_class or record.predicted_class or "unguided"
 
-    folder = Path(folder)
-    if not (folder / RECORDS_FILE).is_file():
-        raise HistodiffError(f"{folder} is not a sample folder (it has no {RECORDS_FILE}): open a folder written by "
-                             "`histodiff sample` or the Sample widget")
-    records = read_records(folder)
-    if not records:
-        raise HistodiffError(f"{folder} holds no tiles; sample into it first")
-    files = [r.file for r in records]
-    before = folder_fingerprint(folder, files)
-    tiles = [read_rgb(folder / f) for f in files]
-    if len({t.shape for t in tiles}) > 1:
-        raise HistodiffError(f"the tiles of {folder} differ in size; was the folder changed by hand? Sample again")
-    after = folder_fingerprint(folder, files)
-    if after != before or read_records(folder) != records:
-        raise HistodiffError(f"{folder} changed while it was opened (is a sampling writing to it?); open it again")
-    return np.stack(tiles), records, after
+
+def tile_labels(records) -> dict:
+    """Per tile: its class and decision mark (``TUM ✓``) and the decision's colour, as feature columns."""
+    return {"label": [tile_class(r) + DECISION_MARKS[r.kept] for r in records],
+            "color": [DECISION_COLORS[r.kept] for r in records]}
+
+
+def label_positions(n: int, tile_shape, grid: bool = False, pad: int = 2) -> np.ndarray:
+    """Where each tile's label goes, in the data coordinates of its layer: the tile's top-left pixel in a
+    stack (k, 0, 0), or its cell's top-left corner in a contact sheet (``core.formats.images.contact_sheet``)."""
+    if not grid:
+        return np.stack([np.arange(n), np.zeros(n), np.zeros(n)], axis=1).astype(float)
+    h, w = tile_shape
+    ncols = int(np.ceil(np.sqrt(n)))
+    rows, cols = np.divmod(np.arange(n), ncols)
+    return np.stack([pad + rows * (h + pad), pad + cols * (w + pad)], axis=1).astype(float)
 
 
 class ReviewWidget(JobPanel, QWidget):
@@ -194,7 +176,8 @@ class ReviewWidget(JobPanel, QWidget):
 
         layout = scroll_page(self)
         layers = QFormLayout()
-        form_row(layers, "layer to review", self.layers, "a layer from the Sample widget or a reopened folder")
+        form_row(layers, "layer to review", self.layers, "the selected layer of synthetic tiles (from the Sample "
+                 "widget or a reopened folder); choosing one here selects it in the layer list")
         layout.addLayout(layers)
         layout.addWidget(self.open_button)
         layout.addWidget(self.current)
@@ -241,18 +224,35 @@ class ReviewWidget(JobPanel, QWidget):
         if napari_viewer is not None:
             napari_viewer.dims.events.current_step.connect(lambda *_: self._show())
             napari_viewer.layers.events.inserted.connect(self._inserted)
-            napari_viewer.layers.events.removed.connect(lambda *_: self._refresh_export_list())
+            napari_viewer.layers.events.removed.connect(self._removed)
+            napari_viewer.layers.selection.events.active.connect(self._active_changed)
             for layer in napari_viewer.layers:
                 layer.events.metadata.connect(self._metadata_changed)
         self.job = Job(self.label_of)
         cancel_on_close(self, self.job)
-        self._refresh_export_list()
-        self._layer_changed()
+        self._metadata_changed()
 
     # -- state -----------------------------------------------------------------------------
+    def source_of(self, layer):
+        """The layer of tiles that ``layer`` shows: itself, or the one behind a grid or class-label layer."""
+        if layer is None:
+            return None
+        if is_synthetic(layer):
+            return layer
+        name = (getattr(layer, "metadata", None) or {}).get(SOURCE)
+        if name and self.viewer is not None and name in self.viewer.layers and is_synthetic(self.viewer.layers[name]):
+            return self.viewer.layers[name]
+        return None
+
+    def reviewed(self):
+        """The layer under review: the selected one (or the tiles behind the selected grid / label layer)."""
+        if self.viewer is None:
+            return None
+        return self.source_of(self.viewer.layers.selection.active)
+
     @property
     def records(self):
-        layer = self.layers.layer()
+        layer = self.reviewed()
         return layer.metadata["histodiff"]["records"] if layer is not None else []
 
     def index(self) -> int:
@@ -260,12 +260,94 @@ class ReviewWidget(JobPanel, QWidget):
 
     def _inserted(self, event):
         event.value.events.metadata.connect(self._metadata_changed)
-        self._refresh_export_list()
+        self._metadata_changed()
 
-    def _metadata_changed(self, *_):
-        """A layer became (or stopped being) reviewable, e.g. when the Sample widget finished it."""
+    def _removed(self, event):
+        """A layer of tiles goes with its class labels."""
+        name = event.value.name
+        for layer in list(self.viewer.layers):
+            if (layer.metadata or {}).get(SOURCE) == name and layer.name.startswith("classes: "):
+                self.viewer.layers.remove(layer)
         self.layers.refresh()
         self._refresh_export_list()
+        self._show()
+
+    def _metadata_changed(self, *_):
+        """A layer became (or stopped being) reviewable, e.g. when the Sample widget finished it: it gets
+        the review keys and its class labels."""
+        self.layers.refresh()
+        self._refresh_export_list()
+        if self.viewer is not None:
+            for layer in list(self.viewer.layers):
+                if is_synthetic(layer):
+                    self._bind_keys(layer)
+                    if not self._labels_of(layer):
+                        self.update_labels(layer)
+        self._active_changed()
+
+    def _active_changed(self, *_):
+        """The panel follows the selection: the layer list's active layer is the one under review."""
+        layer = self.reviewed()
+        if layer is not None and self.layers.currentText() != layer.name:
+            self.layers.blockSignals(True)
+            self.layers.setCurrentText(layer.name)
+            self.layers.blockSignals(False)
+            self._layer_changed()
+            return
+        if layer is None and self.layers.currentIndex() != -1:
+            self.layers.blockSignals(True)
+            self.layers.setCurrentIndex(-1)
+            self.layers.blockSignals(False)
+        self._show()
+
+    def _bind_keys(self, layer) -> None:
+        actions = {"a": lambda _: self.decide(True), "r": lambda _: self.decide(False),
+                   "n": lambda _: self.move(1), "p": lambda _: self.move(-1), "u": lambda _: self.undo()}
+        for key, func in actions.items():
+            layer.bind_key(key, func, overwrite=True)
+
+    # -- class labels on the canvas ---------------------------------------------------------
+    def _labels_of(self, layer):
+        name = f"classes: {layer.name}"
+        return self.viewer.layers[name] if name in self.viewer.layers else None
+
+    def update_labels(self, layer, grid=None):
+        """Show each tile's class and decision on the canvas: a text layer ``classes: <layer>`` over the
+        tiles of ``layer`` and one over its grid view (``grid``, default: the grid if there is one)."""
+        if self.viewer is None or not is_synthetic(layer):
+            return
+        records = layer.metadata["histodiff"]["records"]
+        grid = grid if grid is not None else self.viewer.layers[f"grid: {layer.name}"] \
+            if f"grid: {layer.name}" in self.viewer.layers else None
+        shape = layer.data.shape[1:3]
+        for target, positions in ((layer, label_positions(len(records), shape)),
+                                  (grid, label_positions(len(records), shape, grid=True))):
+            if target is None:
+                continue
+            self._label_layer(target, layer.name, positions[: len(records)], tile_labels(records))
+
+    def _label_layer(self, target, source: str, positions, features):
+        import pandas as pd
+
+        name = f"classes: {target.name}"
+        if name in self.viewer.layers:
+            labels = self.viewer.layers[name]
+            labels.data = positions
+            labels.features = pd.DataFrame(features)
+            labels.scale, labels.translate = target.scale, target.translate
+            labels.refresh()
+            return labels
+        active = self.viewer.layers.selection.active
+        labels = self.viewer.add_points(
+            positions, ndim=positions.shape[1], name=name, features=pd.DataFrame(features), size=1,
+            face_color="transparent", border_width=0, scale=target.scale, translate=target.translate,
+            units=target.units, metadata={SOURCE: source}, out_of_slice_display=False,
+            text={"string": "{label}", "color": {"feature": "color"}, "anchor": "upper_left", "size": 10})
+        labels.editable = False
+        self._bind_keys(labels)
+        if active is not None and active in self.viewer.layers:
+            self.viewer.layers.selection.active = active  # the labels never take the selection
+        return labels
 
     def _refresh_export_list(self):
         checked = set(self.checked_layer_names())
@@ -288,12 +370,16 @@ class ReviewWidget(JobPanel, QWidget):
             item.setCheckState(Qt.CheckState.Checked if item.text() in names else Qt.CheckState.Unchecked)
 
     def _layer_changed(self, *_):
+        """The layer chosen in the panel becomes the selected layer (the one under review)."""
+        if self.layers.refreshing:  # the list was rebuilt: the selection decides
+            self._active_changed()
+            return
         layer = self.layers.layer()
         if layer is not None:
-            actions = {"a": lambda _: self.decide(True), "r": lambda _: self.decide(False),
-                       "n": lambda _: self.move(1), "p": lambda _: self.move(-1), "u": lambda _: self.undo()}
-            for key, func in actions.items():
-                layer.bind_key(key, func, overwrite=True)
+            shown = self.source_of(self.viewer.layers.selection.active)
+            if shown is None or shown.name != layer.name:  # by name: plugins get proxies of the layers
+                self.viewer.layers.selection.active = layer
+            self._bind_keys(layer)
             try:  # a layer without a fingerprint adopts its folder as early as possible
                 if "fingerprint" not in layer.metadata["histodiff"]:
                     check_unchanged(layer)
@@ -305,22 +391,36 @@ class ReviewWidget(JobPanel, QWidget):
     def _undo_stack(self, layer) -> list:
         return layer.metadata["histodiff"].setdefault("undo", [])
 
+    def _no_layer_text(self) -> str:
+        active = self.viewer.layers.selection.active if self.viewer is not None else None
+        if not self.layers.count():
+            return NO_LAYER
+        if active is None:
+            return "select a layer of synthetic tiles in the layer list to review it"
+        if active.name.startswith(("synthetic: ", "variations: ")):
+            return f"the selected layer {active.name!r} is still being sampled: review it when it is done"
+        return (f"the selected layer {active.name!r} holds no synthetic tiles: select one in the layer list (or "
+                "here) to review it")
+
     def _show(self):
-        layer = self.layers.layer()
+        from html import escape
+
+        layer = self.reviewed()
         records = self.records
         stack = self._undo_stack(layer) if layer is not None else []
         self.undo_button.setEnabled(bool(stack))
         self.undo_button.setToolTip(f"undo: {stack[-1]['what']} (key U on the layer)" if stack else "nothing to undo")
         if not records:
-            self.current.setText(NO_LAYER)
+            self.current.setText(self._no_layer_text())
             self.counts.setText("")
             return
         i = self.index()
         r = records[i]
         conf = "n/a" if r.confidence is None else f"{r.confidence:.2f}"
         decision = {True: "accepted", False: "rejected", None: "undecided"}[r.kept]
-        self.current.setText(f"tile {i + 1}/{len(records)}: target {r.target_class or '-'}, predicted "
-                             f"{r.predicted_class or '-'} ({conf}), <b>{decision}</b>")
+        self.current.setText(f"reviewing <b>{escape(layer.name)}</b><br>tile {i + 1}/{len(records)}: target "
+                             f"{r.target_class or '-'}, predicted {r.predicted_class or '-'} ({conf}), "
+                             f"<b>{decision}</b>")
         counts = Counter((r.target_class or r.predicted_class or "unguided", r.kept) for r in records)
         classes = sorted({c for c, _ in counts})
         self.counts.setText("<br>".join(f"{c}: {counts[(c, True)]} accepted, {counts[(c, False)]} rejected, "
@@ -330,7 +430,7 @@ class ReviewWidget(JobPanel, QWidget):
     def _review(self, what: str, change) -> bool:
         """Apply ``change(records)`` to the layer under review and write it; one undo level. When the
         folder is no longer the layer's, nothing changes (in memory or on disk) and the reason is shown."""
-        layer = self.layers.layer()
+        layer = self.reviewed()
         if layer is None or not self.records:
             return False
         records = self.records
@@ -344,6 +444,7 @@ class ReviewWidget(JobPanel, QWidget):
         stack = self._undo_stack(layer)
         stack.append({"what": what, "kept": before, "index": self.index()})
         del stack[:-UNDO_LEVELS]
+        self.update_labels(layer)
         self._show()
         return True
 
@@ -395,7 +496,7 @@ class ReviewWidget(JobPanel, QWidget):
 
     def undo(self):
         """Take back the last review action on the layer under review (several levels)."""
-        layer = self.layers.layer()
+        layer = self.reviewed()
         stack = self._undo_stack(layer) if layer is not None else []
         if not stack:
             return
@@ -407,13 +508,14 @@ class ReviewWidget(JobPanel, QWidget):
         if not self._write(layer, records, now):
             return
         stack.pop()
+        self.update_labels(layer)
         self.viewer.dims.set_current_step(0, entry["index"])
         self._show()
 
     def grid_view(self):
         from ..core.formats.images import contact_sheet
 
-        layer = self.layers.layer()
+        layer = self.reviewed()
         if layer is None:
             return
         tiles = np.array(layer.data, copy=True)
@@ -422,14 +524,19 @@ class ReviewWidget(JobPanel, QWidget):
                 tiles[k] = tiles[k] // 3  # rejected tiles are dimmed
         name = f"grid: {layer.name}"
         sheet = contact_sheet(tiles)
+        labels = f"classes: {name}"
         if name in self.viewer.layers:  # placed again: beside every other layer, never over the tissue
             grid = self.viewer.layers[name]
             grid.data = sheet
-            place = beside(self.viewer, exclude=(name,), scale=layer.scale)
+            place = beside(self.viewer, exclude=(name, labels), scale=layer.scale)
             grid.scale, grid.translate = place["scale"], place["translate"]
         else:
             place = beside(self.viewer, scale=layer.scale)
-            grid = self.viewer.add_image(sheet, name=name, rgb=True, **place)
+            grid = self.viewer.add_image(sheet, name=name, rgb=True, metadata={SOURCE: layer.name},
+                                         units=tissue_units(self.viewer, 2), **place)
+            self._bind_keys(grid)
+        self.update_labels(layer, grid)
+        self.viewer.layers.selection.active = grid  # the grid's layer stays the one under review
         show_layer(self.viewer, grid)
         return grid
 
@@ -442,15 +549,17 @@ class ReviewWidget(JobPanel, QWidget):
                 return None
         folder = Path(folder)
         try:
-            tiles, records, fingerprint = read_sample_folder(folder)
+            from ..core.generate.review import open_sample_folder
+
+            tiles, records, fingerprint = open_sample_folder(folder)
         except Exception as e:  # noqa: BLE001
             notify_error(e, self.label_of)
             return None
         layer = add_beside(self.viewer, tiles, name=f"review: {folder.name}", metadata={
             "features": features_table(records),
             "histodiff": {"folder": str(folder), "records": records, "fingerprint": fingerprint}})
-        self.layers.refresh()
-        self.layers.setCurrentText(layer.name)
+        self.viewer.layers.selection.active = layer
+        self._metadata_changed()
         self.viewer.dims.set_current_step(0, 0)
         show_layer(self.viewer, layer)
         self._show()
@@ -469,7 +578,7 @@ class ReviewWidget(JobPanel, QWidget):
         """The checked layers, or the layer under review when none is checked."""
         names = self.checked_layer_names()
         if not names:
-            return [self.layers.layer()] if self.layers.layer() is not None else []
+            return [self.reviewed()] if self.reviewed() is not None else []
         return [self.viewer.layers[n] for n in names if n in self.viewer.layers]
 
     def options(self, layers=None) -> ExportOptions:

@@ -28,18 +28,22 @@ from ._common import (
     DeviceCombo,
     Job,
     JobPanel,
+    Reopens,
+    RunNotes,
     State,
+    activity,
     jobs_in_process,
+    pinned_below,
     portable_model,
     cancel_on_close,
     compact,
     notify_error,
-    notify_warning,
     path_edit,
     scroll_page,
 )
 from ._forms import OptionsForm, explain_path, output_folder, source_path, tooltip
 from ._state import MODEL, follow_model
+from .settings import Remembered
 
 UNGUIDED = "(unguided)"  # from noise: classes=[], no guidance
 ALL_CLASSES = "all classes"  # from noise: every class of the model, n tiles each
@@ -127,10 +131,13 @@ def beside(viewer, exclude=(), scale=None) -> dict:
 
 def add_beside(viewer, data, **kwargs):
     """Add an RGB image (a tile stack (N, H, W, 3) or a sheet (H, W, 3)) beside the other layers."""
+    from ._layers import tissue_units
+
     place = beside(viewer)
     lead = data.ndim - 3  # the stack axis: not scaled or moved
     return viewer.add_image(data, rgb=True, scale=(1.0,) * lead + place["scale"],
-                            translate=(0.0,) * lead + place["translate"], **kwargs)
+                            translate=(0.0,) * lead + place["translate"], units=tissue_units(viewer, data.ndim - 1),
+                            **kwargs)
 
 
 def _canvas_size(viewer) -> np.ndarray | None:
@@ -154,7 +161,83 @@ def show_layer(viewer, layer, margin: float = 0.05) -> None:
         viewer.camera.zoom = (1 - margin) * float(np.min(canvas / size))
 
 
-class SampleWidget(JobPanel, QWidget):
+class TileFeed:
+    """Tiles into an Image layer without stalling the viewer. The layer is made by :meth:`open` (a blank tile
+    until the first ones come); arriving tiles (already decoded arrays, from the job) are queued by
+    :meth:`put` and added between other events (``QTimer.singleShot``), at most ``chunk`` at a time, into a
+    buffer that grows by doubling, so a batch copies only its own tiles; the layer shows ``buffer[:n]``."""
+
+    def __init__(self, chunk: int = 8, gap_ms: int = 15):
+        self.chunk, self.gap_ms = chunk, gap_ms
+        self.layer, self.buffer, self.n, self.queue = None, None, 0, []
+        self._scheduled = False
+
+    def open(self, viewer, tile_size: int, **kwargs):
+        """Add the layer beside the tissue (one blank tile) and zoom to it."""
+        self.buffer = np.full((8, tile_size, tile_size, 3), 255, np.uint8)
+        self.n, self.queue = 0, []
+        self.layer = add_beside(viewer, self.buffer[:1], **kwargs)
+        show_layer(viewer, self.layer)
+        return self.layer
+
+    @property
+    def queued(self) -> int:
+        return sum(len(t) for t in self.queue)
+
+    def put(self, tiles: np.ndarray) -> None:
+        self.queue.append(np.asarray(tiles, dtype=np.uint8))
+        if not self._scheduled:
+            from qtpy.QtCore import QTimer
+
+            self._scheduled = True
+            QTimer.singleShot(0, self._drain)
+
+    def _take(self, k: int) -> np.ndarray:
+        out, left = [], k
+        while self.queue and left > 0:
+            head = self.queue[0]
+            out.append(head[:left])
+            left -= len(out[-1])
+            if len(head) > len(out[-1]):
+                self.queue[0] = head[len(out[-1]):]
+            else:
+                self.queue.pop(0)
+        return np.concatenate(out) if len(out) > 1 else out[0]
+
+    def _add(self, tiles: np.ndarray) -> None:
+        need = self.n + len(tiles)
+        if need > len(self.buffer):
+            bigger = np.empty((max(need, 2 * len(self.buffer)), *self.buffer.shape[1:]), np.uint8)
+            bigger[: self.n] = self.buffer[: self.n]
+            self.buffer = bigger
+        self.buffer[self.n: need] = tiles
+        self.n = need
+
+    def _show(self) -> None:
+        layer = self.layer
+        if layer is not None and self.n:
+            layer.data = self.buffer[: self.n]
+
+    def _drain(self) -> None:
+        from qtpy.QtCore import QTimer
+
+        self._scheduled = False
+        if self.layer is None or not self.queue:
+            return
+        self._add(self._take(self.chunk))
+        self._show()
+        if self.queue:
+            self._scheduled = True
+            QTimer.singleShot(self.gap_ms, self._drain)  # the viewer draws and takes input in between
+
+    def flush(self) -> None:
+        """Add every queued tile now (the run has ended: its records must match the layer's tiles)."""
+        while self.queue:
+            self._add(self._take(len(self.buffer)))
+        self._show()
+
+
+class SampleWidget(JobPanel, QWidget, metaclass=Reopens):
     def __init__(self, napari_viewer=None):
         super().__init__()
         self.viewer = napari_viewer
@@ -175,22 +258,27 @@ class SampleWidget(JobPanel, QWidget):
         self.progress = QProgressBar()
         self.status = QLabel("idle")
         self.status.setWordWrap(True)
+        self.notes = RunNotes(QLabel(), self.label_of)  # a run's warnings: here, and counted in one notification
         self.form.add_row("start from", self.start_from, at=0)
         self.form.add_row(LABELS["classes"], self.target, at=1)
         self.form.add_row(LABELS["out"], self.out, wide=True)
         self.form.add_row("device", self.device)
         layout = scroll_page(self)
         layout.addWidget(self.form)
+        layout.addWidget(self.notes.label)
+        layout.addStretch()
+        footer = pinned_below(self)  # the buttons and the progress stay in view below the scrolling form
         row = QHBoxLayout()
         row.addWidget(self.start_button)
         row.addWidget(self.cancel_button)
-        layout.addLayout(row)
-        layout.addWidget(self.progress)
-        layout.addWidget(self.status)
-        layout.addStretch()
-        self.layer = None
-        self.job = Job(self.label_of, process=jobs_in_process())  # a spawned process: the viewer never stalls
-        cancel_on_close(self, self.job)  # closing the panel cancels the sampling (the core leaves no folder)
+        footer.addLayout(row)
+        footer.addWidget(self.progress)
+        footer.addWidget(self.status)
+        self.layer, self.feed, self.activity, self._wanted = None, TileFeed(), None, None
+        self.job = Job(self.label_of, process=jobs_in_process(), title="the sampling")  # a spawned process
+        # closing the panel asks whether the sampling keeps running (in the activity dock) or stops (the core
+        # then leaves no folder)
+        cancel_on_close(self, self.job, keep=True)
         self.start_button.clicked.connect(self.start)
         self.cancel_button.clicked.connect(self.cancel)
         self.start_from.currentTextChanged.connect(self._start_from_changed)
@@ -201,6 +289,11 @@ class SampleWidget(JobPanel, QWidget):
             napari_viewer.layers.events.inserted.connect(self._layers_changed)
             napari_viewer.layers.selection.events.active.connect(self._layers_changed)
         follow_model(self, self._model_changed)
+        self.settings = Remembered("sample", {
+            "start_from": self.start_from, "target": self.target, "out": self.out, "device": self.device,
+            **{f"form.{name}": edit for name, edit in self.form.edits.items()}})
+        self._wanted = self.settings.restore().get("target")  # chosen when a model has that class ...
+        self.target.activated.connect(self._chosen)  # ... until the user chooses
         self._start_from_changed()
 
     # -- defaults that follow the viewer and the model ----------------------------------------
@@ -252,15 +345,33 @@ class SampleWidget(JobPanel, QWidget):
         return [*names, *([ALL_CLASSES] if len(names) > 1 else []), UNGUIDED]
 
     def _model_changed(self, bundle):
+        """The class choices of the new model; the choice made (or remembered) stays where the model has it,
+        else the first class (a model without classes: unguided)."""
         self.device.follow(bundle)
         current = self.target.currentText()
+        if current == UNGUIDED and self.target.count() <= 1:
+            current = None  # it was the only choice (a model without classes), not a choice made
+        preferred = [t for t in (current, self._wanted) if t]
+        self.target.blockSignals(True)
         self.target.clear()
         if bundle is not None:
-            self.target.addItems(self._targets(bundle))
-            if current:
-                self.target.setCurrentText(current)
+            items = self._targets(bundle)
+            self.target.addItems(items)
+            self.target.setCurrentText(next((t for t in preferred if t in items), items[0]))
+        self.target.blockSignals(False)
+        settings = getattr(self, "settings", None)
+        if settings is not None:  # a choice the model forced is not the one to remember
+            settings._quiet = True
+        try:
+            self.target.currentTextChanged.emit(self.target.currentText())
+        finally:
+            if settings is not None:
+                settings._quiet = False
         self._applies()
         self._update()
+
+    def _chosen(self, *_):
+        self._wanted = None
 
     def _start_from_changed(self, *_):
         if not self.variations:  # from noise: always 1 (pure noise)
@@ -305,12 +416,17 @@ class SampleWidget(JobPanel, QWidget):
 
         self.layer, self.folder = None, opts.out
         self.name = f"{'variations' if self.variations else 'synthetic'}: {what}"
+        self.notes.clear()
+        self.settings.save()
+        # the layer now (napari takes a moment to make one), so that tiles arriving only fill it
+        self.layer = self.feed.open(self.viewer, bundle.tile_size, name=self.name)
+        self.activity = activity(f"histodiff sample: {what}", 1, self.job.cancel)
         moved = opts.device != str(bundle.device)
         model = portable_model(bundle) if self.job.process or moved else bundle
         if not isinstance(model, type(bundle)):  # a folder: the job's process opens it on the chosen device
             opts.model, model = model, None
         self.job.start(sample, opts, model, sources, on_yield=self._event, on_done=self._done,
-                       on_finish=self._finished, on_change=self._update)
+                       on_finish=self._finished, on_change=self._update, on_release=self.activity.close)
 
     def sources(self):
         """The annotated tiles for variations, or None when sampling from noise."""
@@ -328,24 +444,25 @@ class SampleWidget(JobPanel, QWidget):
 
     def _event(self, event):
         if event.stage == "warning":
-            notify_warning(event.message, self.label_of)
+            self.notes.add(event.message)  # in the panel and the log; counted in the run's one notification
             return
         if event.total:
             self.progress.setMaximum(event.total)
             self.progress.setValue(event.step)
+            self.activity.total = event.total
+            if event.step > self.activity.n:
+                self.activity.update(event.step - self.activity.n)
         if not event.data:
             return
-        tiles = event.data["tiles"]
-        if self.layer is None or self.layer not in self.viewer.layers:
-            self.layer = add_beside(self.viewer, tiles, name=self.name)
-            show_layer(self.viewer, self.layer)  # the first tiles: zoom to them
-        else:
-            self.layer.data = np.concatenate([self.layer.data, tiles])
+        if self.layer is None or self.layer not in self.viewer.layers:  # removed by the user: a new one
+            self.layer = self.feed.open(self.viewer, event.data["tiles"].shape[1], name=self.name)
+        self.feed.put(event.data["tiles"])  # added between events, a few at a time
 
     def _done(self, result):
-        from napari.utils.notifications import show_info
-
         records = result["records"]
+        self.feed.flush()
+        if self.layer is not None and not self.feed.n:  # no tile made: no blank layer left behind
+            self._drop_layer()
         if self.layer is not None:
             from ..core.formats.records import folder_fingerprint
 
@@ -354,11 +471,18 @@ class SampleWidget(JobPanel, QWidget):
                                                  "fingerprint": folder_fingerprint(self.folder,
                                                                                    [r.file for r in records])}}
             self.layer.refresh()
-        show_info(result["message"])
+        self.notes.notify(result["message"])  # the run's one notification
+
+    def _drop_layer(self):
+        if self.layer is not None and self.layer in self.viewer.layers:
+            self.viewer.layers.remove(self.layer)
+        self.layer = None
 
     def _finished(self):
-        from napari.utils.notifications import show_info
-
+        if self.state != State.DONE:
+            self.feed.flush()
+            if not self.feed.n:
+                self._drop_layer()  # nothing came: not even the blank tile stays
         if self.state == State.STOPPED:
-            show_info("sampling cancelled; the tiles shown were not saved")
+            self.notes.notify("sampling cancelled; the tiles shown were not saved")
         self._update()
