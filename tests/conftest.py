@@ -16,6 +16,14 @@ def _job_logs(tmp_path_factory, monkeypatch):
 
 
 @pytest.fixture(autouse=True)
+def _own_settings(tmp_path_factory, monkeypatch):
+    """Each test its own panel settings (widgets/settings.py), and closing a panel stops its jobs without
+    asking (tests/test_dock.py asks)."""
+    monkeypatch.setenv("HISTODIFF_CONFIG", str(tmp_path_factory.mktemp("config")))
+    monkeypatch.setenv("HISTODIFF_ON_CLOSE", "stop")
+
+
+@pytest.fixture(autouse=True)
 def _own_locks(tmp_path_factory, monkeypatch):
     """Each test its own folder locks and job registry (core/base/lock.py, threads.py): no test waits for,
     or shares cores with, jobs of another test or of other programs on this machine."""

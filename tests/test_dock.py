@@ -80,6 +80,11 @@ def test_the_dock_fits_a_1280x800_screen(make_napari_viewer, qtbot):
     assert bar.sizeHint().width() <= w.tabs.width(), (bar.sizeHint(), w.tabs.width())
 
 
+#: the buttons and progress that stay in view below a panel's scrolling form (issue 30, item 5)
+PINNED = {"finetune": ["start_button", "pause_button", "cancel_button", "progress", "status"],
+          "sample": ["start_button", "cancel_button", "progress", "status"]}
+
+
 def test_every_tab_scrolls_and_its_buttons_are_reachable(make_napari_viewer, qtbot):
     from qtpy.QtCore import QPoint, QRect
     from qtpy.QtWidgets import QPushButton, QScrollArea
@@ -87,9 +92,7 @@ def test_every_tab_scrolls_and_its_buttons_are_reachable(make_napari_viewer, qtb
     _, _, w, window = shown_at_1280x800(make_napari_viewer, qtbot)
     wanted = {"load": ["load_button"],
               "classes": ["add_button", "rename_button", "color_button", "remove_button", "assign_button"],
-              "finetune": ["extract_button", "start_button", "pause_button",
-                                                     "cancel_button"],
-              "sample": ["start_button", "cancel_button"], "review": ["open_button", "export_button"]}
+              "finetune": ["extract_button"], "sample": [], "review": ["open_button", "export_button"]}
     for attr, names in wanted.items():
         panel = w.show_panel(attr)
         settle(qtbot)
@@ -108,6 +111,16 @@ def test_every_tab_scrolls_and_its_buttons_are_reachable(make_napari_viewer, qtb
             assert viewport.rect().contains(QRect(top_left, b.size())), (attr, b.text(), top_left)
             on_window = b.mapTo(window, QPoint(0, 0))
             assert window.rect().contains(QRect(on_window, b.size())), (attr, b.text(), on_window)
+        # the primary buttons and the progress are in view without scrolling, wherever the form is scrolled
+        for position in (0, area.verticalScrollBar().maximum()):
+            area.verticalScrollBar().setValue(position)
+            settle(qtbot, 0)
+            for name in PINNED.get(attr, []):
+                control = getattr(panel, name)
+                assert not area.isAncestorOf(control) and control.isVisible(), (attr, name)
+                on_window = control.mapTo(window, QPoint(0, 0))
+                assert window.rect().contains(QRect(on_window, control.size())), (attr, name, on_window)
+                assert control.height() >= 10, (attr, name, control.size())
 
 
 def test_closing_the_dock_cancels_the_panels_jobs(make_napari_viewer, qtbot):
@@ -133,3 +146,71 @@ def test_a_screenshot_at_1280x800(make_napari_viewer, qtbot, tmp_path):
     image = QImage(str(path))
     ratio = window.devicePixelRatioF()
     assert (image.width(), image.height()) == (round(SCREEN[0] * ratio), round(SCREEN[1] * ratio))
+
+
+def answer_close_question(qtbot, button: str, answered: list) -> None:
+    """Click ``button`` in the close question once it shows (the real QMessageBox, modal)."""
+    from qtpy.QtCore import QTimer
+    from qtpy.QtWidgets import QApplication, QMessageBox
+
+    def click():
+        box = QApplication.activeModalWidget()
+        if not isinstance(box, QMessageBox):
+            QTimer.singleShot(50, click)
+            return
+        answered.append(box.text())
+        next(b for b in box.buttons() if b.text() == button).click()
+
+    QTimer.singleShot(50, click)
+
+
+def test_closing_asks_and_a_kept_job_runs_on_and_comes_back(make_napari_viewer, qtbot, monkeypatch):
+    """Issue 30, item 5: the close button asks; "Keep running" keeps the job (its callbacks too) and opening
+    the panel again gives it back; "Stop it" cancels; a kept panel is freed when its job ends."""
+    from qtpy.QtWidgets import QDockWidget
+
+    from test_job_control import Script
+
+    from napari_histodiff.widgets import _common as C
+    from napari_histodiff.widgets._common import State
+
+    monkeypatch.setenv("HISTODIFF_ON_CLOSE", "ask")
+    viewer = make_napari_viewer()
+
+    def close(widget, button):
+        answered = []
+        answer_close_question(qtbot, button, answered)
+        panel, = [d for d in viewer.window._qt_window.findChildren(QDockWidget) if d.widget() is widget]
+        panel.destroyOnClose()  # the panel's close button
+        assert answered == ["The fine-tuning is still running."]
+
+    _, w = viewer.window.add_plugin_dock_widget(PLUGIN, "Fine-tune")
+    script, done = Script(steps=3), []
+    w.job.start(script, on_done=done.append)
+    close(w, "Keep running")
+    assert w.job.state == State.RUNNING and w.parent() is None and w in C._KEPT.values()
+    script.step()
+    qtbot.waitUntil(lambda: script.ran == 1, timeout=10_000)
+    _, again = viewer.window.add_plugin_dock_widget(PLUGIN, "Fine-tune")
+    assert again is w and w.parent() is not None and not C._KEPT  # the running panel, docked again
+    script.step(3)
+    qtbot.waitUntil(lambda: w.job.state == State.DONE, timeout=10_000)
+    assert done == ["result"]  # its result was used
+
+    script = Script(steps=3)
+    w.job.start(script)
+    close(w, "Stop it")
+    assert w.job.state == State.CANCELLING
+    script.step()  # the step running when asked ends; the job stops there
+    qtbot.waitUntil(lambda: w.job.state == State.STOPPED, timeout=10_000)
+    assert script.cleaned.is_set() and not C._KEPT  # cancelled: its clean-up ran
+    _, fresh = viewer.window.add_plugin_dock_widget(PLUGIN, "Fine-tune")
+    assert fresh is not w
+
+    script = Script(steps=1)
+    fresh.job.start(script)
+    close(fresh, "Keep running")
+    assert list(C._KEPT.values()) == [fresh]
+    script.step(2)
+    qtbot.waitUntil(lambda: not C._KEPT, timeout=10_000)  # ended: the kept panel is let go
+    assert fresh.job.state == State.DONE

@@ -207,3 +207,66 @@ def test_module_paths_in_the_napari_docs_exist():
             break
         else:
             raise AssertionError(f"{path} in docs/napari.md does not exist")
+
+
+def test_panel_settings_persist_across_reopen_and_restart(make_napari_viewer, qtbot, tmp_path):
+    """Issue 30, item 5: closing and opening a panel (or napari) keeps its options, the output folder and
+    its intent (Start on the old folder resumes), per user in one JSON file."""
+    import json
+    import os
+
+    from napari_histodiff.widgets.settings import settings_file
+
+    viewer = make_napari_viewer()
+    w = dock(viewer, "Fine-tune")
+    w.form["unet_steps"].value = 123
+    w.form["precision"].value = w.form["precision"].choices[-1]
+    w.out.value = str(tmp_path / "old bundle")
+    w.intent.value = "resume"
+    w.stride.setValue(48)
+    viewer.window.remove_dock_widget("all")
+    w2 = dock(viewer, "Fine-tune")
+    assert w2 is not w
+    assert w2.form["unet_steps"].value == 123 and w2.form["precision"].value == w.form["precision"].choices[-1]
+    assert str(w2.out.value) == str(tmp_path / "old bundle") and w2.intent.value == "resume"
+    assert w2.stride.value() == 48
+    assert w2.form.profile.currentText() == "custom"  # the profile combo follows the restored values
+
+    path = settings_file()
+    assert str(path.parent) == os.environ["HISTODIFF_CONFIG"]  # (conftest: each test its own)
+    saved = json.loads(path.read_text())["finetune"]  # what a new napari session starts from
+    assert saved["form.unet_steps"] == 123 and saved["intent"] == "resume" and saved["stride"] == 48
+    assert all(isinstance(v, (str, int, float, bool, type(None))) for v in saved.values())
+
+
+def test_sample_class_follows_a_model_with_classes(make_napari_viewer, fresh_model):
+    """Issue 30, item 5: "(unguided)" was the only choice of a model without classes; a four-class model then
+    gets its first class, a class chosen stays while the next model has it, and a remembered class comes
+    back when a model has it."""
+    from types import SimpleNamespace
+
+    from napari_histodiff.widgets.sample import ALL_CLASSES, UNGUIDED
+
+    def model(*names):
+        return SimpleNamespace(class_names=list(names), device="cpu", selection_classifier=None)
+
+    viewer = make_napari_viewer()
+    s = dock(viewer, "Sample")
+    fresh_model.set(model())
+    assert [s.target.itemText(i) for i in range(s.target.count())] == [UNGUIDED]
+    fresh_model.set(model("tumour", "stroma", "mucosa", "fat"))
+    assert s.target.currentText() == "tumour" and s.target.findText(ALL_CLASSES) >= 0
+    s.target.setCurrentText("fat")
+    fresh_model.set(model("fat", "tumour"))
+    assert s.target.currentText() == "fat"
+    s.target.setCurrentText(UNGUIDED)  # chosen while classes are there: kept
+    fresh_model.set(model("tumour", "stroma", "mucosa", "fat"))
+    assert s.target.currentText() == UNGUIDED
+
+    s.target.setCurrentText("mucosa")
+    viewer.window.remove_dock_widget("all")
+    fresh_model.set(model())  # napari restarts with a model without classes
+    s2 = dock(viewer, "Sample")
+    assert s2.target.currentText() == UNGUIDED
+    fresh_model.set(model("tumour", "stroma", "mucosa", "fat"))
+    assert s2.target.currentText() == "mucosa"  # remembered

@@ -239,9 +239,11 @@ class Job:
     the run (state FAILED). No exception leaves a signal handler (outside ``napari.run()`` that would abort
     the process)."""
 
-    def __init__(self, labels=None, process: bool = False):
+    def __init__(self, labels=None, process: bool = False, title: str = "a job"):
         self.labels = labels
         self.process = process  # run in a spawned process (the generator function must be importable)
+        self.title = title  # what the close question calls it ("the fine-tuning")
+        self._ended = []  # one-off callables for the end of the current run (:meth:`when_ended`)
         self.state = State.IDLE
         self._ctl = None
         self._cb = {}
@@ -342,6 +344,13 @@ class Job:
             self._ctl.wake.set()
             self._set(State.CANCELLING)
 
+    def when_ended(self, fn) -> None:
+        """Call ``fn()`` once when the current run has ended (at once when none runs)."""
+        if self.busy:
+            self._ended.append(fn)
+        else:
+            fn()
+
     def close(self) -> None:
         """The widget is going away: cancel the run; no widget callback is called any more."""
         if self._ctl is not None:
@@ -419,6 +428,9 @@ class Job:
             self._callback("on_finish")
             self._callback("on_change")
         self._cb = {}
+        ended, self._ended = self._ended, []
+        for fn in ended:
+            fn()
 
 
 def start_worker(gen_func, *args, on_yield=None, on_done=None, on_error=None, on_finish=None):
@@ -429,16 +441,91 @@ def start_worker(gen_func, *args, on_yield=None, on_done=None, on_error=None, on
                        on_finish=on_finish)
 
 
-class _CloseWatch(QObject):
-    """Calls ``on_close`` when the widget leaves its dock (napari's close button or
-    ``remove_dock_widget`` take it out), when that dock is deleted, or when the widget is deleted."""
+def ask_keep(widget: QWidget, titles: list[str]) -> bool:
+    """Ask whether the running jobs of a closed panel keep running (True) or stop. ``HISTODIFF_ON_CLOSE``
+    = ``keep`` or ``stop`` answers without asking (tests, scripts)."""
+    import os
 
-    def __init__(self, widget: QWidget, on_close):
+    answer = os.environ.get("HISTODIFF_ON_CLOSE", "ask").lower()
+    if answer in ("keep", "stop"):
+        return answer == "keep"
+    from qtpy.QtWidgets import QMessageBox
+
+    what = " and ".join(titles)
+    box = QMessageBox(QMessageBox.Icon.Question, "HistoDiffusion",
+                      f"{what[0].upper() + what[1:]} {'are' if len(titles) > 1 else 'is'} still running.")
+    box.setInformativeText("Keep it running: its progress (and its Cancel button) stays in napari's activity "
+                           "dock, and opening the panel again shows it. Stop it: a resumable checkpoint is kept "
+                           "where the job makes one.")
+    keep = box.addButton("Keep running", QMessageBox.ButtonRole.AcceptRole)
+    box.addButton("Stop it", QMessageBox.ButtonRole.DestructiveRole)
+    box.setDefaultButton(keep)
+    box.exec()
+    return box.clickedButton() is keep
+
+
+_KEPT: dict[int, QWidget] = {}  # panels closed while their jobs run on: alive until the jobs end or reopened
+
+
+def _viewer_of(widget):
+    viewer = getattr(widget, "viewer", None)
+    return getattr(viewer, "__wrapped__", viewer)  # napari passes a PublicOnlyProxy
+
+
+class Reopens(type(QWidget)):
+    """Metaclass of a panel whose jobs may keep running after its dock is closed: making the panel again
+    for the same viewer (napari's Plugins menu) gives back the closed one while its jobs run, with their
+    progress and the panel's settings."""
+
+    def __call__(cls, napari_viewer=None, *args, **kwargs):
+        viewer = getattr(napari_viewer, "__wrapped__", napari_viewer)
+        for key, widget in list(_KEPT.items()):
+            if type(widget) is cls and viewer is not None and _viewer_of(widget) is viewer:
+                del _KEPT[key]
+                return widget
+        return super().__call__(napari_viewer, *args, **kwargs)
+
+
+def _keep(widget: QWidget, jobs: list) -> None:
+    """Hold ``widget`` (no longer in a dock) until ``jobs`` end, then delete it unless it was reopened."""
+    key = id(widget)
+    _KEPT[key] = widget
+    left = set(map(id, jobs))
+
+    def ended(job):
+        left.discard(id(job))
+        if not left and _KEPT.get(key) is widget:
+            del _KEPT[key]
+            widget.deleteLater()
+
+    for job in jobs:
+        job.when_ended(lambda job=job: ended(job))
+
+
+class _CloseWatch(QObject):
+    """Watches a panel's jobs (weakly). The panel leaving its dock (napari's close button,
+    ``remove_dock_widget``) asks whether running jobs keep running (``keep``) or stop; the dock or the
+    panel being deleted (the viewer closing) stops them. Stopping a job runs its clean-up (a resumable
+    checkpoint) and no widget callback but ``on_release`` is called after that."""
+
+    def __init__(self, widget: QWidget, jobs=(), keep: bool = False):
+        import weakref
+
         super().__init__(widget)
-        self._on_close, self._docked = on_close, widget.parent() is not None
+        # the connections must not keep the widget (its jobs) alive
+        self._widget, self._jobs = weakref.ref(widget), [weakref.ref(job) for job in jobs]
+        self.keep, self._docked = keep, widget.parent() is not None
         widget.installEventFilter(self)
-        widget.destroyed.connect(on_close)  # (not a method of this object: it is deleted first)
+        jobs_of = self.jobs
+        widget.destroyed.connect(lambda *_: [job.close() for job in jobs_of()])  # not a method: deleted first
         self._watch_dock(widget)
+
+    def jobs(self) -> list:
+        return [job for job in (ref() for ref in self._jobs) if job is not None]
+
+    def stop(self) -> None:
+        for job in self.jobs():
+            job.close()
 
     def _watch_dock(self, widget: QWidget) -> None:
         from qtpy.QtWidgets import QDockWidget
@@ -447,7 +534,20 @@ class _CloseWatch(QObject):
         while parent is not None and not isinstance(parent, QDockWidget):
             parent = parent.parent()
         if parent is not None:
-            parent.destroyed.connect(self._on_close)
+            parent.destroyed.connect(self._dock_gone)
+
+    def _dock_gone(self, *_):
+        if self._docked:  # deleted with the panel in it (not after the panel left it)
+            self.stop()
+
+    def removed(self) -> None:
+        """The panel left its dock: ask about running jobs (when they may keep running), else stop them."""
+        running = [job for job in self.jobs() if job.busy]
+        widget = self._widget()
+        if running and self.keep and widget is not None and ask_keep(widget, [j.title for j in running]):
+            _keep(widget, running)
+            return
+        self.stop()
 
     def eventFilter(self, obj, event):
         if event.type() == QEvent.Type.ParentChange:
@@ -456,7 +556,7 @@ class _CloseWatch(QObject):
                 self._watch_dock(obj)
             elif self._docked:
                 self._docked = False
-                self._on_close()
+                self.removed()
         return False
 
 
@@ -473,22 +573,59 @@ class JobPanel:
         return self.job.worker
 
 
-def cancel_on_close(widget: QWidget, *jobs: Job) -> None:
+def cancel_on_close(widget: QWidget, *jobs: Job, keep: bool = False) -> None:
     """Closing ``widget``'s panel (its dock's close button, napari removing it, the viewer closing)
     cancels ``jobs``: their core generators run their clean-up (a resumable checkpoint), and their
-    results are not used (no widget callbacks but ``on_release``)."""
+    results are not used (no widget callbacks but ``on_release``). ``keep``: the close button asks first
+    whether running jobs keep running instead (:func:`ask_keep`; the panel's class then uses :class:`Reopens`)."""
+    widget._close_watch = _CloseWatch(widget, jobs, keep)
 
-    import weakref
 
-    refs = [weakref.ref(job) for job in jobs]  # the connections must not keep the widget (its jobs) alive
+def activity(desc: str, total: int, on_cancel):
+    """A progress object in napari's activity dock (created in the GUI thread); its Cancel button
+    calls ``on_cancel``."""
+    from napari.utils.progress import cancelable_progress
 
-    def close(*_):
-        for ref in refs:
-            job = ref()
-            if job is not None:  # a running job is kept alive by its worker
-                job.close()
+    class JobProgress(cancelable_progress):
+        def cancel(self):
+            super().cancel()
+            on_cancel()
 
-    widget._close_watch = _CloseWatch(widget, close)
+    return JobProgress(desc=desc, total=max(total, 1), leave=False)
+
+
+class RunNotes:
+    """The warnings of one run: shown in the panel (``label``) and the log as they come, and counted in the
+    run's single notification (:meth:`notify`) instead of one notification each."""
+
+    def __init__(self, label: QLabel, labels=None):
+        self.label, self.labels, self.lines = label, labels, []
+        label.setWordWrap(True)
+        label.hide()
+
+    def clear(self) -> None:
+        self.lines = []
+        self.label.clear()
+        self.label.hide()
+
+    def add(self, text: str) -> None:
+        import logging
+        from html import escape
+
+        line = render(text, self.labels)
+        self.lines.append(line)
+        logging.getLogger("napari_histodiff").warning(line)
+        self.label.setText("<b>notes</b><ul>" + "".join(f"<li>{escape(x)}</li>" for x in self.lines) + "</ul>")
+        self.label.show()
+
+    def notify(self, text: str, warn: bool = False) -> None:
+        """The run's one notification: ``text`` and how many notes the panel shows."""
+        from napari.utils.notifications import show_info, show_warning
+
+        if self.lines:
+            n = len(self.lines)
+            text += f" ({n} note{'s' * (n > 1)} in the panel)"
+        (show_warning if warn or self.lines else show_info)(text)
 
 
 # -- controls --------------------------------------------------------------------------------
@@ -561,3 +698,13 @@ def scroll_page(widget: QWidget) -> QVBoxLayout:
     outer.setContentsMargins(0, 0, 0, 0)
     outer.addWidget(area)
     return QVBoxLayout(widget.page)
+
+
+def pinned_below(widget: QWidget) -> QVBoxLayout:
+    """A layout under the scrolling page of :func:`scroll_page` that never scrolls away: the panel's primary
+    buttons and its progress stay in view whatever the screen's height."""
+    footer = QVBoxLayout()
+    margins = widget.page.layout().contentsMargins()
+    footer.setContentsMargins(margins.left(), 4, margins.right(), margins.bottom())
+    widget.layout().addLayout(footer)
+    return footer

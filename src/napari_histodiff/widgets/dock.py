@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from qtpy.QtWidgets import QTabWidget, QVBoxLayout, QWidget
 
-from ._common import _CloseWatch
+from ._common import Reopens, cancel_on_close
 from .classes import ClassesWidget
 from .finetune import FinetuneWidget
 from .load import LoadWidget
@@ -27,7 +27,7 @@ TABS = (
 )
 
 
-class HistoDiffusionWidget(QWidget):
+class HistoDiffusionWidget(QWidget, metaclass=Reopens):
     """One dock with the panels as tabs; each panel scrolls within its tab (``panel.page`` is its
     scrolling page). ``self.tabs`` is the QTabWidget; the panels are ``self.load``, ``self.classes``,
     ``self.finetune``, ``self.sample`` and ``self.review``."""
@@ -48,21 +48,17 @@ class HistoDiffusionWidget(QWidget):
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.tabs)
-        # A panel cancels its jobs when it leaves its dock; here the panels stay in the tab widget, so
-        # this dock leaving napari (its close button, remove_dock_widget, the viewer closing) does it.
-        self._close_watch = _CloseWatch(self, self._close_panels)
+        # A panel watches its own dock; here the panels stay in the tab widget, so this dock leaving napari
+        # (its close button, remove_dock_widget) asks whether their running jobs keep running (the whole dock
+        # is then given back when it is opened again) or stop; the viewer closing stops them.
+        watches = [panel._close_watch for panel in self.panels if hasattr(panel, "_close_watch")]
+        cancel_on_close(self, *[job for watch in watches for job in watch.jobs()], keep=True)
 
     def sizeHint(self):
         """Wide enough for all the tab titles (a narrower dock scrolls the tab bar)."""
         hint = super().sizeHint()
         hint.setWidth(max(hint.width(), self.tabs.tabBar().sizeHint().width() + 4))
         return hint
-
-    def _close_panels(self, *_):
-        for panel in self.panels:
-            watch = getattr(panel, "_close_watch", None)
-            if watch is not None:
-                watch._on_close()
 
     def show_panel(self, attr: str) -> QWidget:
         """Bring a panel's tab to the front ("load", "classes", "finetune", "sample" or "review"); returns the panel."""
