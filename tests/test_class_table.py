@@ -218,3 +218,30 @@ def test_every_control_has_a_tooltip_and_the_panel_is_in_the_dock(make_napari_vi
     assert d.classes.table.rowCount() == 2
     offenders = [describe(owner(c)) for c in controls(d.classes) if not owner(c).toolTip().strip()]
     assert not offenders
+
+
+def test_recolouring_reaches_new_shapes_fills_stay_see_through_and_names_are_on_the_canvas():
+    """Issue 30 item 4 (no viewer needed: the class functions work on the layer)."""
+    from napari.layers import Shapes
+
+    from napari_histodiff.widgets.classes import FACE_ALPHA, draw_with, recolor_class, rename_class, \
+        see_through, show_class_names
+
+    shapes = Shapes([square(0, 0, 63, 63), square(64, 64, 127, 127)], shape_type="polygon",
+                    features={"class": ["TUM", "Dermis: Inflamed"]})
+    assert show_class_names(shapes)
+    see_through(shapes)  # the Annotate panel does both when it shows a layer
+    assert list(shapes.text.values) == ["TUM", "Dermis: Inflamed"]  # the name as the pathologist wrote it
+    draw_with(shapes, "Dermis: Inflamed")
+    recolor_class(shapes, "Dermis: Inflamed", "#ff8800")
+    shapes.add_rectangles(square(0, 64, 63, 127)[[0, 2]])  # drawn after the recolouring
+    orange = [1, 0x88 / 255, 0]
+    for k in (1, 2):  # the existing shape and the new one
+        assert np.allclose(shapes.face_color[k], [*orange, FACE_ALPHA], atol=1e-2), shapes.face_color[k]
+        assert np.allclose(shapes.edge_color[k], [*orange, 1.0], atol=1e-2)
+    assert np.allclose(shapes.face_color[0][3], FACE_ALPHA, atol=1e-2)  # every fill see-through
+    assert list(shapes.text.values) == ["TUM", "Dermis: Inflamed", "Dermis: Inflamed"]
+    rename_class(shapes, "TUM", "Tumour")
+    assert list(shapes.text.values)[0] == "Tumour"
+    custom = Shapes([square(0, 0, 9, 9)], features={"class": ["A"], "note": ["mine"]}, text="{note}")
+    assert not show_class_names(custom) and list(custom.text.values) == ["mine"]  # the user's own text stays

@@ -6,8 +6,10 @@ keeps the classes where the tile extraction (``_layers.extraction``) reads them:
 - Shapes and Points: each item's class is its ``class`` feature (else ``name``; see
   ``_layers.class_column``). A row is a class; its colour is kept in ``layer.metadata["class_colors"]``
   (class -> ``#rrggbb``; the GeoJSON reader fills it with QuPath's colours), and items of the class are
-  drawn in it (edge = the colour QuPath gets back from the GeoJSON writer). "Assign selected" gives
-  the selected shapes or points a class (feature and colour); renaming renames every item of the class.
+  drawn in it (edge = the colour QuPath gets back from the GeoJSON writer; shapes filled see-through, also
+  those drawn after a recolouring) and its name is written on the canvas (napari ``text``). "Assign
+  selected" gives the selected shapes or points a class (feature and colour); renaming renames every item
+  of the class. The class name is kept as it is: folders made from it go through ``core.base.names.safe_name``.
 - Labels: a row is a label value; its name is the layer's ``class`` feature for that value (features
   ``index`` = value, ``class`` = name), which the extraction uses instead of ``class <value>``; its
   colour is the layer's own colour of that value. Selecting a row makes it the value to paint with.
@@ -30,6 +32,7 @@ from ._layers import CLASS_COLUMNS, LayerCombo, _unique, class_column
 COLORS_KEY = "class_colors"  # layer.metadata: class name -> "#rrggbb" (Shapes and Points)
 FACE_ALPHA = 0.3  # shapes are filled see-through (as the GeoJSON reader draws them)
 LABEL_SCAN = 1 << 26  # label images up to this many pixels are scanned for their values
+TEXT = {"color": "white", "size": 10, "anchor": "center"}  # class names on the canvas
 
 
 def _palette():
@@ -73,6 +76,23 @@ def _edge_attr(layer) -> str:
 
 def _text(v) -> str:
     return "" if v is None or v != v else str(v).strip()  # NaN -> ""
+
+
+def show_class_names(layer) -> bool:
+    """Write each shape's or point's class on the canvas (napari ``text`` from the class feature), unless
+    the layer already shows a text of its own; returns whether the class names are shown."""
+    column = class_column(layer)
+    if column is None or is_labels(layer):
+        return False
+    string = layer.text.string
+    wanted = "{" + column + "}"
+    if getattr(string, "format", None) == wanted:
+        return True
+    constant = getattr(string, "constant", None)
+    if constant is None or str(np.asarray(constant)) != "":
+        return False  # a text the user chose
+    layer.text = {"string": wanted, **TEXT}
+    return True
 
 
 # -- Shapes and Points ----------------------------------------------------------------------------
@@ -132,12 +152,52 @@ def _paint(layer, members, color: str) -> None:
         return
     members = list(members)
     face = np.array(layer.face_color, dtype=float)
-    face[members] = rgba(color, FACE_ALPHA if not hasattr(layer, "border_color") else 1.0)
+    face[members] = rgba(color, _face_alpha(layer))
     layer.face_color = face
     attr = _edge_attr(layer)
     edge = np.array(getattr(layer, attr), dtype=float)
     edge[members] = rgba(color, 1.0)
     setattr(layer, attr, edge)
+
+
+def see_through(layer) -> None:
+    """Shapes are filled see-through (at most FACE_ALPHA opaque), those drawn next too: the tissue stays
+    visible under the annotations. Colours are kept."""
+    if hasattr(layer, "border_color") or is_labels(layer):
+        return  # Points and Labels: as they are
+    face = np.array(layer.face_color, dtype=float)
+    if len(face) and (face[:, 3] > FACE_ALPHA).any():
+        face[:, 3] = np.minimum(face[:, 3], FACE_ALPHA)
+        selected = layer.selected_data
+        layer.selected_data = set()
+        layer.face_color = face
+        layer.selected_data = selected
+    current = np.array(rgba_of(layer.current_face_color), dtype=float)
+    if current[3] > FACE_ALPHA:
+        current[3] = FACE_ALPHA
+        selected = layer.selected_data
+        layer.selected_data = set()  # napari gives the current colour to the selected shapes
+        layer.current_face_color = current
+        layer.selected_data = selected
+
+
+def rgba_of(color) -> np.ndarray:
+    from napari.utils.colormaps.standardize_color import transform_color
+
+    return transform_color(color)[0]
+
+
+def _face_alpha(layer) -> float:
+    return 1.0 if hasattr(layer, "border_color") else FACE_ALPHA  # Points: opaque; Shapes: see-through
+
+
+def _drawing_class(layer) -> str | None:
+    """The class new shapes or points get (the layer's feature default), None when none."""
+    column = class_column(layer) or CLASS_COLUMNS[0]
+    defaults = layer.feature_defaults
+    if column not in defaults or not len(defaults):
+        return None
+    return _text(defaults[column].iloc[0]) or None
 
 
 def add_class(layer, name: str, color: str | None = None) -> str:
@@ -182,8 +242,9 @@ def draw_with(layer, name: str) -> None:
     if not len(layer.selected_data):  # napari applies current colours to the selected items
         color = class_colors(layer).get(name)
         if color:
-            layer.current_face_color = color
+            layer.current_face_color = rgba(color, _face_alpha(layer))  # new shapes: see-through too
             setattr(layer, f"current_{_edge_attr(layer)}", color)
+    show_class_names(layer)
 
 
 def rename_class(layer, old: str, new: str) -> int:
@@ -218,6 +279,11 @@ def recolor_class(layer, name: str, color) -> None:
         raise HistodiffError(f"no class {name!r} in {layer.name!r}.")
     layer.metadata = {**layer.metadata, COLORS_KEY: {**colors, name: hex_of(color)}}
     _paint(layer, [k for k, c in enumerate(item_classes(layer)) if c == name], hex_of(color))
+    if _drawing_class(layer) == name:  # shapes drawn next get the new colour as well
+        selected = layer.selected_data
+        layer.selected_data = set()  # napari gives the current colours to the selected items
+        draw_with(layer, name)
+        layer.selected_data = selected
 
 
 def remove_class(layer, name: str) -> None:
@@ -448,6 +514,9 @@ class ClassesWidget(QWidget):
         self._watch(self._layer, False)
         self._layer = layer
         self._watch(layer, True)
+        if layer is not None and not is_labels(layer):
+            show_class_names(layer)
+            see_through(layer)
         self.refresh()
 
     def _watch(self, layer, on: bool) -> None:
