@@ -398,7 +398,9 @@ class SampleWidget(JobPanel, QWidget, metaclass=Reopens):
         target = self.target.currentText()
         what = {UNGUIDED: "unguided", ALL_CLASSES: "all classes", EACH_SOURCE: "all classes"}.get(target, target)
         tag = "-variations" if self.variations else ""
-        return what, f"{what.replace(' ', '-')}{tag}-seed{opts.seed}"
+        from ..core.base.names import safe_name  # "Dermis: Inflamed" -> a folder name valid everywhere
+
+        return what, safe_name(f"{what.replace(' ', '-')}{tag}-seed{opts.seed}")
 
     def start(self):
         if self.job.busy:
