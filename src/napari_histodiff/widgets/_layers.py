@@ -203,6 +203,30 @@ def shape_polygons(layer, m: np.ndarray | None = None) -> tuple[list, list[int]]
 
 # -- extraction -------------------------------------------------------------------------------------
 
+def resolution_note(name: str, image_mpp: float | None, model_mpp: float | None) -> str | None:
+    """What the user should know when the image and the model differ in resolution (None when they agree):
+    tiles are then cut at the model's µm/px, resampled from the image (or at the image's own when the
+    model does not say)."""
+    if not model_mpp:
+        return (f"the model does not say which resolution it expects: tiles are cut from {name} at its own "
+                f"resolution ({float(image_mpp):.2f} µm/px)" if image_mpp else None)
+    if not image_mpp or abs(float(image_mpp) / float(model_mpp) - 1) < 0.05:
+        return None
+    ratio = float(model_mpp) / float(image_mpp)
+    how = f"{ratio:.2g}x smaller" if ratio > 1 else f"{1 / ratio:.2g}x larger (blurred: the image is coarser)"
+    return (f"{name} is at {float(image_mpp):.2f} µm/px, the model expects {float(model_mpp):.2f} µm/px: tiles "
+            f"are cut at the model's {float(model_mpp):.2f} µm/px (the image resampled {how}), as the model "
+            "needs them")
+
+
+def _noted(note: str | None, job):
+    from ..core.base.events import warning
+
+    if note:
+        yield warning(note)
+    return (yield from job)
+
+
 def extraction(image_layer, ann_layer, tile_size: int, stride: int, min_fraction: float, class_map=None,
                mpp: float | None = None):
     """The extraction job for a worker thread: a generator (yields progress) returning (tiles, skipped).
@@ -211,11 +235,17 @@ def extraction(image_layer, ann_layer, tile_size: int, stride: int, min_fraction
     image (through both layers' scale, translate, rotate and affine), a Labels layer is passed as its
     (lazy) array with its scale and offset relative to the image. ``mpp``: the model's microns per
     pixel: tiles of a slide layer are read at that resolution (from the matching pyramid level)."""
+    source = image_source(image_layer)
+    note = resolution_note(image_layer.name, getattr(source, "mpp", None), mpp)
+    return _noted(note, _extraction(source, image_layer, ann_layer, tile_size, stride, min_fraction, class_map,
+                                    mpp))
+
+
+def _extraction(source, image_layer, ann_layer, tile_size, stride, min_fraction, class_map, mpp):
     import napari.layers as L
 
     from ..core.data import annotations as A
 
-    source = image_source(image_layer)
     if ann_layer is None:
         raise HistodiffError("no annotation layer: add a Labels, Shapes or Points layer with classes")
     if isinstance(ann_layer, L.Labels):

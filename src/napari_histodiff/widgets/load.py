@@ -31,13 +31,23 @@ TIPS = {
 }
 
 
+def resolution_line(meta: dict) -> str:
+    """The magnification a model expects: ``tiles 256 px at 0.50 µm/px (128 µm across)``."""
+    size, mpp = int(meta["tile_size"]), meta.get("microns_per_pixel")
+    if not mpp:
+        return (f"tiles {size} px at <b>unknown µm/px</b> (the model does not say which magnification it "
+                "expects: tiles are cut at the image's own resolution)")
+    return f"tiles {size} px at <b>{float(mpp):.2f} µm/px</b> ({size * float(mpp):.0f} µm across)"
+
+
 def model_card(bundle) -> str:
     meta = bundle.meta
     counts = {type(m).__name__: sum(p.numel() for p in m.parameters()) for m in bundle.models()}
     conv = (meta.get("provenance") or {}).get("converted")
     source = Path(conv["source"]).name if isinstance(conv, dict) and conv.get("source") else "bundle"
     lines = [f"<b>{bundle.path.name if bundle.path else source}</b>",
-             f"preset {meta['preset']['name']}, tiles {bundle.tile_size} px, device {bundle.device}",
+             resolution_line(meta),
+             f"preset {meta['preset']['name']}, device {bundle.device}",
              "classes: " + (", ".join(bundle.class_names) or "none (not fine-tuned)"),
              "parameters: " + ", ".join(f"{k} {v / 1e6:.2f} M" for k, v in counts.items())]
     if isinstance(conv, dict):
