@@ -1,7 +1,16 @@
 """Where does an experiment's generator lose the class? Checks on an augmentation_experiment run
-(docs/results.md, "Third improvement"):
+(docs/results.md, "Third improvement"), and the class retention of the first stage (issue 29):
 
     python benchmarks/first_stage_check.py --run experiment [--k 20] [--decoder-steps 300]
+    OMP_NUM_THREADS=1 python benchmarks/first_stage_check.py --record docs/results/first-stage/first_stage.json \
+        [--work first-stage-work] [--ae-steps 600 --ae-batch 4 --ae-lr 2e-4] [--set latent_channels=4 ...]
+
+``--record``: pre-train the `small` preset's autoencoder on pretrain/ (as the experiment does, its step
+count, batch and learning rate by default; preset fields changed with --set), train one fixed image
+classifier (the downstream ResNet of core.evaluate) on crc5 tiles at 64 px, and score it on held-out crc5
+tiles and on the autoencoder's reconstructions of them (core/evaluate/retention.py): acc_original,
+acc_reconstructed, retention, psnr, ssim, autoencoder_steps, cpu_minutes (the training process's CPU time).
+The classifier and each autoencoder are kept under --work, so several configurations share one classifier.
 
 1. the pre-trained autoencoder's reconstruction PSNR on the labelled tiles and on every 25th test
    tile, before and after fine-tuning its decoder on the labelled tiles (a copy; the run is not
@@ -116,12 +125,127 @@ def guidance_check(bundle_dir: Path, x_lab, y_lab, x_test, y_test) -> None:
     print(f"chance: {100 / len(b.class_names):.1f}%")
 
 
+CLASSES = ["AC", "H", "S", "T", "V"]
+SPLIT = {"classifier": 150, "validation": 30, "test": 100}  # crc5 tiles per class in each part
+
+
+def crc5_split(data: Path) -> dict:
+    """uint8 tiles (64 px, fitted as the experiment's) and labels of the seeded classifier / validation / test
+    parts of crc5."""
+    from napari_histodiff.core.data.tiles import _fit_square, read_rgb
+
+    rng = np.random.default_rng(29)
+    out = {part: ([], []) for part in SPLIT}
+    for k, c in enumerate(CLASSES):
+        files = sorted((data / "crc5" / c).glob("*.jpg"))
+        order = iter(rng.permutation(len(files)))
+        for part, n in SPLIT.items():
+            for _ in range(n):
+                out[part][0].append(_fit_square(read_rgb(files[next(order)]), 64))
+                out[part][1].append(k)
+    return {part: (np.stack(x), np.array(y)) for part, (x, y) in out.items()}
+
+
+def fixed_classifier(split: dict, work: Path, steps: int):
+    """The downstream ResNet (seed 0) trained on the classifier part, chosen on the validation part; cached."""
+    import torch
+
+    from napari_histodiff.core.base.events import run_to_end
+    from napari_histodiff.core.evaluate import evaluate as E
+    from napari_histodiff.core.models.downstream import build
+
+    opts = E.EvaluateOptions(steps=steps, eval_every=max(1, steps // 10), channels=[32, 64, 128], device="cpu")
+    path = work / f"classifier-{steps}.pt"
+    if path.is_file():
+        model = build(opts.arch, len(CLASSES), 64, opts.channels)
+        model.load_state_dict(torch.load(path, weights_only=True))
+    else:
+        model = run_to_end(E.train_downstream(*split["classifier"], *split["validation"], len(CLASSES), 0, opts,
+                                              torch.device("cpu"), "classifier"))
+        work.mkdir(parents=True, exist_ok=True)
+        torch.save(model.state_dict(), path)
+    return lambda x: E._predict(model, x, "cpu").argmax(-1).numpy()
+
+
+def record(args) -> None:
+    import json
+    import time
+
+    import torch
+
+    from napari_histodiff.core.base.events import run_to_end
+    from napari_histodiff.core.data.opening import open_tiles
+    from napari_histodiff.core.evaluate.retention import class_retention
+    from napari_histodiff.core.formats.bundle import load_bundle
+    from napari_histodiff.core.models.presets import Preset, small
+    from napari_histodiff.core.train.autoencoder import AutoencoderOptions, reconstruct, train_autoencoder
+
+    preset = small()
+    changed = {}
+    for item in args.set:
+        name, _, value = item.partition("=")
+        if not hasattr(preset.autoencoder, name):
+            sys.exit(f"error: the autoencoder config has no field {name!r}")
+        setattr(preset.autoencoder, name, json.loads(value))
+        changed[name] = json.loads(value)
+    preset = Preset.from_dict(preset.to_dict())
+    split = crc5_split(args.data)
+    t0 = time.process_time()
+    predict = fixed_classifier(split, args.work, args.classifier_steps)
+    clf_cpu = time.process_time() - t0
+    tag = "-".join([f"ae{args.ae_steps}x{args.ae_batch}"] + [f"{k}{v}" for k, v in changed.items()])
+    bundle = args.work / tag
+    tiles = open_tiles([args.data / "pretrain"], 64, large_images=True, stride=12, scale=0.1)  # the experiment's
+    cpu_file = bundle / "cpu_seconds.json"
+    cpu = json.loads(cpu_file.read_text()) if cpu_file.is_file() else {"cpu_s": 0.0, "wall_s": 0.0}
+    t0, w0 = time.process_time(), time.perf_counter()
+    bundle.mkdir(parents=True, exist_ok=True)
+    ae = run_to_end(train_autoencoder(tiles, bundle, preset, AutoencoderOptions(
+        steps=args.ae_steps, batch_size=args.ae_batch, learning_rate=args.ae_lr, device="cpu",
+        checkpoint_every=100)))
+    cpu = {"cpu_s": cpu["cpu_s"] + time.process_time() - t0, "wall_s": cpu["wall_s"] + time.perf_counter() - w0}
+    cpu_file.write_text(json.dumps(cpu))
+    vae = load_bundle(bundle, device="cpu", require_unet=False).vae
+    x, y = split["test"]
+    res = class_retention(predict, lambda t: reconstruct(vae, t, torch.device("cpu")), x, y)
+    a = preset.autoencoder
+    out = {**{k: res[k] for k in ("acc_original", "acc_reconstructed", "retention", "psnr", "ssim")},
+           "autoencoder_steps": ae["steps"], "cpu_minutes": round(cpu["cpu_s"] / 60, 1),
+           "wall_minutes": round(cpu["wall_s"] / 60, 1), "test_tiles": res["tiles"],
+           "autoencoder": {"preset": "small", "batch_size": args.ae_batch, "learning_rate": args.ae_lr,
+                           "latent_channels": a.latent_channels, "kl_weight": a.kl_weight,
+                           "disc_start": a.disc_start, "disc_weight": a.disc_weight, "changed": changed,
+                           "pretraining_tiles": len(tiles), "psnr_heldout_pretraining": ae.get("psnr")},
+           "classifier": {"model": "downstream ResNet (32, 64, 128), seed 0", "steps": args.classifier_steps,
+                          "tiles_per_class": SPLIT, "cpu_minutes": round(clf_cpu / 60, 1)},
+           "data": "crc5 at 64 px (tiles fitted whole); test = 100 held-out tiles per class",
+           "threads": torch.get_num_threads(), "command": " ".join(sys.argv)}
+    print(json.dumps(out, indent=1))
+    if args.record:
+        args.record.parent.mkdir(parents=True, exist_ok=True)
+        args.record.write_text(json.dumps(out, indent=1) + "\n")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--run", type=Path, required=True, help="an augmentation_experiment --out folder")
+    ap.add_argument("--run", type=Path, help="an augmentation_experiment --out folder")
+    ap.add_argument("--record", type=Path, help="measure class retention and write this JSON file")
+    ap.add_argument("--measure", action="store_true", help="as --record, printing only")
+    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
+    ap.add_argument("--work", type=Path, default=Path("first-stage-work"))
+    ap.add_argument("--ae-steps", type=int, default=600)
+    ap.add_argument("--ae-batch", type=int, default=4)
+    ap.add_argument("--ae-lr", type=float, default=2e-4)
+    ap.add_argument("--classifier-steps", type=int, default=600)
+    ap.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE",
+                    help="autoencoder preset fields, e.g. latent_channels=4 disc_start=300 kl_weight=1e-5")
     ap.add_argument("--k", type=int, default=20)
     ap.add_argument("--decoder-steps", type=int, default=300, help="0: skip the decoder check")
     args = ap.parse_args(argv)
+    if args.record or args.measure:
+        return record(args)
+    if not args.run:
+        ap.error("give --run (checks on an experiment) or --record/--measure (class retention)")
     labeled = TileFolder(args.run / "data" / f"k{args.k}", 64)
     test = TileFolder(args.run / "data" / "test", 64)
     x_lab, y_lab = stack(labeled)

@@ -349,7 +349,14 @@ def describe(path, verify: bool = True) -> tuple[str, list[str]]:
             continue
         lines.append(f"trained     {stage}: {prov.get('steps', '?')} steps on {prov.get('tiles', '?')} tiles "
                      f"({prov.get('data', '?')}), seed {prov.get('seed', '?')}")
+    from ..evaluate.retention import PREFIX, KEYS, from_metrics, retention_line
+
+    line = retention_line(from_metrics(meta.get("metrics") or {}))
+    if line:
+        lines.append(f"retention   {line}")
     for key, value in (meta.get("metrics") or {}).items():
+        if line and key in {PREFIX + k for k in KEYS}:
+            continue
         if value is not None:
             lines.append(f"metric      {key} = {value:.3f}" if isinstance(value, float) else f"metric      {key} = {value}")
     return "\n".join(lines), [p for found in problems.values() for p in found]

@@ -90,11 +90,14 @@ def finetune(opts: FinetuneOptions, model=None, tiles=None):
     from ..train.pseudo import pseudo_summary
 
     counts += pseudo_summary(result)
+    from ..evaluate.retention import retention_line
     from ..evaluate.verdict import from_result
 
     result["verdict"] = from_result(result, tiles.class_names)
+    kept = retention_line(result.get("retention"))
     result["message"] = (f"fine-tuned bundle written to {out} (tiles per class: {counts})\n"
                          f"{result['verdict'].text(details=True)}\n"
+                         + (f"class retention of the autoencoder: {kept}\n" if kept else "") +
                          f"try: {command('sample', out, '--per-class', 16, '--out', 'samples')}")
     return result
 

@@ -297,7 +297,7 @@ def finetune(source, tiles, out_dir, preset, options: FinetuneOptions | None = N
     if not opts.unlabeled:
         result["latent_classifier"] = yield from latent(tiles)
         result["selection_classifier"] = yield from selection()
-        return result
+        return _with_retention(result, tiles, out_dir, opts)
     from .pseudo import WithPseudoLabels, pseudo_label
 
     result["selection_classifier"] = yield from selection()
@@ -314,4 +314,15 @@ def finetune(source, tiles, out_dir, preset, options: FinetuneOptions | None = N
         wait_for_everyone()
         with_pseudo = WithPseudoLabels(tiles, pseudo) if len(pseudo) else tiles
     result["latent_classifier"] = yield from latent(with_pseudo)
+    return _with_retention(result, tiles, out_dir, opts)
+
+
+def _with_retention(result: dict, tiles, out_dir, opts) -> dict:
+    """The first stage's class retention on the held-out labelled tiles, in the result and the bundle's meta."""
+    from ..evaluate.retention import record_retention
+
+    held = ((result.get("selection_classifier") or {}).get("splits") or {}).get("heldout") or []
+    if is_main_process():
+        result["retention"] = record_retention(out_dir, tiles, held, opts.device)
+    wait_for_everyone()
     return result
