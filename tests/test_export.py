@@ -276,3 +276,20 @@ def test_export_json_reports_kept_per_class_and_classes_without_tiles(tmp_path):
 
     result = run_to_end(export(ExportOptions(samples=[folder], out=tmp_path / "o2")))
     assert "WARNING: no synthetic tile of class STR" in result["message"]
+
+
+def test_a_manifest_saved_again_by_a_spreadsheet_reads_the_same(tmp_path):
+    from test_outputs import sample_folder
+
+    samples = tmp_path / "samples"
+    sample_folder(samples, "TUM")
+    out = tmp_path / "set"
+    run_to_end(export_set([samples], out))
+    _, rows = read_export(out)
+    text = (out / MANIFEST).read_text(encoding="utf-8").replace(",True,", ",TRUE,")
+    (out / MANIFEST).write_text("\ufeff" + text, encoding="utf-8")  # a byte-order mark, as Excel saves it
+    _, again = read_export(out)
+    assert [r["kept"] for r in again] == [True] * 3 and [r["id"] for r in again] == [r["id"] for r in rows]
+    (out / MANIFEST).write_text(text.replace(",TRUE,", ",maybe,", 1), encoding="utf-8")
+    with pytest.raises(HistodiffError, match=r"manifest\.csv row 2, column kept.*'maybe'"):
+        read_export(out)

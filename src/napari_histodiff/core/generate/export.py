@@ -20,13 +20,14 @@ import numpy as np
 
 from ..formats.bundle import package_versions
 from ..formats.images import write_png, write_tile
+from ..base.disk import check_free_space, tile_bytes
 from ..base.errors import HistodiffError
 from ..base.names import inside, safe_name
 from ..base.options import check, option, record
 from ..base.atomic import partial_path, remove_dead_partials, swap_in
 from ..base.outdir import check_output, is_marked
 from ..base.events import Progress
-from ..formats.records import RECORDS_FILE, read_records
+from ..formats.records import RECORDS_FILE, parse_bool, parse_number, read_csv, read_records
 
 MANIFEST = "manifest.csv"
 EXPORT_JSON = "export.json"
@@ -176,8 +177,7 @@ class _Existing:
         self.out = out
         try:
             self.meta = json.loads((out / EXPORT_JSON).read_text(encoding="utf-8"))
-            with open(out / MANIFEST, newline="", encoding="utf-8") as f:
-                self.rows = [{c: row.get(c) or "" for c in MANIFEST_COLUMNS} for row in csv.DictReader(f)]
+            self.rows = [{c: row.get(c) or "" for c in MANIFEST_COLUMNS} for row in read_csv(out / MANIFEST)]
             if not isinstance(self.meta, dict):
                 raise ValueError(f"{EXPORT_JSON} is not a JSON object")
         except (OSError, ValueError) as e:
@@ -267,6 +267,9 @@ def export_set(sample_dirs, out, options: ExportOptions | None = None, real_tile
     if not rows:
         raise HistodiffError("nothing to export: no tile was kept (select again with a lower {opt:threshold} or "
                              "another {opt:rule}, or export every tile with {opt:only_kept=false})")
+    size = existing.shape[0] if existing and existing.shape else np.asarray(rows[0][0]()).shape[0]
+    check_free_space(out, (len(rows) + (len(existing.rows) if existing else 0)) * tile_bytes(size, opts.fmt),
+                     f"{len(rows)} tiles of {size} px")  # an append copies the existing tiles too
     remove_dead_partials(out)
     tmp = partial_path(out)
     shutil.rmtree(tmp, ignore_errors=True)
@@ -348,10 +351,13 @@ def _counts(manifest) -> dict:
     return counts
 
 
-def _typed(row: dict) -> dict:
-    numbers = {k: None if row.get(k) in ("", None) else kind(row[k]) for k, kind in _NUMBERS.items()}
-    flags = {"True": True, "False": False, "true": True, "false": False}
-    return {**row, **numbers, "kept": flags.get(row.get("kept", "")), "near_copy": flags.get(row.get("near_copy", ""))}
+def _typed(row: dict, path) -> dict:
+    def where(column):
+        return lambda: f"{path} row {row.get('_line')}, column {column},"
+
+    numbers = {k: parse_number(row.get(k), kind, where(k)) for k, kind in _NUMBERS.items()}
+    return {**row, **numbers, "kept": parse_bool(row.get("kept"), where("kept")),
+            "near_copy": parse_bool(row.get("near_copy"), where("near_copy"))}
 
 
 def read_export(folder) -> tuple[np.ndarray, list[dict]]:
@@ -363,8 +369,7 @@ def read_export(folder) -> tuple[np.ndarray, list[dict]]:
     if not (folder / MANIFEST).is_file():
         raise HistodiffError(f"{folder} is not an exported set (no {MANIFEST}); create one with `histodiff export`")
     try:
-        with open(folder / MANIFEST, newline="", encoding="utf-8") as f:
-            rows = [_typed(r) for r in csv.DictReader(f)]
+        rows = [_typed(r, folder / MANIFEST) for r in read_csv(folder / MANIFEST)]
     except (KeyError, ValueError) as e:
         raise HistodiffError(f"{folder / MANIFEST} is not a readable export manifest ({e}); export the set again")
     tiles = []
