@@ -432,7 +432,9 @@ class ClassesWidget(QWidget):
         self.viewer = napari_viewer
         self._layer = None
         self._updating = False
-        self.layers = LayerCombo(napari_viewer, (L.Shapes, L.Points, L.Labels))
+        # the class labels the Review panel draws over tiles (metadata ``histodiff_of``) are not annotations
+        self.layers = LayerCombo(napari_viewer, (L.Shapes, L.Points, L.Labels),
+                                 lambda layer: "histodiff_of" not in (layer.metadata or {}))
         self.layers.setToolTip(tooltip(TIPS["layer"]))
         self.table = QTableWidget(0, 3)
         self.table.setHorizontalHeaderLabels(["class", "colour", "items"])
