@@ -257,14 +257,16 @@ def _class_names_of(root: Path, folders) -> dict:
     names = {f: f for f in folders}
     if not (root / "tiles.csv").is_file() or not owned(root, "tiles"):
         return names
-    from ..formats.records import read_csv
+    import csv
 
     try:
-        for row in read_csv(root / "tiles.csv"):
+        with open(root / "tiles.csv", newline="", encoding="utf-8-sig") as f:
+            rows = list(csv.DictReader(f))
+        for row in rows:
             folder = str(row.get("file") or "").split("/")[0]
             if folder in names and "/" in str(row.get("file")) and row.get("class"):
                 names[folder] = row["class"]
-    except (OSError, ValueError, HistodiffError):
+    except (OSError, ValueError, csv.Error):
         return {f: f for f in folders}
     return names
 
