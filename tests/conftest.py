@@ -28,6 +28,8 @@ def _own_locks(tmp_path_factory, monkeypatch):
     """Each test its own folder locks and job registry (core/base/lock.py, threads.py): no test waits for,
     or shares cores with, jobs of another test or of other programs on this machine."""
     monkeypatch.setenv("HISTODIFF_LOCKS", str(tmp_path_factory.mktemp("locks")))
+    # the record of verified weights (core/formats/integrity.py) goes to the session's temporary folder
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.getbasetemp() / "cache"))
 
 
 def pytest_collection_modifyitems(config, items):
