@@ -141,6 +141,13 @@ def test_finetune_worker_runs_to_completion_and_loop_stays_responsive(make_napar
     assert fresh_model.bundle.class_names == ["DAB-rich", "hematoxylin-rich"]
     assert fresh_model.bundle.path == tmp_path / "ft" and not fresh_model.training
     assert len(w.plot.values) > 0
+    # the verdict in plain words, the figures one click away
+    verdict = w.verdict.text()
+    assert verdict.startswith("<b>Good enough to sample.") or verdict.startswith("<b>Not good enough yet: "), verdict
+    assert "add tiles" in verdict or "train it longer" in verdict or "Good enough" in verdict  # what to do next
+    assert not w.figures.isVisible() and "held-out tiles recognised" in w.figures.text()
+    w.figures_button.click()
+    assert w.figures.isVisibleTo(w)
     stall = max(np.diff(stamps)) * 1000
     print(f"\nlongest event-loop stall during a tiny fine-tune: {stall:.0f} ms over {len(stamps)} ticks")
     assert len(stamps) > 20  # the loop kept ticking while training ran
