@@ -81,3 +81,20 @@ def test_a_lock_of_a_killed_process_does_not_block(tmp_path):
     time.sleep(0.1)
     with folder_lock(out, "histodiff export"):  # the dead process's lock is gone with it
         pass
+
+
+def test_review_decisions_wait_for_no_one_and_are_refused_while_a_job_writes(tmp_path):
+    from napari_histodiff.core.formats.records import folder_fingerprint, read_records
+    from napari_histodiff.core.generate.review import save_decisions
+
+    samples = tmp_path / "samples"
+    sample_folder(samples, "TUM")
+    records = read_records(samples)
+    fingerprint = folder_fingerprint(samples, [r.file for r in records])
+    records[0].kept = False
+    with folder_lock(samples, "histodiff select"):
+        with pytest.raises(HistodiffError, match="is being written by histodiff select"):
+            save_decisions(samples, records, fingerprint)
+    assert read_records(samples)[0].kept is True  # nothing written while the job held the folder
+    save_decisions(samples, records, fingerprint)
+    assert read_records(samples)[0].kept is False

@@ -74,9 +74,11 @@ def check_unchanged(folder, records, fingerprint: dict | None, name: str = "the 
 def save_decisions(folder, records, fingerprint: dict | None, name: str = "the review") -> dict:
     """Write ``records`` (their ``kept``) as the folder's ``samples.csv`` after :func:`check_unchanged`;
     returns the new fingerprint (to pass to the next call)."""
+    from ..base.lock import folder_lock
     from ..formats.records import RECORDS_FILE, folder_fingerprint, write_records
 
-    check_unchanged(folder, records, fingerprint, name)
     folder = Path(folder)
-    write_records(folder / RECORDS_FILE, records)
-    return folder_fingerprint(folder, [r.file for r in records])
+    with folder_lock(folder, f"napari ({name})"):  # no sampling or selection writes it meanwhile
+        check_unchanged(folder, records, fingerprint, name)
+        write_records(folder / RECORDS_FILE, records)
+        return folder_fingerprint(folder, [r.file for r in records])
