@@ -381,6 +381,10 @@ def test_images_without_a_resolution_follow_the_clis_rule(small, tmp_path):
     assert cli_error.value.raw.replace("plain.tif", "plain") == napari_error.value.raw
     tiles, _ = run_to_end(extraction(image, shapes, 64, 64, 0.5))  # no resolution asked for: as stored
     assert len(tiles) == 4 and tiles.tiles.shape == (4, 64, 64, 3)
+    image.scale, image.units = (0.25, 0.25), ("um", "um")  # the user gives the layer its resolution
+    tiles, _ = run_to_end(extraction(image, shapes, 64, 64, 0.5, mpp=0.5))
+    # 256 px at 0.25 um/px (the shape now covers all of it) is 128 px at 0.5 um/px: four 64 px tiles
+    assert tiles.tiles.shape[1:] == (64, 64, 3) and len(tiles) == 4
 
 
 def _raw_of(attempt) -> str:

@@ -94,7 +94,21 @@ def image_source(layer):
     if path and Path(path).is_file():
         return SlideSource(path, meta.get("mpp") if meta.get("mpp_source") == "given" else None)
     levels = list(layer.data) if layer.multiscale else [layer.data]
-    return ArraySource(levels, meta.get("mpp"), name=layer.name)
+    return ArraySource(levels, meta.get("mpp") or layer_mpp(layer), name=layer.name)
+
+
+def layer_mpp(layer) -> float | None:
+    """Microns per pixel of an image layer whose scale is in micrometres (napari's ``units``), else None:
+    set the layer's scale and units (e.g. ``layer.scale = (0.5, 0.5); layer.units = ("um", "um")``) to give
+    the resolution of an image that does not record its own."""
+    try:
+        unit = layer.units[-1]
+        if str(unit) != "micrometer":
+            return None
+        mpp = float(layer.scale[-1])
+    except (AttributeError, IndexError, TypeError, ValueError):
+        return None
+    return mpp if mpp > 0 else None
 
 
 def labels_class_map(layer) -> dict[int, str]:

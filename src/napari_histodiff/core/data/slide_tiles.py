@@ -54,8 +54,8 @@ def tile_factor(name, image_mpp=None, mpp=None, scale=None) -> float:
     if not image_mpp:
         raise HistodiffError(f"{name} does not say its microns per pixel, so tiles at {float(mpp):g} um/px cannot "
                              "be cut from it: give its resolution with {opt:slide_mpp} (in napari: open the slide "
-                             "with this plugin's reader, which reads it), or cut tiles by magnification with "
-                             "{opt:scale} (1: as stored)")
+                             "with this plugin's reader, which reads it, or give the image layer its scale in "
+                             "micrometres), or cut tiles by magnification with {opt:scale} (1: as stored)")
     return float(mpp) / float(image_mpp)
 
 
