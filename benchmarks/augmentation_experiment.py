@@ -5,8 +5,11 @@ classifier when labels are scarce? (issue 6; results in docs/results.md)
                                                  [--dry-run]
 
 Profiles: ``cpu`` (the default; hours on a 2-core CPU), ``--quick`` (minutes, tiny step counts) and
-``--profile gpu`` (far more pre-training, sized to finish within 9 minutes on one H200; ``--dry-run``
-prints its plan and the arithmetic of the estimate).
+``--profile gpu`` (far more pre-training on one GPU, in fp32 as the CPU results; it first times short
+bursts of its own training loops on the device (about a minute), then scales its training step counts so
+that the whole run is estimated to finish within ``--budget-min`` (9) minutes with a 15% margin, and records
+the measured costs, the factor and the precision in OUT/gpu_sizing.json; ``--dry-run`` prints the plan and
+the arithmetic of the estimate from assumed costs).
 
 Stages (each caches its output under --out and is skipped when present, so a re-run resumes):
   data       crc5 tiles at 64 px: k labeled tiles per class (seeded; the k=20 set is inside the k=100
@@ -90,6 +93,7 @@ class Settings:
     eval_channels: list[int] = field(default_factory=lambda: [16, 32, 64])
     ablations: bool = True  # at the smallest k
     device: str = "auto"
+    precision: str = "auto"  # training and sampling precision (base.precision); the GPU profile: fp32
 
 
 QUICK = dict(ks=[20], seeds=[0, 1], test_per_class=40, ae_steps=30, ldm_steps=40, clf_steps=20, sel_steps=20,
@@ -97,11 +101,12 @@ QUICK = dict(ks=[20], seeds=[0, 1], test_per_class=40, ae_steps=30, ldm_steps=40
 # One H200: the small preset is launch-bound there, so batches grow (same wall time per step) and
 # pre-training sees 24x (autoencoder) and 32x (diffusion) the tiles of the CPU default.
 GPU = dict(ae_steps=1800, ae_batch=32, ldm_steps=4000, ldm_batch=128, unet_steps=800, clf_steps=1000, sel_steps=500,
-           ft_batch=64, pool=200, ablation_pool=100, pool_large_k=200, sample_steps=20, eval_steps=300)
+           ft_batch=64, pool=200, ablation_pool=100, pool_large_k=200, sample_steps=20, eval_steps=300,
+           precision="fp32")
 PROFILES = {"cpu": {}, "quick": QUICK, "gpu": GPU}
-# Assumed seconds on one H200 (small preset, 64 px; not measured yet: the first run's timing.json replaces
-# them). Per training step at the batch above; sampling per tile and DDIM step (batch 32, guided x1.5);
-# evaluation per downstream step; fixed costs per stage.
+# Assumed seconds on one H200 (small preset, 64 px), for --dry-run only: a real GPU run measures its own
+# (measure_costs) and sizes itself to the budget (size_to_budget). Per training step at the batch above;
+# sampling per tile and DDIM step (batch 32, guided x1.5); evaluation per downstream step; fixed costs per stage.
 GPU_COST = {"ae_step": 0.045, "ldm_step": 0.030, "encode_once": 15, "unet_ft_step": 0.030, "clf_step": 0.012,
             "sel_step": 0.008, "sample_tile_step": 0.00015, "eval_step": 0.006, "data": 30, "open_pretrain": 15,
             "per_bundle": 5}
@@ -190,10 +195,12 @@ def pretrain(data_root: Path, bundle: Path, s: Settings):
     log(f"pre-training tiles: {len(tiles)}")
     prepare_out_dir(bundle, intent="resume")
     ae = drain(train_autoencoder(tiles, bundle, small(), AutoencoderOptions(
-        steps=s.ae_steps, batch_size=s.ae_batch, learning_rate=s.ae_lr, device=s.device, checkpoint_every=200)),
+        steps=s.ae_steps, batch_size=s.ae_batch, learning_rate=s.ae_lr, device=s.device, precision=s.precision,
+        checkpoint_every=200)),
         "autoencoder")
     ldm = drain(train_diffusion(tiles, bundle, small(), DiffusionOptions(
-        steps=s.ldm_steps, batch_size=s.ldm_batch, device=s.device, checkpoint_every=250)), "diffusion")
+        steps=s.ldm_steps, batch_size=s.ldm_batch, device=s.device, precision=s.precision, checkpoint_every=250)),
+        "diffusion")
     return {"tiles": len(tiles), "ae_psnr": ae.get("psnr"), "scale_factor": ldm.get("latent_scale_factor")}
 
 
@@ -204,7 +211,8 @@ def finetune_all(pre: Path, kdir: Path, labeled: Path, s: Settings, ablations: b
     tiles = TileFolder(labeled, 64)
     opts = FinetuneOptions(classifier_steps=s.clf_steps, selection_steps=s.sel_steps, unet_steps=s.unet_steps,
                            unet_learning_rate=s.unet_lr, decoder_steps=s.decoder_steps,
-                           decoder_learning_rate=s.decoder_lr, device=s.device, checkpoint_every=100,
+                           decoder_learning_rate=s.decoder_lr, device=s.device, precision=s.precision,
+                           checkpoint_every=100,
                            min_tiles_per_class=2, batch_size=s.ft_batch, classifier_trunk=s.clf_trunk,
                            classifier_augment=s.clf_augment, selection_trunk=s.sel_trunk,
                            selection_folds=s.sel_folds)
@@ -249,7 +257,7 @@ def sample_pool(bundle_dir: Path, out: Path, n: int, guided: bool, s: Settings, 
     bundle = load_bundle(bundle_dir, device=s.device)
     guidance = (s.variation_guidance if sources else s.guidance) if guided else 0.0
     opts = SampleOptions(n=n, classes=bundle.class_names if guided else [], guidance=guidance,
-                         steps=s.sample_steps, seed=seed, batch_size=32, strength=strength)
+                         steps=s.sample_steps, seed=seed, batch_size=32, strength=strength, precision=s.precision)
     tiles = TileFolder(sources, 64) if sources else None
     return drain(write_samples(bundle, opts, out, SelectionRule(threshold=s.threshold), intent="overwrite",
                                sources=tiles), out.name)
@@ -519,17 +527,12 @@ def merge(kdirs, arms, out: Path) -> dict:
     return results
 
 
-def plan(s: Settings, profile: str) -> list[str]:
+def plan(s: Settings, profile: str, costs: dict | None = None) -> list[str]:
     """What a run with settings ``s`` trains, samples and evaluates; with the GPU profile, the time estimate."""
-    ks, k0 = s.ks, min(s.ks)
-    ablate = s.ablations
-    bundles = {k: 1 + (1 if ablate and k == k0 else 0) for k in ks}  # finetuned (+ clean-latent: classifiers only)
-    pool_tiles = {k: (s.pool if k == k0 else s.pool_large_k) * len(CLASSES) * (1 + len(s.variations)) +
-                  ((s.pool * len(CLASSES) + 2 * s.ablation_pool * len(CLASSES)) if ablate and k == k0 else 0)
-                  for k in ks}
-    arms = {k: 1 + 1 + 2 * len(s.variations) + ((4 + sum(a != 1.0 for a in s.amounts)) if ablate and k == k0 else 0)
-            for k in ks}  # real + main + variations (+ ablations and amounts)
-    lines = [f"profile {profile}; device {s.device}",
+    ks = s.ks
+    # bundles: finetuned (+ clean-latent: classifiers only); arms: real + main + variations (+ ablations, amounts)
+    bundles, pool_tiles, arms = _shape(s)
+    lines = [f"profile {profile}; device {s.device}; precision {s.precision}",
              f"pre-training (small preset, 64 px): autoencoder {s.ae_steps} steps x batch {s.ae_batch} "
              f"({s.ae_steps * s.ae_batch:,} tiles); diffusion {s.ldm_steps} steps x batch {s.ldm_batch or 16} "
              f"({s.ldm_steps * (s.ldm_batch or 16):,} tiles)",
@@ -539,16 +542,12 @@ def plan(s: Settings, profile: str) -> list[str]:
              f"evaluation: {s.eval_steps} steps x {len(s.seeds)} seeds x arms {arms}"]
     if profile != "gpu":
         return lines
-    c = GPU_COST
-    pre = s.ae_steps * c["ae_step"] + s.ldm_steps * c["ldm_step"] + c["encode_once"] + c["open_pretrain"]
-    ft = sum(n * (s.unet_steps * c["unet_ft_step"] + s.clf_steps * c["clf_step"]
-                  + s.sel_steps * s.sel_folds * c["sel_step"] + c["per_bundle"]) for n in bundles.values())
-    ft -= (s.unet_steps * c["unet_ft_step"]) * sum(n - 1 for n in bundles.values())  # clean-latent: no UNet
-    samp = sum(pool_tiles.values()) * s.sample_steps * c["sample_tile_step"] * 1.5
-    ev = sum(arms.values()) * len(s.seeds) * s.eval_steps * c["eval_step"]
-    total = c["data"] + pre + ft + samp + ev
+    c = costs or GPU_COST
+    e = estimate(s, c)
+    pre, ft, samp, ev, total = e["pretrain"], e["finetune"], e["sample"], e["evaluate"], e["total"]
     lines += [
-        "estimate on one H200 (assumed per-step costs, not measured; GPU_COST in this script):",
+        ("estimate on this GPU (per-step costs measured in this run's first minute: gpu_sizing.json):" if costs else
+         "estimate on one H200 (assumed per-step costs, not measured; GPU_COST in this script):"),
         f"  data {c['data']} s",
         f"  pre-training {s.ae_steps} x {c['ae_step']} + {s.ldm_steps} x {c['ldm_step']} + encoding once "
         f"{c['encode_once']} + opening tiles {c['open_pretrain']} = {pre:.0f} s",
@@ -559,8 +558,148 @@ def plan(s: Settings, profile: str) -> list[str]:
         f"(guided) = {samp:.0f} s",
         f"  evaluation {sum(arms.values())} arms x {len(s.seeds)} seeds x {s.eval_steps} x {c['eval_step']} = "
         f"{ev:.0f} s",
-        f"  total about {total:.0f} s = {total / 60:.1f} min (limit 9 min)"]
+        f"  total about {total:.0f} s = {total / 60:.1f} min"]
     return lines
+
+
+def _shape(s: Settings) -> tuple[dict, dict, dict]:
+    """Bundles, sampled tiles and evaluated arms per k of a run with settings ``s``."""
+    ks, k0, ablate = s.ks, min(s.ks), s.ablations
+    bundles = {k: 1 + (1 if ablate and k == k0 else 0) for k in ks}
+    pool_tiles = {k: (s.pool if k == k0 else s.pool_large_k) * len(CLASSES) * (1 + len(s.variations)) +
+                  ((s.pool * len(CLASSES) + 2 * s.ablation_pool * len(CLASSES)) if ablate and k == k0 else 0)
+                  for k in ks}
+    arms = {k: 1 + 1 + 2 * len(s.variations) + ((4 + sum(a != 1.0 for a in s.amounts)) if ablate and k == k0 else 0)
+            for k in ks}
+    return bundles, pool_tiles, arms
+
+
+def estimate(s: Settings, c: dict) -> dict:
+    """Seconds of each part of a run with settings ``s`` at per-unit costs ``c`` (keys of GPU_COST)."""
+    bundles, pool_tiles, arms = _shape(s)
+    pre = s.ae_steps * c["ae_step"] + s.ldm_steps * c["ldm_step"] + c["encode_once"] + c["open_pretrain"]
+    ft = sum(n * (s.unet_steps * c["unet_ft_step"] + s.clf_steps * c["clf_step"]
+                  + s.sel_steps * s.sel_folds * c["sel_step"] + c["per_bundle"]) for n in bundles.values())
+    ft -= (s.unet_steps * c["unet_ft_step"]) * sum(n - 1 for n in bundles.values())  # clean-latent: no UNet
+    samp = sum(pool_tiles.values()) * s.sample_steps * c["sample_tile_step"] * 1.5
+    ev = sum(arms.values()) * len(s.seeds) * s.eval_steps * c["eval_step"]
+    total = c["data"] + pre + ft + samp + ev
+    training = total - c["data"] - c["encode_once"] - c["open_pretrain"] - sum(bundles.values()) * c["per_bundle"] \
+        - samp - ev  # the part that scales with the step counts of SCALED
+    return {"pretrain": pre, "finetune": ft, "sample": samp, "evaluate": ev, "total": total,
+            "training": training, "fixed": total - training}
+
+
+SCALED = ("ae_steps", "ldm_steps", "unet_steps", "clf_steps", "sel_steps")  # what the GPU profile sizes
+MARGIN = 0.15  # of the budget, left free
+
+
+def size_to_budget(s: Settings, costs: dict, budget_s: float, spent_s: float) -> tuple[Settings, dict]:
+    """``s`` with its training step counts (:data:`SCALED`) scaled by one factor so that the run is estimated
+    to end within ``(1 - MARGIN) x budget_s`` less the ``spent_s`` already spent (the measurement); sampling
+    and evaluation keep their sizes. Returns the new settings and the arithmetic."""
+    e = estimate(s, costs)
+    allowed = (1 - MARGIN) * budget_s - spent_s
+    factor = (allowed - e["fixed"]) / e["training"] if e["training"] > 0 else 1.0
+    factor = float(min(3.0, max(0.02, factor)))
+    new = replace(s, **{k: max(1, int(getattr(s, k) * factor)) for k in SCALED})
+    after = estimate(new, costs)
+    return new, {"budget_s": budget_s, "margin": MARGIN, "measurement_s": round(spent_s, 1),
+                 "allowed_s": round(allowed, 1), "factor": round(factor, 4),
+                 "estimate_before_s": round(e["total"], 1), "estimate_after_s": round(after["total"], 1),
+                 "fits": bool(after["total"] <= allowed), "steps": {k: getattr(new, k) for k in SCALED}}
+
+
+def _timed_steps(gen, stage: str, warmup: int, device) -> tuple[float, float]:
+    """(seconds from the start to the first ``stage`` event, mean seconds per step after ``warmup`` steps)
+    of a training generator, the device synchronised at each event."""
+    import torch
+
+    def sync():
+        if str(device).startswith("cuda") and torch.cuda.is_available():
+            torch.cuda.synchronize()
+
+    t0, stamps, first = time.perf_counter(), [], None
+    try:
+        for ev in gen:
+            if ev.stage != stage:
+                continue
+            sync()
+            stamps.append(time.perf_counter())
+            first = first if first is not None else stamps[0] - t0
+    finally:
+        gen.close()
+    timed = stamps[warmup:]
+    return first, (timed[-1] - timed[0]) / max(1, len(timed) - 1)
+
+
+def measure_costs(data_root: Path, work: Path, s: Settings, warmup: int = 3, steps: int = 10) -> dict:
+    """Per-unit costs (keys of GPU_COST) measured on this device in short bursts of the run's own loops:
+    the autoencoder at ``ae_batch``, the diffusion UNet at ``ldm_batch`` (with the latents of every
+    pre-training tile encoded once) and at ``ft_batch``, and the downstream classifier at its batch. The
+    classifier, selection and sampling costs are the assumed ones scaled by the measured / assumed UNet step;
+    ``measured`` names which are which."""
+    from napari_histodiff.core.models.presets import small
+    from napari_histodiff.core.train.autoencoder import AutoencoderOptions, train_autoencoder
+    from napari_histodiff.core.train.diffusion import DiffusionOptions, train_diffusion
+
+    shutil.rmtree(work, ignore_errors=True)
+    c = dict(GPU_COST)
+    t = time.perf_counter()
+    tiles = open_tiles([data_root / "pretrain"], 64, large_images=True, stride=s.pretrain_stride,
+                       scale=s.pretrain_scale)
+    c["open_pretrain"] = time.perf_counter() - t
+    n = warmup + steps
+    common = dict(device=s.device, precision=s.precision, checkpoint_every=10**9, seed=0)
+    _, c["ae_step"] = _timed_steps(train_autoencoder(tiles, work / "b", small(), AutoencoderOptions(
+        steps=n, batch_size=s.ae_batch, learning_rate=s.ae_lr, log_every=10**9, **common)),
+        "autoencoder", warmup, s.device)
+    first, c["ldm_step"] = _timed_steps(train_diffusion(tiles, work / "b", small(), DiffusionOptions(
+        steps=n, batch_size=s.ldm_batch, latent_cache="on", log_every=10**9, **common)),
+        "diffusion", warmup, s.device)
+    c["encode_once"] = first
+    _, c["unet_ft_step"] = _timed_steps(train_diffusion(tiles, work / "b", small(), DiffusionOptions(
+        steps=n, batch_size=s.ft_batch or 16, latent_cache="off", log_every=10**9, stage="ft_probe", **common)),
+        "ft_probe", warmup, s.device)
+    from napari_histodiff.core.base.devices import pick_device
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (256, 64, 64, 3), dtype=np.uint8)
+    y = rng.integers(0, len(CLASSES), 256)
+    opts = replace(eval_options(s, [0]), steps=n, eval_every=10**9)
+    _, c["eval_step"] = _timed_steps(E.train_downstream(x, y, x[:32], y[:32], len(CLASSES), 0, opts,
+                                                        pick_device(s.device), "eval_probe"),
+                                     "eval_probe", warmup, s.device)
+    ratio = c["unet_ft_step"] / GPU_COST["unet_ft_step"]
+    for key in ("clf_step", "sel_step", "sample_tile_step"):
+        c[key] = GPU_COST[key] * ratio
+    shutil.rmtree(work, ignore_errors=True)
+    c["measured"] = ["open_pretrain", "ae_step", "ldm_step", "encode_once", "unet_ft_step", "eval_step"]
+    c["scaled_by_unet_step"] = {"keys": ["clf_step", "sel_step", "sample_tile_step"], "ratio": round(ratio, 3)}
+    return c
+
+
+def gpu_sizing(data_root: Path, out: Path, s: Settings, budget_s: float) -> Settings:
+    """The GPU profile's settings sized on this device (measured once; OUT/gpu_sizing.json on a re-run)."""
+    path = out / "gpu_sizing.json"
+    if path.is_file():
+        rec = json.loads(path.read_text())
+        return replace(s, **rec["sizing"]["steps"])
+    from napari_histodiff.core.base.devices import pick_device
+    from napari_histodiff.core.base.precision import resolve_precision
+
+    t0 = time.perf_counter()
+    costs = measure_costs(data_root, out / "calibration", s)
+    spent = time.perf_counter() - t0
+    sized, arithmetic = size_to_budget(s, {k: v for k, v in costs.items() if k in GPU_COST}, budget_s, spent)
+    device = pick_device(s.device)
+    rec = {"device": str(device), "precision": resolve_precision(s.precision, device, "train"),
+           "costs_s": costs, "sizing": arithmetic, "plan": plan(sized, "gpu", costs)}
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(rec, indent=1))
+    log(f"GPU profile sized on {device}: factor {arithmetic['factor']}, estimate {arithmetic['estimate_after_s']:.0f} s "
+        f"of {arithmetic['allowed_s']:.0f} s allowed; steps {arithmetic['steps']}")
+    return sized
 
 
 def main(argv=None):
@@ -569,12 +708,13 @@ def main(argv=None):
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     ap.add_argument("--quick", action="store_true", help="a few minutes: tiny step counts, k=20 only, 2 seeds")
     ap.add_argument("--profile", choices=sorted(PROFILES), default=None,
-                    help="cpu (default), quick (as --quick) or gpu (one H200, about 9 minutes)")
+                    help="cpu (default), quick (as --quick) or gpu (one GPU, sized to --budget-min)")
     ap.add_argument("--dry-run", action="store_true", help="print the plan (and the GPU profile's time estimate)")
     ap.add_argument("--pretrained", type=Path, default=None, help="reuse this pre-trained bundle (skip stage 2)")
     ap.add_argument("--set", nargs="+", default=[], metavar="NAME=VALUE",
                     help="change settings, e.g. --set guidance=5 ks=[20] ablations=false (JSON values)")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--budget-min", type=float, default=9.0, help="GPU profile: minutes the whole run may take")
     ap.add_argument("--docs", type=Path, default=None, help="copy results.json/png, grids and summary here")
     ap.add_argument("--merge", type=Path, nargs="+", default=None, metavar="KDIR",
                     help="only combine the seeds of these k folders of earlier runs (with --arms) into --out")
@@ -596,11 +736,19 @@ def main(argv=None):
     if args.dry_run:
         print("plan (dry run, nothing computed):")
         print("\n".join("  " + line for line in plan(s, profile)))
+        if profile == "gpu":
+            _, a = size_to_budget(s, GPU_COST, 60 * args.budget_min, 60.0)
+            print(f"  a real run first times its own loops on the GPU (about a minute), then scales {', '.join(SCALED)}"
+                  f" to end within {100 * (1 - MARGIN):.0f}% of {args.budget_min:g} min; with the assumed costs and a "
+                  f"60 s measurement: factor {a['factor']}, estimate {a['estimate_after_s']:.0f} s of {a['allowed_s']:.0f}"
+                  f" s allowed, steps {a['steps']}")
         return
     if not (args.data / "crc5").is_dir() or not (args.data / "pretrain").is_dir():
         sys.exit(f"error: {args.data} lacks crc5/ and pretrain/; pass --data PATH/TO/shared/data")
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
+    if profile == "gpu":  # time its own loops on this device first, and size the step counts to the budget
+        s = gpu_sizing(args.data, out, s, 60 * args.budget_min)
     settings_file = out / "settings.json"
     old = json.loads(settings_file.read_text()) if settings_file.is_file() else None
     if old is not None and {k: v for k, v in asdict(s).items() if k in old} != old:

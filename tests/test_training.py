@@ -121,3 +121,32 @@ def test_fused_adamw_gives_the_same_training(tmp_path, ihc_tiles, fast_preset, t
     np.testing.assert_allclose(runs[True][0], runs[False][0], rtol=1e-4)
     for k, v in runs[True][1].items():
         torch.testing.assert_close(v, runs[False][1][k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+@pytest.mark.parametrize("stage", ["autoencoder", "diffusion"])
+def test_losses_reported_every_n_steps_are_the_means_of_those_steps(tmp_path, ihc_tiles, fast_preset,
+                                                                     trained_bundle, stage):
+    """On a GPU the loops read their losses back every N steps only (one host sync); the figures are the
+    means of the steps since the last report, and nothing else changes."""
+    import shutil
+
+    def run(folder, every):
+        if stage == "autoencoder":
+            gen = train_autoencoder(ihc_tiles, folder, fast_preset, AutoencoderOptions(
+                steps=6, batch_size=4, device="cpu", log_every=every, checkpoint_every=100))
+        else:
+            shutil.copytree(trained_bundle, folder, ignore=shutil.ignore_patterns("unet", "training"))
+            gen = train_diffusion(ihc_tiles, folder, fast_preset, DiffusionOptions(
+                steps=6, batch_size=4, device="cpu", log_every=every, checkpoint_every=100))
+        events = []
+        result = run_to_end(gen, lambda e: events.append(e) if e.stage == stage else None)
+        return [e.loss for e in events], result
+
+    each, _ = run(tmp_path / "a", None)  # the CPU default: every step
+    assert len(each) == 6 and None not in each
+    grouped, result = run(tmp_path / "b", 4)
+    assert grouped[:3] == [None] * 3 and grouped[4] is None
+    assert grouped[3] == pytest.approx(np.mean(each[:4]), rel=1e-6)
+    assert grouped[5] == pytest.approx(np.mean(each[4:]), rel=1e-6)  # the last step always reports
+    if stage == "diffusion":
+        assert result["losses"] == [grouped[3], grouped[5]]

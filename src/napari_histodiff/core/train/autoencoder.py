@@ -32,7 +32,8 @@ class AutoencoderOptions:
     perceptual_weights: str | None = None
     device: str = "auto"
     precision: str = "auto"  # auto, fp32, bf16, fp16 (base.precision)
-    num_workers: int = 0
+    num_workers: int | None = None  # None: reader processes on CUDA, inline elsewhere (meter.loader_options)
+    log_every: int | None = None  # steps between loss reports (None: 1 on the CPU, 10 on GPUs; meter.log_every)
     decoder_only: bool = False  # fine-tuning: start from the bundle's autoencoder, train the decoder only
     stage: str = STAGE
 
@@ -50,10 +51,11 @@ def psnr(tiles_a: np.ndarray, tiles_b: np.ndarray) -> float:
     return float("inf") if mse == 0 else 10 * math.log10(255.0**2 / mse)
 
 
-def reconstruct(vae, tiles: np.ndarray, device, batch_size: int = 32) -> np.ndarray:
-    """Encode (posterior mode) and decode uint8 NHWC tiles."""
+def reconstruct(vae, tiles: np.ndarray, device, batch_size: int | None = None) -> np.ndarray:
+    """Encode (posterior mode) and decode uint8 NHWC tiles (``batch_size`` None: 32 on the CPU, 256 on CUDA)."""
     import torch
 
+    batch_size = batch_size or (256 if str(device).startswith("cuda") else 32)
     out = []
     with torch.no_grad():
         for i in range(0, len(tiles), batch_size):
@@ -93,6 +95,7 @@ def train_autoencoder(tiles, out_dir, preset: Preset, options: AutoencoderOption
 
     from .losses import (PatchDiscriminator, adaptive_gan_weight, generator_loss,
                          hinge_d_loss, kl_loss, load_lpips)
+    from .meter import LossMeter, loader_options, log_every
 
     opts = options or AutoencoderOptions()
     opts.validate()
@@ -149,6 +152,7 @@ def train_autoencoder(tiles, out_dir, preset: Preset, options: AutoencoderOption
     latent_shape = (cfg.latent_channels, preset.latent_size, preset.latent_size)
     stream = T.BatchStream(tiles, train_idx, batch, opts.seed, acc.process_index, acc.num_processes)
     eval_every = opts.eval_every or max(1, opts.steps // 5)
+    report_every, meter = log_every(device, opts.log_every), LossMeter()
     last_layer = vae.decoder.conv_out.weight
     pixels = 3 * preset.tile_size**2
     step = start
@@ -158,11 +162,12 @@ def train_autoencoder(tiles, out_dir, preset: Preset, options: AutoencoderOption
         {"stage": stage, "total": opts.steps, "history": history, "options": asdict(opts), "preset": preset.name}))
 
     try:
-        for raw in T.batch_loader(stream, start, opts.steps, opts.num_workers):
-            gen = T.torch_generator(opts.seed, step, acc.process_index)
+        for raw in T.batch_loader(stream, start, opts.steps, **loader_options(device, opts.num_workers)):
+            # drawn on the device from the step's own seed: the same on resume (on the CPU, as before)
+            gen = torch.Generator(device=device).manual_seed(T.step_seed(opts.seed, step, acc.process_index))
             x = T.to_model_input(raw, device)
             gan_on = step >= cfg.disc_start
-            noise = torch.randn((x.shape[0], *latent_shape), generator=gen).to(device)
+            noise = torch.randn((x.shape[0], *latent_shape), generator=gen, device=device)
             with acc.autocast():
                 mean, logvar, rec = step_p(x, noise)
                 rec_loss = (x - rec).abs().mean()
@@ -186,12 +191,16 @@ def train_autoencoder(tiles, out_dir, preset: Preset, options: AutoencoderOption
                 acc.backward(d_loss)
                 opt_d.step()
             step += 1
-            metrics = {"rec": rec_loss.item(), "kl": kl.item(), "g": g_loss.item(), "d": d_loss.item()}
+            meter.add(loss=loss, rec=rec_loss, kl=kl, g=g_loss, d=d_loss)  # no host sync here
+            metrics, loss_value = {}, None
+            if step % report_every == 0 or step == opts.steps:  # means since the last report
+                metrics = meter.read()
+                loss_value = metrics.pop("loss")
             if held is not None and (step % eval_every == 0 or step == opts.steps):
                 value = psnr(held, reconstruct(vae, held, device))
                 history["psnr"].append([step, value])
                 metrics["psnr"] = value
-            yield Progress(stage, step, opts.steps, loss.item(), metrics)
+            yield Progress(stage, step, opts.steps, loss_value, metrics)
             if step % opts.checkpoint_every == 0:
                 ckpt.save(step)
     finally:

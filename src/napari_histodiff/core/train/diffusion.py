@@ -37,7 +37,8 @@ class DiffusionOptions:
     scale_tiles: int = 256  # tiles encoded to estimate the latent scale factor
     device: str = "auto"
     precision: str = "auto"  # auto, fp32, bf16, fp16 (base.precision)
-    num_workers: int = 0
+    num_workers: int | None = None  # None: reader processes on CUDA, inline elsewhere (meter.loader_options)
+    log_every: int | None = None  # steps between loss reports (None: 1 on the CPU, 10 on GPUs; meter.log_every)
     init_weights: bool = False  # fine-tuning: start from the bundle's UNet and keep its scale factor
     stage: str = STAGE
     latent_cache: str = "auto"  # encode each tile once per augmentation: auto (when it pays), on, off
@@ -50,7 +51,8 @@ class DiffusionOptions:
 
 
 def latent_scale_factor(vae, tiles, n: int, seed: int, device, batch_size: int = 32) -> float:
-    """1 / std of posterior samples of the first ``n`` tiles (evenly spread over the set)."""
+    """1 / std of posterior samples of the first ``n`` tiles (evenly spread over the set). The batches stay
+    at 32 on every device: the samples draw from one generator in order, so the factor does not depend on it."""
     import torch
 
     idx = np.linspace(0, len(tiles) - 1, min(n, len(tiles))).round().astype(int)
@@ -75,6 +77,8 @@ def train_diffusion(tiles, out_dir, preset: Preset, options: DiffusionOptions | 
     import torch
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import EMAModel
+
+    from .meter import LossMeter, loader_options, log_every
 
     opts = options or DiffusionOptions()
     opts.validate()
@@ -132,6 +136,7 @@ def train_diffusion(tiles, out_dir, preset: Preset, options: DiffusionOptions | 
     n_t = noise_sched.config.num_train_timesteps
     latent_shape = (preset.autoencoder.latent_channels, preset.latent_size, preset.latent_size)
     step = start
+    report_every, meter = log_every(device, opts.log_every), LossMeter()
     ckpt = T.Checkpointer(ckpt_dir, acc, start, lambda: (
         {"unet": unet},
         {"opt": opt.state_dict(), "lr_sched": lr_sched.state_dict(), "ema": ema.state_dict()},
@@ -139,13 +144,14 @@ def train_diffusion(tiles, out_dir, preset: Preset, options: DiffusionOptions | 
          "preset": preset.name}))
 
     try:
-        for raw in T.batch_loader(stream, start, opts.steps, opts.num_workers):
-            gen = T.torch_generator(opts.seed, step, acc.process_index)
-            torch.manual_seed(T.step_seed(opts.seed, step, acc.process_index))  # UNet dropout: the same on resume
+        for raw in T.batch_loader(stream, start, opts.steps, **loader_options(device, opts.num_workers)):
+            seed = T.step_seed(opts.seed, step, acc.process_index)
+            gen = torch.Generator(device=device).manual_seed(seed)  # drawn on the device; on the CPU, as before
+            torch.manual_seed(seed)  # UNet dropout: the same on resume
             b = len(raw[0]) if cache is not None else len(raw)
-            eps_z = torch.randn((b, *latent_shape), generator=gen).to(device)
-            noise = torch.randn((b, *latent_shape), generator=gen).to(device)
-            t = torch.randint(0, n_t, (b,), generator=gen).to(device)
+            eps_z = torch.randn((b, *latent_shape), generator=gen, device=device)
+            noise = torch.randn((b, *latent_shape), generator=gen, device=device)
+            t = torch.randint(0, n_t, (b,), generator=gen, device=device)
             with torch.no_grad():
                 if cache is None:
                     post = vae.encode(T.to_model_input(raw, device)).latent_dist
@@ -166,8 +172,12 @@ def train_diffusion(tiles, out_dir, preset: Preset, options: DiffusionOptions | 
             lr_sched.step()
             ema.step(unet.parameters())
             step += 1
-            losses.append(loss.item())
-            yield Progress(stage, step, opts.steps, losses[-1], {"lr": lr_sched.get_last_lr()[0]})
+            meter.add(loss=loss)  # read back (a host sync) only when reported
+            value = None
+            if step % report_every == 0 or step == opts.steps:
+                value = meter.read()["loss"]
+                losses.append(value)
+            yield Progress(stage, step, opts.steps, value, {"lr": lr_sched.get_last_lr()[0]})
             if step % opts.checkpoint_every == 0:
                 ckpt.save(step)
     finally:

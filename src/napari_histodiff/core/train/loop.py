@@ -99,12 +99,12 @@ def ignore_interrupt(_worker_id=None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def batch_loader(stream: BatchStream, start: int, stop: int, num_workers: int = 0):
-    """Iterate the batches of steps ``start..stop-1`` (optionally read by worker processes)."""
+def batch_loader(stream: BatchStream, start: int, stop: int, num_workers: int = 0, pin_memory: bool = False):
+    """Iterate the batches of steps ``start..stop-1`` (optionally read by worker processes; pinned for CUDA)."""
     from torch.utils.data import DataLoader
 
     return DataLoader(
-        stream, batch_size=None, sampler=range(start, stop), num_workers=num_workers,
+        stream, batch_size=None, sampler=range(start, stop), num_workers=num_workers, pin_memory=pin_memory,
         prefetch_factor=2 if num_workers else None, worker_init_fn=ignore_interrupt if num_workers else None,
     )
 
