@@ -38,6 +38,49 @@ def test_overall_progress_counts_every_stage_and_estimates_the_time_left():
     assert "75%" in p.text("latent_classifier", 10) and "left" in p.text("latent_classifier", 10)
 
 
+def test_time_left_leaves_paused_time_out():
+    """Issue 30, item 5: a pause of an hour does not make the rest of the run look an hour slower."""
+    from napari_histodiff.widgets.finetune import OverallProgress
+
+    now = [0.0]
+    p = OverallProgress([("latent_classifier", 20)], clock=lambda: now[0])
+    p.update("latent_classifier", 0)
+    for step in range(1, 6):  # 5 steps, 2 s each
+        now[0] += 2.0
+        p.update("latent_classifier", step)
+    assert p.remaining == pytest.approx(15 * 2.0)
+    p.pause()
+    now[0] += 3600.0
+    assert p.remaining == pytest.approx(15 * 2.0)  # paused: the estimate stands still
+    p.resume()
+    now[0] += 2.0
+    p.update("latent_classifier", 6)
+    assert p.remaining == pytest.approx(14 * 2.0) and p.paused_for == 3600.0
+    assert p.active() == pytest.approx(12.0) and p.elapsed == pytest.approx(3612.0)
+    p.resume()  # resuming twice changes nothing
+    assert p.paused_for == 3600.0
+
+
+def test_a_run_shows_one_notification_with_its_notes(qtbot, monkeypatch):
+    """Issue 30, item 5: a run's warnings go to the panel and the log, and its one notification counts them."""
+    from qtpy.QtWidgets import QLabel
+
+    from napari_histodiff.widgets._common import RunNotes
+
+    shown = notifications(monkeypatch)
+    label = QLabel()
+    qtbot.addWidget(label)
+    notes = RunNotes(label, {"n": "tiles"})
+    for cls in ("tumour", "stroma", "fat", "mucosa"):
+        notes.add(f"no tile kept for {cls}: raise {{opt:n}}")
+    notes.notify("8 tiles written to out")
+    assert shown == [("warning", "8 tiles written to out (4 notes in the panel)")]
+    assert not label.isHidden() and label.text().count("<li>") == 4 and "raise &quot;tiles&quot;" in label.text()
+    notes.clear()
+    notes.notify("4 tiles written")
+    assert shown[-1] == ("info", "4 tiles written") and label.isHidden()
+
+
 def test_loss_plot_keeps_one_line_per_stage(qtbot):
     from napari_histodiff.widgets._plot import LossPlot
 
@@ -95,10 +138,9 @@ def test_finetune_shows_overall_progress_activity_summary_and_every_stage(make_n
     assert any("%" in text and "elapsed" in text for *_, text in seen)
     assert activity not in progress._all_instances  # closed at the end
     assert w.progress.format().startswith("done") and "100%" in w.progress.format()
-    # the finish notification: both classifiers' held-out accuracies
-    summary = [text for _, text in shown if "held-out accuracy" in text]
-    assert len(summary) == 1
-    assert "guidance classifier" in summary[0] and "selection classifier" in summary[0] and "%" in summary[0]
+    # one notification for the run (issue 30, item 5): where the bundle is and the verdict
+    assert len(shown) == 1 and "fine-tuned bundle written" in shown[0][1], shown
+    assert w.verdict.text() and w.verdict.isVisibleTo(w)
     # the loss plot kept every stage
     assert w.plot.stages == STAGES
     assert len(w.plot.series["latent_classifier"]) == 6
@@ -149,9 +191,8 @@ def test_near_chance_guidance_classifier_warns(make_napari_viewer, fresh_model, 
     viewer = make_napari_viewer()
     w = dock(viewer, "Fine-tune")
     w.out_dir, w.n_classes, w.overall = trained_bundle, 2, OverallProgress([("latent_classifier", 10)])
+    w.class_names = ["a", "b"]
     w._done((result, load_bundle(trained_bundle, device="cpu")))
     assert [kind for kind, _ in shown] == ["warning"]
-    text = shown[0][1]
-    assert "guidance classifier" in text and "selection classifier" in text
-    assert "barely" in text and '"classifier steps"' in text and "label more tiles" in text
-    assert "{opt:" not in text
+    text = shown[0][1]  # the run's one notification: not good enough, and why (widgets' labels, no {opt:...})
+    assert "fine-tuned bundle written" in text and "Not good enough" in text and "{opt:" not in text

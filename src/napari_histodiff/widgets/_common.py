@@ -581,6 +581,11 @@ def cancel_on_close(widget: QWidget, *jobs: Job, keep: bool = False) -> None:
     widget._close_watch = _CloseWatch(widget, jobs, keep)
 
 
+#: seconds between two updates of a run's progress shown: each repaints the window, and napari's activity bar
+#: processes all pending events at each of its updates
+SHOW_EVERY = 0.5
+
+
 def activity(desc: str, total: int, on_cancel):
     """A progress object in napari's activity dock (created in the GUI thread); its Cancel button
     calls ``on_cancel``."""

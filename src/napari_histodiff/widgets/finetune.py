@@ -16,9 +16,9 @@ from qtpy.QtWidgets import (QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout,
                             QPushButton, QSpinBox, QToolButton, QVBoxLayout, QWidget)
 
 from ..core.train.finetune import FinetuneOptions
-from ._common import (DeviceCombo, Job, JobPanel, Reopens, RunNotes, State, activity, cancel_on_close, form_row,
-                      jobs_in_process, notify_error, notify_warning, path_edit, pinned_below, portable_model, render,
-                      scroll_page)
+from ._common import (SHOW_EVERY, DeviceCombo, Job, JobPanel, Reopens, RunNotes, State, activity, cancel_on_close,
+                      form_row, jobs_in_process, notify_error, notify_warning, path_edit, pinned_below, portable_model,
+                      render, scroll_page)
 from ._forms import OptionsForm, field_edit, output_folder
 from ._layers import LayerCombo, extraction
 from ._plot import LossPlot
@@ -410,9 +410,11 @@ class FinetuneWidget(JobPanel, QWidget, metaclass=Reopens):
         from ..core.train.loop import stage_written
 
         MODEL.training, self.out_dir = True, opts.out
-        self.n_classes = len(self.tiles.class_names)
+        self.class_names = list(self.tiles.class_names)  # (loading the result clears self.tiles)
+        self.n_classes = len(self.class_names)
         self.plot.reset()
         self.notes.clear()
+        self._last, self._shown, self._stage_shown = None, 0.0, None
         stages = planned(opts)
         done = [s for s, n in stages if opts.intent == "resume" and stage_written(opts.out, s, n)]
         self.overall = OverallProgress(stages, done)
@@ -423,8 +425,12 @@ class FinetuneWidget(JobPanel, QWidget, metaclass=Reopens):
         self.settings.save()  # what this run used, also when the panel is closed before a change
         activity.update(self.overall.done)
 
+        overall = self.overall
+
         def release():
             self._release()
+            if overall.done > activity.n:  # what the last throttled update left out
+                activity.update(overall.done - activity.n)
             activity.close()  # also when the panel was closed meanwhile (no on_finish then)
 
         from functools import partial
@@ -463,13 +469,23 @@ class FinetuneWidget(JobPanel, QWidget, metaclass=Reopens):
             return
         overall = self.overall
         if overall.update(event.stage, event.step):
-            self.progress.setValue(overall.done)
-            self.progress.setFormat(overall.text(event.stage, event.step))
-            if overall.done > self.activity.n:
-                self.activity.update(overall.done - self.activity.n)
-            self.activity.set_description(f"histodiff fine-tune: {event.stage}")
+            self._last = (event.stage, event.step)
+            if event.stage != self._stage_shown or time.monotonic() - self._shown >= SHOW_EVERY:
+                self._show_progress()
         if event.loss is not None:
             self.plot.add(event.loss, event.stage, event.step, overall.totals.get(event.stage))
+
+    def _show_progress(self):
+        """The last step reported, in the panel and the activity dock (at most every SHOW_EVERY seconds)."""
+        (stage, step), overall = self._last, self.overall
+        self._shown = time.monotonic()
+        self.progress.setValue(overall.done)
+        self.progress.setFormat(overall.text(stage, step))
+        if overall.done > self.activity.n:
+            self.activity.update(overall.done - self.activity.n)
+        if stage != self._stage_shown:
+            self._stage_shown = stage
+            self.activity.set_description(f"histodiff fine-tune: {stage}")
 
     def _done(self, result_and_bundle):
         self.result, bundle = result_and_bundle
@@ -483,7 +499,7 @@ class FinetuneWidget(JobPanel, QWidget, metaclass=Reopens):
 
         verdict = self.result.get("verdict")
         if verdict is None:
-            verdict = from_result(self.result, self.tiles.class_names) if "latent_classifier" in self.result \
+            verdict = from_result(self.result, self.class_names) if "latent_classifier" in self.result \
                 else from_meta(getattr(bundle, "meta", None) or {})
         self.show_verdict(verdict)
         if self.result.get("nothing_to_do"):
@@ -522,6 +538,7 @@ class FinetuneWidget(JobPanel, QWidget, metaclass=Reopens):
 
         self.activity.close()
         if self.state != State.DONE:
+            self.progress.setValue(self.overall.done)
             self.progress.setFormat(f"{self.state.value} · {self.overall.text(left=False)}")
         if self.state == State.STOPPED:
             if is_marked(self.out_dir, "bundle"):

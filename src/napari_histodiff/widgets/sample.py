@@ -11,6 +11,7 @@ table (target class, predicted class, confidence, centroid distance, kept) is ``
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ from qtpy.QtWidgets import (
 
 from ..core.generate.sampling import SampleOptions
 from ._common import (
+    SHOW_EVERY,
     DeviceCombo,
     Job,
     JobPanel,
@@ -167,7 +169,7 @@ class TileFeed:
     :meth:`put` and added between other events (``QTimer.singleShot``), at most ``chunk`` at a time, into a
     buffer that grows by doubling, so a batch copies only its own tiles; the layer shows ``buffer[:n]``."""
 
-    def __init__(self, chunk: int = 8, gap_ms: int = 15):
+    def __init__(self, chunk: int = 16, gap_ms: int = 250):
         self.chunk, self.gap_ms = chunk, gap_ms
         self.layer, self.buffer, self.n, self.queue = None, None, 0, []
         self._scheduled = False
@@ -274,7 +276,7 @@ class SampleWidget(JobPanel, QWidget, metaclass=Reopens):
         footer.addLayout(row)
         footer.addWidget(self.progress)
         footer.addWidget(self.status)
-        self.layer, self.feed, self.activity, self._wanted = None, TileFeed(), None, None
+        self.layer, self.feed, self.activity, self._wanted, self._shown = None, TileFeed(), None, None, 0.0
         self.job = Job(self.label_of, process=jobs_in_process(), title="the sampling")  # a spawned process
         # closing the panel asks whether the sampling keeps running (in the activity dock) or stops (the core
         # then leaves no folder)
@@ -420,6 +422,7 @@ class SampleWidget(JobPanel, QWidget, metaclass=Reopens):
         self.name = f"{'variations' if self.variations else 'synthetic'}: {what}"
         self.notes.clear()
         self.settings.save()
+        self._shown = 0.0
         # the layer now (napari takes a moment to make one), so that tiles arriving only fill it
         self.layer = self.feed.open(self.viewer, bundle.tile_size, name=self.name)
         self.activity = activity(f"histodiff sample: {what}", 1, self.job.cancel)
@@ -451,9 +454,12 @@ class SampleWidget(JobPanel, QWidget, metaclass=Reopens):
         if event.total:
             self.progress.setMaximum(event.total)
             self.progress.setValue(event.step)
-            self.activity.total = event.total
-            if event.step > self.activity.n:
-                self.activity.update(event.step - self.activity.n)
+            now = time.monotonic()
+            if now - self._shown >= SHOW_EVERY or event.step >= event.total:  # napari's bar processes events
+                self._shown = now
+                self.activity.total = event.total
+                if event.step > self.activity.n:
+                    self.activity.update(event.step - self.activity.n)
         if not event.data:
             return
         if self.layer is None or self.layer not in self.viewer.layers:  # removed by the user: a new one

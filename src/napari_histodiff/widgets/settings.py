@@ -2,8 +2,9 @@
 (numbers, choices, the folders chosen), never layers, tiles or files of a run.
 
 One small JSON file, ``panels.json`` in the user's config folder (``~/.config/napari-histodiff`` on
-Linux: Qt's ``GenericConfigLocation``; ``HISTODIFF_CONFIG`` names another folder), one section per panel. A value is saved when it changes; an unreadable or
-unwritable file leaves the panel at its defaults (logged, never an error)."""
+Linux: Qt's ``GenericConfigLocation``; ``HISTODIFF_CONFIG`` names another folder), one section per
+panel. A value is saved when it changes; an unreadable or unwritable file leaves the panel at its
+defaults (logged, never an error)."""
 
 from __future__ import annotations
 
