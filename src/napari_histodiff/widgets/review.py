@@ -14,6 +14,15 @@ Export runs the same job as ``histodiff export`` (``core.jobs.export``) on the c
 layer under review): one augmentation set of several classes or sample folders in one action. Its
 form is generated from ``ExportOptions``; the intent (new, append, overwrite) follows the folder
 (append when it already holds an export), and an overwrite asks first.
+
+"Audit" runs the same job as ``histodiff audit`` (``core.jobs.audit``) on those layers' sample folders
+against a folder of real tiles, into ``<sample folder>-audit`` beside the (first) sample folder. Each
+tile then shows its similarity to its nearest real tile (``0.93 copy?`` for a near-copy); "sort by
+similarity" puts the most copy-like tiles first (Next / Previous and the grid view follow that order);
+"Show nearest real tile" shows the current tile's nearest real tile under the layer
+(``nearest real: <layer>``, following the current tile). Export then leaves the near-copies out while
+"leave out near-copies" is checked (``ExportOptions.audit``, ``keep_near_copies``); a reopened sample
+folder finds its audit again when ``<folder>-audit`` covers its tiles and is newer than them.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ from pathlib import Path
 import numpy as np
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
+    QCheckBox,
     QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
@@ -34,18 +44,22 @@ from qtpy.QtWidgets import (
     QListWidget,
     QListWidgetItem,
     QMessageBox,
+    QProgressBar,
     QPushButton,
     QVBoxLayout,
     QWidget,
 )
 
 from ..core.base.errors import HistodiffError
+from ..core.evaluate.audit import AuditOptions
 from ..core.generate.export import ExportOptions
 from ._common import (
     Job,
     JobPanel,
+    activity,
     cancel_on_close,
     form_row,
+    jobs_in_process,
     notify_error,
     notify_warning,
     path_edit,
@@ -54,6 +68,7 @@ from ._common import (
 from ._forms import OptionsForm, field_edit, output_folder
 from ._layers import LayerCombo, tissue_units
 from .sample import add_beside, beside, features_table, show_layer
+from .settings import Remembered
 
 LABELS = {"out": "export folder", "samples": "layers to export", "threshold": "threshold (Sample widget)",
           "rule": "rule (Sample widget)", "include_real": "real tiles"}
@@ -63,6 +78,10 @@ NO_LAYER = "no layer to review: sample tiles with the Sample widget, or open a s
 SOURCE = "histodiff_of"  # metadata of a grid or class-label layer: the name of the layer of tiles it shows
 DECISION_COLORS = {True: "#66ff66", False: "#ff6666", None: "#ffff66"}  # accepted, rejected, undecided
 DECISION_MARKS = {True: " ✓", False: " ✗", None: ""}
+NEAREST = "nearest real: "  # + the name of the layer of tiles: its current tile's nearest real tile
+AUDIT_TIP = ("audit the sample folders of the checked layers (or the layer under review) against the real tiles "
+             "the model was fine-tuned on (`histodiff audit`): each tile's nearest real tile, its similarity and "
+             "whether it is a near-copy; written to <sample folder>-audit beside the sample folder")
 
 
 def default_intent(folder) -> str:
@@ -112,10 +131,59 @@ def tile_class(record) -> str:
     return record.target_class or record.predicted_class or "unguided"
 
 
-def tile_labels(records) -> dict:
-    """Per tile: its class and decision mark (``TUM ✓``) and the decision's colour, as feature columns."""
-    return {"label": [tile_class(r) + DECISION_MARKS[r.kept] for r in records],
+def similarity_text(result) -> str:
+    """`` 0.93 copy?`` for a near-copy, `` 0.41`` for another audited tile, nothing for a tile not audited."""
+    if result is None:
+        return ""
+    near, sim, _ = result
+    return f" {sim:.2f}" + (" copy?" if near else "")
+
+
+def tile_labels(records, results=None) -> dict:
+    """Per tile: its class, decision mark and audit similarity (``TUM ✓ 0.93 copy?``) and the decision's
+    colour, as feature columns. ``results``: per record, its audit result (see :func:`audit_results`) or None."""
+    results = results or [None] * len(records)
+    return {"label": [tile_class(r) + DECISION_MARKS[r.kept] + similarity_text(a) for r, a in zip(records, results)],
             "color": [DECISION_COLORS[r.kept] for r in records]}
+
+
+def audit_folder_for(folder) -> Path:
+    """Where the Review tab writes the audit of a sample folder: ``<folder>-audit`` beside it."""
+    from ..core.base.names import safe_name
+
+    folder = Path(folder)
+    return folder.parent / safe_name(f"{folder.name}-audit")
+
+
+def audit_results(folder, audit_dir, records) -> list:
+    """Per record of the sample folder ``folder``, its ``(near_copy, similarity, nearest_real)`` in the audit
+    ``audit_dir`` (``core.formats.audit.read_audit``), or None for a tile the audit does not cover."""
+    from ..core.formats.audit import read_audit, tile_key
+
+    found = read_audit(audit_dir)
+    return [found.get(tile_key(Path(folder) / r.file)) for r in records]
+
+
+def by_similarity(results) -> list[int]:
+    """Tile indices, the most copy-like first (highest similarity; tiles not audited last, in their order)."""
+    return sorted(range(len(results)), key=lambda k: (results[k] is None, -(results[k] or (0, 0.0))[1], k))
+
+
+def earlier_audit(folder, records):
+    """``(audit folder, results)`` of ``<folder>-audit`` when it covers every tile of the folder and was
+    written after them (a folder sampled into again is not covered by its old audit); else None."""
+    from ..core.formats.audit import AUDIT_JSON
+
+    audit_dir = audit_folder_for(folder)
+    if not (audit_dir / AUDIT_JSON).is_file():
+        return None
+    try:
+        results = audit_results(folder, audit_dir, records)
+        written = (audit_dir / AUDIT_JSON).stat().st_mtime_ns
+        newer = all((Path(folder) / r.file).stat().st_mtime_ns <= written for r in records)
+    except (HistodiffError, OSError):
+        return None
+    return (audit_dir, results) if newer and all(a is not None for a in results) else None
 
 
 def label_positions(n: int, tile_shape, grid: bool = False, pad: int = 2) -> np.ndarray:
@@ -170,6 +238,24 @@ class ReviewWidget(JobPanel, QWidget):
                              tip=ExportOptions.__dataclass_fields__["out"].metadata["help"])
         self.form = OptionsForm(ExportOptions)
         self.intent = field_edit(ExportOptions, "intent")
+        self.real = path_edit("d", tip="the real tiles the model was fine-tuned on (a folder of tiles, class "
+                              "sub-folders allowed): the synthetic tiles are compared with these")
+        self.audit_button = QPushButton("Audit")
+        self.audit_button.setToolTip(AUDIT_TIP)
+        self.audit_progress = QProgressBar()
+        self.audit_progress.hide()
+        self.audit_status = QLabel("not audited")
+        self.audit_status.setWordWrap(True)
+        self.leave_out = QCheckBox("leave out near-copies")
+        self.leave_out.setChecked(True)
+        self.leave_out.setToolTip("Export leaves out the tiles the audit flags as near-copies of real tiles; "
+                                  "unchecked, they are exported too, flagged in manifest.csv")
+        self.sort_box = QCheckBox("sort by similarity")
+        self.sort_box.setToolTip("Next / Previous and the grid view go through the tiles the most copy-like first "
+                                 "(highest similarity to a real tile)")
+        self.nearest_button = QPushButton("Show nearest real tile")
+        self.nearest_button.setToolTip("show the current tile's nearest real tile under the layer (it follows the "
+                                       "current tile)")
         self.export_button = QPushButton("Export accepted tiles")
         self.export_button.setToolTip("write the accepted tiles of the checked layers (or the layer under review) to "
                                       "the export folder: one sub-folder per class and manifest.csv")
@@ -197,8 +283,22 @@ class ReviewWidget(JobPanel, QWidget):
         row.addWidget(self.grid_button)
         layout.addLayout(row)
         layout.addWidget(self.counts)
+        audit = QGroupBox("audit against real tiles")
+        box = QVBoxLayout(audit)
+        box.addWidget(QLabel("real tiles (fine-tuning set)"))
+        box.addWidget(self.real.native)
+        box.addWidget(self.audit_button)
+        box.addWidget(self.audit_progress)
+        box.addWidget(self.audit_status)
+        row = QHBoxLayout()
+        row.addWidget(self.sort_box)
+        row.addWidget(self.nearest_button)
+        box.addLayout(row)
+        box.addWidget(self.leave_out)
+        layout.addWidget(audit)
         export = QGroupBox("export")
         self.form.add_row(LABELS["samples"], self.export_list, at=0, wide=True)
+        self.form.set_shown("keep_near_copies", False)  # "leave out near-copies" in the audit box says it
         self.form.add_row(LABELS["out"], self.out, at=2, wide=True)
         self.form.add_row(self.intent.label, self.intent, at=4)
         box = QVBoxLayout(export)
@@ -218,18 +318,25 @@ class ReviewWidget(JobPanel, QWidget):
         self.grid_button.clicked.connect(self.grid_view)
         self.open_button.clicked.connect(lambda: self.open_folder())
         self.export_button.clicked.connect(self.export)
+        self.audit_button.clicked.connect(self.audit)
+        self.sort_box.toggled.connect(self._sort_changed)
+        self.nearest_button.clicked.connect(lambda: self.show_nearest())
         self.out.changed.connect(self._folder_changed)
         self._folder_changed()
         self.layers.currentTextChanged.connect(self._layer_changed)
         if napari_viewer is not None:
-            napari_viewer.dims.events.current_step.connect(lambda *_: self._show())
+            napari_viewer.dims.events.current_step.connect(lambda *_: self._step_changed())
             napari_viewer.layers.events.inserted.connect(self._inserted)
             napari_viewer.layers.events.removed.connect(self._removed)
             napari_viewer.layers.selection.events.active.connect(self._active_changed)
             for layer in napari_viewer.layers:
                 layer.events.metadata.connect(self._metadata_changed)
         self.job = Job(self.label_of)
-        cancel_on_close(self, self.job)
+        self.audit_job = Job(self.label_of, process=jobs_in_process(), title="the audit")  # trains an encoder
+        self._activity = None
+        cancel_on_close(self, self.job, self.audit_job)
+        self.settings = Remembered("review", {"audit_real": self.real, "leave_out": self.leave_out})
+        self.settings.restore()
         self._metadata_changed()
 
     # -- state -----------------------------------------------------------------------------
@@ -266,7 +373,7 @@ class ReviewWidget(JobPanel, QWidget):
         """A layer of tiles goes with its class labels."""
         name = event.value.name
         for layer in list(self.viewer.layers):
-            if (layer.metadata or {}).get(SOURCE) == name and layer.name.startswith("classes: "):
+            if (layer.metadata or {}).get(SOURCE) == name and layer.name.startswith(("classes: ", NEAREST)):
                 self.viewer.layers.remove(layer)
         self.layers.refresh()
         self._refresh_export_list()
@@ -320,11 +427,15 @@ class ReviewWidget(JobPanel, QWidget):
         grid = grid if grid is not None else self.viewer.layers[f"grid: {layer.name}"] \
             if f"grid: {layer.name}" in self.viewer.layers else None
         shape = layer.data.shape[1:3]
-        for target, positions in ((layer, label_positions(len(records), shape)),
-                                  (grid, label_positions(len(records), shape, grid=True))):
+        results = self.results(layer)
+        order = self.order(layer)  # the grid shows the tiles in this order
+        for target, positions, labels in (
+                (layer, label_positions(len(records), shape), tile_labels(records, results)),
+                (grid, label_positions(len(records), shape, grid=True),
+                 tile_labels([records[k] for k in order], [results[k] for k in order]))):
             if target is None:
                 continue
-            self._label_layer(target, layer.name, positions[: len(records)], tile_labels(records))
+            self._label_layer(target, layer.name, positions[: len(records)], labels)
 
     def _label_layer(self, target, source: str, positions, features):
         import pandas as pd
@@ -410,6 +521,11 @@ class ReviewWidget(JobPanel, QWidget):
         stack = self._undo_stack(layer) if layer is not None else []
         self.undo_button.setEnabled(bool(stack))
         self.undo_button.setToolTip(f"undo: {stack[-1]['what']} (key U on the layer)" if stack else "nothing to undo")
+        audited = layer is not None and self.audit_of(layer) is not None
+        self.sort_box.setEnabled(audited)
+        self.nearest_button.setEnabled(audited)
+        if not self.audit_job.busy:
+            self.audit_status.setText(self._audit_text(layer))
         if not records:
             self.current.setText(self._no_layer_text())
             self.counts.setText("")
@@ -420,7 +536,7 @@ class ReviewWidget(JobPanel, QWidget):
         decision = {True: "accepted", False: "rejected", None: "undecided"}[r.kept]
         self.current.setText(f"reviewing <b>{escape(layer.name)}</b><br>tile {i + 1}/{len(records)}: target "
                              f"{r.target_class or '-'}, predicted {r.predicted_class or '-'} ({conf}), "
-                             f"<b>{decision}</b>")
+                             f"<b>{decision}</b>" + self._similarity_line(layer, i))
         counts = Counter((r.target_class or r.predicted_class or "unguided", r.kept) for r in records)
         classes = sorted({c for c, _ in counts})
         self.counts.setText("<br>".join(f"{c}: {counts[(c, True)]} accepted, {counts[(c, False)]} rejected, "
@@ -460,9 +576,11 @@ class ReviewWidget(JobPanel, QWidget):
         return True
 
     def move(self, step: int):
+        """To the next (``step`` 1) or previous (-1) tile, in the order shown (:meth:`order`)."""
         if self.records:
-            i = int(np.clip(self.index() + step, 0, len(self.records) - 1))
-            self.viewer.dims.set_current_step(0, i)
+            order = self.order(self.reviewed())
+            at = order.index(self.index())
+            self.viewer.dims.set_current_step(0, order[int(np.clip(at + step, 0, len(order) - 1))])
             self._show()
 
     def decide(self, keep: bool):
@@ -523,7 +641,7 @@ class ReviewWidget(JobPanel, QWidget):
             if r.kept is False:
                 tiles[k] = tiles[k] // 3  # rejected tiles are dimmed
         name = f"grid: {layer.name}"
-        sheet = contact_sheet(tiles)
+        sheet = contact_sheet(tiles[self.order(layer)])  # sorted by similarity when asked
         labels = f"classes: {name}"
         if name in self.viewer.layers:  # placed again: beside every other layer, never over the tissue
             grid = self.viewer.layers[name]
@@ -540,6 +658,203 @@ class ReviewWidget(JobPanel, QWidget):
         show_layer(self.viewer, grid)
         return grid
 
+    # -- audit against real tiles ------------------------------------------------------------
+    def audit_of(self, layer):
+        """The audit shown for ``layer`` (``{"folder", "results"}``), or None."""
+        return layer.metadata["histodiff"].get("audit") if layer is not None and is_synthetic(layer) else None
+
+    def results(self, layer) -> list:
+        """Per tile of ``layer``: its audit result ``(near_copy, similarity, nearest_real)`` or None."""
+        found = self.audit_of(layer)
+        n = len(layer.metadata["histodiff"]["records"])
+        return list(found["results"]) if found is not None else [None] * n
+
+    def order(self, layer) -> list[int]:
+        """The order the tiles are gone through and shown in the grid: the most copy-like first when
+        "sort by similarity" is checked and the layer was audited, else the layer's."""
+        n = len(layer.metadata["histodiff"]["records"]) if layer is not None else 0
+        if self.sort_box.isChecked() and self.audit_of(layer) is not None:
+            return by_similarity(self.results(layer))
+        return list(range(n))
+
+    def attach_audit(self, layer, audit_dir, results=None) -> None:
+        """Show the audit ``audit_dir`` on ``layer``: similarities on its tiles, sorting, nearest real tiles,
+        and Export leaving its near-copies out."""
+        meta = layer.metadata["histodiff"]
+        if results is None:
+            results = audit_results(meta["folder"], audit_dir, meta["records"])
+        meta["audit"] = {"folder": str(audit_dir), "results": results}
+        self.update_labels(layer)
+        if self._grid_of(layer) is not None and self.sort_box.isChecked():
+            self._refill_grid(layer)
+        self._show()
+
+    def _audit_text(self, layer) -> str:
+        found = self.audit_of(layer)
+        if layer is None:
+            return ""
+        if found is None:
+            return f"{layer.name!r} not audited: Export cannot tell near-copies of real tiles"
+        results = [a for a in found["results"] if a is not None]
+        copies = sum(a[0] for a in results)
+        return (f"{copies} of {len(results)} tiles are near-copies of real tiles (audit: {found['folder']})"
+                + ("" if len(results) == len(found["results"]) else
+                   f"; {len(found['results']) - len(results)} tiles not in the audit: audit again"))
+
+    def _similarity_line(self, layer, i: int) -> str:
+        from html import escape
+
+        found = self.audit_of(layer)
+        result = found["results"][i] if found is not None else None
+        if result is None:
+            return ""
+        near, sim, nearest = result
+        return (f"<br>similarity {sim:.2f} to its nearest real tile {escape(Path(nearest).name)}"
+                + (": <b>near-copy</b>" if near else ""))
+
+    def _grid_of(self, layer):
+        name = f"grid: {layer.name}"
+        return self.viewer.layers[name] if self.viewer is not None and name in self.viewer.layers else None
+
+    def _refill_grid(self, layer) -> None:
+        """The grid view of ``layer`` again, in the order asked, without moving the selection."""
+        active = self.viewer.layers.selection.active
+        self.grid_view()
+        if active is not None and active in self.viewer.layers:
+            self.viewer.layers.selection.active = active
+
+    def _sort_changed(self, *_):
+        layer = self.reviewed()
+        if layer is None:
+            return
+        self.update_labels(layer)
+        if self._grid_of(layer) is not None:
+            self._refill_grid(layer)
+        if self.sort_box.isChecked() and self.audit_of(layer) is not None:
+            self.viewer.dims.set_current_step(0, self.order(layer)[0])  # the most copy-like first
+        self._show()
+
+    def _step_changed(self):
+        self._show()
+        layer = self.reviewed()
+        if layer is not None and f"{NEAREST}{layer.name}" in self.viewer.layers:
+            try:
+                self.show_nearest(quiet=True)  # the nearest real tile follows the current tile
+            except Exception:  # noqa: BLE001 - shown when asked with the button
+                pass
+
+    def show_nearest(self, quiet: bool = False):
+        """Show the current tile's nearest real tile under its layer (an Image layer ``nearest real: <layer>``
+        with the tiles' scale and units); returns it. ``quiet``: raise instead of showing the error."""
+        from ..core.data.tiles import read_rgb
+
+        layer = self.reviewed()
+        try:
+            found = self.audit_of(layer)
+            if found is None:
+                raise HistodiffError("no audit for this layer: choose the real tiles and press Audit first")
+            result = found["results"][self.index()]
+            if result is None:
+                raise HistodiffError(f"tile {self.index() + 1} is not in the audit {found['folder']}: audit again")
+            nearest = Path(result[2])
+            if not nearest.is_file():
+                raise HistodiffError(f"the nearest real tile {nearest} is not an image file here (moved, or inside "
+                                     "a shard or slide): open it from where the audit found it")
+            tile = read_rgb(nearest)
+        except Exception as e:  # noqa: BLE001
+            if quiet:
+                raise
+            notify_error(e, self.label_of)
+            return None
+        name = f"{NEAREST}{layer.name}"
+        (sy, sx), (ty, tx) = layer.scale[-2:], layer.translate[-2:]
+        height = layer.data.shape[1] * sy
+        place = {"scale": (sy, sx), "translate": (ty + height + max(0.1 * height, 8 * abs(sy)), tx)}  # under it
+        if name in self.viewer.layers:
+            shown = self.viewer.layers[name]
+            shown.data = tile
+            shown.scale, shown.translate = place["scale"], place["translate"]
+        else:
+            active = self.viewer.layers.selection.active
+            shown = self.viewer.add_image(tile, name=name, rgb=True, units=layer.units[-2:],
+                                          metadata={SOURCE: layer.name}, **place)
+            self._bind_keys(shown)
+            if active is not None and active in self.viewer.layers:
+                self.viewer.layers.selection.active = active
+        shown.metadata["nearest"] = str(nearest)
+        return shown
+
+    def audit(self):
+        """Audit the sample folders of the checked layers (or the layer under review) against the real tiles,
+        in the background, into ``<first sample folder>-audit``."""
+        if self.audit_job.busy:
+            self.audit_job.cancel()  # the button reads "Cancel audit" meanwhile
+            return
+        from ..core.base.outdir import is_marked
+        from ..core.jobs.audit import audit
+
+        try:
+            layers = self.export_layers()
+            if not layers:
+                raise HistodiffError("no layer to audit: sample tiles with the Sample widget or open a sample "
+                                     "folder first")
+            real = self.real.line_edit.native.text().strip()
+            if not real:
+                raise HistodiffError("choose the folder of real tiles the model was fine-tuned on (real tiles) "
+                                     "before auditing")
+            folders = list(dict.fromkeys(Path(layer.metadata["histodiff"]["folder"]) for layer in layers))
+            out = audit_folder_for(folders[0])
+            opts = AuditOptions(samples=folders, against=[Path(real)], out=out,
+                                intent="overwrite" if is_marked(out, "audit") else "new")
+            opts.validate()
+        except Exception as e:  # noqa: BLE001
+            notify_error(e, self.label_of)
+            return
+        self.settings.save()
+        self._audited_layers, self._audit_out = [layer.name for layer in layers], out
+        self.audit_button.setText("Cancel audit")
+        self.audit_progress.setValue(0)
+        self.audit_progress.show()
+        self.audit_status.setText(f"auditing {len(folders)} sample folder(s) against {real}…")
+        self._activity = activity("histodiff audit", 1, self.audit_job.cancel)
+        self._stage = None
+        self.audit_job.start(audit, opts, on_yield=self._audit_event, on_done=self._audit_done,
+                             on_finish=self._audit_finished, on_release=self._activity.close)
+
+    def _audit_event(self, event):
+        if event.stage == "warning":
+            notify_warning(event.message, self.label_of)
+            return
+        if not event.total:
+            return
+        self.audit_progress.setMaximum(event.total)
+        self.audit_progress.setValue(event.step)
+        self.audit_status.setText(f"audit: {event.stage} {event.step}/{event.total}")
+        bar = self._activity  # napari's bar processes pending events (the end of the run too) as it updates
+        if bar is not None:
+            if event.stage != self._stage:
+                self._stage = event.stage
+                bar.n, bar.total = 0, event.total
+                bar.set_description(f"histodiff audit: {event.stage}")
+            if event.step > bar.n:
+                bar.update(event.step - bar.n)
+
+    def _audit_done(self, summary):
+        from napari.utils.notifications import show_info
+
+        for name in self._audited_layers:
+            if name in self.viewer.layers and is_synthetic(self.viewer.layers[name]):
+                self.attach_audit(self.viewer.layers[name], self._audit_out)
+        show_info(summary["message"])
+
+    def _audit_finished(self):
+        self.audit_button.setText("Audit")
+        self.audit_progress.hide()
+        self._activity = None
+        self._show()
+        if self.audit_job.state.name == "STOPPED":
+            self.audit_status.setText("audit cancelled; nothing was written")
+
     # -- sample folders ----------------------------------------------------------------------
     def open_folder(self, folder=None):
         """Show a sample folder (``histodiff sample``) as a layer to review, with its decisions; returns the layer."""
@@ -555,9 +870,12 @@ class ReviewWidget(JobPanel, QWidget):
         except Exception as e:  # noqa: BLE001
             notify_error(e, self.label_of)
             return None
+        meta = {"folder": str(folder), "records": records, "fingerprint": fingerprint}
+        earlier = earlier_audit(folder, records)
+        if earlier is not None:  # its audit, when it still covers these tiles
+            meta["audit"] = {"folder": str(earlier[0]), "results": earlier[1]}
         layer = add_beside(self.viewer, tiles, name=f"review: {folder.name}", metadata={
-            "features": features_table(records),
-            "histodiff": {"folder": str(folder), "records": records, "fingerprint": fingerprint}})
+            "features": features_table(records), "histodiff": meta})
         self.viewer.layers.selection.active = layer
         self._metadata_changed()
         self.viewer.dims.set_current_step(0, 0)
@@ -585,7 +903,10 @@ class ReviewWidget(JobPanel, QWidget):
         """The job's options for the sample folders of ``layers`` (default: :meth:`export_layers`)."""
         layers = self.export_layers() if layers is None else layers
         folders = [Path(layer.metadata["histodiff"]["folder"]) for layer in layers]
-        return self.form.read(samples=folders, out=Path(str(self.out.value)), intent=self.intent.value)
+        audits = list(dict.fromkeys(Path(self.audit_of(layer)["folder"]) for layer in layers
+                                    if self.audit_of(layer) is not None))
+        return self.form.read(samples=folders, out=Path(str(self.out.value)), intent=self.intent.value,
+                              audit=audits, keep_near_copies=not self.leave_out.isChecked())
 
     def export(self):
         if self.job.busy:
@@ -604,6 +925,10 @@ class ReviewWidget(JobPanel, QWidget):
                 if opts.only_kept and any(r.kept is None for r in layer.metadata["histodiff"]["records"]):
                     raise HistodiffError(f"some tiles of layer {layer.name!r} are undecided: accept or reject them "
                                          "(or use Accept all / Reject all below)")
+            unaudited = [layer.name for layer in layers if self.audit_of(layer) is None]
+            if opts.audit and unaudited:  # the others' near-copies are left out, these are not screened
+                notify_warning(f"layer(s) {', '.join(unaudited)} not audited: their near-copies of real tiles (if "
+                               "any) are exported; press Audit with them checked first", self.label_of)
         except Exception as e:  # noqa: BLE001
             notify_error(e, self.label_of)
             return
