@@ -50,6 +50,12 @@ class AuditOptions:
     feature_batch: int = option(64, min=2, help="tiles per training step of the feature encoder")
     train_tiles: int = option(5000, min=2, help="at most this many real tiles (at random) train the encoder")
     calibration_tiles: int = option(500, min=2, help="real tiles (at random) that calibrate the threshold")
+    report: bool = option(True, help="also write report.html: per class the kept rate, class agreement, diversity, "
+                          "precision / recall, a Fréchet distance, the memorisation gap and the most copy-like tiles")
+    held_out: list[Path] = option(factory=list, gui=False, metavar="LABELED",
+                                  help="labelled real tiles the model never saw (a sub-folder per class): the report's "
+                                       "real reference and its independent classifier")
+    report_tiles: int = option(500, min=4, help="at most this many real tiles per class (at random) in the report")
     seed: int = seed_option()
     device: str = device_option()
 
@@ -293,7 +299,8 @@ def run_audit(samples: AuditTiles, real: AuditTiles, opts: AuditOptions, encoder
                "similarity": "best normalised cross-correlation of band-passed grey levels over the 8 flips / "
                              "rotations, 3 zooms and shifts, between the tile and each of its shortlisted real "
                              "tiles (1 = the same pixels); the shortlist comes from the feature encoder",
-               "held_out_real_similarity": _quantiles(neg)}
+               "held_out_real_similarity": _quantiles(neg),
+               "calibration_scores": {"negatives": np.round(neg, 4).tolist(), "positives": np.round(pos, 4).tolist()}}
     return rows, summary, model, info
 
 
@@ -301,7 +308,8 @@ def _row(samples: AuditTiles, i: int, found, threshold: float, k: int, real: Aud
     best = found[0]
     row = {"tile": samples.names[i], "class": samples.classes[i], "nearest_real": real.name(best[0]),
            "similarity": round(best[1], 4), "near_copy": best[1] > threshold,
-           "feature_similarity": round(best[2], 4), "source_folder": samples.folders[i], "file": samples.rel[i]}
+           "feature_similarity": round(best[2], 4), "source_folder": samples.folders[i], "file": samples.rel[i],
+           "real_index": best[0]}  # not written: for the report
     for n, (j, s, _) in enumerate(found[1:k], start=2):
         row[f"nearest_real_{n}"], row[f"similarity_{n}"] = real.name(j), round(s, 4)
     return row

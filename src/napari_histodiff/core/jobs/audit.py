@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from ..base.errors import HistodiffError
 from ..base.options import require
 from ..base.threads import fit_threads
 from ..evaluate.audit import AuditOptions
@@ -19,6 +20,7 @@ def audit(opts: AuditOptions):
     from ..base.outdir import check_output
     from ..evaluate.audit import open_real, open_samples, run_audit
     from ..evaluate.features import features_folder, load_encoder, save_encoder
+    from ..evaluate.report import REPORT_HTML, open_reference, write_report
     from ..formats.audit import AUDIT_CSV, AUDIT_JSON, write_audit
 
     fit_threads()
@@ -28,6 +30,10 @@ def audit(opts: AuditOptions):
     check_output(out, "audit", opts.intent)
     samples = open_samples(opts.samples, opts.feature_size)
     real = open_real(opts.against, opts.feature_size)
+    if opts.held_out and not opts.report:
+        raise HistodiffError("{opt:held_out} is read by the report only: leave out {opt:report=False} or the "
+                             "held-out tiles")
+    reference = open_reference(opts, real) if opts.report else None
     encoder = load_encoder(opts.features) if opts.features is not None else None
     reused = features_folder(opts.features) if opts.features is not None else None
     rows, summary, model, info = yield from run_audit(samples, real, opts, encoder)
@@ -42,6 +48,8 @@ def audit(opts: AuditOptions):
         else:
             save_encoder(model.cpu(), tmp / "features", info)
         write_audit(tmp, rows, summary, opts.neighbours)
+        if opts.report:
+            yield from write_report(tmp, rows, summary, model, samples, real, reference, opts)
         swap_in(tmp, out, "audit")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -50,5 +58,6 @@ def audit(opts: AuditOptions):
     message = (f"{flagged} of {len(rows)} synthetic tiles are near-copies of real tiles (similarity above "
                f"{summary['threshold']:.3f}; at it, {100 * cal['positive_recall_at_threshold']:.1f}% of planted copies "
                f"of real tiles and {100 * cal['negative_flag_rate_at_threshold']:.1f}% of real tiles against the "
-               f"others are flagged); written to {out / AUDIT_CSV} and {out / AUDIT_JSON}")
+               f"others are flagged); written to {out / AUDIT_CSV} and {out / AUDIT_JSON}"
+               + (f"; quality report: {out / REPORT_HTML}" if opts.report else ""))
     return {**summary, "near_copies": flagged, "message": message}
