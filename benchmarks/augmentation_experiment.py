@@ -684,6 +684,7 @@ def gpu_sizing(data_root: Path, out: Path, s: Settings, budget_s: float) -> Sett
     path = out / "gpu_sizing.json"
     if path.is_file():
         rec = json.loads(path.read_text())
+        _refuse_unfit(rec["sizing"], path)
         return replace(s, **rec["sizing"]["steps"])
     from napari_histodiff.core.base.devices import pick_device
     from napari_histodiff.core.base.precision import resolve_precision
@@ -699,7 +700,16 @@ def gpu_sizing(data_root: Path, out: Path, s: Settings, budget_s: float) -> Sett
     path.write_text(json.dumps(rec, indent=1))
     log(f"GPU profile sized on {device}: factor {arithmetic['factor']}, estimate {arithmetic['estimate_after_s']:.0f} s "
         f"of {arithmetic['allowed_s']:.0f} s allowed; steps {arithmetic['steps']}")
+    _refuse_unfit(arithmetic, path)
     return sized
+
+
+def _refuse_unfit(arithmetic: dict, path: Path) -> None:
+    """Stop before training when even the smallest step counts cannot end within the budget."""
+    if not arithmetic["fits"]:
+        sys.exit(f"error: on this device the GPU profile cannot end within the budget even with its training "
+                 f"steps scaled by {arithmetic['factor']} (estimate {arithmetic['estimate_after_s']:.0f} s, "
+                 f"{arithmetic['allowed_s']:.0f} s allowed; {path}); raise --budget-min or use fewer --set ks/seeds")
 
 
 def main(argv=None):
