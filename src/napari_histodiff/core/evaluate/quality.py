@@ -14,8 +14,6 @@
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 
 K = 3  # Kynkäänniemi et al. use k = 3
@@ -58,20 +56,18 @@ def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = K) -> tuple[fl
 
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """``|mu_a - mu_b|^2 + Tr(C_a + C_b - 2 (C_a C_b)^(1/2))`` of Gaussians fitted to rows of ``a`` and ``b``."""
-    from scipy import linalg
+    """``|mu_a - mu_b|^2 + Tr(C_a + C_b - 2 (C_a C_b)^(1/2))`` of Gaussians fitted to rows of ``a`` and ``b``.
 
+    ``Tr (C_a C_b)^(1/2)`` is computed as the sum of the square roots of the eigenvalues of the symmetric
+    ``C_a^(1/2) C_b C_a^(1/2)`` (the same eigenvalues): exact for singular covariances (fewer tiles than
+    dimensions) and far faster than ``scipy.linalg.sqrtm`` of the product."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     mu_a, mu_b = a.mean(0), b.mean(0)
     ca, cb = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))
-    with warnings.catch_warnings():  # fewer vectors than dimensions: singular, as expected
-        warnings.simplefilter("ignore", linalg.LinAlgWarning)
-        root = linalg.sqrtm(ca @ cb)
-        if not np.isfinite(root).all():  # offset the diagonals (as pytorch-fid does)
-            eps = 1e-6 * np.eye(len(ca))
-            root = linalg.sqrtm((ca + eps) @ (cb + eps))
-    root = np.real(root)
-    return float(max(0.0, ((mu_a - mu_b) ** 2).sum() + np.trace(ca) + np.trace(cb) - 2 * np.trace(root)))
+    w, v = np.linalg.eigh(ca)
+    root_a = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    trace_root = np.sqrt(np.clip(np.linalg.eigvalsh(root_a @ cb @ root_a), 0, None)).sum()
+    return float(max(0.0, ((mu_a - mu_b) ** 2).sum() + np.trace(ca) + np.trace(cb) - 2 * trace_root))
 
 
 def mean_pairwise_cosine_distance(x: np.ndarray) -> float:
