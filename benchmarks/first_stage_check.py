@@ -8,7 +8,7 @@
 ``--record``: pre-train the `small` preset's autoencoder on pretrain/ (as the experiment does, its step
 count, batch and learning rate by default; preset fields changed with --set), train one fixed image
 classifier (the downstream ResNet of core.evaluate) on crc5 tiles at 64 px, and score it on held-out crc5
-tiles and on the autoencoder's reconstructions of them (core/evaluate/retention.py): acc_original,
+tiles and on the autoencoder's reconstructions of them (core/train/retention.py): acc_original,
 acc_reconstructed, retention, psnr, ssim, autoencoder_steps, cpu_minutes (the training process's CPU time).
 The classifier and each autoencoder are kept under --work, so several configurations share one classifier.
 
@@ -175,7 +175,7 @@ def record(args) -> None:
 
     from napari_histodiff.core.base.events import run_to_end
     from napari_histodiff.core.data.opening import open_tiles
-    from napari_histodiff.core.evaluate.retention import class_retention
+    from napari_histodiff.core.train.retention import class_retention
     from napari_histodiff.core.formats.bundle import load_bundle
     from napari_histodiff.core.models.presets import Preset, small
     from napari_histodiff.core.train.autoencoder import AutoencoderOptions, reconstruct, train_autoencoder

@@ -1,11 +1,11 @@
-"""Class retention of the first stage (issue 29): core/evaluate/retention.py."""
+"""Class retention of the first stage (issue 29): core/train/retention.py."""
 
 import math
 
 import numpy as np
 import pytest
 
-from napari_histodiff.core.evaluate.retention import (class_retention, from_metrics, image_quality,
+from napari_histodiff.core.train.retention import (class_retention, from_metrics, image_quality,
                                                       retention_line)
 
 
@@ -92,7 +92,7 @@ def test_line_and_metrics_round_trip():
 
 
 def test_finetuning_records_retention_in_its_result_meta_and_info(finetuned_bundle, labeled_tiles):
-    from napari_histodiff.core.evaluate.retention import bundle_retention
+    from napari_histodiff.core.train.retention import bundle_retention
     from napari_histodiff.core.formats.bundle import describe, load_bundle, read_meta
 
     out, result = finetuned_bundle

@@ -8,7 +8,7 @@ from napari_histodiff.core.generate.selection import SelectionRule, annotate, de
 
 
 def rec(i, target, **kw):
-    return TileRecord(id=f"t{i}", file=f"{target}/t{i}.tif", target_class=target, index=i, seed=0, sample_seed=i,
+    return TileRecord(id=f"t{i}", file=f"{target or 'unguided'}/t{i}.tif", target_class=target, index=i, seed=0, sample_seed=i,
                       sampler="ddim", steps=10, eta=1.0, guidance=10.0, bundle_hash="h", **kw)
 
 
@@ -72,7 +72,7 @@ def test_inline_selection_and_reselection(finetuned_bundle, tmp_path):
                           and r.nearest_centroid == r.target_class)
     assert {p.name for p in out.iterdir()} == {"samples.csv", "DAB-rich", "hematoxylin-rich",
                                                "contact_DAB-rich.png", "contact_hematoxylin-rich.png",
-                                               "selection.json"}
+                                               "selection.json", ".histodiff-owner.json"}
     again = select_folder(out, b, SelectionRule(rule="none", cap=2))
     assert sum(r.kept for r in again) == 4
     assert [r.confidence for r in again] == pytest.approx([r.confidence for r in records])

@@ -349,7 +349,7 @@ def describe(path, verify: bool = True) -> tuple[str, list[str]]:
             continue
         lines.append(f"trained     {stage}: {prov.get('steps', '?')} steps on {prov.get('tiles', '?')} tiles "
                      f"({prov.get('data', '?')}), seed {prov.get('seed', '?')}")
-    from ..evaluate.retention import PREFIX, KEYS, from_metrics, retention_line
+    from .retention import PREFIX, KEYS, from_metrics, retention_line
 
     line = retention_line(from_metrics(meta.get("metrics") or {}))
     if line:

@@ -90,7 +90,7 @@ def finetune(opts: FinetuneOptions, model=None, tiles=None):
     from ..train.pseudo import pseudo_summary
 
     counts += pseudo_summary(result)
-    from ..evaluate.retention import retention_line
+    from ..formats.retention import retention_line
     from ..evaluate.verdict import from_result
 
     result["verdict"] = from_result(result, tiles.class_names)

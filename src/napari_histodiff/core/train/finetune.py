@@ -319,7 +319,7 @@ def finetune(source, tiles, out_dir, preset, options: FinetuneOptions | None = N
 
 def _with_retention(result: dict, tiles, out_dir, opts) -> dict:
     """The first stage's class retention on the held-out labelled tiles, in the result and the bundle's meta."""
-    from ..evaluate.retention import record_retention
+    from .retention import record_retention
 
     held = ((result.get("selection_classifier") or {}).get("splits") or {}).get("heldout") or []
     if is_main_process():

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-PREFIX = "autoencoder_"  # meta["metrics"] keys: autoencoder_retention, autoencoder_psnr, ...
-KEYS = ("retention", "acc_original", "acc_reconstructed", "psnr", "ssim", "tiles")
+from ..formats.retention import KEYS, PREFIX, from_metrics, retention_line  # noqa: F401 - one place for both
 
 
 def image_quality(originals: np.ndarray, reconstructions: np.ndarray) -> dict:
@@ -47,12 +46,25 @@ def class_retention(predict, reconstruct, tiles: np.ndarray, labels, batch_size:
 
 def bundle_retention(bundle, tiles: np.ndarray, labels) -> dict:
     """:func:`class_retention` of a fine-tuned bundle's autoencoder, scored by its selection classifier."""
-    from ..generate.selection import score
-    from ..train.autoencoder import reconstruct
+    from .autoencoder import reconstruct
 
-    return class_retention(lambda x: score(bundle, x)[0].argmax(1),
+    return class_retention(lambda x: _predict(bundle, x),
                            lambda x: reconstruct(bundle.vae, x, bundle.device, batch_size=_batch(bundle.device)),
                            tiles, labels)
+
+
+def _predict(bundle, tiles: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """The selection classifier's class of each uint8 NHWC tile."""
+    import torch
+
+    from ..models.pixels import to_model_input
+
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(tiles), batch_size):
+            x = to_model_input(torch.from_numpy(tiles[i : i + batch_size]), bundle.device)
+            out.append(bundle.selection_classifier.score(x)["probs"].argmax(1).cpu().numpy())
+    return np.concatenate(out)
 
 
 def _batch(device) -> int:
@@ -76,21 +88,3 @@ def record_retention(out_dir, tiles, indices, device="cpu") -> dict | None:
     meta.setdefault("metrics", {}).update({PREFIX + k: res[k] for k in KEYS})
     write_meta(Path(out_dir), meta)
     return res
-
-
-def retention_line(res: dict | None) -> str | None:
-    """The figures in one line (``0.78 (selection classifier on 20 held-out tiles: ...``); None without them."""
-    if not res or res.get("acc_original") is None:
-        return None
-    r = res.get("retention")
-    head = "n/a (the classifier got no original right)" if r is None else f"{r:.2f}"
-    return (f"{head} (selection classifier on {res['tiles']} held-out tiles: {100 * res['acc_original']:.0f}% "
-            f"right on the tiles, {100 * res['acc_reconstructed']:.0f}% on the autoencoder's reconstructions); "
-            f"PSNR {res['psnr']:.1f} dB, SSIM {res['ssim']:.3f}")
-
-
-def from_metrics(metrics: dict) -> dict | None:
-    """The figures :func:`record_retention` stored in a bundle's ``metrics``, or None."""
-    if not isinstance(metrics, dict) or PREFIX + "acc_original" not in metrics:
-        return None
-    return {k: metrics.get(PREFIX + k) for k in KEYS}
