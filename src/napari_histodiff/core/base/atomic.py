@@ -19,7 +19,8 @@ def partial_path(out) -> Path:
     return out.with_name(f".{out.name}.partial-{os.getpid()}")
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (POSIX)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -37,7 +38,7 @@ def remove_dead_partials(out) -> None:
         return
     for p in out.parent.glob(f".{out.name}.partial-*"):
         pid = p.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+        if pid.isdigit() and int(pid) != os.getpid() and not alive(int(pid)):
             shutil.rmtree(p, ignore_errors=True)
 
 
@@ -81,8 +82,4 @@ def _replace_contents(tmp: Path, out: Path) -> None:
     for path in sorted(tmp.iterdir()):
         if path.name != MARKER:
             shutil.move(str(path), str(out / path.name))
-    os.replace(tmp / MARKER, out / MARKER) if _same_device(tmp, out) else shutil.copy2(tmp / MARKER, out / MARKER)
-
-
-def _same_device(a: Path, b: Path) -> bool:
-    return a.stat().st_dev == b.stat().st_dev
+    shutil.move(str(tmp / MARKER), str(out / MARKER))  # last: a rename on one disk, a copy across disks

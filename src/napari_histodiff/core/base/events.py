@@ -21,6 +21,25 @@ class Progress:
     data: Any = None  # a payload, e.g. finished tiles while sampling
 
 
+def relay(gen, on_event):
+    """``yield from gen`` (sends and throws forwarded), calling ``on_event(event)`` before each event is
+    passed on; returns ``gen``'s result."""
+    try:
+        event = next(gen)
+        while True:
+            on_event(event)
+            try:
+                sent = yield event
+            except GeneratorExit:
+                raise
+            except BaseException as e:  # noqa: BLE001 - forwarded like yield from
+                event = gen.throw(e)
+            else:
+                event = gen.send(sent)
+    except StopIteration as stop:
+        return stop.value
+
+
 def warning(text: str) -> Progress:
     """An event that carries a warning for the user (the CLI prints it, napari shows it)."""
     return Progress("warning", 0, 0, message=text)

@@ -83,39 +83,34 @@ def guard_memory(gen, options=("batch_size", "device")):
     choices the intent a full disk suggests), or just their names."""
     import dataclasses
 
+    from .events import relay
+
     intents = job_intents(options)
     if dataclasses.is_dataclass(options):
         options = [f.name for f in dataclasses.fields(options)]
     forget_estimate()
-    stage, error = "", None
+    error = None
+    last = {"stage": ""}
+
+    def note_stage(event):
+        if getattr(event, "stage", "warning") != "warning":
+            last["stage"] = event.stage
+
     try:
-        event = next(gen)
-        while True:
-            if getattr(event, "stage", "warning") != "warning":
-                stage = event.stage
-            try:
-                sent = yield event
-            except GeneratorExit:
-                raise
-            except BaseException as e:  # noqa: BLE001 - forwarded like yield from
-                event = gen.throw(e)
-            else:
-                event = gen.send(sent)
-    except StopIteration as stop:
-        return stop.value
+        return (yield from relay(gen, note_stage))
     except DiskFull as e:
-        error = e.for_job(stage, intents)
+        error = e.for_job(last["stage"], intents)
     except (MemoryError, RuntimeError) as e:
         if memory_kind(e) is not None:
-            error = OutOfMemory(oom_message(e, stage, options))
+            error = OutOfMemory(oom_message(e, last["stage"], options))
         elif is_disk_full(e):  # torch's writer
-            error = DiskFull.of(e, stage=stage, intents=intents)
+            error = DiskFull.of(e, stage=last["stage"], intents=intents)
         else:
             raise
     except Exception as e:  # noqa: BLE001 - OSError, shutil.Error, safetensors' error: only a full disk
         if not is_disk_full(e):
             raise
-        error = DiskFull.of(e, stage=stage, intents=intents)
+        error = DiskFull.of(e, stage=last["stage"], intents=intents)
     finally:
         gen.close()
     # raised outside the handler: the failed frames (and their tensors) are released first

@@ -60,16 +60,6 @@ def _registry() -> Path:
     return folder
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
-
-
 _mine: set = set()  # this process's registered jobs
 
 
@@ -80,14 +70,16 @@ def running_jobs() -> int:
         entries = list(_registry().glob("*.job"))
     except OSError:
         return 1
-    alive = 0
+    from .atomic import alive
+
+    n = 0
     for entry in entries:
         pid = _positive(entry.stem.split("-")[0])
-        if pid and _alive(pid):
-            alive += 1
+        if pid and alive(pid):
+            n += 1
         else:
             entry.unlink(missing_ok=True)  # a job that died without unregistering
-    return alive + (0 if _mine else 1)
+    return n + (0 if _mine else 1)
 
 
 REFIT_SECONDS = 2.0
@@ -98,29 +90,23 @@ def shared_threads(gen, num_workers: int = 0):
     its share of the cores at the start and every :data:`REFIT_SECONDS` while it runs."""
     import time
 
+    from .events import relay
+
     try:
         entry = _registry() / f"{os.getpid()}-{next(_serial)}.job"
         entry.write_text("")
         _mine.add(entry)
     except OSError:
         entry = None
-    last = 0.0
+    last = [0.0]
+
+    def refit(event):
+        if time.monotonic() - last[0] > REFIT_SECONDS:
+            fit_threads(num_workers)
+            last[0] = time.monotonic()
+
     try:
-        event = next(gen)
-        while True:
-            if time.monotonic() - last > REFIT_SECONDS:
-                fit_threads(num_workers)
-                last = time.monotonic()
-            try:
-                sent = yield event
-            except GeneratorExit:
-                raise
-            except BaseException as e:  # noqa: BLE001 - forwarded like yield from
-                event = gen.throw(e)
-            else:
-                event = gen.send(sent)
-    except StopIteration as stop:
-        return stop.value
+        return (yield from relay(gen, refit))
     finally:
         gen.close()
         if entry is not None:

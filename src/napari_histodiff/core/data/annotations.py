@@ -23,15 +23,13 @@ import numpy as np
 
 from ..base.errors import HistodiffError
 from ..base.events import Progress, run_to_end, warning
-from .slide_tiles import SlideSource, TileGrid, best_level, resized
+from .slide_tiles import STAGE, SlideSource, TileGrid, best_level, check_fraction, label_cells, resized
 from .tiles import ArrayTiles, TileSet, to_rgb_uint8
 
 __all__ = ["ArraySource", "SlideSource", "TileGrid", "RegionTiles", "label_cells", "shape_tiles", "label_tiles",
            "point_tiles", "shapes_annotations"]
 
-STAGE = "extracting tiles"
 BLOCK = 2048  # label-image pixels per side read at once
-BOXES = 20000  # tile boxes tested against the shapes at once
 
 
 def check_rgb_image(image) -> None:
@@ -150,11 +148,6 @@ def _no_tiles(t, min_fraction, what) -> HistodiffError:
                           "draw larger regions, lower the minimum annotated fraction or the tile size.")
 
 
-def _check_fraction(min_fraction) -> None:
-    if not 0 < min_fraction <= 1:
-        raise HistodiffError(f"the minimum annotated fraction must be in (0, 1] (got {min_fraction}), e.g. 0.5.")
-
-
 # -- shapes ---------------------------------------------------------------------------------------
 
 def check_classes(classes, n, what):
@@ -232,60 +225,12 @@ def shapes_annotations(polygons, classes, names=None, paint_over: bool = True):
                          "the shapes layer", notes=notes)
 
 
-def _band_cells(grid: TileGrid, bounds: np.ndarray, iy0: int, iy1: int) -> tuple[np.ndarray, np.ndarray]:
-    """Grid cells (iy, ix) of rows [iy0, iy1) whose tiles may overlap one of the ``bounds`` boxes."""
-    ylo, yhi = grid.span(bounds[:, 1], bounds[:, 3], grid.ny)
-    xlo, xhi = grid.span(bounds[:, 0], bounds[:, 2], grid.nx)
-    ylo, yhi = np.maximum(ylo, iy0) - iy0, np.minimum(yhi, iy1) - iy0
-    on = (ylo < yhi) & (xlo < xhi)
-    if not on.any():
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    diff = np.zeros((iy1 - iy0 + 1, grid.nx + 1), np.int32)  # 2-D difference array of the boxes' cell ranges
-    for r, c, v in ((ylo, xlo, 1), (ylo, xhi, -1), (yhi, xlo, -1), (yhi, xhi, 1)):
-        np.add.at(diff, (r[on], c[on]), v)
-    np.cumsum(diff, 0, out=diff)
-    np.cumsum(diff, 1, out=diff)
-    iy, ix = np.nonzero(diff[:-1, :-1] > 0)
-    return iy + iy0, ix
-
-
-def label_cells(grid: TileGrid, annotations, min_fraction: float = 0.5):
-    """Generator: the cells of ``grid`` where one class of ``annotations`` (an AnnotationSet in level-0
-    px) covers at least ``min_fraction`` (the largest class wins; ties: first in class_names); only
-    tiles near a shape are tested. Yields progress; returns (xy: level-0 top-left corners, row by row,
-    labels: indices of class_names, covered: the winner's fraction). Used by napari's layers and by
-    :class:`.slide_tiles.SlideTiles` alike."""
-    import shapely
-
-    _check_fraction(min_fraction)
-    geoms = [a.geometry for a in annotations.annotations if not a.geometry.is_empty]
-    xy, labels, covered = [np.zeros((0, 2), np.int64)], [np.zeros(0, np.int64)], [np.zeros(0)]
-    if geoms:
-        bounds = shapely.bounds(np.array(geoms, dtype=object))
-        rows = max(1, min(grid.ny, 4_000_000 // max(grid.nx, 1) // 4))
-        for iy0 in range(0, grid.ny, rows):
-            iy1 = min(grid.ny, iy0 + rows)
-            iy, ix = _band_cells(grid, bounds, iy0, iy1)
-            for k in range(0, len(iy), BOXES):
-                x, y = grid.pos(ix[k : k + BOXES]), grid.pos(iy[k : k + BOXES])
-                boxes = np.stack([x, y, x + grid.size0, y + grid.size0], 1).astype(np.float64)
-                lab, frac = annotations.label_boxes(boxes, min_fraction)
-                keep = lab >= 0
-                xy.append(np.stack([x[keep], y[keep]], 1))
-                labels.append(lab[keep])
-                covered.append(frac[keep])
-            yield Progress(STAGE, iy1, grid.ny)
-    xy, labels, covered = np.concatenate(xy), np.concatenate(labels), np.concatenate(covered)
-    order = np.lexsort((xy[:, 0], xy[:, 1]))  # row by row, as the image is read
-    return xy[order], labels[order], covered[order]
-
-
 def shape_tiles(source, annotations, tile_size: int, stride: int | None = None, min_fraction: float = 0.5,
                 mpp: float | None = None, lazy: bool | None = None, scale: float | None = None):
     """Generator: grid tiles where one class of ``annotations`` (an AnnotationSet in level-0 px) covers
     at least ``min_fraction`` (:func:`label_cells`). Yields progress and a warning per repaired shape;
     returns a :class:`RegionTiles` (lazy slides) or ArrayTiles."""
-    _check_fraction(min_fraction)
+    check_fraction(min_fraction)
     grid = TileGrid(source, tile_size, stride, mpp, scale)
     if not any(not a.geometry.is_empty for a in annotations.annotations):
         raise HistodiffError("the shapes have no area (all painted over, or lines); draw regions around each class.")
@@ -327,7 +272,7 @@ def label_tiles(source, labels, class_map: dict[int, str], tile_size: int, strid
     value -> class name (0 is never a class; values may share a name: their pixels add up).
     ``to_labels`` = ((sy, sx), (oy, ox)): a level-0 position (continuous, see the module doc) u maps to
     the label image's v = s * u + o; a tile counts the label pixels whose centres fall in its box."""
-    _check_fraction(min_fraction)
+    check_fraction(min_fraction)
     grid = TileGrid(source, tile_size, stride, mpp, scale)
     if len(labels.shape) != 2:
         raise HistodiffError(f"the label image must be 2-D (got shape {tuple(labels.shape)}); use a 2-D Labels layer.")
@@ -433,7 +378,7 @@ def _check_tiling(image, tile_size, stride, min_fraction):
     if int(tile_size) > min(h, w):
         raise HistodiffError(f"tile size {tile_size} px is larger than the image ({w}x{h} px). "
                              f"Use a tile size of at most {min(h, w)} px.")
-    _check_fraction(min_fraction)
+    check_fraction(min_fraction)
 
 
 def _plain(tiles: ArrayTiles, t, s) -> ArrayTiles:

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..base.errors import HistodiffError
+from ..base.events import Progress, run_to_end
 from .tiles import TileSet, tissue_mask
 
 MAX_OPEN = 8  # slides kept open per process
@@ -144,7 +145,7 @@ class SlideTiles(TileSet):
     one); ``stride`` in tile pixels; ``min_tissue``: fraction of tissue a kept tile needs;
     ``annotations`` (an ``AnnotationSet``): a tile gets the class covering the largest fraction of it,
     if at least ``min_fraction`` (the grid and the labelling are those of napari's annotation layers,
-    :class:`TileGrid` and :func:`.annotations.label_cells`); unlabelled tiles are then left out.
+    :class:`TileGrid` and :func:`label_cells`); unlabelled tiles are then left out.
     ``notes``: what the annotations' reader repaired or left out, for the job to show.
     """
 
@@ -174,9 +175,6 @@ class SlideTiles(TileSet):
                             f" (level {self.level})")
 
     def _label(self, grid, annotations, min_fraction):
-        from ..base.events import run_to_end
-        from .annotations import label_cells
-
         xy, labels, covered = run_to_end(label_cells(grid, annotations, min_fraction))
         if not len(xy):
             bounds = annotations.bounds()
@@ -315,3 +313,60 @@ def open_slides(slides, tile_size, *, annotations=None, object_types=("annotatio
     pairs = annotations_for(slides, annotations)
     return [SlideTiles(s, tile_size, annotations=read_geojson(g, object_types=object_types), **opts)
             for s, g in pairs.items()]
+
+
+STAGE = "extracting tiles"
+BOXES = 20000  # tile boxes tested against the shapes at once
+
+
+def check_fraction(min_fraction) -> None:
+    if not 0 < min_fraction <= 1:
+        raise HistodiffError(f"the minimum annotated fraction must be in (0, 1] (got {min_fraction}), e.g. 0.5.")
+
+
+def _band_cells(grid: TileGrid, bounds: np.ndarray, iy0: int, iy1: int) -> tuple[np.ndarray, np.ndarray]:
+    """Grid cells (iy, ix) of rows [iy0, iy1) whose tiles may overlap one of the ``bounds`` boxes."""
+    ylo, yhi = grid.span(bounds[:, 1], bounds[:, 3], grid.ny)
+    xlo, xhi = grid.span(bounds[:, 0], bounds[:, 2], grid.nx)
+    ylo, yhi = np.maximum(ylo, iy0) - iy0, np.minimum(yhi, iy1) - iy0
+    on = (ylo < yhi) & (xlo < xhi)
+    if not on.any():
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    diff = np.zeros((iy1 - iy0 + 1, grid.nx + 1), np.int32)  # 2-D difference array of the boxes' cell ranges
+    for r, c, v in ((ylo, xlo, 1), (ylo, xhi, -1), (yhi, xlo, -1), (yhi, xhi, 1)):
+        np.add.at(diff, (r[on], c[on]), v)
+    np.cumsum(diff, 0, out=diff)
+    np.cumsum(diff, 1, out=diff)
+    iy, ix = np.nonzero(diff[:-1, :-1] > 0)
+    return iy + iy0, ix
+
+
+def label_cells(grid: TileGrid, annotations, min_fraction: float = 0.5):
+    """Generator: the cells of ``grid`` where one class of ``annotations`` (an AnnotationSet in level-0
+    px) covers at least ``min_fraction`` (the largest class wins; ties: first in class_names); only
+    tiles near a shape are tested. Yields progress; returns (xy: level-0 top-left corners, row by row,
+    labels: indices of class_names, covered: the winner's fraction). Used by napari's layers and by
+    :class:`SlideTiles` alike."""
+    import shapely
+
+    check_fraction(min_fraction)
+    geoms = [a.geometry for a in annotations.annotations if not a.geometry.is_empty]
+    xy, labels, covered = [np.zeros((0, 2), np.int64)], [np.zeros(0, np.int64)], [np.zeros(0)]
+    if geoms:
+        bounds = shapely.bounds(np.array(geoms, dtype=object))
+        rows = max(1, min(grid.ny, 4_000_000 // max(grid.nx, 1) // 4))
+        for iy0 in range(0, grid.ny, rows):
+            iy1 = min(grid.ny, iy0 + rows)
+            iy, ix = _band_cells(grid, bounds, iy0, iy1)
+            for k in range(0, len(iy), BOXES):
+                x, y = grid.pos(ix[k : k + BOXES]), grid.pos(iy[k : k + BOXES])
+                boxes = np.stack([x, y, x + grid.size0, y + grid.size0], 1).astype(np.float64)
+                lab, frac = annotations.label_boxes(boxes, min_fraction)
+                keep = lab >= 0
+                xy.append(np.stack([x[keep], y[keep]], 1))
+                labels.append(lab[keep])
+                covered.append(frac[keep])
+            yield Progress(STAGE, iy1, grid.ny)
+    xy, labels, covered = np.concatenate(xy), np.concatenate(labels), np.concatenate(covered)
+    order = np.lexsort((xy[:, 0], xy[:, 1]))  # row by row, as the image is read
+    return xy[order], labels[order], covered[order]
