@@ -523,7 +523,7 @@ def test_load_widget_converts_a_checkpoint(qtbot, compvis):
     from napari_histodiff.widgets.load import LoadWidget
 
     ckpt = compvis("public.ckpt")
-    MODEL.bundle = None
+    MODEL.model = None
     try:
         w = LoadWidget()
         qtbot.addWidget(w)
@@ -532,8 +532,8 @@ def test_load_widget_converts_a_checkpoint(qtbot, compvis):
         assert w.source() == (str(ckpt), {"config": None, "ema": False})
         w.device.setCurrentText("cpu")
         w.load()
-        qtbot.waitUntil(lambda: MODEL.bundle is not None, timeout=60_000)
-        assert MODEL.bundle.meta["provenance"]["converted"]["ema"] is False
+        qtbot.waitUntil(lambda: MODEL.model is not None, timeout=60_000)
+        assert MODEL.model.meta["provenance"]["converted"]["ema"] is False
         assert "converted from compvis" in w.card.text() and "public.ckpt" in w.card.text()
     finally:
-        MODEL.bundle = None
+        MODEL.model = None

@@ -9,6 +9,7 @@ pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
 from test_widgets import dock, fresh_model  # noqa: E402,F401 (fresh_model: an autouse fixture)
+from napari_histodiff.core.jobs.load import open_handle
 
 
 def gui_fields(cls) -> set[str]:
@@ -159,7 +160,7 @@ def test_messages_name_the_form_labels_not_cli_flags(make_napari_viewer, qtbot, 
     shown = []
     monkeypatch.setattr(N, "show_error", shown.append)
     viewer = make_napari_viewer()
-    fresh_model.set(load_bundle(trained_bundle, device="cpu"))
+    fresh_model.set(open_handle(trained_bundle, "cpu"))
     for data, kwargs, kind in demo_tissue_annotated():
         getattr(viewer, f"add_{kind}")(data, **kwargs)
     w = dock(viewer, "Fine-tune")
@@ -248,7 +249,7 @@ def test_sample_class_follows_a_model_with_classes(make_napari_viewer, fresh_mod
     from napari_histodiff.widgets.sample import ALL_CLASSES, UNGUIDED
 
     def model(*names):
-        return SimpleNamespace(class_names=list(names), device="cpu", selection_classifier=None)
+        return SimpleNamespace(class_names=list(names), device="cpu", has=lambda part: False)
 
     viewer = make_napari_viewer()
     s = dock(viewer, "Sample")

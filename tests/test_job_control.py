@@ -10,6 +10,7 @@ pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
 from test_widgets import dock, errors_shown, fresh_model  # noqa: E402,F401 - fixture
+from napari_histodiff.core.jobs.load import open_handle
 
 FINAL = ("done", "stopped", "failed")
 
@@ -132,7 +133,7 @@ def test_a_failing_job_shows_one_message(make_napari_viewer, qtbot, trained_bund
     shown = errors_shown(monkeypatch)
     monkeypatch.setattr(F, "finetune", broken)
     viewer = make_napari_viewer()
-    fresh_model.set(load_bundle(trained_bundle, device="cpu"))
+    fresh_model.set(open_handle(trained_bundle, "cpu"))
     w = dock(viewer, "Fine-tune")
     w.tiles, w.out.value = labeled_tiles, str(tmp_path / "ft")
     w.start()
@@ -156,7 +157,7 @@ def finetune_widget(viewer, trained_bundle, labeled_tiles, fresh_model, out, mon
         event(self, e)
 
     monkeypatch.setattr(F.FinetuneWidget, "_event", counting)
-    fresh_model.set(load_bundle(trained_bundle, device="cpu"))
+    fresh_model.set(open_handle(trained_bundle, "cpu"))
     w = dock(viewer, "Fine-tune")
     w.events, w.tiles, w.out.value = [], labeled_tiles, str(out)
     w.form["classifier_steps"].value = 100_000
@@ -235,7 +236,7 @@ def test_closing_the_panel_cancels_its_training(make_napari_viewer, qtbot, train
     viewer = make_napari_viewer()
     out = tmp_path / "ft"
     w = finetune_widget(viewer, trained_bundle, labeled_tiles, fresh_model, out, monkeypatch)
-    model = fresh_model.bundle
+    model = fresh_model.model
     start_training(w, qtbot)
     panel, = [d for d in viewer.window._qt_window.findChildren(QDockWidget) if d.widget() is w]
     panel.destroyOnClose()  # the panel's close button
@@ -245,4 +246,4 @@ def test_closing_the_panel_cancels_its_training(make_napari_viewer, qtbot, train
     qtbot.wait(200)
     assert w.state == State.STOPPED and len(w.events) == n  # no progress after the close
     assert checkpoint_step(out) is not None  # resumable
-    assert fresh_model.bundle is model  # the loaded model is left alone
+    assert fresh_model.model is model  # the loaded model is left alone

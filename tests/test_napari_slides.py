@@ -435,10 +435,10 @@ def test_qupath_objects_the_layer_does_not_show_are_named_once_and_saved_back(tm
 def fake_model():
     from napari_histodiff.widgets._state import MODEL
 
-    MODEL.bundle, MODEL.training, MODEL.labeled = SimpleNamespace(tile_size=64, meta={"microns_per_pixel": 1.0}), \
+    MODEL.model, MODEL.training, MODEL.labeled = SimpleNamespace(tile_size=64, meta={"microns_per_pixel": 1.0}), \
         False, None
     yield MODEL
-    MODEL.bundle, MODEL.training, MODEL.labeled = None, False, None
+    MODEL.model, MODEL.training, MODEL.labeled = None, False, None
 
 
 def test_finetune_widget_extracts_slide_tiles_off_the_gui_thread(make_napari_viewer, qtbot, small, fake_model):

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from job_children import crashing, failing, gated, threads_seen
+from napari_histodiff.core.jobs.load import open_handle
 
 FINAL = ("done", "stopped", "failed")
 
@@ -200,6 +201,37 @@ def test_a_crashed_job_is_one_notification_naming_its_log(qtbot, tmp_path, monke
     assert shown[1] == "the tiles folder is empty: choose another"
 
 
+def no_weights_here(monkeypatch):
+    """Opening any network's weights in this (the GUI's) process fails the test: jobs open them in theirs."""
+    from diffusers import ModelMixin
+
+    def refused(*args, **kwargs):
+        raise AssertionError("the GUI process opened a model's weights")
+
+    monkeypatch.setattr(ModelMixin, "from_pretrained", classmethod(refused))
+
+
+def test_the_load_panel_checks_a_model_in_a_process_and_keeps_only_its_description(
+        make_napari_viewer, qtbot, finetuned_bundle, fresh_model, monkeypatch):
+    """Issue 27, item 8: the GUI holds no copy of a model; the card comes from the job's description."""
+    from napari_histodiff.core.formats.handle import ModelHandle
+
+    monkeypatch.setenv("HISTODIFF_JOBS", "process")
+    no_weights_here(monkeypatch)
+    viewer = make_napari_viewer()
+    w = dock(viewer, "Load model")
+    assert w.job.process
+    w.path.value = str(finetuned_bundle[0])
+    w.device.setCurrentText("cpu")
+    w.load()
+    qtbot.waitUntil(lambda: fresh_model.model is not None, timeout=120_000)
+    m = fresh_model.model
+    assert isinstance(m, ModelHandle) and m.path == Path(finetuned_bundle[0]) and m.device == "cpu"
+    assert m.class_names == ["DAB-rich", "hematoxylin-rich"] and m.has("selection_classifier")
+    assert set(m.parameters) >= {"AutoencoderKL", "UNet2DModel"} and all(n > 0 for n in m.parameters.values())
+    assert "AutoencoderKL" in w.card.text() and "DAB-rich" in w.card.text()
+
+
 def test_finetune_in_a_process_cancels_to_a_checkpoint_then_resumes_and_loads(
         make_napari_viewer, qtbot, trained_bundle, labeled_tiles, fresh_model, tmp_path, monkeypatch):
     """The Fine-tune panel as napari users get it: training in a spawned process, the result loaded."""
@@ -210,9 +242,10 @@ def test_finetune_in_a_process_cancels_to_a_checkpoint_then_resumes_and_loads(
     from napari_histodiff.widgets._common import State
 
     monkeypatch.setenv("HISTODIFF_JOBS", "process")
+    fresh_model.set(open_handle(trained_bundle, "cpu"))
+    no_weights_here(monkeypatch)  # from here on: the job opens the model and the result, the GUI never
     event = F.FinetuneWidget._event
     monkeypatch.setattr(F.FinetuneWidget, "_event", lambda self, e: (self.events.append(e.stage), event(self, e)))
-    fresh_model.set(load_bundle(trained_bundle, device="cpu"))
     viewer = make_napari_viewer()
     w = dock(viewer, "Fine-tune")
     assert w.job.process
@@ -227,13 +260,13 @@ def test_finetune_in_a_process_cancels_to_a_checkpoint_then_resumes_and_loads(
     w.cancel()
     qtbot.waitUntil(lambda: w.state == State.STOPPED, timeout=120_000)
     assert checkpoint_step(out) > 0 and w.intent.value == "resume" and not fresh_model.training
-    assert fresh_model.bundle.path == Path(trained_bundle)
+    assert fresh_model.model.path == Path(trained_bundle)
 
     w.form["classifier_steps"].value = checkpoint_step(out) + 3
     w.start()
     qtbot.waitUntil(lambda: w.state in (State.DONE, State.FAILED), timeout=180_000)
     assert w.state == State.DONE, w.status.text()
-    assert Path(fresh_model.bundle.path) == out and fresh_model.bundle.latent_classifier is not None
+    assert Path(fresh_model.model.path) == out and fresh_model.model.has("latent_classifier")
     assert "fine-tuned bundle written" in w.summary
 
 
@@ -248,7 +281,8 @@ def test_guided_sampling_in_a_process_fills_the_layer_and_its_table(make_napari_
     monkeypatch.setenv("HISTODIFF_JOBS", "process")
     viewer = make_napari_viewer()
     viewer.add_image(np.zeros((200, 200, 3), np.uint8), name="tissue", rgb=True)
-    fresh_model.set(load_bundle(finetuned_bundle[0], device="cpu"))
+    fresh_model.set(open_handle(finetuned_bundle[0], "cpu"))
+    no_weights_here(monkeypatch)
     s = dock(viewer, "Sample")
     assert s.job.process and s.device.currentText() == "cpu"
     sample_with(s, qtbot, "DAB-rich", 3, 4, 2, tmp_path / "samples")

@@ -8,6 +8,7 @@ pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
 import test_widgets as W
+from napari_histodiff.core.jobs.load import open_handle
 
 fresh_model = W.fresh_model  # autouse: no model loaded before or after a test
 dock, sample_with = W.dock, W.sample_with
@@ -47,7 +48,7 @@ def tissue_viewer(make_napari_viewer, fresh_model, finetuned_bundle):
     tissue = viewer.add_image(rng.integers(0, 255, (300, 400, 3), dtype=np.uint8), name="tissue", rgb=True,
                               scale=TISSUE_SCALE)
     viewer.add_shapes([[[10, 10], [40, 60]]], name="annotations", scale=TISSUE_SCALE)
-    fresh_model.set(load_bundle(finetuned_bundle[0], device="cpu"))
+    fresh_model.set(open_handle(finetuned_bundle[0], "cpu"))
     return viewer, tissue
 
 

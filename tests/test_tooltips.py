@@ -12,6 +12,7 @@ pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
 from test_widgets import dock, fresh_model  # noqa: E402,F401 (fresh_model: an autouse fixture)
+from napari_histodiff.core.jobs.load import open_handle
 
 PANELS = ("Load model", "Annotate", "Fine-tune", "Sample", "Review & export")
 
@@ -99,10 +100,10 @@ def test_selection_controls_show_only_with_a_selection_classifier(make_napari_vi
         return {name: form.is_shown(name) for name in names}
 
     assert shown() == {"select": False, "selection": False}  # no model
-    fresh_model.set(load_bundle(trained_bundle, device="cpu"))  # pre-trained: no classes, no classifier
+    fresh_model.set(open_handle(trained_bundle, "cpu"))  # pre-trained: no classes, no classifier
     assert shown() == {"select": False, "selection": False}
     assert s.target.currentText() == UNGUIDED and not form["guidance"].enabled  # nothing to guide toward
-    fresh_model.set(load_bundle(finetuned_bundle[0], device="cpu"))
+    fresh_model.set(open_handle(finetuned_bundle[0], "cpu"))
     assert shown() == {"select": True, "selection": True}
     s.target.setCurrentText("DAB-rich")
     assert form["guidance"].enabled and form["rule"].value == "both" and form["threshold"].enabled
@@ -113,7 +114,7 @@ def test_selection_controls_show_only_with_a_selection_classifier(make_napari_vi
     assert form["eta"].enabled
     form["sampler"].value = "dpm"  # eta is DDIM's
     assert not form["eta"].enabled
-    fresh_model.set(load_bundle(trained_bundle, device="cpu"))
+    fresh_model.set(open_handle(trained_bundle, "cpu"))
     assert shown() == {"select": False, "selection": False}
 
 

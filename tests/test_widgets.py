@@ -6,6 +6,8 @@ import time
 import numpy as np
 import pytest
 
+from napari_histodiff.core.jobs.load import open_handle
+
 pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
@@ -16,9 +18,9 @@ PLUGIN = "napari-histodiff"
 def fresh_model():
     from napari_histodiff.widgets._state import MODEL
 
-    MODEL.bundle, MODEL.training, MODEL.labeled = None, False, None
+    MODEL.model, MODEL.training, MODEL.labeled = None, False, None
     yield MODEL
-    MODEL.bundle, MODEL.training, MODEL.labeled = None, False, None
+    MODEL.model, MODEL.training, MODEL.labeled = None, False, None
 
 
 def dock(viewer, name):
@@ -94,7 +96,7 @@ def test_bad_inputs_keep_start_disabled(make_napari_viewer, qtbot, trained_bundl
     viewer = make_napari_viewer()
     w = dock(viewer, "Fine-tune")
     assert not w.start_button.isEnabled() and "load a model" in w.status.text()
-    fresh_model.set(load_bundle(trained_bundle, device="cpu"))
+    fresh_model.set(open_handle(trained_bundle, "cpu"))
     w.extract()  # no image layer: a notification, still disabled
     assert w.tiles is None and not w.start_button.isEnabled()
     viewer.add_image(np.zeros((64, 64), np.uint8), name="grey")  # not RGB: not offered
@@ -111,7 +113,7 @@ def test_bad_inputs_keep_start_disabled(make_napari_viewer, qtbot, trained_bundl
 def run_finetune(qtbot, viewer, trained_bundle, fresh_model, out, **steps):
     from napari_histodiff import load_bundle
 
-    fresh_model.set(load_bundle(trained_bundle, device="cpu"))
+    fresh_model.set(open_handle(trained_bundle, "cpu"))
     open_annotated_sample(viewer)
     w = dock(viewer, "Fine-tune")
     w.out.value = str(out)
@@ -138,8 +140,8 @@ def test_finetune_worker_runs_to_completion_and_loop_stays_responsive(make_napar
                      selection_steps=20, unet_steps=10)
     qtbot.waitUntil(lambda: w.state == State.DONE, timeout=120_000)
     timer.stop()
-    assert fresh_model.bundle.class_names == ["DAB-rich", "hematoxylin-rich"]
-    assert fresh_model.bundle.path == tmp_path / "ft" and not fresh_model.training
+    assert fresh_model.model.class_names == ["DAB-rich", "hematoxylin-rich"]
+    assert fresh_model.model.path == tmp_path / "ft" and not fresh_model.training
     assert len(w.plot.values) > 0
     # the verdict in plain words, the figures one click away
     verdict = w.verdict.text()
@@ -165,7 +167,7 @@ def test_finetune_with_a_folder_of_unlabelled_tiles_reports_pseudo_labels(make_n
     for i in range(0, len(labeled_tiles), 3):
         iio.imwrite(unl / f"u{i}.png", labeled_tiles.tiles[i])
     viewer = make_napari_viewer()
-    fresh_model.set(load_bundle(trained_bundle, device="cpu"))
+    fresh_model.set(open_handle(trained_bundle, "cpu"))
     open_annotated_sample(viewer)
     w = dock(viewer, "Fine-tune")
     assert w.options().unlabeled == []  # empty: off
@@ -207,7 +209,7 @@ def test_sample_review_export(make_napari_viewer, qtbot, finetuned_bundle, fresh
     from napari_histodiff.core.generate.export import read_export
 
     viewer = make_napari_viewer()
-    fresh_model.set(load_bundle(finetuned_bundle[0], device="cpu"))
+    fresh_model.set(open_handle(finetuned_bundle[0], "cpu"))
     s = dock(viewer, "Sample")
     sample_with(s, qtbot, "DAB-rich", 5, 5, 2, tmp_path / "samples")
     layer = viewer.layers["synthetic: DAB-rich"]
@@ -238,7 +240,7 @@ def test_sample_variations_of_the_annotated_tiles(make_napari_viewer, qtbot, fin
     errors = []
     monkeypatch.setattr(S, "notify_error", lambda exc, labels=None: errors.append(exc))
     viewer = make_napari_viewer()
-    fresh_model.set(load_bundle(finetuned_bundle[0], device="cpu"))
+    fresh_model.set(open_handle(finetuned_bundle[0], "cpu"))
     s = dock(viewer, "Sample")
     s.start_from.setCurrentText(S.ANNOTATED)
     s.start()  # nothing extracted yet: a message, no worker
@@ -332,8 +334,10 @@ def test_finetune_a_compvis_checkpoint_opened_in_the_load_widget(make_napari_vie
     load.ckpt.value = str(ckpt)
     load.device.setCurrentText("cpu")
     load.load()
-    qtbot.waitUntil(lambda: fresh_model.bundle is not None, timeout=60_000)
-    assert fresh_model.bundle.path is None  # converted in memory
+    qtbot.waitUntil(lambda: fresh_model.model is not None, timeout=60_000)
+    # converted once into the user's cache; the GUI holds its description, not its weights
+    assert fresh_model.model.source == ckpt and not hasattr(fresh_model.model, "unet")
+    assert fresh_model.model.path.parent.name == "converted" and (fresh_model.model.path / "histodiff.json").is_file()
     open_annotated_sample(viewer)
     w = dock(viewer, "Fine-tune")
     out = tmp_path / "ft"
@@ -346,7 +350,7 @@ def test_finetune_a_compvis_checkpoint_opened_in_the_load_widget(make_napari_vie
     w.start()
     qtbot.waitUntil(lambda: w.state in (State.DONE, State.FAILED), timeout=180_000)
     assert w.state == State.DONE
-    assert fresh_model.bundle.path == out and fresh_model.bundle.class_names == ["DAB-rich", "hematoxylin-rich"]
+    assert fresh_model.model.path == out and fresh_model.model.class_names == ["DAB-rich", "hematoxylin-rich"]
     again = load_bundle(out, device="cpu")
     assert again.class_names == ["DAB-rich", "hematoxylin-rich"] and again.selection_classifier is not None
     assert "public.ckpt" in again.meta["provenance"]["pretrained_from"]
@@ -360,7 +364,9 @@ def test_finetuning_a_vq_model_is_refused_before_anything_is_written(make_napari
 
     shown = errors_shown(monkeypatch)
     viewer = make_napari_viewer()
-    fresh_model.set(vq_bundle())
+    from napari_histodiff.core.formats.bundle import save_bundle
+
+    fresh_model.set(open_handle(save_bundle(vq_bundle(), tmp_path / "vq"), "cpu"))
     open_annotated_sample(viewer)
     w = dock(viewer, "Fine-tune")
     out = tmp_path / "ft"
@@ -379,7 +385,7 @@ def test_sample_class_choices_mean_what_the_cli_means(make_napari_viewer, finetu
     from napari_histodiff.widgets import sample as S
 
     viewer = make_napari_viewer()
-    fresh_model.set(load_bundle(finetuned_bundle[0], device="cpu"))
+    fresh_model.set(open_handle(finetuned_bundle[0], "cpu"))
     s = dock(viewer, "Sample")
     items = [s.target.itemText(i) for i in range(s.target.count())]
     assert items == ["DAB-rich", "hematoxylin-rich", S.ALL_CLASSES, S.UNGUIDED]
@@ -408,7 +414,7 @@ def test_review_exports_only_into_its_own_folders_and_appends(make_napari_viewer
 
     shown = errors_shown(monkeypatch)
     viewer = make_napari_viewer()
-    fresh_model.set(load_bundle(finetuned_bundle[0], device="cpu"))
+    fresh_model.set(open_handle(finetuned_bundle[0], "cpu"))
     s = dock(viewer, "Sample")
     s.form["rule"].value = "none"  # keep every tile
     sample_with(s, qtbot, "DAB-rich", 3, 4, 3, tmp_path / "samples")

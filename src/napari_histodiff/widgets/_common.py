@@ -209,17 +209,6 @@ def jobs_in_process() -> bool:
     return os.environ.get("HISTODIFF_JOBS", "process").lower() != "thread"
 
 
-def portable_model(bundle):
-    """What a job in another process opens as the loaded model: its bundle folder when it was loaded from
-    an intact one (nothing to copy), else the bundle itself (pickled)."""
-    from pathlib import Path
-
-    path = getattr(bundle, "path", None)
-    if path is not None and (Path(path) / "histodiff.json").is_file():
-        return Path(path)
-    return bundle
-
-
 def _drive(gen):
     return (yield from gen)
 

@@ -17,7 +17,7 @@ from qtpy.QtWidgets import (QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout,
 
 from ..core.train.finetune import FinetuneOptions
 from ._common import (SHOW_EVERY, DeviceCombo, Job, JobPanel, Reopens, RunNotes, State, activity, cancel_on_close,
-                      form_row, jobs_in_process, notify_error, notify_warning, path_edit, pinned_below, portable_model,
+                      form_row, jobs_in_process, notify_error, notify_warning, path_edit, pinned_below,
                       render, scroll_page)
 from ._forms import OptionsForm, field_edit, output_folder
 from ._layers import LayerCombo, extraction
@@ -47,11 +47,12 @@ def warm_imports() -> None:
     from ..core.train import autoencoder, classifiers, diffusion, losses  # noqa: F401
 
 
-def with_bundle(out, device, result):
-    """The job's result and the fine-tuned bundle, loaded in the worker thread (not the GUI's)."""
-    from ..core.formats.bundle import load_bundle
+def with_model(out, device, result):
+    """The job's result and the description of the fine-tuned model it wrote (no weight is read here)."""
+    from ..core.base.devices import pick_device
+    from ..core.formats.handle import describe_folder
 
-    return result, load_bundle(out, device=device)
+    return result, describe_folder(out, pick_device(device))
 
 
 def duration(seconds: float) -> str:
@@ -198,7 +199,7 @@ class FinetuneWidget(JobPanel, QWidget, metaclass=Reopens):
                                    "trains on them too (empty: off)")
         self.unlabeled.line_edit.native.setText("")  # FileEdit shows "." for no path
         self.device = DeviceCombo()
-        self.device.follow(MODEL.bundle)
+        self.device.follow(MODEL.model)
         self.extract_button = QPushButton("Extract tiles")
         self.counts = QLabel("Extract tiles to see how many each class gets.")
         self.counts.setWordWrap(True)
@@ -291,8 +292,8 @@ class FinetuneWidget(JobPanel, QWidget, metaclass=Reopens):
         return LABELS.get(name) or self.form.label_of(name)
 
     # -- inputs ---------------------------------------------------------------------------
-    def _model_changed(self, bundle):
-        self.device.follow(bundle)
+    def _model_changed(self, model):
+        self.device.follow(model)
         if not self.job.busy:
             self.tiles = None  # the tile size may have changed
         self._update()
@@ -310,10 +311,10 @@ class FinetuneWidget(JobPanel, QWidget, metaclass=Reopens):
         if self.extracting.busy or self.job.busy:
             return  # one extraction at a time, none while training
         try:
-            bundle = MODEL.require()
-            job = extraction(self.image.layer(), self.annotations.layer(), bundle.tile_size,
-                             self.stride.value() or bundle.tile_size, self.min_fraction.value(),
-                             mpp=bundle.meta.get("microns_per_pixel"))
+            model = MODEL.require()
+            job = extraction(self.image.layer(), self.annotations.layer(), model.tile_size,
+                             self.stride.value() or model.tile_size, self.min_fraction.value(),
+                             mpp=model.meta.get("microns_per_pixel"))
         except Exception as e:  # noqa: BLE001 - shown to the user
             self.tiles = None
             notify_error(e, self.label_of)
@@ -361,7 +362,7 @@ class FinetuneWidget(JobPanel, QWidget, metaclass=Reopens):
                               on_change=self._update)
 
     def _problem(self) -> str | None:
-        if MODEL.bundle is None:
+        if MODEL.model is None:
             return "load a model first (Load model widget)"
         if MODEL.training and not self.job.busy:
             return "another training is running"
@@ -439,8 +440,8 @@ class FinetuneWidget(JobPanel, QWidget, metaclass=Reopens):
 
         # the job checks the model (VQ, no UNet), the tiles and the output folder before it writes; in a
         # process it opens the loaded model from its folder
-        model = portable_model(MODEL.bundle) if self.job.process else MODEL.bundle
-        self.job.start(finetune, opts, model, self.tiles, then=partial(with_bundle, opts.out, opts.device),
+        opts.model = MODEL.model.path  # the job opens the model (the GUI holds no weights)
+        self.job.start(finetune, opts, None, self.tiles, then=partial(with_model, opts.out, opts.device),
                        on_yield=self._event, on_done=self._done, on_finish=self._finished, on_release=release,
                        on_change=self._update)
 
@@ -487,9 +488,9 @@ class FinetuneWidget(JobPanel, QWidget, metaclass=Reopens):
             self._stage_shown = stage
             self.activity.set_description(f"histodiff fine-tune: {stage}")
 
-    def _done(self, result_and_bundle):
-        self.result, bundle = result_and_bundle
-        MODEL.set(bundle)
+    def _done(self, result_and_model):
+        self.result, model = result_and_model
+        MODEL.set(model)
         self.overall.finish()
         self.progress.setValue(self.progress.maximum())
         self.progress.setFormat(f"done · 100% · {duration(self.overall.elapsed)}")
@@ -500,7 +501,7 @@ class FinetuneWidget(JobPanel, QWidget, metaclass=Reopens):
         verdict = self.result.get("verdict")
         if verdict is None:
             verdict = from_result(self.result, self.class_names) if "latent_classifier" in self.result \
-                else from_meta(getattr(bundle, "meta", None) or {})
+                else from_meta(getattr(model, "meta", None) or {})
         self.show_verdict(verdict)
         if self.result.get("nothing_to_do"):
             text = render(self.result["message"], self.label_of) + f" (the bundle is loaded). {verdict.headline}"

@@ -1,7 +1,8 @@
 """Load model: pick a bundle folder, a diffusers LDM folder or a CompVis .ckpt, and a device; shows a model card.
 
-Foreign checkpoints are converted in memory by ``core.formats.convert.open_model`` (weights only, nothing
-executed); `histodiff convert` saves them as a bundle once."""
+The load job (``core.jobs.load``, in its own process) checks the model and hands back a weights-free handle:
+the Fine-tune and Sample jobs open the bundle folder themselves, so the GUI never holds a second copy. Foreign
+checkpoints are converted once into a bundle in the user's cache (weights only, nothing executed)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 
 from qtpy.QtWidgets import QCheckBox, QComboBox, QFormLayout, QLabel, QProgressBar, QPushButton, QWidget
 
-from ._common import compact, form_row, notify_error, path_edit, scroll_page, start_worker
+from ._common import Job, cancel_on_close, compact, form_row, jobs_in_process, notify_error, path_edit, scroll_page
 from ._forms import explain_path, tooltip
 from ._state import MODEL, follow_model
 
@@ -40,16 +41,16 @@ def resolution_line(meta: dict) -> str:
     return f"tiles {size} px at <b>{float(mpp):.2f} µm/px</b> ({size * float(mpp):.0f} µm across)"
 
 
-def model_card(bundle) -> str:
-    meta = bundle.meta
-    counts = {type(m).__name__: sum(p.numel() for p in m.parameters()) for m in bundle.models()}
+def model_card(model) -> str:
+    """The card of a :class:`~..core.formats.handle.ModelHandle`."""
+    meta = model.meta
     conv = (meta.get("provenance") or {}).get("converted")
-    source = Path(conv["source"]).name if isinstance(conv, dict) and conv.get("source") else "bundle"
-    lines = [f"<b>{bundle.path.name if bundle.path else source}</b>",
+    name = model.source.name if model.source is not None else model.path.name
+    lines = [f"<b>{name}</b>",
              resolution_line(meta),
-             f"preset {meta['preset']['name']}, device {bundle.device}",
-             "classes: " + (", ".join(bundle.class_names) or "none (not fine-tuned)"),
-             "parameters: " + ", ".join(f"{k} {v / 1e6:.2f} M" for k, v in counts.items())]
+             f"preset {meta['preset']['name']}, device {model.device}",
+             "classes: " + (", ".join(model.class_names) or "none (not fine-tuned)"),
+             "parameters: " + ", ".join(f"{k} {v / 1e6:.2f} M" for k, v in model.parameters.items())]
     if isinstance(conv, dict):
         weights = {True: ", EMA weights", False: ", model weights"}.get(conv.get("ema"), "")
         lines.append(f"converted from {conv.get('format')} {conv.get('source')}{weights}")
@@ -107,22 +108,25 @@ class LoadWidget(QWidget):
         self.ckpt.changed.connect(self._source_changed)
         self._source_changed()
         follow_model(self, self._show)
-        if MODEL.bundle is not None:
-            self._show(MODEL.bundle)
-        self.worker = None
+        if MODEL.model is not None:
+            self._show(MODEL.model)
+        self.job = Job(process=jobs_in_process(), title="loading a model")
+        cancel_on_close(self, self.job)
 
     def load(self):
-        from ..core.formats.convert import open_model
+        from ..core.jobs.load import load_model
 
-        def job(source, device, options):
-            yield
-            return open_model(source, device=device, **options)
-
+        if self.job.busy:
+            return
         self.load_button.setEnabled(False)
         self.busy.show()
         source, options = self.source()
-        self.worker = start_worker(job, source, self.device.currentText(), options,
-                                   on_done=MODEL.set, on_error=notify_error, on_finish=self._idle)
+        self.job.start(load_model, source, self.device.currentText(), options.get("config"), options.get("ema"),
+                       on_yield=self._event, on_done=MODEL.set, on_error=notify_error, on_finish=self._idle)
+
+    def _event(self, event):
+        if event.message:
+            self.card.setText(event.message)
 
     def source(self) -> tuple[str, dict]:
         """What to load and the options for a CompVis checkpoint."""
@@ -155,5 +159,5 @@ class LoadWidget(QWidget):
         self.busy.hide()
         self.load_button.setEnabled(True)
 
-    def _show(self, bundle):
-        self.card.setText(model_card(bundle) if bundle is not None else "No model loaded.")
+    def _show(self, model):
+        self.card.setText(model_card(model) if model is not None else "No model loaded.")

@@ -63,6 +63,7 @@ from ._common import (
     notify_error,
     notify_warning,
     path_edit,
+    render,
     scroll_page,
 )
 from ._forms import OptionsForm, field_edit, output_folder
@@ -71,7 +72,7 @@ from .sample import add_beside, beside, features_table, show_layer
 from .settings import Remembered
 
 LABELS = {"out": "export folder", "samples": "layers to export", "threshold": "threshold (Sample widget)",
-          "rule": "rule (Sample widget)", "include_real": "real tiles"}
+          "rule": "rule (Sample widget)", "include_real": "real tiles", "audit": "Audit"}
 UNDO_LEVELS = 200
 KEYS = {"a": "accept", "r": "reject", "n": "next", "p": "previous", "u": "undo"}
 NO_LAYER = "no layer to review: sample tiles with the Sample widget, or open a sample folder"
@@ -845,7 +846,7 @@ class ReviewWidget(JobPanel, QWidget):
         for name in self._audited_layers:
             if name in self.viewer.layers and is_synthetic(self.viewer.layers[name]):
                 self.attach_audit(self.viewer.layers[name], self._audit_out)
-        show_info(summary["message"])
+        show_info(render(summary["message"], self.label_of))
 
     def _audit_finished(self):
         self.audit_button.setText("Audit")
@@ -953,4 +954,4 @@ class ReviewWidget(JobPanel, QWidget):
     def _exported(self, summary):
         from napari.utils.notifications import show_info
 
-        show_info(summary["message"])
+        show_info(render(summary["message"], self.label_of))

@@ -36,7 +36,6 @@ from ._common import (
     activity,
     jobs_in_process,
     pinned_below,
-    portable_model,
     cancel_on_close,
     compact,
     notify_error,
@@ -252,7 +251,7 @@ class SampleWidget(JobPanel, QWidget, metaclass=Reopens):
         self._default_out = output_folder("samples", self._image_layer())
         self.out = path_edit("d", self._default_out)
         self.device = DeviceCombo()
-        self.device.follow(MODEL.bundle)
+        self.device.follow(MODEL.model)
         explain_path(self.out, tooltip(TIPS["out"]))
         self.start_button, self.cancel_button = QPushButton("Sample"), QPushButton("Cancel")
         self.start_button.setToolTip(tooltip(TIPS["start"]))
@@ -317,7 +316,7 @@ class SampleWidget(JobPanel, QWidget, metaclass=Reopens):
     @property
     def can_select(self) -> bool:
         """Whether the loaded model has a selection classifier (a fine-tuned bundle)."""
-        return getattr(MODEL.bundle, "selection_classifier", None) is not None
+        return MODEL.model is not None and MODEL.model.has("selection_classifier")
 
     def _applies(self, *_):
         """Show only the controls that apply: the selection options with a selection classifier (a
@@ -340,24 +339,24 @@ class SampleWidget(JobPanel, QWidget, metaclass=Reopens):
     def variations(self) -> bool:
         return self.start_from.currentText() == ANNOTATED
 
-    def _targets(self, bundle) -> list[str]:
-        names = list(bundle.class_names) if bundle is not None else []
+    def _targets(self, model) -> list[str]:
+        names = list(model.class_names) if model is not None else []
         if self.variations:
             return [EACH_SOURCE, *names]
         return [*names, *([ALL_CLASSES] if len(names) > 1 else []), UNGUIDED]
 
-    def _model_changed(self, bundle):
+    def _model_changed(self, model):
         """The class choices of the new model; the choice made (or remembered) stays where the model has it,
         else the first class (a model without classes: unguided)."""
-        self.device.follow(bundle)
+        self.device.follow(model)
         current = self.target.currentText()
         if current == UNGUIDED and self.target.count() <= 1:
             current = None  # it was the only choice (a model without classes), not a choice made
         preferred = [t for t in (current, self._wanted) if t]
         self.target.blockSignals(True)
         self.target.clear()
-        if bundle is not None:
-            items = self._targets(bundle)
+        if model is not None:
+            items = self._targets(model)
             self.target.addItems(items)
             self.target.setCurrentText(next((t for t in preferred if t in items), items[0]))
         self.target.blockSignals(False)
@@ -378,19 +377,19 @@ class SampleWidget(JobPanel, QWidget, metaclass=Reopens):
     def _start_from_changed(self, *_):
         if not self.variations:  # from noise: always 1 (pure noise)
             self.form["strength"].value = None
-        self._model_changed(MODEL.bundle)
+        self._model_changed(MODEL.model)
 
     def _update(self):
-        ready = MODEL.bundle is not None
+        ready = MODEL.model is not None
         self.start_button.setEnabled(ready and not self.job.busy)
         self.cancel_button.setEnabled(self.job.can_cancel)
         self.status.setText(self.state.value if ready else "load a model first (Load model widget)")
 
     def options(self, out=None) -> SampleOptions:
         """The job's options: the form, the class choice, the folder, the device."""
-        bundle = MODEL.require()
+        model = MODEL.require()
         target = self.target.currentText()
-        classes = list(bundle.class_names) if target == ALL_CLASSES else \
+        classes = list(model.class_names) if target == ALL_CLASSES else \
             [] if target in (UNGUIDED, EACH_SOURCE, "") else [target]
         extra = {} if self.variations else {"strength": None}
         return self.form.read(classes=classes, out=out, device=self.device.currentText(), **extra)
@@ -408,7 +407,7 @@ class SampleWidget(JobPanel, QWidget, metaclass=Reopens):
         if self.job.busy:
             return
         try:
-            bundle = MODEL.require()
+            model = MODEL.require()
             opts = self.options()
             sources = self.sources()
             what, stem = self.folder_stem(opts)
@@ -424,13 +423,10 @@ class SampleWidget(JobPanel, QWidget, metaclass=Reopens):
         self.settings.save()
         self._shown = 0.0
         # the layer now (napari takes a moment to make one), so that tiles arriving only fill it
-        self.layer = self.feed.open(self.viewer, bundle.tile_size, name=self.name)
+        self.layer = self.feed.open(self.viewer, model.tile_size, name=self.name)
         self.activity = activity(f"histodiff sample: {what}", 1, self.job.cancel)
-        moved = opts.device != str(bundle.device)
-        model = portable_model(bundle) if self.job.process or moved else bundle
-        if not isinstance(model, type(bundle)):  # a folder: the job's process opens it on the chosen device
-            opts.model, model = model, None
-        self.job.start(sample, opts, model, sources, on_yield=self._event, on_done=self._done,
+        opts.model = model.path  # the job opens the model on the chosen device (the GUI holds no weights)
+        self.job.start(sample, opts, None, sources, on_yield=self._event, on_done=self._done,
                        on_finish=self._finished, on_change=self._update, on_release=self.activity.close)
 
     def sources(self):

@@ -18,8 +18,7 @@ def export(opts: ExportOptions, real_tiles=None):
     summary = yield from export_set(opts.samples, opts.out, opts, real_tiles=real_tiles, params=params)
     message = f"{summary['total']} tiles exported to {opts.out}"
     if not summary.get("audited"):
-        message += ("; not audited: near-copies of the real tiles may be among them (run `histodiff audit` on "
-                    "the sample folders and export with {opt:audit})")
+        message += "; not audited: near-copies of the real tiles may be among them ({opt:audit} screens them)"
     missing = summary.get("classes_without_tiles") or {}
     if missing:
         message += (f"; WARNING: no synthetic tile of class{'es' * (len(missing) > 1)} {', '.join(missing)}: "

@@ -158,7 +158,11 @@ SAME_ON_RESUME = ("scale", "unet_learning_rate", "decoder_learning_rate", "clean
 
 def lineage(provenance: dict, origin: str) -> dict:
     """The provenance a bundle fine-tuned from a model with ``provenance`` (at ``origin``) starts with:
-    the pre-training records, where it was pre-trained, and the chain of earlier fine-tunings."""
+    the pre-training records, where it was pre-trained, and the chain of earlier fine-tunings. A model
+    converted from a foreign checkpoint names that checkpoint, not the converted copy."""
+    conv = provenance.get("converted")
+    if isinstance(conv, dict) and conv.get("source"):
+        origin = str(conv["source"])
     prov = {k: v for k, v in provenance.items() if k not in FINETUNE_STAGES and k != "earlier_finetunes"}
     earlier = list(provenance.get("earlier_finetunes") or [])
     if "finetune" in provenance:  # the source was fine-tuned itself: keep its record in the chain
