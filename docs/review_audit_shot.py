@@ -5,7 +5,8 @@ sub-folders of tiles). Four tiles of each class are the "real" tiles the model s
 held-out tile of each class (genuine, not copies) and copies of four real tiles made with the audit's own
 transforms (flips / rotations, stain jitter, crop, blur, JPEG). The Audit button runs the real audit job (it
 trains its feature encoder on the real tiles); then the tiles are sorted by similarity, the grid is shown and
-the nearest real tile of the most copy-like tile is shown under the layer. Prints the audit's time."""
+the nearest real tile of the most copy-like tile is shown under the layer; then the audit's quality report is
+opened in its panel (``docs/images/review_report.png``). Prints the audit's time."""
 
 from __future__ import annotations
 
@@ -124,6 +125,10 @@ def main() -> None:
     HERE.mkdir(exist_ok=True)
     window.grab().save(str(HERE / "review_audit.png"))
     print("wrote", HERE / "review_audit.png")
+    review.report_button.click()  # the quality report of the audit, in its own panel
+    settle(1.0)
+    window.grab().save(str(HERE / "review_report.png"))
+    print("wrote", HERE / "review_report.png")
     viewer.close()
 
 

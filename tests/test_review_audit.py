@@ -184,9 +184,61 @@ def test_the_audit_button_runs_the_job_beside_the_sample_folder(make_napari_view
     assert opts.intent == "new"
     assert list(r.viewer.layers[f"classes: {layer.name}"].features["label"]) == [
         "TUM 0.41", "TUM 0.97 copy?", "TUM 0.63"]
-    assert told[-1] == "1 of 3 synthetic tiles are near-copies" and r.audit_progress.isHidden()
+    assert told[-1].startswith("1 of 3 synthetic tiles are near-copies") and r.audit_progress.isHidden()
     assert r.options().audit == [tmp_path / "s-audit"] and r.options().keep_near_copies is False
     # the real tiles' folder is remembered for the next time the panel opens
     again = dock(make_napari_viewer(), "Review & export")
     assert again.real.line_edit.native.text() == str(real) and again.leave_out.isChecked()
     assert not shown, shown
+
+
+def test_the_quality_report_opens_in_a_panel_with_its_plots(make_napari_viewer, qtbot, tmp_path, monkeypatch):
+    """Issue 28, item 3: the audit's report.html is shown inside napari, its embedded plots included."""
+    import io
+
+    from PIL import Image
+    from qtpy.QtCore import QUrl
+    from qtpy.QtGui import QTextDocument
+    from qtpy.QtWidgets import QDockWidget
+
+    import napari_histodiff.core.jobs.audit as job
+    from napari_histodiff.core.evaluate.report import _img
+    from napari_histodiff.widgets.report import TITLE, ReportView
+
+    infos(monkeypatch)
+    shown = errors_shown(monkeypatch)
+    samples = sample_folder(tmp_path / "s", "TUM", [0.9, 0.8, 0.7])
+    real = tmp_path / "real"
+    real_tiles(real)
+    png = io.BytesIO()
+    Image.new("RGB", (40, 30), (200, 30, 90)).save(png, format="PNG")
+
+    def stand_in(opts):
+        yield from ()
+        write(opts.out, audit_rows(samples, real))
+        (opts.out / "report.html").write_text(f"<h1>Quality report: 3 synthetic tiles</h1>{_img(png.getvalue(), 'gap')}",
+                                              encoding="utf-8")
+        return {"message": "1 of 3 synthetic tiles are near-copies"}
+
+    monkeypatch.setattr(job, "audit", stand_in)
+    r = dock(make_napari_viewer(), "Review & export")
+    r.open_folder(samples)
+    assert not r.report_button.isEnabled()  # no audit yet
+    r.real.value = str(real)
+    r.audit_button.click()
+    qtbot.waitUntil(lambda: not r.audit_job.busy and r.audit_button.text() == "Audit", timeout=30_000)
+    assert r.report_button.isEnabled()
+    r.report_button.click()
+    view = r.viewer.window._histodiff_report
+    assert isinstance(view, ReportView) and view.path == tmp_path / "s-audit" / "report.html" and r.report_button.isEnabled()
+    assert "Quality report: 3 synthetic tiles" in view.toPlainText()
+    src = view.toHtml().split('src="', 1)[1].split('"', 1)[0]
+    image = view.loadResource(QTextDocument.ResourceType.ImageResource, QUrl(src))
+    assert (image.width(), image.height()) == (40, 30)
+    # closed, then asked for again: one panel, showing the report
+    docks = [d for d in r.viewer.window._qt_window.findChildren(QDockWidget) if d.name == TITLE]
+    assert len(docks) == 1 and not docks[0].isHidden()
+    r.viewer.window.remove_dock_widget(docks[0])
+    r.report_button.click()
+    again = r.viewer.window._histodiff_report
+    assert again is not view and again.path == view.path and again.parent() is not None and not shown, shown

@@ -257,6 +257,10 @@ class ReviewWidget(JobPanel, QWidget):
         self.nearest_button = QPushButton("Show nearest real tile")
         self.nearest_button.setToolTip("show the current tile's nearest real tile under the layer (it follows the "
                                        "current tile)")
+        self.report_button = QPushButton("Quality report")
+        self.report_button.setToolTip("show the audit's quality report (report.html) in a panel: per class the "
+                                      "kept rate, class agreement, diversity, precision and recall, the "
+                                      "memorisation gap and the most copy-like tiles")
         self.export_button = QPushButton("Export accepted tiles")
         self.export_button.setToolTip("write the accepted tiles of the checked layers (or the layer under review) to "
                                       "the export folder: one sub-folder per class and manifest.csv")
@@ -295,6 +299,7 @@ class ReviewWidget(JobPanel, QWidget):
         row.addWidget(self.sort_box)
         row.addWidget(self.nearest_button)
         box.addLayout(row)
+        box.addWidget(self.report_button)
         box.addWidget(self.leave_out)
         layout.addWidget(audit)
         export = QGroupBox("export")
@@ -322,6 +327,7 @@ class ReviewWidget(JobPanel, QWidget):
         self.audit_button.clicked.connect(self.audit)
         self.sort_box.toggled.connect(self._sort_changed)
         self.nearest_button.clicked.connect(lambda: self.show_nearest())
+        self.report_button.clicked.connect(lambda: self.show_report())
         self.out.changed.connect(self._folder_changed)
         self._folder_changed()
         self.layers.currentTextChanged.connect(self._layer_changed)
@@ -525,6 +531,7 @@ class ReviewWidget(JobPanel, QWidget):
         audited = layer is not None and self.audit_of(layer) is not None
         self.sort_box.setEnabled(audited)
         self.nearest_button.setEnabled(audited)
+        self.report_button.setEnabled(self.report_file(layer) is not None)
         if not self.audit_job.busy:
             self.audit_status.setText(self._audit_text(layer))
         if not records:
@@ -846,7 +853,25 @@ class ReviewWidget(JobPanel, QWidget):
         for name in self._audited_layers:
             if name in self.viewer.layers and is_synthetic(self.viewer.layers[name]):
                 self.attach_audit(self.viewer.layers[name], self._audit_out)
-        show_info(render(summary["message"], self.label_of))
+        show_info(render(summary["message"], self.label_of) + " (Quality report: the report of the audit)")
+
+    def report_file(self, layer=None):
+        """The quality report of ``layer``'s audit (default: the layer under review), or None."""
+        layer = self.reviewed() if layer is None else layer
+        found = self.audit_of(layer) if layer is not None else None
+        path = Path(found["folder"]) / "report.html" if found else None
+        return path if path is not None and path.is_file() else None
+
+    def show_report(self):
+        """The quality report of the reviewed layer's audit, in its own panel."""
+        from .report import show_report
+
+        path = self.report_file()
+        if path is not None and self.viewer is not None:
+            try:
+                show_report(self.viewer, path)
+            except (OSError, UnicodeDecodeError) as e:
+                notify_error(HistodiffError(f"cannot show the quality report {path}: {e}; open it in a browser"))
 
     def _audit_finished(self):
         self.audit_button.setText("Audit")
