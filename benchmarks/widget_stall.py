@@ -150,7 +150,7 @@ def main() -> None:
     import torch
     from qtpy.QtWidgets import QApplication
 
-    from napari_histodiff import load_bundle
+    from napari_histodiff.core.jobs.load import open_handle
     from napari_histodiff._sample_data import demo_tissue_annotated
     from napari_histodiff.widgets._state import MODEL
 
@@ -162,7 +162,7 @@ def main() -> None:
     app = QApplication.instance()
     for data, kwargs, kind in demo_tissue_annotated():
         getattr(viewer, f"add_{kind}")(data, **kwargs)
-    MODEL.set(load_bundle(folder, device="cpu"))
+    MODEL.set(open_handle(folder, "cpu"))
     panels = args.panels.split(",")
     _, w = viewer.window.add_plugin_dock_widget("napari-histodiff", "Fine-tune")
     w.form.unet_steps.value = w.form.classifier_steps.value = w.form.selection_steps.value = args.steps
@@ -179,7 +179,7 @@ def main() -> None:
     print("| panel | job in | beside it | ticks | run | Start handler | median | 99th pct | longest (at) |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     modes, tiles = args.modes.split(","), w.tiles
-    for load in (0, args.load):
+    for load in dict.fromkeys((0, args.load)):
         hogs = [subprocess.Popen([sys.executable, "-c", BUSY]) for _ in range(load)]
         try:
             for panel in panels:
@@ -188,7 +188,7 @@ def main() -> None:
                     if panel == "finetune":
                         w.tiles = tiles
                         r = one_run(w, app, out, mode == "process")
-                        MODEL.set(load_bundle(folder, device="cpu"))  # the next run starts from the same model
+                        MODEL.set(open_handle(folder, "cpu"))  # the next run starts from the same model
                         w.tiles = tiles
                     else:
                         r = one_run(s, app, out, mode == "process")

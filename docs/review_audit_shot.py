@@ -72,7 +72,7 @@ def main() -> None:
     from napari._qt.dialogs.qt_notification import NapariQtNotification
     from qtpy.QtWidgets import QApplication
 
-    from napari_histodiff.widgets.sample import _canvas_size, _yx_box
+    from napari_histodiff.widgets.sample import _canvas_size, _yx_box, camera_of
 
     tmp = Path(tempfile.mkdtemp(prefix="histodiff-audit-shot-"))
     real, samples = make_sets(args.real, tmp)
@@ -116,10 +116,10 @@ def main() -> None:
     grid[1, 1] = grid[0, 1] + 2 * (SIZE + 2) * layer.scale[-1]
     boxes = [_yx_box(layer), _yx_box(viewer.layers[f"nearest real: {layer.name}"]), grid]
     lo, hi = np.min([b[0] for b in boxes], axis=0), np.max([b[1] for b in boxes], axis=0)
-    center = list(viewer.camera.center)
+    center = list(camera_of(viewer).center)
     center[-2:] = (lo + hi) / 2
-    viewer.camera.center = tuple(center)
-    viewer.camera.zoom = 0.95 * float(np.min(_canvas_size(viewer) / (hi - lo)))
+    camera_of(viewer).center = tuple(center)
+    camera_of(viewer).zoom = 0.95 * float(np.min(_canvas_size(viewer) / (hi - lo)))
     settle()
     assert (window.width(), window.height()) == SCREEN, (window.width(), window.height())
     HERE.mkdir(exist_ok=True)

@@ -74,7 +74,7 @@ def main() -> None:
 
     from napari_histodiff._sample_data import demo_tissue_annotated
     from napari_histodiff.widgets._common import State
-    from napari_histodiff.widgets.sample import _canvas_size, _yx_box
+    from napari_histodiff.widgets.sample import _canvas_size, _yx_box, camera_of
 
     HERE.mkdir(exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="histodiff-shots-"))
@@ -97,12 +97,12 @@ def main() -> None:
         boxes = [_yx_box(layer) for layer in viewer.layers if layer.visible]
         lo, hi = np.min([b[0] for b in boxes], axis=0), np.max([b[1] for b in boxes], axis=0)
         settle(0.2)
-        center = list(viewer.camera.center)
+        center = list(camera_of(viewer).center)
         center[-2:] = (lo + hi) / 2
-        viewer.camera.center = tuple(center)
+        camera_of(viewer).center = tuple(center)
         canvas = _canvas_size(viewer)
         if canvas is not None:
-            viewer.camera.zoom = (1 - margin) * float(np.min(canvas / (hi - lo)))
+            camera_of(viewer).zoom = (1 - margin) * float(np.min(canvas / (hi - lo)))
 
     def window_shot(name):
         """The whole window, as the screen shows it (1280 x 800)."""

@@ -203,7 +203,7 @@ def test_the_quality_report_opens_in_a_panel_with_its_plots(make_napari_viewer, 
 
     import napari_histodiff.core.jobs.audit as job
     from napari_histodiff.core.evaluate.report import _img
-    from napari_histodiff.widgets.report import TITLE, ReportView
+    from napari_histodiff.widgets.report import _VIEWS, TITLE, ReportView
 
     infos(monkeypatch)
     shown = errors_shown(monkeypatch)
@@ -229,7 +229,7 @@ def test_the_quality_report_opens_in_a_panel_with_its_plots(make_napari_viewer, 
     qtbot.waitUntil(lambda: not r.audit_job.busy and r.audit_button.text() == "Audit", timeout=30_000)
     assert r.report_button.isEnabled()
     r.report_button.click()
-    view = r.viewer.window._histodiff_report
+    view = _VIEWS[r.viewer]
     assert isinstance(view, ReportView) and view.path == tmp_path / "s-audit" / "report.html" and r.report_button.isEnabled()
     assert "Quality report: 3 synthetic tiles" in view.toPlainText()
     src = view.toHtml().split('src="', 1)[1].split('"', 1)[0]
@@ -240,5 +240,5 @@ def test_the_quality_report_opens_in_a_panel_with_its_plots(make_napari_viewer, 
     assert len(docks) == 1 and not docks[0].isHidden()
     r.viewer.window.remove_dock_widget(docks[0])
     r.report_button.click()
-    again = r.viewer.window._histodiff_report
+    again = _VIEWS[r.viewer]
     assert again is not view and again.path == view.path and again.parent() is not None and not shown, shown

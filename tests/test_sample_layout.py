@@ -37,7 +37,9 @@ def shown(viewer):
 
 
 def camera_yx(viewer):
-    return np.asarray(viewer.camera.center, dtype=float)[-2:]
+    from napari_histodiff.widgets.sample import camera_of
+
+    return np.asarray(camera_of(viewer).center, dtype=float)[-2:]
 
 
 def tissue_viewer(make_napari_viewer, fresh_model, finetuned_bundle):

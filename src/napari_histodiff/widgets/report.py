@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import weakref
 from pathlib import Path
 
 from qtpy.QtCore import QUrl
@@ -10,6 +11,8 @@ from qtpy.QtGui import QTextDocument
 from qtpy.QtWidgets import QTextBrowser
 
 TITLE = "Quality report"
+WIDTH = 900  # px
+_VIEWS = weakref.WeakKeyDictionary()  # viewer -> its report view
 
 
 class ReportView(QTextBrowser):
@@ -18,6 +21,9 @@ class ReportView(QTextBrowser):
     def __init__(self):
         super().__init__()
         self.setOpenExternalLinks(True)
+        # the report's tables need this width to stay readable: a narrow panel scrolls sideways
+        self.setLineWrapMode(QTextBrowser.LineWrapMode.FixedPixelWidth)
+        self.setLineWrapColumnOrWidth(WIDTH)
         self.path = None
 
     def loadResource(self, kind, url: QUrl):
@@ -39,16 +45,15 @@ def show_report(viewer, path) -> ReportView:
     """Show ``path`` in the viewer's report panel (made on first use, then reused and raised)."""
     from qtpy.QtWidgets import QDockWidget
 
-    window = viewer.window
-    view = getattr(window, "_histodiff_report", None)
+    view = _VIEWS.get(viewer)
     try:
         removed = view is None or view.parent() is None  # napari unparents the widget of a closed panel
     except RuntimeError:  # deleted with its panel
         removed = True
     if removed:
         view = ReportView()
-        window.add_dock_widget(view, name=TITLE, area="right", tabify=True)
-        window._histodiff_report = view
+        viewer.window.add_dock_widget(view, name=TITLE, area="right", tabify=True)
+        _VIEWS[viewer] = view
     view.show_file(path)
     dock = view.parent()
     while dock is not None and not isinstance(dock, QDockWidget):

@@ -154,12 +154,19 @@ def show_layer(viewer, layer, margin: float = 0.05) -> None:
     """Centre and zoom the 2D view on ``layer`` (its last two axes). (``viewer.reset_view(layers=...)``
     fails for a 2D layer among tile stacks, so this is done here.)"""
     box = _yx_box(layer)
-    center = list(viewer.camera.center)
+    camera = camera_of(viewer)
+    center = list(camera.center)
     center[-2:] = (box[0] + box[1]) / 2
-    viewer.camera.center = tuple(center)
+    camera.center = tuple(center)
     size, canvas = box[1] - box[0], _canvas_size(viewer)
     if viewer.dims.ndisplay == 2 and canvas is not None and np.all(size > 0) and np.all(canvas > 0):
-        viewer.camera.zoom = (1 - margin) * float(np.min(canvas / size))
+        camera.zoom = (1 - margin) * float(np.min(canvas / size))
+
+
+def camera_of(viewer):
+    """The viewer's camera (``viewer.scene.camera`` since napari 0.9, ``viewer.camera`` before)."""
+    scene = getattr(viewer, "scene", None)
+    return scene.camera if scene is not None else viewer.camera
 
 
 class TileFeed:
