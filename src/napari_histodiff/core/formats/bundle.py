@@ -24,6 +24,7 @@ from pathlib import Path
 from ..base.errors import BundleError
 from ..models.presets import Preset
 from .integrity import checked_files, record_files, repair_hint, verify_part, write_manifest
+from .handle import MetaFields
 
 FORMAT = "napari-histodiff-bundle"
 FORMAT_VERSION = 1
@@ -59,7 +60,7 @@ def new_meta(preset: Preset) -> dict:
 
 
 @dataclass
-class Bundle:
+class Bundle(MetaFields):
     """Loaded models of a bundle; ``vae``, ``unet`` and ``scheduler`` are diffusers objects."""
 
     vae: object
@@ -73,14 +74,6 @@ class Bundle:
     @property
     def scale_factor(self) -> float:
         return float(self.meta.get("latent_scale_factor") or self.vae.config.scaling_factor)
-
-    @property
-    def tile_size(self) -> int:
-        return int(self.meta["tile_size"])
-
-    @property
-    def class_names(self) -> list[str]:
-        return list(self.meta.get("class_names") or [])
 
     @property
     def preset(self) -> Preset:

@@ -6,15 +6,28 @@ checkpoint (CompVis .ckpt, diffusers folder) is converted once into a bundle in 
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 PARTS = ("vae", "unet", "latent_classifier", "selection_classifier")
 
 
+class MetaFields:
+    """What a model's ``meta`` (its histodiff.json) says, for a loaded bundle and a handle alike."""
+
+    meta: dict
+
+    @property
+    def tile_size(self) -> int:
+        return int(self.meta["tile_size"])
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.meta.get("class_names") or [])
+
+
 @dataclass(frozen=True)
-class ModelHandle:
+class ModelHandle(MetaFields):
     """A checked bundle folder: ``meta`` (its histodiff.json), the device jobs use, parameter counts per
     network class, and the checkpoint it was converted from (``source``), if any."""
 
@@ -24,14 +37,6 @@ class ModelHandle:
     parameters: dict = field(default_factory=dict)
     parts: tuple = ()
     source: Path | None = None
-
-    @property
-    def tile_size(self) -> int:
-        return int(self.meta["tile_size"])
-
-    @property
-    def class_names(self) -> list[str]:
-        return list(self.meta.get("class_names") or [])
 
     def has(self, part: str) -> bool:
         return part in self.parts
@@ -78,6 +83,6 @@ def converted_folder(source, config=None, ema=None) -> Path:
     key = f"{source}|{st.st_size}|{st.st_mtime_ns}|{config and Path(config).resolve()}|{ema}"
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     from ..base.names import safe_name
+    from .integrity import cache_folder
 
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "napari-histodiff" / "converted" / f"{safe_name(source.stem)}-{digest}"
+    return cache_folder() / "converted" / f"{safe_name(source.stem)}-{digest}"

@@ -232,10 +232,14 @@ class Verified:
             pass
 
 
+def cache_folder() -> Path:
+    """The user's cache folder of the project: ``$XDG_CACHE_HOME`` or ``~/.cache``, then ``napari-histodiff/``."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "napari-histodiff"
+
+
 def verified_cache() -> Verified:
-    """The user's cache of verified weight files (``$XDG_CACHE_HOME`` or ``~/.cache``, ``napari-histodiff/``)."""
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Verified(Path(base) / "napari-histodiff" / "verified-weights.json")
+    """The user's cache of verified weight files."""
+    return Verified(cache_folder() / "verified-weights.json")
 
 
 def damaged_parts(path) -> dict[str, list[str]]:
