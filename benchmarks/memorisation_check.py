@@ -1,8 +1,8 @@
 """Does longer UNet fine-tuning memorise more? Near-copies among class-guided tiles of a model fine-tuned on
 20 crc5 tiles per class, after N UNet fine-tuning steps (issue 28, item 4; results in docs/results.md).
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/memorisation_check.py --work /tmp/memo --unet-steps 0 1000 4000 \\
-        --docs docs/results/memorisation
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/memorisation_check.py --work /tmp/memo/run \\
+        --unet-steps 0 300 1000 2000 4000 --ae-steps 150 --ldm-steps 200 --docs docs/results/memorisation
 
 Stages (each caches its output under --work and is skipped or resumed when present, so a re-run resumes):
   data       the augmentation experiment's crc5 split at 64 px (benchmarks/augmentation_experiment.py, seed
@@ -11,12 +11,15 @@ Stages (each caches its output under --work and is skipped or resumed when prese
              --ae-steps / --ldm-steps (the experiment's CPU profile: 600 / 1000)
   finetune   per N in --unet-steps, from that one bundle with the same tiles and seed: N UNet steps at
              --unet-lr, the noisy latent classifier and a one-ResNet selection classifier (`histodiff
-             finetune`). N = 0: the classifiers of the first fine-tuned arm with the pre-trained UNet
+             finetune`). A longer arm resumes a copy of the next shorter one (see finetune_arm). N = 0: the
+             classifiers of the first fine-tuned arm with the pre-trained UNet (run last)
   sample     --per-class class-guided tiles per class from each bundle (`histodiff sample --rule none`:
              every tile kept, so selection hides no copy), the same seed for every arm
   audit      `histodiff audit SAMPLES --against LABELED --held-out HELD-OUT` per arm; the first arm trains
              the feature encoder, the others reuse it (`--features`), so every arm has the same threshold
-Prints one row per arm and writes summary.json / summary.csv / per_class.csv (and each arm's audit.json and
+First, unless --no-reconstructions, the labeled tiles encoded and decoded by the pre-trained autoencoder are
+audited as if synthetic: the most a perfect copy through that decoder can score. Prints one row per arm (with,
+per fine-tuned arm, the paired change of similarity against the 0 arm) and writes summary.json / summary.csv / per_class.csv (and each arm's audit.json and
 report.json, no tiles) to --docs.
 """
 
