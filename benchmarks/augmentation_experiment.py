@@ -113,15 +113,19 @@ GPU_COST = {"ae_step": 0.045, "ldm_step": 0.030, "encode_once": 15, "unet_ft_ste
 
 
 class Timer:
+    """Seconds per stage, added up over re-runs (a failed stage's time too), in a JSON file."""
+
     def __init__(self, path: Path):
         self.path = path
         self.times = json.loads(path.read_text()) if path.is_file() else {}
 
     def run(self, name, fn):
         t = time.perf_counter()
-        out = fn()
-        self.times[name] = round(time.perf_counter() - t + self.times.get(name, 0.0), 1)
-        self.path.write_text(json.dumps(self.times, indent=1))
+        try:
+            out = fn()
+        finally:
+            self.times[name] = round(time.perf_counter() - t + self.times.get(name, 0.0), 1)
+            self.path.write_text(json.dumps(self.times, indent=1))
         return out
 
 

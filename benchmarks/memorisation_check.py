@@ -48,22 +48,6 @@ def drain(gen, label):
     return X.drain(gen, label)
 
 
-class Timer:
-    """Seconds per stage, added up over re-runs, in WORK/timing.json."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.times = json.loads(path.read_text()) if path.is_file() else {}
-
-    def run(self, name, fn):
-        t = time.perf_counter()
-        try:
-            return fn()
-        finally:
-            self.times[name] = round(time.perf_counter() - t + self.times.get(name, 0.0), 1)
-            self.path.write_text(json.dumps(self.times, indent=1))
-
-
 def pretrain(args, work: Path) -> Path:
     pre = work / "pretrained"
     s = X.Settings(ks=[20], ae_steps=args.ae_steps, ldm_steps=args.ldm_steps, device=args.device)
@@ -192,7 +176,7 @@ def main(argv=None):
     if old and any(old.get(k) != settings[k] for k in fixed):
         sys.exit(f"error: {work} holds a run with other settings ({work / 'settings.json'}); choose another --work")
     (work / "settings.json").write_text(json.dumps(settings, indent=1))
-    timer = Timer(work / "timing.json")
+    timer = X.Timer(work / "timing.json")
 
     log("data")
     timer.run("data", lambda: X.make_data(args.data, work / "data", X.Settings(ks=[20], test_per_class=args.held_out)))

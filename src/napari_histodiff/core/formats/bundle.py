@@ -24,7 +24,6 @@ from pathlib import Path
 from ..base.errors import BundleError
 from ..models.presets import Preset
 from .integrity import checked_files, record_files, repair_hint, verify_part, write_manifest
-from .handle import MetaFields
 
 FORMAT = "napari-histodiff-bundle"
 FORMAT_VERSION = 1
@@ -57,6 +56,20 @@ def new_meta(preset: Preset) -> dict:
         "provenance": {},
         "metrics": {},
     }
+
+
+class MetaFields:
+    """What a model's ``meta`` (its histodiff.json) says, for a loaded bundle and a handle alike."""
+
+    meta: dict
+
+    @property
+    def tile_size(self) -> int:
+        return int(self.meta["tile_size"])
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.meta.get("class_names") or [])
 
 
 @dataclass

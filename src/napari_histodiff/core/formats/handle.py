@@ -9,21 +9,9 @@ import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .bundle import MetaFields, read_meta
+
 PARTS = ("vae", "unet", "latent_classifier", "selection_classifier")
-
-
-class MetaFields:
-    """What a model's ``meta`` (its histodiff.json) says, for a loaded bundle and a handle alike."""
-
-    meta: dict
-
-    @property
-    def tile_size(self) -> int:
-        return int(self.meta["tile_size"])
-
-    @property
-    def class_names(self) -> list[str]:
-        return list(self.meta.get("class_names") or [])
 
 
 @dataclass(frozen=True)
@@ -46,8 +34,6 @@ def describe_folder(path, device, source=None) -> ModelHandle:
     """The handle of a bundle folder from its histodiff.json, configs and safetensors headers (no weight is
     read); jobs check the weights when they open them."""
     import json
-
-    from .bundle import read_meta
 
     path = Path(path)
     meta = read_meta(path)
