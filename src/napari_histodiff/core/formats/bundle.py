@@ -189,9 +189,20 @@ def _load_part(cls, folder: Path, what: str, meta: dict | None = None):
     if problems:
         raise BundleError(f"cannot load {what}: {'; '.join(problems)}; {repair_hint([folder.name], meta)}")
     try:
-        return cls.from_pretrained(folder)
+        model = cls.from_pretrained(folder)
     except Exception as e:  # diffusers raises many kinds; one clear message
         raise BundleError(f"cannot load {what} from {folder}: {type(e).__name__}: {e}") from None
+    return _as_float32(model)
+
+
+def _as_float32(model):
+    """Weights stored as float16 (a compact bundle, formats/starter.py) are used as float32."""
+    import torch
+
+    if hasattr(model, "parameters") and any(p.is_floating_point() and p.dtype != torch.float32
+                                            for p in model.parameters()):
+        model.to(torch.float32)
+    return model
 
 
 def load_bundle(path, device=None, require_unet: bool = True) -> Bundle:
@@ -311,6 +322,8 @@ def describe(path, verify: bool = True) -> tuple[str, list[str]]:
     """The summary of a bundle and the problems of its files (sizes, sha256, safetensors headers)."""
     import json as _json
 
+    from .starter import float_dtypes, starter_lines
+
     path = Path(path)
     meta = read_meta(path)
     problems = {}
@@ -321,6 +334,7 @@ def describe(path, verify: bool = True) -> tuple[str, list[str]]:
     scale = meta.get("latent_scale_factor")
     lines.append(f"latent scale factor {scale:.5f}" if scale else "latent scale factor (not yet computed)")
     lines.append(f"classes     {', '.join(meta.get('class_names') or []) or '(none: unconditional)'}")
+    lines += starter_lines(meta)
     if meta.get("class_counts"):
         lines.append("labeled     " + ", ".join(f"{c} {n} tiles" for c, n in meta["class_counts"].items()))
     for part in ("vae", "unet", "scheduler", "latent_classifier", "selection_classifier"):
@@ -337,7 +351,8 @@ def describe(path, verify: bool = True) -> tuple[str, list[str]]:
         except (IndexError, OSError, ValueError):
             name = "config missing or unreadable"
         problems[part] = verify_part(folder) if verify else []
-        lines.append(f"{part:<11} {name}, {size / 1e6:.1f} MB of weights" + (" DAMAGED" if problems[part] else ""))
+        stored = " (stored as float16)" if float_dtypes(folder) == ["float16"] else ""
+        lines.append(f"{part:<11} {name}, {size / 1e6:.1f} MB of weights{stored}" + (" DAMAGED" if problems[part] else ""))
     missing = missing_parts(path, meta)
     lines.append("status      complete" if not missing else
                  f"status      INCOMPLETE: no {', '.join(p + '/' for p in missing)} (training stopped before "

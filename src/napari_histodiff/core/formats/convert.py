@@ -77,7 +77,9 @@ def open_model(source, device=None, require_unet: bool = True, format: str | Non
     ``diffusers`` (default: detected). ``ema``: CompVis EMA weights (default: used when present)."""
     from ..base.devices import pick_device
     from .bundle import check_consistent, load_bundle
+    from .starter import resolve_model
 
+    source = resolve_model(source)  # a built-in model's name: its folder in the package
     fmt = format or detect_format(source)
     if fmt == "bundle":
         if config is not None or ema is not None:

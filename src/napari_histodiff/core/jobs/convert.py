@@ -77,15 +77,18 @@ def info(opts: InfoOptions):
     from ..formats.bundle import describe, read_meta, save_bundle, summary
     from ..formats.convert import convert_source, detect_format
 
+    from ..formats.starter import resolve_model
+
     check(opts)
     require(opts, "model")
     if False:
         yield  # a generator, like every job
-    fmt = opts.foreign.format or detect_format(opts.model)
+    model = resolve_model(opts.model)  # a built-in model's name: its folder in the package
+    fmt = opts.foreign.format or detect_format(model)
     if fmt == "bundle":
         if opts.foreign.config is not None or opts.foreign.ema is not None:
             raise HistodiffError("{opt:config} and {opt:ema} apply to CompVis .ckpt checkpoints only")
-        folder = Path(opts.model)
+        folder = Path(model)
         if opts.json:
             return {"message": json.dumps(read_meta(folder), indent=2, sort_keys=True)}
         text, problems = describe(folder)
@@ -95,7 +98,7 @@ def info(opts: InfoOptions):
         return {"message": text}
     with tempfile.TemporaryDirectory(prefix="histodiff-converted-") as tmp:
         folder = Path(tmp) / "bundle"
-        save_bundle(convert_source(opts.model, fmt, **{k: v for k, v in opts.foreign.kwargs().items()
+        save_bundle(convert_source(model, fmt, **{k: v for k, v in opts.foreign.kwargs().items()
                                                        if k != "format"}), folder)
         if opts.json:
             return {"message": json.dumps(read_meta(folder), indent=2, sort_keys=True)}

@@ -31,15 +31,17 @@ def open_labeled(paths, tile_size: int, scale=None, mpp=None, opts: FinetuneOpti
 def _source(opts: FinetuneOptions, model):
     """What fine-tuning starts from: the given in-memory bundle, a bundle folder, or a converted model."""
     from ..formats.convert import detect_format, open_model
+    from ..formats.starter import resolve_model
 
     if model is not None:
         return model
-    fmt = opts.foreign.format or detect_format(opts.model)
+    path = resolve_model(opts.model)  # a built-in model's name: its folder in the package
+    fmt = opts.foreign.format or detect_format(path)
     if fmt == "bundle":
         if opts.foreign.config is not None or opts.foreign.ema is not None:
             raise HistodiffError("{opt:config} and {opt:ema} apply to CompVis .ckpt checkpoints only")
-        return Path(opts.model)
-    return open_model(opts.model, device="cpu", **opts.foreign.kwargs())
+        return Path(path)
+    return open_model(path, device="cpu", **opts.foreign.kwargs())
 
 
 def finetune(opts: FinetuneOptions, model=None, tiles=None):
@@ -62,6 +64,8 @@ def finetune(opts: FinetuneOptions, model=None, tiles=None):
     origin = source.path if isinstance(source, Bundle) else source
     if origin is not None and out.resolve() == Path(origin).resolve():
         raise HistodiffError("{opt:out} must be a new folder, not the pre-trained bundle itself")
+    if origin is not None and Path(origin).is_dir() and Path(origin).resolve() in out.resolve().parents:
+        raise HistodiffError(f"{{opt:out}} must be a folder outside the pre-trained bundle {origin}")
     check_source(source)
     preset = source.preset if isinstance(source, Bundle) else Preset.from_dict(read_meta(source)["preset"])
     mpp = source.meta.get("microns_per_pixel") if isinstance(source, Bundle) else \

@@ -20,8 +20,11 @@ def load_model(source, device=None, config=None, ema=None):
     from ..formats.handle import converted_folder, describe_folder
     from .sample import open_checked
 
+    from ..formats.starter import resolve_model
+
     fit_threads()
     device = pick_device(device)  # an unknown device fails before anything is read
+    source = resolve_model(source)  # a built-in model's name: its folder in the package
     fmt = detect_format(source)
     path, origin = Path(source), None
     if fmt == "bundle":

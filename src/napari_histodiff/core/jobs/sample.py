@@ -38,7 +38,9 @@ def open_checked(path, device, **foreign):
     from ..formats.bundle import read_meta
     from ..formats.convert import detect_format, open_model
     from ..formats.integrity import damaged_parts, repair_hint
+    from ..formats.starter import resolve_model
 
+    path = resolve_model(path)  # a built-in model's name: its folder in the package
     if (foreign.get("format") or detect_format(path)) == "bundle":
         damaged = damaged_parts(path)
         if damaged:
