@@ -155,6 +155,8 @@ def test_finetune_sample_and_info_take_the_name_and_leave_the_package_folder_unc
     assert meta["provenance"]["pretrained_from"] == str(installed.resolve())
     assert meta["starter"]["name"] == "he-starter"  # the attribution travels with the derived model
     assert (out / "latent_classifier").is_dir() and (out / "selection_classifier").is_dir()
+    assert S.float_dtypes(out / "unet") == ["float32"] and S.float_dtypes(out / "vae") == ["float16"]
+    assert meta["storage"]["parts"] == ["vae"]  # the fine-tuned UNet is saved as float32
     code, stdout, err = run(capsys, "sample", "he-starter", "-n", 2, "--steps", 2, "--out", tmp_path / "s",
                             "--device", "cpu")
     assert code == 0, err

@@ -174,3 +174,24 @@ def starter_lines(meta: dict) -> list[str]:
         if s.get(key):
             lines.append(f"{key:<11} {s[key]}")
     return lines
+
+
+def note_storage(folder) -> None:
+    """Keep histodiff.json's ``storage`` record true after a job re-saved parts of a compact bundle's copy
+    (a fine-tuned UNet is written as float32): it lists the parts still stored as float16, or goes."""
+    from ..base.devices import is_main_process
+    from .bundle import read_meta, write_meta
+
+    folder = Path(folder)
+    meta = read_meta(folder)
+    if "storage" not in meta or not is_main_process():
+        return
+    parts = [p for p in ("vae", "unet", "latent_classifier", "selection_classifier")
+             if float_dtypes(folder / p) == ["float16"]]
+    if parts == meta["storage"].get("parts"):
+        return
+    if parts:
+        meta["storage"] = {**meta["storage"], "parts": parts}
+    else:
+        meta.pop("storage")
+    write_meta(folder, meta)

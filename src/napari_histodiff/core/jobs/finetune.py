@@ -86,6 +86,9 @@ def finetune(opts: FinetuneOptions, model=None, tiles=None):
             yield warning(note)
     with output_folder(out, "bundle", opts.intent, allowed=intents):
         result = yield from run_stages(source, tiles, out, preset, opts, unlabeled)
+        from ..formats.starter import note_storage
+
+        note_storage(out)  # from a float16 starter: which parts are still stored so
     counts = ", ".join(f"{c} {n}" for c, n in result["class_counts"].items())
     if result.get("nothing_to_do"):
         result["message"] = (f"nothing to do: {out} is already fine-tuned with these options and tiles "
