@@ -10,7 +10,9 @@ the autoencoder, then the diffusion UNet (the `histodiff pretrain-autoencoder` a
 jobs) with the `small` preset and a smaller UNet, so that the float16 copy fits in 20 MB. It prints the
 CPU minutes of each stage (summed over re-runs) and the size of the compact copy (``WORK/he_starter``);
 ``--ship`` writes that copy into the package (src/napari_histodiff/models/he_starter/). Running it again
-with the same --work resumes from the checkpoints there. The crc_mini set is the only colon H&E set in
+with the same --work resumes from the checkpoints there (another profile or --set needs a new --work).
+Every tile is kept (no tissue filter): the set is curated tissue, and its one background tile (BACK) is
+the background users' slides have too. The crc_mini set is the only colon H&E set in
 ../shared/data whose licence allows redistributing weights derived from it.
 """
 
@@ -146,6 +148,9 @@ def build(args) -> dict:
                   slide_mpp=MPP)
     (ae_steps, ae_batch), (ldm_steps, ldm_batch) = s["ae"], s["ldm"]
     intent = "resume" if kind_of(bundle) == "bundle" else "new"
+    if (bundle / "histodiff.json").is_file() and \
+            json.loads((bundle / "histodiff.json").read_text())["preset"] != json.loads(preset.to_json()):
+        sys.exit(f"error: {bundle} was started with another preset (profile or --set); give a new --work")
     ae = _timed(cpu, "autoencoder", pretrain_autoencoder(PretrainAutoencoderOptions(
         **common, intent=intent, steps=ae_steps, batch_size=ae_batch), tiles=tiles), work)
     ldm = _timed(cpu, "unet", pretrain(PretrainOptions(
