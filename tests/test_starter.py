@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_histodiff.cli import main
 from napari_histodiff.core.formats import starter as S
 
 from test_cli import run

@@ -352,7 +352,8 @@ def describe(path, verify: bool = True) -> tuple[str, list[str]]:
             name = "config missing or unreadable"
         problems[part] = verify_part(folder) if verify else []
         stored = " (stored as float16)" if float_dtypes(folder) == ["float16"] else ""
-        lines.append(f"{part:<11} {name}, {size / 1e6:.1f} MB of weights{stored}" + (" DAMAGED" if problems[part] else ""))
+        lines.append(f"{part:<11} {name}, {size / 1e6:.1f} MB of weights{stored}"
+                     + (" DAMAGED" if problems[part] else ""))
     missing = missing_parts(path, meta)
     lines.append("status      complete" if not missing else
                  f"status      INCOMPLETE: no {', '.join(p + '/' for p in missing)} (training stopped before "
