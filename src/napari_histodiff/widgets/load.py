@@ -47,10 +47,10 @@ def resolution_line(meta: dict) -> str:
 
 def model_card(model) -> str:
     """The card of a :class:`~..core.formats.handle.ModelHandle`."""
-    meta = model.meta
-    conv = (meta.get("provenance") or {}).get("converted")
     from ..core.formats.starter import starter_of
 
+    meta = model.meta
+    conv = (meta.get("provenance") or {}).get("converted")
     name = model.source.name if model.source is not None else model.path.name
     builtin = starter_of(model.path)
     name = f"{builtin} (built in)" if builtin else name
@@ -75,7 +75,6 @@ class LoadWidget(QWidget):
         super().__init__()
         self.viewer = napari_viewer
         from ..core.formats.convert import ModelSource
-
         from ..core.formats.starter import LABELS, STARTERS
 
         helps = {name: f.metadata["help"] for name, f in ModelSource.__dataclass_fields__.items()}

@@ -76,7 +76,6 @@ def info(opts: InfoOptions):
 
     from ..formats.bundle import describe, read_meta, save_bundle, summary
     from ..formats.convert import convert_source, detect_format
-
     from ..formats.starter import resolve_model
 
     check(opts)

@@ -18,9 +18,8 @@ def load_model(source, device=None, config=None, ema=None):
     from ..base.errors import HistodiffError
     from ..formats.convert import convert_to_bundle, detect_format
     from ..formats.handle import converted_folder, describe_folder
-    from .sample import open_checked
-
     from ..formats.starter import resolve_model
+    from .sample import open_checked
 
     fit_threads()
     device = pick_device(device)  # an unknown device fails before anything is read
