@@ -143,6 +143,10 @@ def crc5_split(data: Path) -> dict:
             for _ in range(n):
                 out[part][0].append(_fit_square(read_rgb(files[next(order)]), 64))
                 out[part][1].append(k)
+        out.setdefault("rest", ([], []))
+        for i in order:  # in no part: unlabelled in-domain pre-training tiles (--pretrain-on crc5-rest)
+            out["rest"][0].append(_fit_square(read_rgb(files[i]), 64))
+            out["rest"][1].append(k)
     return {part: (np.stack(x), np.array(y)) for part, (x, y) in out.items()}
 
 
@@ -175,6 +179,7 @@ def record(args) -> None:
 
     from napari_histodiff.core.base.events import run_to_end
     from napari_histodiff.core.data.opening import open_tiles
+    from napari_histodiff.core.data.tiles import ArrayTiles
     from napari_histodiff.core.train.retention import class_retention
     from napari_histodiff.core.formats.bundle import load_bundle
     from napari_histodiff.core.models.presets import Preset, small
@@ -193,9 +198,13 @@ def record(args) -> None:
     t0 = time.process_time()
     predict = fixed_classifier(split, args.work, args.classifier_steps)
     clf_cpu = time.process_time() - t0
-    tag = "-".join([f"ae{args.ae_steps}x{args.ae_batch}"] + [f"{k}{v}" for k, v in changed.items()])
+    tag = "-".join([f"ae{args.ae_steps}x{args.ae_batch}"] + [f"{k}{v}" for k, v in changed.items()]
+                   + ([] if args.pretrain_on == "pretrain" else [args.pretrain_on]))
     bundle = args.work / tag
-    tiles = open_tiles([args.data / "pretrain"], 64, large_images=True, stride=12, scale=0.1)  # the experiment's
+    if args.pretrain_on == "crc5-rest":  # crc5 tiles in no part of the split, labels unused
+        tiles = ArrayTiles(split["rest"][0], description="crc5 tiles outside the classifier/validation/test parts")
+    else:
+        tiles = open_tiles([args.data / "pretrain"], 64, large_images=True, stride=12, scale=0.1)  # the experiment's
     cpu_file = bundle / "cpu_seconds.json"
     cpu = json.loads(cpu_file.read_text()) if cpu_file.is_file() else {"cpu_s": 0.0, "wall_s": 0.0}
     t0, w0 = time.process_time(), time.perf_counter()
@@ -219,6 +228,8 @@ def record(args) -> None:
            "classifier": {"model": "downstream ResNet (32, 64, 128), seed 0", "steps": args.classifier_steps,
                           "tiles_per_class": SPLIT, "cpu_minutes": round(clf_cpu / 60, 1)},
            "data": "crc5 at 64 px (tiles fitted whole); test = 100 held-out tiles per class",
+           "pretraining_data": tiles.description if args.pretrain_on == "crc5-rest" else
+           "pretrain/ (breast_ucsb, monuseg) at scale 0.1, stride 12, as the experiment",
            "threads": torch.get_num_threads(), "command": " ".join(sys.argv)}
     print(json.dumps(out, indent=1))
     if args.record:
@@ -237,6 +248,9 @@ def main(argv=None):
     ap.add_argument("--ae-batch", type=int, default=4)
     ap.add_argument("--ae-lr", type=float, default=2e-4)
     ap.add_argument("--classifier-steps", type=int, default=600)
+    ap.add_argument("--pretrain-on", choices=["pretrain", "crc5-rest"], default="pretrain",
+                    help="autoencoder pre-training tiles: the experiment's pretrain/ images, or the crc5 tiles in "
+                         "no part of the split (unlabelled, in-domain)")
     ap.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE",
                     help="autoencoder preset fields, e.g. latent_channels=4 disc_start=300 kl_weight=1e-5")
     ap.add_argument("--k", type=int, default=20)

@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-AE_STEPS, AE_BATCH = 1500, 8  # the CPU profile (the GPU profile runs GPU_FACTOR times more steps)
+AE_STEPS, AE_BATCH = 1000, 8  # the CPU profile (the GPU profile runs GPU_FACTOR times more steps)
 LDM_STEPS, LDM_BATCH = 3000, 16
 GPU_FACTOR = 10
 TINY_STEPS, TINY_BATCH = 3, 4
