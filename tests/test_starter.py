@@ -232,8 +232,6 @@ def test_the_load_tab_lists_the_starter_and_loads_it(installed, make_napari_view
 
 # -- (e) the real shipped starter -----------------------------------------------------------------
 
-@pytest.mark.skipif(not S.has_weights(SHIPPED), reason=f"no starter weights in {SHIPPED} (build them with "
-                    f"`{S.RECIPE}`)")
 def test_the_shipped_starter_is_small_attributed_and_fine_tunes(tmp_path, capsys, monkeypatch):
     from napari_histodiff.core.formats.bundle import load_bundle
     from napari_histodiff.core.jobs.demo import demo_labeled_tiles
