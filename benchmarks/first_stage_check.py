@@ -129,10 +129,17 @@ CLASSES = ["AC", "H", "S", "T", "V"]
 SPLIT = {"classifier": 150, "validation": 30, "test": 100}  # crc5 tiles per class in each part
 
 
-def crc5_split(data: Path) -> dict:
-    """uint8 tiles (64 px, fitted as the experiment's) and labels of the seeded classifier / validation / test
-    parts of crc5."""
+def _centre_crop(image: np.ndarray, size: int = 64) -> np.ndarray:
+    top, left = (image.shape[0] - size) // 2, (image.shape[1] - size) // 2
+    return image[top:top + size, left:left + size]
+
+
+def crc5_split(data: Path, tiles: str = "fitted") -> dict:
+    """uint8 tiles and labels of the seeded classifier / validation / test parts of crc5: 64 px, fitted whole as
+    the experiment's (``fitted``) or cut from the centre at the tiles' own scale (``crop``)."""
     from napari_histodiff.core.data.tiles import _fit_square, read_rgb
+
+    fit = _fit_square if tiles == "fitted" else _centre_crop
 
     rng = np.random.default_rng(29)
     out = {part: ([], []) for part in SPLIT}
@@ -141,16 +148,16 @@ def crc5_split(data: Path) -> dict:
         order = iter(rng.permutation(len(files)))
         for part, n in SPLIT.items():
             for _ in range(n):
-                out[part][0].append(_fit_square(read_rgb(files[next(order)]), 64))
+                out[part][0].append(fit(read_rgb(files[next(order)]), 64))
                 out[part][1].append(k)
         out.setdefault("rest", ([], []))
         for i in order:  # in no part: unlabelled in-domain pre-training tiles (--pretrain-on crc5-rest)
-            out["rest"][0].append(_fit_square(read_rgb(files[i]), 64))
+            out["rest"][0].append(fit(read_rgb(files[i]), 64))
             out["rest"][1].append(k)
     return {part: (np.stack(x), np.array(y)) for part, (x, y) in out.items()}
 
 
-def fixed_classifier(split: dict, work: Path, steps: int):
+def fixed_classifier(split: dict, work: Path, steps: int, tiles: str = "fitted"):
     """The downstream ResNet (seed 0) trained on the classifier part, chosen on the validation part; cached."""
     import torch
 
@@ -159,7 +166,7 @@ def fixed_classifier(split: dict, work: Path, steps: int):
     from napari_histodiff.core.models.downstream import build
 
     opts = E.EvaluateOptions(steps=steps, eval_every=max(1, steps // 10), channels=[32, 64, 128], device="cpu")
-    path = work / f"classifier-{steps}.pt"
+    path = work / (f"classifier-{steps}.pt" if tiles == "fitted" else f"classifier-{steps}-{tiles}.pt")
     if path.is_file():
         model = build(opts.arch, len(CLASSES), 64, opts.channels)
         model.load_state_dict(torch.load(path, weights_only=True))
@@ -194,12 +201,15 @@ def record(args) -> None:
         setattr(preset.autoencoder, name, json.loads(value))
         changed[name] = json.loads(value)
     preset = Preset.from_dict(preset.to_dict())
-    split = crc5_split(args.data)
+    split = crc5_split(args.data, args.tiles)
     t0 = time.process_time()
-    predict = fixed_classifier(split, args.work, args.classifier_steps)
+    predict = fixed_classifier(split, args.work, args.classifier_steps, args.tiles)
     clf_cpu = time.process_time() - t0
+    if args.autoencoder:
+        return measure_bundle(args, split, predict, clf_cpu)
     tag = "-".join([f"ae{args.ae_steps}x{args.ae_batch}"] + [f"{k}{v}" for k, v in changed.items()]
-                   + ([] if args.pretrain_on == "pretrain" else [args.pretrain_on]))
+                   + ([] if args.pretrain_on == "pretrain" else [args.pretrain_on])
+                   + ([f"features{args.features}"] if args.features else []))
     bundle = args.work / tag
     if args.pretrain_on == "crc5-rest":  # crc5 tiles in no part of the split, labels unused
         tiles = ArrayTiles(split["rest"][0], description="crc5 tiles outside the classifier/validation/test parts")
@@ -207,11 +217,22 @@ def record(args) -> None:
         tiles = open_tiles([args.data / "pretrain"], 64, large_images=True, stride=12, scale=0.1)  # the experiment's
     cpu_file = bundle / "cpu_seconds.json"
     cpu = json.loads(cpu_file.read_text()) if cpu_file.is_file() else {"cpu_s": 0.0, "wall_s": 0.0}
+    features, feature_cpu = None, 0.0
+    if args.features:  # the perceptual lever: the audit's encoder, trained on the same pre-training tiles
+        from napari_histodiff.core.evaluate.features import save_encoder, train_encoder
+
+        features = args.work / f"features-{args.pretrain_on}-{args.features}"
+        if not (features / "config.json").is_file():
+            t0 = time.process_time()
+            real = np.stack([tiles[i] for i in range(len(tiles))])
+            encoder, info = run_to_end(train_encoder(real, args.features, 64))
+            save_encoder(encoder, features, {**info, "cpu_seconds": time.process_time() - t0})
+        feature_cpu = json.loads((features / "features.json").read_text())["cpu_seconds"]
     t0, w0 = time.process_time(), time.perf_counter()
     bundle.mkdir(parents=True, exist_ok=True)
     ae = run_to_end(train_autoencoder(tiles, bundle, preset, AutoencoderOptions(
         steps=args.ae_steps, batch_size=args.ae_batch, learning_rate=args.ae_lr, device="cpu",
-        checkpoint_every=100)))
+        checkpoint_every=100, perceptual_weights=str(features) if features else None)))
     cpu = {"cpu_s": cpu["cpu_s"] + time.process_time() - t0, "wall_s": cpu["wall_s"] + time.perf_counter() - w0}
     cpu_file.write_text(json.dumps(cpu))
     vae = load_bundle(bundle, device="cpu", require_unet=False).vae
@@ -219,15 +240,18 @@ def record(args) -> None:
     res = class_retention(predict, lambda t: reconstruct(vae, t, torch.device("cpu")), x, y)
     a = preset.autoencoder
     out = {**{k: res[k] for k in ("acc_original", "acc_reconstructed", "retention", "psnr", "ssim")},
-           "autoencoder_steps": ae["steps"], "cpu_minutes": round(cpu["cpu_s"] / 60, 1),
+           "autoencoder_steps": ae["steps"], "cpu_minutes": round((cpu["cpu_s"] + feature_cpu) / 60, 1),
            "wall_minutes": round(cpu["wall_s"] / 60, 1), "test_tiles": res["tiles"],
            "autoencoder": {"preset": "small", "batch_size": args.ae_batch, "learning_rate": args.ae_lr,
                            "latent_channels": a.latent_channels, "kl_weight": a.kl_weight,
                            "disc_start": a.disc_start, "disc_weight": a.disc_weight, "changed": changed,
-                           "pretraining_tiles": len(tiles), "psnr_heldout_pretraining": ae.get("psnr")},
+                           "pretraining_tiles": len(tiles), "psnr_heldout_pretraining": ae.get("psnr"),
+                           "perceptual": f"audit feature encoder, {args.features} steps on the pre-training tiles "
+                                         f"({feature_cpu / 60:.1f} CPU minutes, counted in cpu_minutes)"
+                                         if features else None},
            "classifier": {"model": "downstream ResNet (32, 64, 128), seed 0", "steps": args.classifier_steps,
                           "tiles_per_class": SPLIT, "cpu_minutes": round(clf_cpu / 60, 1)},
-           "data": "crc5 at 64 px (tiles fitted whole); test = 100 held-out tiles per class",
+           "data": TILE_NOTE[args.tiles],
            "pretraining_data": tiles.description if args.pretrain_on == "crc5-rest" else
            "pretrain/ (breast_ucsb, monuseg) at scale 0.1, stride 12, as the experiment",
            "threads": torch.get_num_threads(), "command": " ".join(sys.argv)}
@@ -235,6 +259,43 @@ def record(args) -> None:
     if args.record:
         args.record.parent.mkdir(parents=True, exist_ok=True)
         args.record.write_text(json.dumps(out, indent=1) + "\n")
+
+
+def measure_bundle(args, split, predict, clf_cpu) -> None:
+    """Class retention of an existing bundle's autoencoder (e.g. he-starter), trained elsewhere."""
+    import json
+
+    import torch
+
+    from napari_histodiff.core.formats.bundle import load_bundle
+    from napari_histodiff.core.formats.starter import resolve_model
+    from napari_histodiff.core.train.autoencoder import reconstruct
+    from napari_histodiff.core.train.retention import class_retention
+
+    folder = resolve_model(str(args.autoencoder))
+    bundle = load_bundle(folder, device="cpu", require_unet=False)
+    meta = json.loads((folder / "histodiff.json").read_text())
+    x, y = split["test"]
+    res = class_retention(predict, lambda t: reconstruct(bundle.vae, t, torch.device("cpu")), x, y)
+    recipe = meta.get("starter", {}).get("recipe", {})
+    out = {**{k: res[k] for k in ("acc_original", "acc_reconstructed", "retention", "psnr", "ssim")},
+           "autoencoder_steps": recipe.get("autoencoder_steps"),
+           "cpu_minutes": recipe.get("cpu_minutes_per_stage", {}).get("autoencoder"),
+           "test_tiles": res["tiles"], "autoencoder": {"bundle": str(args.autoencoder),
+                                                       "latent_channels": bundle.vae.config.latent_channels,
+                                                       "pretraining_data": meta.get("starter", {}).get("data")},
+           "classifier": {"model": "downstream ResNet (32, 64, 128), seed 0", "steps": args.classifier_steps,
+                          "tiles_per_class": SPLIT, "cpu_minutes": round(clf_cpu / 60, 1)},
+           "data": TILE_NOTE[args.tiles], "threads": torch.get_num_threads(), "command": " ".join(sys.argv)}
+    print(json.dumps(out, indent=1))
+    if args.record:
+        args.record.parent.mkdir(parents=True, exist_ok=True)
+        args.record.write_text(json.dumps(out, indent=1) + "\n")
+
+
+TILE_NOTE = {"fitted": "crc5 at 64 px (tiles fitted whole); test = 100 held-out tiles per class",
+             "crop": "crc5 at its own scale (64 px centre crops of the 224 px tiles); test = 100 held-out tiles "
+                     "per class"}
 
 
 def main(argv=None):
@@ -253,6 +314,14 @@ def main(argv=None):
                          "no part of the split (unlabelled, in-domain)")
     ap.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE",
                     help="autoencoder preset fields, e.g. latent_channels=4 disc_start=300 kl_weight=1e-5")
+    ap.add_argument("--tiles", choices=["fitted", "crop"], default="fitted",
+                    help="crc5 test tiles: fitted whole into 64 px (as the experiment) or 64 px centre crops at "
+                         "their own scale")
+    ap.add_argument("--autoencoder", help="measure this bundle's (or built-in model's) autoencoder instead of "
+                                          "training one")
+    ap.add_argument("--features", type=int, default=0, metavar="STEPS",
+                    help="perceptual lever: train the audit's feature encoder for STEPS on the pre-training tiles "
+                         "and add its feature distance to the autoencoder's loss (0: off)")
     ap.add_argument("--k", type=int, default=20)
     ap.add_argument("--decoder-steps", type=int, default=300, help="0: skip the decoder check")
     args = ap.parse_args(argv)

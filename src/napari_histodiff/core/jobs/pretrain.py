@@ -73,8 +73,9 @@ class AutoencoderStage:
     holdout: float = option(_AE.holdout, min=0, max=0.49, help="fraction of tiles held out to measure the "
                             "autoencoder's reconstruction (PSNR)")
     ae_checkpoint_every: int = option(_AE.checkpoint_every, min=1, help="autoencoder checkpoint every N steps")
-    perceptual_weights: Path | None = option(None, help="local LPIPS-VGG16 weights file; adds the perceptual "
-                                             "loss term (off without it)")
+    perceptual_weights: Path | None = option(None, help="local LPIPS-VGG16 weights file, or the features/ folder "
+                                             "of an audit (an encoder trained on your own tiles); adds the "
+                                             "perceptual loss term (off without it)")
 
 
 @dataclass

@@ -1,6 +1,7 @@
 """Autoencoder pre-training: diffusers ``AutoencoderKL`` with L1 + KL + patch-GAN hinge loss.
 
-An LPIPS term is added only when the user gives a local weights file.
+A perceptual term is added only when the user gives one: a local LPIPS weights file, or an audit feature encoder
+folder (trained on their own tiles; .feature_loss).
 """
 
 from __future__ import annotations
@@ -93,8 +94,8 @@ def train_autoencoder(tiles, out_dir, preset: Preset, options: AutoencoderOption
 
     from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
-    from .losses import (PatchDiscriminator, adaptive_gan_weight, generator_loss,
-                         hinge_d_loss, kl_loss, load_lpips)
+    from .feature_loss import load_perceptual
+    from .losses import PatchDiscriminator, adaptive_gan_weight, generator_loss, hinge_d_loss, kl_loss
     from .meter import LossMeter, loader_options, log_every
 
     opts = options or AutoencoderOptions()
@@ -122,7 +123,7 @@ def train_autoencoder(tiles, out_dir, preset: Preset, options: AutoencoderOption
     opt_g = torch.optim.Adam([p for p in vae.parameters() if p.requires_grad], lr=lr, betas=(0.5, 0.9),
                              **T.fused(device))
     opt_d = torch.optim.Adam(disc.parameters(), lr=lr, betas=(0.5, 0.9), **T.fused(device))
-    lpips = load_lpips(opts.perceptual_weights, device) if opts.perceptual_weights else None
+    perceptual = load_perceptual(opts.perceptual_weights, device) if opts.perceptual_weights else None
 
     from ..data.tiles import split_indices
 
@@ -171,8 +172,8 @@ def train_autoencoder(tiles, out_dir, preset: Preset, options: AutoencoderOption
             with acc.autocast():
                 mean, logvar, rec = step_p(x, noise)
                 rec_loss = (x - rec).abs().mean()
-                if lpips is not None:
-                    rec_loss = rec_loss + cfg.perceptual_weight * lpips(x, rec).mean()
+                if perceptual is not None:
+                    rec_loss = rec_loss + cfg.perceptual_weight * perceptual(x, rec).mean()
                 kl = kl_loss(DiagonalGaussianDistribution(torch.cat([mean, logvar], 1))) / pixels
                 loss = rec_loss + cfg.kl_weight * kl
                 g_loss = torch.zeros((), device=device)
