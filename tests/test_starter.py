@@ -220,7 +220,7 @@ def test_the_load_tab_lists_the_starter_and_loads_it(installed, make_napari_view
     qtbot.waitUntil(lambda: MODEL.model is not None, timeout=60_000)
     try:
         assert MODEL.model.path == installed and MODEL.model.meta["starter"]["name"] == "he-starter"
-        assert "he-starter (built in)" in w.card.text()
+        assert "he-starter (built in)" in w.card.text() and "under CC BY 4.0: Kather JN et al." in w.card.text()
     finally:
         MODEL.model = None
     shown = []

@@ -6,6 +6,7 @@ checkpoints are converted once into a bundle in the user's cache (weights only, 
 
 from __future__ import annotations
 
+import html
 from pathlib import Path
 
 from qtpy.QtWidgets import QCheckBox, QComboBox, QFormLayout, QLabel, QProgressBar, QPushButton, QWidget
@@ -65,6 +66,10 @@ def model_card(model) -> str:
     for stage, prov in (meta.get("provenance") or {}).items():
         if isinstance(prov, dict) and "steps" in prov:
             lines.append(f"{stage}: {prov['steps']} steps on {prov.get('tiles', '?')} tiles")
+    starter = meta.get("starter")
+    if isinstance(starter, dict) and starter.get("licence"):  # a built-in model, or fine-tuned from one
+        lines.append(f"trained on data under {html.escape(starter['licence'].split(' (')[0])}: "
+                     f"{html.escape(starter.get('attribution', '?').split(',')[0])} et al. (histodiff info)")
     return "<br>".join(lines)
 
 
