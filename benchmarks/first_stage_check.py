@@ -255,10 +255,52 @@ def record(args) -> None:
            "pretraining_data": tiles.description if args.pretrain_on == "crc5-rest" else
            "pretrain/ (breast_ucsb, monuseg) at scale 0.1, stride 12, as the experiment",
            "threads": torch.get_num_threads(), "command": " ".join(sys.argv)}
+    if args.guidance:
+        out["guidance"] = guidance_after(bundle, split, tiles, args.guidance, args.work / f"{tag}-guidance")
     print(json.dumps(out, indent=1))
     if args.record:
         args.record.parent.mkdir(parents=True, exist_ok=True)
         args.record.write_text(json.dumps(out, indent=1) + "\n")
+
+
+def guidance_after(bundle: Path, split: dict, pretraining, steps: int, work: Path, k: int = 20) -> dict:
+    """Item 3's figure on this first stage: the noisy latent classifier (the preset's, as fine-tuning trains it)
+    on k labelled crc5 tiles per class (the first k of each class's classifier part), scored on the 500 test
+    tiles' latents noised to t = 0, 250, 500, 750. The latent scale factor is measured on the pre-training
+    tiles, as pre-training does."""
+    import shutil
+    import time
+
+    import torch
+
+    from napari_histodiff.core.base.events import run_to_end
+    from napari_histodiff.core.data.tiles import ArrayTiles
+    from napari_histodiff.core.formats.bundle import load_bundle, read_meta, set_vae_scaling_factor, write_meta
+    from napari_histodiff.core.models.presets import Preset
+    from napari_histodiff.core.train.classifiers import ClassifierOptions, latent_accuracy, train_latent_classifier
+    from napari_histodiff.core.train.diffusion import latent_scale_factor
+
+    shutil.rmtree(work, ignore_errors=True)
+    shutil.copytree(bundle, work, ignore=shutil.ignore_patterns("training"))
+    meta = read_meta(work)
+    vae = load_bundle(work, device="cpu", require_unet=False).vae
+    scale = latent_scale_factor(vae, pretraining, 512, 0, torch.device("cpu"))
+    meta.update(class_names=CLASSES, latent_scale_factor=scale)
+    write_meta(work, meta)
+    if not (work / "scheduler").is_dir():  # an autoencoder-only bundle: the preset's noise schedule
+        Preset.from_dict(meta["preset"]).build_scheduler().save_pretrained(work / "scheduler")
+    set_vae_scaling_factor(work, scale)
+    x, y = split["classifier"]
+    pick = np.concatenate([np.flatnonzero(y == c)[:k] for c in range(len(CLASSES))])
+    labelled = ArrayTiles(x[pick], y[pick], CLASSES, description=f"crc5, {k} per class")
+    t0 = time.process_time()
+    run_to_end(train_latent_classifier(labelled, work, Preset.from_dict(meta["preset"]), ClassifierOptions(
+        steps=steps, device="cpu", checkpoint_every=10**6)))
+    cpu = time.process_time() - t0
+    test = ArrayTiles(*split["test"], CLASSES, description="crc5 test part")
+    acc = latent_accuracy(load_bundle(work, device="cpu", require_unet=False), test)
+    return {**acc, "labelled_per_class": k, "classifier_steps": steps, "latent_scale_factor": scale,
+            "cpu_minutes": round(cpu / 60, 1), "test_tiles": len(test)}
 
 
 def measure_bundle(args, split, predict, clf_cpu) -> None:
@@ -322,6 +364,9 @@ def main(argv=None):
     ap.add_argument("--features", type=int, default=0, metavar="STEPS",
                     help="perceptual lever: train the audit's feature encoder for STEPS on the pre-training tiles "
                          "and add its feature distance to the autoencoder's loss (0: off)")
+    ap.add_argument("--guidance", type=int, default=0, metavar="STEPS",
+                    help="also train the noisy latent classifier on 20 crc5 tiles per class for STEPS on this "
+                         "first stage and score it at t = 0, 250, 500, 750 (0: off)")
     ap.add_argument("--k", type=int, default=20)
     ap.add_argument("--decoder-steps", type=int, default=300, help="0: skip the decoder check")
     args = ap.parse_args(argv)

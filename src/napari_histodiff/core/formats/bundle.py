@@ -246,7 +246,8 @@ def _load_folder(path: Path, device, require_unet: bool) -> Bundle:
     unet = None
     if require_unet or (path / "unet").exists():
         unet = _load_part(unet_class(_class_name(path / "unet")), path / "unet", "diffusion UNet", meta)
-    scheduler = _load_part(DDPMScheduler, path / "scheduler", "noise scheduler", meta) if unet else None
+    has_scheduler = unet is not None or (path / "scheduler").exists()  # an autoencoder-only bundle may have one
+    scheduler = _load_part(DDPMScheduler, path / "scheduler", "noise scheduler", meta) if has_scheduler else None
     bundle = Bundle(vae=vae, unet=unet, scheduler=scheduler, meta=meta, path=path)
     from ..models.trunk import latent_classifier_class, selection_classifier_class
 

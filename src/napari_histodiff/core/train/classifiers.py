@@ -148,7 +148,7 @@ def train_latent_classifier(tiles, out_dir, preset, options: ClassifierOptions |
     labels = tile_labels(tiles)
     stage = "latent_classifier"
     acc = T.make_accelerator(opts.device, opts.precision)
-    base = load_bundle(out_dir, device="cpu")
+    base = load_bundle(out_dir, device="cpu", require_unet=opts.trunk == "unet")  # a scratch trunk needs no UNet
     vae = base.vae.to(acc.device).requires_grad_(False)
     sched, scale = base.scheduler, base.scale_factor
     n_t = sched.config.num_train_timesteps
