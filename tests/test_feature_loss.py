@@ -50,3 +50,9 @@ def test_autoencoder_trains_with_it_and_records_it(tmp_path, encoder_folder, ihc
 def test_missing_weights_name_the_fix(tmp_path):
     with pytest.raises(HistodiffError, match="features/ folder of an audit"):
         load_perceptual(tmp_path / "absent")
+
+
+def test_a_folder_without_an_encoder_is_refused(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(HistodiffError, match="cannot load an audit feature encoder"):
+        load_perceptual(tmp_path)

@@ -39,8 +39,13 @@ def load_perceptual(path, device=None) -> nn.Module:
         raise HistodiffError(f"perceptual loss weights not found: {path}. Give an LPIPS-VGG16 weights file or the "
                              "features/ folder of an audit, or leave the perceptual loss off")
     if Path(path).is_dir():
-        from ..evaluate.features import load_encoder
+        from ..models.copy_encoder import CopyEncoder
 
-        encoder, _ = load_encoder(path, device or "cpu")
+        folder = Path(path) / "features" if (Path(path) / "features" / "config.json").is_file() else Path(path)
+        try:
+            encoder = CopyEncoder.from_pretrained(folder)
+        except Exception as e:  # noqa: BLE001 - a damaged or foreign folder, named for the user
+            raise HistodiffError(f"cannot load an audit feature encoder from {folder} ({type(e).__name__}); give "
+                                 "the features/ folder of an audit (config.json + .safetensors)") from e
         return FeatureDistance(encoder).to(device)
     return load_lpips(path, device)
