@@ -178,6 +178,21 @@ def fixed_classifier(split: dict, work: Path, steps: int, tiles: str = "fitted")
     return lambda x: E._predict(model, x, "cpu").argmax(-1).numpy()
 
 
+def classifier_info(args, clf_cpu: float) -> dict:
+    return {"model": "downstream ResNet (32, 64, 128), seed 0", "steps": args.classifier_steps,
+            "tiles_per_class": SPLIT, "cpu_minutes": round(clf_cpu / 60, 1)}
+
+
+def emit(args, out: dict) -> None:
+    """Print the figures, and write them to --record when given."""
+    import json
+
+    print(json.dumps(out, indent=1))
+    if args.record:
+        args.record.parent.mkdir(parents=True, exist_ok=True)
+        args.record.write_text(json.dumps(out, indent=1) + "\n")
+
+
 def record(args) -> None:
     import json
     import time
@@ -249,18 +264,14 @@ def record(args) -> None:
                            "perceptual": f"audit feature encoder, {args.features} steps on the pre-training tiles "
                                          f"({feature_cpu / 60:.1f} CPU minutes, counted in cpu_minutes)"
                                          if features else None},
-           "classifier": {"model": "downstream ResNet (32, 64, 128), seed 0", "steps": args.classifier_steps,
-                          "tiles_per_class": SPLIT, "cpu_minutes": round(clf_cpu / 60, 1)},
+           "classifier": classifier_info(args, clf_cpu),
            "data": TILE_NOTE[args.tiles],
            "pretraining_data": tiles.description if args.pretrain_on == "crc5-rest" else
            "pretrain/ (breast_ucsb, monuseg) at scale 0.1, stride 12, as the experiment",
            "threads": torch.get_num_threads(), "command": " ".join(sys.argv)}
     if args.guidance:
         out["guidance"] = guidance_after(bundle, split, tiles, args.guidance, args.work / f"{tag}-guidance")
-    print(json.dumps(out, indent=1))
-    if args.record:
-        args.record.parent.mkdir(parents=True, exist_ok=True)
-        args.record.write_text(json.dumps(out, indent=1) + "\n")
+    emit(args, out)
 
 
 def guidance_after(bundle: Path, split: dict, pretraining, steps: int, work: Path, k: int = 20) -> dict:
@@ -326,13 +337,9 @@ def measure_bundle(args, split, predict, clf_cpu) -> None:
            "test_tiles": res["tiles"], "autoencoder": {"bundle": str(args.autoencoder),
                                                        "latent_channels": bundle.vae.config.latent_channels,
                                                        "pretraining_data": meta.get("starter", {}).get("data")},
-           "classifier": {"model": "downstream ResNet (32, 64, 128), seed 0", "steps": args.classifier_steps,
-                          "tiles_per_class": SPLIT, "cpu_minutes": round(clf_cpu / 60, 1)},
+           "classifier": classifier_info(args, clf_cpu),
            "data": TILE_NOTE[args.tiles], "threads": torch.get_num_threads(), "command": " ".join(sys.argv)}
-    print(json.dumps(out, indent=1))
-    if args.record:
-        args.record.parent.mkdir(parents=True, exist_ok=True)
-        args.record.write_text(json.dumps(out, indent=1) + "\n")
+    emit(args, out)
 
 
 TILE_NOTE = {"fitted": "crc5 at 64 px (tiles fitted whole); test = 100 held-out tiles per class",

@@ -8,6 +8,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from screenshots import wait  # the same folder
+
 HERE = Path(__file__).resolve().parent / "images"
 
 
@@ -23,15 +25,9 @@ def main() -> None:
     load.builtin.setCurrentIndex(load.builtin.findData("he-starter"))
     load.device.setCurrentText("cpu")
     load.load()
-    start = time.time()
-    while "preset" not in load.card.text():
-        app.processEvents()
-        time.sleep(0.02)
-        if time.time() - start > 300:
-            raise TimeoutError("the starter did not load in 5 minutes")
-    for _ in range(20):
-        app.processEvents()
-        time.sleep(0.02)
+    wait(app, lambda: "preset" in load.card.text(), load, timeout=300)
+    settle = time.time() + 0.4
+    wait(app, lambda: time.time() > settle)
     HERE.mkdir(exist_ok=True)
     getattr(load, "page", load).grab().save(str(HERE / "load_starter.png"))
     print("wrote", HERE / "load_starter.png")

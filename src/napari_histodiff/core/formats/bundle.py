@@ -314,6 +314,35 @@ def check_consistent(bundle: Bundle) -> None:
         raise BundleError(f"bundle {path} has parts that do not fit together: " + "; ".join(problems))
 
 
+def float_dtypes(folder) -> list[str]:
+    """The floating dtypes (``float16``, ``float32``, ...) of a part folder's safetensors files, from their
+    headers."""
+    import struct
+
+    names = {"F16": "float16", "F32": "float32", "F64": "float64", "BF16": "bfloat16"}
+    found = set()
+    for f in sorted(Path(folder).glob("*.safetensors")):
+        try:
+            with open(f, "rb") as fh:
+                header = json.loads(fh.read(struct.unpack("<Q", fh.read(8))[0]))
+        except (OSError, ValueError, struct.error):
+            continue
+        found |= {names[t["dtype"]] for k, t in header.items() if k != "__metadata__" and t.get("dtype") in names}
+    return sorted(found)
+
+
+def starter_lines(meta: dict) -> list[str]:
+    """What ``histodiff info`` says of a built-in model: what it is, its data, licence and attribution."""
+    s = meta.get("starter")
+    if not isinstance(s, dict):
+        return []
+    lines = [f"starter     {s.get('name', '?')}: {s.get('what', '?')}"]
+    for key in ("data", "licence", "attribution"):
+        if s.get(key):
+            lines.append(f"{key:<11} {s[key]}")
+    return lines
+
+
 def summary(path, verify: bool = True) -> str:
     """A readable description of a bundle for ``histodiff info`` (``verify``: check its weights)."""
     return describe(path, verify)[0]
@@ -322,8 +351,6 @@ def summary(path, verify: bool = True) -> str:
 def describe(path, verify: bool = True) -> tuple[str, list[str]]:
     """The summary of a bundle and the problems of its files (sizes, sha256, safetensors headers)."""
     import json as _json
-
-    from .starter import float_dtypes, starter_lines
 
     path = Path(path)
     meta = read_meta(path)

@@ -8,11 +8,11 @@ only: fine-tuning writes a new bundle elsewhere (``jobs/finetune.py`` refuses an
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
 from ..base.errors import HistodiffError
+from .bundle import float_dtypes  # noqa: F401 - where the compact copy's checks look for it
 
 PACKAGE = Path(__file__).resolve().parents[2]  # src/napari_histodiff
 STARTERS = {"he-starter": PACKAGE / "models" / "he_starter"}
@@ -145,35 +145,6 @@ def _half(src: Path, dst: Path) -> None:
                                          "cannot be stored compactly")
             tensors[key] = t.contiguous()
     save_file(tensors, str(dst), metadata={**metadata, "format": "pt"})
-
-
-def float_dtypes(folder) -> list[str]:
-    """The floating dtypes (``float16``, ``float32``, ...) of a part folder's safetensors files, from their
-    headers."""
-    import struct
-
-    names = {"F16": "float16", "F32": "float32", "F64": "float64", "BF16": "bfloat16"}
-    found = set()
-    for f in sorted(Path(folder).glob("*.safetensors")):
-        try:
-            with open(f, "rb") as fh:
-                header = json.loads(fh.read(struct.unpack("<Q", fh.read(8))[0]))
-        except (OSError, ValueError, struct.error):
-            continue
-        found |= {names[t["dtype"]] for k, t in header.items() if k != "__metadata__" and t.get("dtype") in names}
-    return sorted(found)
-
-
-def starter_lines(meta: dict) -> list[str]:
-    """What ``histodiff info`` says of a built-in model: what it is, its data, licence and attribution."""
-    s = meta.get("starter")
-    if not isinstance(s, dict):
-        return []
-    lines = [f"starter     {s.get('name', '?')}: {s.get('what', '?')}"]
-    for key in ("data", "licence", "attribution"):
-        if s.get(key):
-            lines.append(f"{key:<11} {s[key]}")
-    return lines
 
 
 def note_storage(folder) -> None:
