@@ -206,6 +206,7 @@ def record(args) -> None:
     from napari_histodiff.core.formats.bundle import load_bundle
     from napari_histodiff.core.models.presets import Preset, small
     from napari_histodiff.core.train.autoencoder import AutoencoderOptions, reconstruct, train_autoencoder
+    from napari_histodiff.core.train.loop import prepare_out_dir
 
     preset = small()
     changed = {}
@@ -230,7 +231,7 @@ def record(args) -> None:
         tiles = ArrayTiles(split["rest"][0], description="crc5 tiles outside the classifier/validation/test parts")
     else:
         tiles = open_tiles([args.data / "pretrain"], 64, large_images=True, stride=12, scale=0.1)  # the experiment's
-    cpu_file = bundle / "cpu_seconds.json"
+    cpu_file = args.work / f"{tag}-cpu_seconds.json"  # beside the bundle: a bundle holds only its own files
     cpu = json.loads(cpu_file.read_text()) if cpu_file.is_file() else {"cpu_s": 0.0, "wall_s": 0.0}
     features, feature_cpu = None, 0.0
     if args.features:  # the perceptual lever: the audit's encoder, trained on the same pre-training tiles
@@ -244,7 +245,7 @@ def record(args) -> None:
             save_encoder(encoder, features, {**info, "cpu_seconds": time.process_time() - t0})
         feature_cpu = json.loads((features / "features.json").read_text())["cpu_seconds"]
     t0, w0 = time.process_time(), time.perf_counter()
-    bundle.mkdir(parents=True, exist_ok=True)
+    prepare_out_dir(bundle, intent="resume")  # marked as ours, so the experiment can resume from it (--pretrained)
     ae = run_to_end(train_autoencoder(tiles, bundle, preset, AutoencoderOptions(
         steps=args.ae_steps, batch_size=args.ae_batch, learning_rate=args.ae_lr, device="cpu",
         checkpoint_every=100, perceptual_weights=str(features) if features else None)))
