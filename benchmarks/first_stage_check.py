@@ -225,7 +225,8 @@ def record(args) -> None:
         return measure_bundle(args, split, predict, clf_cpu)
     tag = "-".join([f"ae{args.ae_steps}x{args.ae_batch}"] + [f"{k}{v}" for k, v in changed.items()]
                    + ([] if args.pretrain_on == "pretrain" else [args.pretrain_on])
-                   + ([f"features{args.features}"] if args.features else []))
+                   + ([f"features{args.features}"] if args.features else [])
+                   + ([f"lr{args.ae_lr:g}"] if args.ae_lr != 2e-4 else []))
     bundle = args.work / tag
     if args.pretrain_on == "crc5-rest":  # crc5 tiles in no part of the split, labels unused
         tiles = ArrayTiles(split["rest"][0], description="crc5 tiles outside the classifier/validation/test parts")
@@ -271,11 +272,13 @@ def record(args) -> None:
            "pretrain/ (breast_ucsb, monuseg) at scale 0.1, stride 12, as the experiment",
            "threads": torch.get_num_threads(), "command": " ".join(sys.argv)}
     if args.guidance:
-        out["guidance"] = guidance_after(bundle, split, tiles, args.guidance, args.work / f"{tag}-guidance")
+        work = args.work / f"{tag}-guidance{'-augment' if args.guidance_augment else ''}"
+        out["guidance"] = guidance_after(bundle, split, tiles, args.guidance, work, augment=args.guidance_augment)
     emit(args, out)
 
 
-def guidance_after(bundle: Path, split: dict, pretraining, steps: int, work: Path, k: int = 20) -> dict:
+def guidance_after(bundle: Path, split: dict, pretraining, steps: int, work: Path, k: int = 20,
+                   augment: bool = False) -> dict:
     """Item 3's figure on this first stage: the noisy latent classifier (the preset's, as fine-tuning trains it)
     on k labelled crc5 tiles per class (the first k of each class's classifier part), scored on the 500 test
     tiles' latents noised to t = 0, 250, 500, 750. The latent scale factor is measured on the pre-training
@@ -307,11 +310,11 @@ def guidance_after(bundle: Path, split: dict, pretraining, steps: int, work: Pat
     labelled = ArrayTiles(x[pick], y[pick], CLASSES, description=f"crc5, {k} per class")
     t0 = time.process_time()
     run_to_end(train_latent_classifier(labelled, work, Preset.from_dict(meta["preset"]), ClassifierOptions(
-        steps=steps, device="cpu", checkpoint_every=10**6)))
+        steps=steps, device="cpu", checkpoint_every=10**6, augment=augment)))
     cpu = time.process_time() - t0
     test = ArrayTiles(*split["test"], CLASSES, description="crc5 test part")
     acc = latent_accuracy(load_bundle(work, device="cpu", require_unet=False), test)
-    return {**acc, "labelled_per_class": k, "classifier_steps": steps, "latent_scale_factor": scale,
+    return {**acc, "labelled_per_class": k, "classifier_steps": steps, "augment": augment, "latent_scale_factor": scale,
             "cpu_minutes": round(cpu / 60, 1), "test_tiles": len(test)}
 
 
@@ -375,6 +378,8 @@ def main(argv=None):
     ap.add_argument("--guidance", type=int, default=0, metavar="STEPS",
                     help="also train the noisy latent classifier on 20 crc5 tiles per class for STEPS on this "
                          "first stage and score it at t = 0, 250, 500, 750 (0: off)")
+    ap.add_argument("--guidance-augment", action="store_true",
+                    help="with --guidance: flips / rotations, HED stain jitter and blur of the labelled tiles")
     ap.add_argument("--k", type=int, default=20)
     ap.add_argument("--decoder-steps", type=int, default=300, help="0: skip the decoder check")
     args = ap.parse_args(argv)
