@@ -314,8 +314,8 @@ def guidance_after(bundle: Path, split: dict, pretraining, steps: int, work: Pat
     cpu = time.process_time() - t0
     test = ArrayTiles(*split["test"], CLASSES, description="crc5 test part")
     acc = latent_accuracy(load_bundle(work, device="cpu", require_unet=False), test)
-    return {**acc, "labelled_per_class": k, "classifier_steps": steps, "augment": augment, "latent_scale_factor": scale,
-            "cpu_minutes": round(cpu / 60, 1), "test_tiles": len(test)}
+    return {**acc, "labelled_per_class": k, "classifier_steps": steps, "augment": augment,
+            "latent_scale_factor": scale, "cpu_minutes": round(cpu / 60, 1), "test_tiles": len(test)}
 
 
 def measure_bundle(args, split, predict, clf_cpu) -> None:
