@@ -133,3 +133,56 @@ def test_sample_job_says_which_class_kept_nothing(finetuned_bundle, tmp_path):
     again = run_to_end(select(__import__("napari_histodiff.core.jobs.sample", fromlist=["SelectOptions"])
                               .SelectOptions(samples=tmp_path / "s", selection=SelectionRule(rule="none")), model=b))
     assert again["classes_without_tiles"] == {} and "WARNING" not in again["message"]
+
+
+def test_tissue_fractions_of_blank_half_and_stained_tiles():
+    from napari_histodiff.core.data.tiles import tissue_fractions
+
+    white = np.full((64, 64, 3), 245, np.uint8)
+    stained = np.zeros_like(white) + np.array([200, 120, 180], np.uint8)  # H&E-like pink, saturation 0.4
+    half = white.copy()
+    half[:, :32] = stained[:, :32]
+    f = tissue_fractions(np.stack([white, half, stained]))
+    assert f[0] == 0.0 and f[2] == 1.0 and 0.4 < f[1] < 0.6
+
+
+def test_blank_tiles_fall_under_their_class_tissue_floor():
+    from napari_histodiff.core.generate.selection import class_report
+
+    r = annotated()
+    for x, t in zip(r, [0.05, 0.9, 0.9, 0.05, None]):
+        x.tissue = t
+    floors = {"A": 0.4, "B": 0.0}  # B: a mostly white class (e.g. fat) keeps its pale tiles
+    decide(r, SelectionRule(rule="none"), floors)
+    assert [x.kept for x in r] == [False, True, True, True, True]
+    decide(r, SelectionRule(rule="none", tissue_check=False), floors)
+    assert all(x.kept for x in r)
+    decide(r, SelectionRule(rule="none"), None)  # a bundle from before the check: no bound
+    assert all(x.kept for x in r)
+    only_blank = [x for x in r if x.target_class == "A"][:1]
+    decide(only_blank, SelectionRule(rule="none"), floors)
+    why = class_report(only_blank, SelectionRule(rule="none"))["classes_without_tiles"]["A"]
+    assert why.startswith("all its 1 tiles were blank") and "tissue_check" in why
+
+
+def test_fine_tuning_records_tissue_floors_and_blank_samples_are_dropped(finetuned_bundle, tmp_path):
+    import tifffile
+
+    from napari_histodiff import load_bundle
+    from napari_histodiff.core.base.events import run_to_end
+    from napari_histodiff.core.generate.sample_set import select_folder, write_samples
+    from napari_histodiff.core.generate.sampling import SampleOptions
+    from napari_histodiff.core.generate.selection import tissue_floors
+
+    b = load_bundle(finetuned_bundle[0], device="cpu")
+    floors = tissue_floors(b)
+    assert set(floors) == set(b.class_names) and all(0 < v <= 0.5 for v in floors.values())
+    out = tmp_path / "s"
+    records = run_to_end(write_samples(b, SampleOptions(n=2, classes=b.class_names, steps=4), out,
+                                       SelectionRule(rule="none")))
+    assert all(r.kept for r in records) and all(0 <= r.tissue <= 1 for r in records)
+    blank = records[0]
+    tifffile.imwrite(out / blank.file, np.full((b.tile_size, b.tile_size, 3), 250, np.uint8))
+    again = select_folder(out, b, SelectionRule(rule="none"))
+    assert [r.kept for r in again] == [r.id != blank.id for r in again]
+    assert again[0].tissue == 0.0 and read_records(out)[0].tissue == 0.0

@@ -120,6 +120,11 @@ def read_rgb(path) -> np.ndarray:
     return to_rgb_uint8(a, name=str(path))
 
 
+def tissue_fractions(tiles) -> np.ndarray:
+    """The fraction of each uint8 RGB tile (N, H, W, 3) that :func:`tissue_mask` calls tissue."""
+    return np.array([tissue_mask(t).mean() for t in tiles], dtype=np.float64)
+
+
 def tissue_mask(rgb: np.ndarray) -> np.ndarray:
     """Bool mask of stained tissue: smoothed HSV saturation > clamped Otsu threshold, small holes filled.
 

@@ -40,6 +40,7 @@ class TileRecord:
     centroid_distance: float | None = None  # feature distance to the target class centroid
     nearest_centroid: str = ""
     kept: bool | None = None  # None: not yet selected
+    tissue: float | None = None  # fraction of the tile that is stained tissue (data.tiles.tissue_mask)
     extra: dict = field(default_factory=dict, repr=False)  # not written
 
     def as_row(self) -> dict:
@@ -50,8 +51,8 @@ class TileRecord:
 
 COLUMNS = [f.name for f in dataclasses.fields(TileRecord) if f.name != "extra"]
 _TYPES = {"index": int, "seed": int, "sample_seed": int, "steps": int, "eta": float, "guidance": float,
-          "strength": float, "confidence": float, "centroid_distance": float}
-_OPTIONAL = ("strength", "source_tile")
+          "strength": float, "confidence": float, "centroid_distance": float, "tissue": float}
+_OPTIONAL = ("strength", "source_tile", "tissue")
 
 
 DECIMAL_COMMA = re.compile(r"^\s*([-+]?\d+),(\d+(?:[eE][-+]?\d+)?)\s*$")

@@ -19,7 +19,8 @@ from ..base.owner import refresh
 from ..formats.images import contact_sheet, write_png, write_tile
 from ..formats.records import RECORDS_FILE, TileRecord, read_records, write_records
 from .sampling import SampleOptions, sample_tiles
-from .selection import SelectionRule, annotate, class_report, decide, missing_selection, score
+from .selection import (SelectionRule, annotate, class_report, decide, measure_tissue, missing_selection, score,
+                        tissue_floors)
 
 SHEET_MAX = 64
 SELECTION_FILE = "selection.json"  # the rule a sample folder was selected with, and what it kept per class
@@ -45,7 +46,7 @@ def read_selection_rule(folder) -> SelectionRule | None:
 
     try:
         rule = json.loads((Path(folder) / SELECTION_FILE).read_text(encoding="utf-8"))["rule"]
-        return SelectionRule(**{k: rule[k] for k in ("rule", "threshold", "cap") if k in rule})
+        return SelectionRule(**{k: rule[k] for k in ("rule", "threshold", "cap", "tissue_check") if k in rule})
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -81,7 +82,7 @@ def write_samples(bundle, options: SampleOptions, out, rule: SelectionRule | Non
                 records += _write_batch(tmp, event.data, options, digest, bundle, rule, sheets)
             yield event
         if rule is not None:
-            decide(records, rule)
+            decide(records, rule, tissue_floors(bundle))
             write_selection(tmp, records, rule, options.classes or None)
         write_records(tmp / RECORDS_FILE, records)
         for name, tiles in sheets.items():
@@ -108,6 +109,7 @@ def _write_batch(folder, data, opts, digest, bundle, rule, sheets) -> list[TileR
         batch.append(rec)
         if len(sheets.setdefault(name, [])) < SHEET_MAX:
             sheets[name].append(tile)
+    measure_tissue(batch, data["tiles"])
     if rule is not None:
         annotate(batch, *score(bundle, data["tiles"]), bundle.class_names)
     for rec, tile in zip(batch, data["tiles"]):
@@ -133,7 +135,8 @@ def select_folder(folder, bundle, rule: SelectionRule) -> list[TileRecord]:
         except (OSError, ValueError) as e:
             raise HistodiffError(f"cannot read the tiles of {folder} ({e}); was the folder changed by hand?") from None
         annotate(part, *score(bundle, tiles), bundle.class_names)
-    decide(records, rule)
+        measure_tissue(part, tiles)
+    decide(records, rule, tissue_floors(bundle))
     write_records(folder / RECORDS_FILE, records)
     write_selection(folder, records, rule)
     return records

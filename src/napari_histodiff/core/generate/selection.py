@@ -26,6 +26,9 @@ class SelectionRule:
                               "a kept tile may have")
     cap: int | None = option(None, min=0, help="keep at most this many tiles per class, the most confident first "
                              "(default: no cap)")
+    tissue_check: bool = option(True, help="also drop a tile with less than half the tissue of its class's "
+                                "least-stained labelled tile (blank or nearly blank tiles; bundles fine-tuned "
+                                "before this check have no such bound)")
 
     def validate(self) -> None:
         check(self)
@@ -72,8 +75,24 @@ def annotate(records, probs: np.ndarray, dists: np.ndarray, class_names: list[st
         rec.nearest_centroid = class_names[int(d.argmin())]
 
 
-def decide(records, rule: SelectionRule) -> None:
-    """Set ``kept`` on every record by the rule, then apply the per-class cap (best first)."""
+def tissue_floors(bundle) -> dict[str, float] | None:
+    """Per class, the least tissue fraction a kept tile may have (from fine-tuning), or None (older bundle)."""
+    clf = getattr(bundle, "selection_classifier", None)
+    floor = getattr(getattr(clf, "config", None), "tissue_floor", None)
+    return dict(zip(bundle.class_names, floor)) if floor else None
+
+
+def measure_tissue(records, tiles: np.ndarray) -> None:
+    """Fill each record's tissue fraction from its uint8 tile."""
+    from ..data.tiles import tissue_fractions
+
+    for rec, f in zip(records, tissue_fractions(tiles)):
+        rec.tissue = round(float(f), 4)
+
+
+def decide(records, rule: SelectionRule, floors: dict[str, float] | None = None) -> None:
+    """Set ``kept`` on every record by the rule (and, with ``floors`` and the rule's tissue check, its
+    class's least tissue fraction), then apply the per-class cap (best first)."""
     rule.validate()
     for rec in records:
         target = rec.target_class or rec.predicted_class
@@ -81,6 +100,9 @@ def decide(records, rule: SelectionRule) -> None:
         nearest = rec.nearest_centroid == target
         rec.kept = {"confidence": confident, "centroid": nearest, "both": confident and nearest,
                     "none": True}[rule.rule]
+        blank = bool(rule.tissue_check and floors and rec.tissue is not None and rec.tissue < floors.get(target, 0.0))
+        rec.extra["blank"] = blank
+        rec.kept = rec.kept and not blank
     if rule.cap is None:
         return
     by_class: dict[str, list] = {}
@@ -119,6 +141,9 @@ def _why_none(records, rule: SelectionRule | None) -> str:
     threshold = rule.threshold if rule is not None else None
     if rule is not None and rule.cap == 0:
         return "the per-class cap is 0"
+    if all(r.extra.get("blank") for r in records):
+        return (f"all its {len(records)} tiles were blank or nearly so (less than half the tissue of its "
+                "least-stained labelled tile); look at them, or turn {opt:tissue_check} off to keep them")
     if rule_name in ("confidence", "both") and top < threshold:
         return (f"the selection classifier was never confident on it (highest confidence {top:.2f} < "
                 f"threshold {threshold:.2f}, over {len(records)} tiles)")

@@ -90,11 +90,13 @@ class SelectionClassifier(ModelMixin, ConfigMixin):
     """A small ResNet (one basic block per stage) on RGB tiles in [-1, 1].
 
     ``temperature``: the calibration temperature fitted on held-out tiles after training (1: none;
-    older bundles have none); :meth:`score` divides the logits by it, :meth:`forward` does not."""
+    older bundles have none); :meth:`score` divides the logits by it, :meth:`forward` does not.
+    ``tissue_floor``: per class, the least tissue fraction a synthetic tile of it may have (half that of
+    the class's least-stained labelled tile; None in older bundles)."""
 
     @register_to_config
     def __init__(self, num_classes: int = 2, channels: tuple[int, ...] = (32, 64, 128), dropout: float = 0.1,
-                 temperature: float = 1.0):
+                 temperature: float = 1.0, tissue_floor: list | None = None):
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(3, channels[0], 3, 1, 1, bias=False), nn.BatchNorm2d(channels[0]), nn.ReLU())
         stages, prev = [], channels[0]
@@ -122,7 +124,7 @@ class SelectionEnsemble(ModelMixin, ConfigMixin):
 
     @register_to_config
     def __init__(self, num_classes: int = 2, channels: tuple[int, ...] = (32, 64, 128), dropout: float = 0.1,
-                 temperature: float = 1.0, members: int = 5):
+                 temperature: float = 1.0, members: int = 5, tissue_floor: list | None = None):
         super().__init__()
         self.nets = nn.ModuleList(SelectionClassifier(num_classes, tuple(channels), dropout) for _ in range(members))
         self.register_buffer("centroids", torch.zeros(num_classes, channels[-1] * members))

@@ -95,7 +95,7 @@ class AutoencoderTrunkClassifier(ModelMixin, ConfigMixin):
 
     @register_to_config
     def __init__(self, vae_config: dict | None = None, num_classes: int = 2, dropout: float = 0.1,
-                 temperature: float = 1.0):
+                 temperature: float = 1.0, tissue_floor: list | None = None):
         super().__init__()
         from diffusers import AutoencoderKL
 

@@ -286,13 +286,25 @@ def train_selection_classifier(tiles, out_dir, preset, options: ClassifierOption
         feats = torch.cat([model.features(x) for x in _batches(tiles, np.arange(len(tiles)), acc.device)])
         y = torch.from_numpy(labels).to(acc.device)
         model.centroids.copy_(torch.stack([feats[y == k].mean(0) for k in range(len(tiles.class_names))]))
-    model.register_to_config(temperature=calib["temperature"])
+    floor = tissue_floor(tiles, labels)
+    model.register_to_config(temperature=calib["temperature"], tissue_floor=floor)
     history = history or [[step, {}]]
     history[-1][1].update(heldout_acc=calib["heldout_acc"])
     extra = {**extra, "best_heldout_acc": calib["heldout_acc"], "trunk": opts.trunk, **calib,
-             "confusion": confusion}
+             "confusion": confusion, "tissue_floor": floor}
     result = _save(out_dir, stage, model, history, step, opts, tiles, acc, extra, calib)
     return {**result, "splits": {"heldout": held.tolist(), "folds": [(a.tolist(), b.tolist()) for a, b in splits]}}
+
+
+def tissue_floor(tiles, labels, share: float = 0.5) -> list[float]:
+    """Per class, ``share`` of the tissue fraction of its least-stained labelled tile: the least tissue a
+    kept synthetic tile of that class may have (a class of mostly white tissue, e.g. fat, gets a low bound)."""
+    from ..data.tiles import tissue_fractions
+
+    frac = np.concatenate([tissue_fractions(np.stack([tiles[int(i)] for i in idx]))
+                           for idx in np.array_split(np.arange(len(tiles)), max(1, len(tiles) // 256))])
+    return [round(share * float(frac[labels == k].min()), 4) if (labels == k).any() else 0.0
+            for k in range(len(tiles.class_names))]
 
 
 def _calibrate_selection(model, tiles, labels, held, device, seed) -> tuple[dict, list | None]:
