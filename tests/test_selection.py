@@ -153,15 +153,18 @@ def test_blank_tiles_fall_under_their_class_tissue_floor():
     for x, t in zip(r, [0.05, 0.9, 0.9, 0.05, None]):
         x.tissue = t
     floors = {"A": 0.4, "B": 0.0}  # B: a mostly white class (e.g. fat) keeps its pale tiles
-    decide(r, SelectionRule(rule="none"), floors)
-    assert [x.kept for x in r] == [False, True, True, True, True]
-    decide(r, SelectionRule(rule="none", tissue_check=False), floors)
+    both = SelectionRule(rule="both", threshold=0.8)
+    decide(r, both, floors)
+    assert [x.kept for x in r] == [False, False, False, True, True]  # t0 is blank for A; t3 is not for B
+    decide(r, SelectionRule(rule="both", threshold=0.8, tissue_check=False), floors)
+    assert [x.kept for x in r] == [True, False, False, True, True]
+    decide(r, both, None)  # a bundle from before the check: no bound
+    assert [x.kept for x in r] == [True, False, False, True, True]
+    decide(r, SelectionRule(rule="none"), floors)  # no selection: every tile, blank or not
     assert all(x.kept for x in r)
-    decide(r, SelectionRule(rule="none"), None)  # a bundle from before the check: no bound
-    assert all(x.kept for x in r)
-    only_blank = [x for x in r if x.target_class == "A"][:1]
-    decide(only_blank, SelectionRule(rule="none"), floors)
-    why = class_report(only_blank, SelectionRule(rule="none"))["classes_without_tiles"]["A"]
+    only_blank = r[:1]
+    decide(only_blank, both, floors)
+    why = class_report(only_blank, both)["classes_without_tiles"]["A"]
     assert why.startswith("all its 1 tiles were blank") and "tissue_check" in why
 
 
@@ -183,6 +186,8 @@ def test_fine_tuning_records_tissue_floors_and_blank_samples_are_dropped(finetun
     assert all(r.kept for r in records) and all(0 <= r.tissue <= 1 for r in records)
     blank = records[0]
     tifffile.imwrite(out / blank.file, np.full((b.tile_size, b.tile_size, 3), 250, np.uint8))
-    again = select_folder(out, b, SelectionRule(rule="none"))
-    assert [r.kept for r in again] == [r.id != blank.id for r in again]
+    unchecked = [r.kept for r in select_folder(out, b, SelectionRule(tissue_check=False))]
+    again = select_folder(out, b, SelectionRule())
+    assert [r.extra["blank"] for r in again] == [r.id == blank.id for r in again]
+    assert [r.kept for r in again] == [k and r.id != blank.id for k, r in zip(unchecked, again)]
     assert again[0].tissue == 0.0 and read_records(out)[0].tissue == 0.0

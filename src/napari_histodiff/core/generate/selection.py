@@ -26,9 +26,9 @@ class SelectionRule:
                               "a kept tile may have")
     cap: int | None = option(None, min=0, help="keep at most this many tiles per class, the most confident first "
                              "(default: no cap)")
-    tissue_check: bool = option(True, help="also drop a tile with less than half the tissue of its class's "
-                                "least-stained labelled tile (blank or nearly blank tiles; bundles fine-tuned "
-                                "before this check have no such bound)")
+    tissue_check: bool = option(True, help="with a rule: also drop a tile with less than half the tissue of its "
+                                "class's least-stained labelled tile (blank or nearly blank tiles; bundles "
+                                "fine-tuned before this check have no such bound)")
 
     def validate(self) -> None:
         check(self)
@@ -100,7 +100,8 @@ def decide(records, rule: SelectionRule, floors: dict[str, float] | None = None)
         nearest = rec.nearest_centroid == target
         rec.kept = {"confidence": confident, "centroid": nearest, "both": confident and nearest,
                     "none": True}[rule.rule]
-        blank = bool(rule.tissue_check and floors and rec.tissue is not None and rec.tissue < floors.get(target, 0.0))
+        blank = bool(rule.rule != "none" and rule.tissue_check and floors and rec.tissue is not None
+                     and rec.tissue < floors.get(target, 0.0))
         rec.extra["blank"] = blank
         rec.kept = rec.kept and not blank
     if rule.cap is None:
