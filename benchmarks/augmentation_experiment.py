@@ -292,16 +292,18 @@ def as_tiles(folder: Path, records, name: str) -> ArrayTiles:
     return ArrayTiles(tiles, labels, CLASSES, description=name)
 
 
-def export_main(folder: Path, records, n: int, out: Path, s: Settings):
+def export_main(folder: Path, records, n: int, out: Path, s: Settings, bundle_dir: Path):
     """The main arm through the product path: cap the kept tiles at ``n`` per class, export, reopen.
     With ``s.balanced`` every class gets its ``n`` most confident tiles (rule "none" + cap)."""
     from napari_histodiff.core.generate.export import ExportOptions, export_set
     from napari_histodiff.core.formats.records import write_records
-    from napari_histodiff.core.generate.selection import SelectionRule, decide
+    from napari_histodiff.core.formats.bundle import load_bundle
+    from napari_histodiff.core.generate.selection import SelectionRule, decide, tissue_floors
 
     if not (out / "manifest.csv").is_file():
         recs = copy.deepcopy(records)
-        decide(recs, SelectionRule(rule="none" if s.balanced else "both", threshold=s.threshold, cap=n))
+        floors = tissue_floors(load_bundle(bundle_dir, device="cpu"))  # the bundle's tissue check, as sampling
+        decide(recs, SelectionRule(rule="none" if s.balanced else "both", threshold=s.threshold, cap=n), floors)
         if not any(r.kept for r in recs):
             return None  # nothing kept (quick runs)
         write_records(folder / "samples.csv", recs)
@@ -801,7 +803,7 @@ def main(argv=None):
         n100 = k  # synthetic tiles per class at 100% of the real set
         main_name = ("balanced" if s.balanced else "selected") + f"-{s.main_amount:.0%}"
         arms = {main_name: export_main(kdir / "samples" / "guided", recs["guided"], round(s.main_amount * k),
-                                         kdir / "export", s)}
+                                         kdir / "export", s, made["finetuned"])}
         for st in s.variations:  # selected, and one variation per labeled tile without selection
             vdir, vrecs = kdir / "samples" / f"variations-{st:g}", recs[f"variations-{st:g}"]
             arms[f"variations-{st:g}-100%"] = as_tiles(vdir, pick(vrecs, n100, True), "")
