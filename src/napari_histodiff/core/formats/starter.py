@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 
 from ..base.errors import HistodiffError
-from .bundle import float_dtypes  # noqa: F401 - where the compact copy's checks look for it
+from .bundle import float_dtypes
 
 PACKAGE = Path(__file__).resolve().parents[2]  # src/napari_histodiff
 STARTERS = {"he-starter": PACKAGE / "models" / "he_starter"}

@@ -301,8 +301,7 @@ def tissue_floor(tiles, labels, share: float = 0.5) -> list[float]:
     kept synthetic tile of that class may have (a class of mostly white tissue, e.g. fat, gets a low bound)."""
     from ..data.tiles import tissue_fractions
 
-    frac = np.concatenate([tissue_fractions(np.stack([tiles[int(i)] for i in idx]))
-                           for idx in np.array_split(np.arange(len(tiles)), max(1, len(tiles) // 256))])
+    frac = tissue_fractions(tiles[i] for i in range(len(tiles)))  # one tile in memory at a time
     return [round(share * float(frac[labels == k].min()), 4) if (labels == k).any() else 0.0
             for k in range(len(tiles.class_names))]
 
